@@ -1,0 +1,1 @@
+"""One package per deployment of the graph; each owns plain-Python backends."""

@@ -1,0 +1,48 @@
+"""The interface every segmenter backend (GrabCut, SAM 3) implements."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Point:
+    x: float  # pixel column in the original image
+    y: float  # pixel row
+    label: int = 1  # 1 = object, 0 = background
+
+
+@dataclass(frozen=True)
+class Box:
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+
+
+@dataclass
+class SegmentPrompt:
+    """What the caller knows about the object. Any combination may be given; all may be empty."""
+
+    label: str | None = None
+    points: list[Point] = field(default_factory=list)
+    box: Box | None = None
+    mask: np.ndarray | None = None  # HxW bool, a user mask to use or refine
+
+
+@dataclass
+class SegmentResult:
+    mask: np.ndarray  # HxW bool, the chosen object
+    score: float  # backend's confidence in [0, 1]; see each backend for its meaning
+    instances: list[tuple[np.ndarray, float]] = field(default_factory=list)  # other candidates
+    backend: str = ""
+
+
+class SegmenterBackend(Protocol):
+    name: str
+
+    def segment(self, image: np.ndarray, prompt: SegmentPrompt) -> SegmentResult:
+        """image: HxWx3 uint8 RGB. Raises deployments.errors.BadInput when nothing is found."""
+        ...

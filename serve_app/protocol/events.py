@@ -1,0 +1,102 @@
+"""Every event of the stream, its fields, and how it is framed as Server-Sent Events.
+
+An event is a flat JSON object. Always present:
+  type         one of EVENT_TYPES
+  request_id   the id the ingress gave the request (also the artifact id)
+  seq          0, 1, 2 ... per stream, no gaps in what the server produced
+  stage        the pipeline stage the event belongs to (STAGES)
+  step         1-based step within the stage (0 for stage-level events)
+  total_steps  steps the stage runs (0 when not known / not stepped)
+  progress     overall progress 0..1, never decreasing within a stream
+  t            seconds since the request was accepted, on the server clock
+Per type, the extra fields are listed in EVENT_FIELDS.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+EVENT_TYPES = (
+    "loading",
+    "geometry",
+    "appearance",
+    "mesh_preview",
+    "glb_ready",
+    "complete",
+    "error",
+)
+
+STAGES = (
+    "request",
+    "prompt_enhancer",
+    "image_generator",
+    "segmenter",
+    "geometry",
+    "appearance",
+    "mesh_baker",
+    "store",
+)
+
+COMMON_FIELDS = ("type", "request_id", "seq", "stage", "step", "total_steps", "progress", "t")
+
+# Fields each event type adds to COMMON_FIELDS. Voxel frames carry the fields of
+# their encoding (see seed_codec / compact codec) in addition.
+EVENT_FIELDS: dict[str, tuple[str, ...]] = {
+    "loading": ("message",),
+    "geometry": ("encoding", "voxel_count", "grid_size"),
+    "appearance": ("encoding", "voxel_count", "grid_size"),
+    "mesh_preview": (
+        "vertices_data", "faces_data", "vertex_colors_data",
+        "vertex_count", "face_count", "bounds_min", "bounds_max",
+    ),
+    "glb_ready": ("artifact", "url", "size_bytes"),
+    "complete": ("artifacts", "model_glb_url", "gaussian_splat_url", "mask_url",
+                 "coalesced_frames", "timings"),
+    "error": ("code", "message"),
+}
+
+FRAME_EVENTS = ("geometry", "appearance")
+
+
+def make_event(type_: str, *, stage: str, step: int = 0, total_steps: int = 0, **fields: Any) -> dict:
+    """Build an event with its stage fields; request_id, seq, progress and t are stamped later."""
+    if type_ not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {type_!r}")
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}")
+    return {"type": type_, "stage": stage, "step": int(step), "total_steps": int(total_steps), **fields}
+
+
+def format_sse(event: dict) -> bytes:
+    """One SSE message: `event:` names the type, `id:` is seq, `data:` the whole JSON object.
+
+    The type is also inside the JSON so clients that read only `data:` lines (like the
+    seed's frontend) still see it.
+    """
+    data = json.dumps(event, separators=(",", ":"))
+    return f"event: {event['type']}\nid: {event.get('seq', 0)}\ndata: {data}\n\n".encode()
+
+
+def parse_sse(text: str) -> list[dict]:
+    """Parse a complete SSE body into events (comments and heartbeats skipped)."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        data_lines = [line[5:].lstrip() for line in block.split("\n") if line.startswith("data:")]
+        if data_lines:
+            events.append(json.loads("\n".join(data_lines)))
+    return events
+
+
+class SSEParser:
+    """Incremental parser: feed bytes as they arrive, get complete events back."""
+
+    def __init__(self) -> None:
+        self._buf = ""
+
+    def feed(self, chunk: bytes | str) -> list[dict]:
+        self._buf += chunk.decode() if isinstance(chunk, bytes) else chunk
+        self._buf = self._buf.replace("\r\n", "\n")
+        *blocks, self._buf = self._buf.split("\n\n")
+        return parse_sse("\n\n".join(blocks) + "\n\n") if blocks else []

@@ -1,0 +1,122 @@
+"""Configuration: serve_config*.yaml `args` → these pydantic models → backend constructors.
+
+Every model forbids unknown keys so a typo in a config fails at startup with the key's name.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class PromptEnhancerSettings(_Strict):
+    backend: Literal["rules", "openai"] = "rules"
+    # OpenAI-compatible chat completions endpoint (vLLM, Ray Serve LLM, a hosted API).
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(20.0, gt=0)
+
+
+class ImageGeneratorSettings(_Strict):
+    backend: Literal["none", "diffusers"] = "none"
+    model_id: str = "stabilityai/sdxl-turbo"
+    local_dir: str | None = None
+    steps: int = Field(4, ge=1, le=100)
+    guidance_scale: float = Field(0.0, ge=0)
+    size: int = Field(1024, ge=256, le=2048)
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+
+
+class GrabCutSettings(_Strict):
+    iterations: int = Field(5, ge=1, le=20)
+    max_side: int = Field(512, ge=64, le=4096)  # GrabCut runs at this size, the mask is scaled back
+    border_fraction: float = Field(0.04, gt=0, lt=0.4)
+
+
+class Sam3Settings(_Strict):
+    model_id: str = "facebook/sam3"
+    local_dir: str | None = None
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    score_threshold: float = Field(0.5, ge=0, le=1)
+    max_batch_size: int = Field(8, ge=1, le=64)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    embedding_cache_mb: int = Field(512, ge=0)
+
+
+class SegmenterSettings(_Strict):
+    backend: Literal["grabcut", "sam3"] = "grabcut"
+    grabcut: GrabCutSettings = GrabCutSettings()
+    sam3: Sam3Settings = Sam3Settings()
+
+
+class InflationSettings(_Strict):
+    geometry_steps: int = Field(12, ge=1, le=1000)
+    appearance_steps: int = Field(8, ge=1, le=1000)
+    fill: float = Field(0.9, gt=0.1, le=1.0)  # the mask's longer side spans this share of the grid
+    depth_scale: float = Field(0.8, gt=0, le=2.0)  # 1.0 makes a disc into a sphere
+    # Seconds each step takes at least. 0 runs flat out; the local config sets a small
+    # value so a person watching the viewer can see the object take shape.
+    min_step_s: float = Field(0.0, ge=0, le=10)
+
+
+class Sam3dSettings(_Strict):
+    checkpoint_dir: str | None = None  # folder holding pipeline.yaml and the .ckpt files
+    model_id: str = "facebook/sam-3d-objects"
+    geometry_steps: int = Field(25, ge=1, le=100)
+    appearance_steps: int = Field(25, ge=1, le=100)
+    use_distillation: bool = False
+    compile: bool = False
+
+
+class ReconstructorSettings(_Strict):
+    backend: Literal["inflation", "sam3d"] = "inflation"
+    grid_size: int = Field(64, ge=8, le=256)
+    inflation: InflationSettings = InflationSettings()
+    sam3d: Sam3dSettings = Sam3dSettings()
+
+
+class MeshBakerSettings(_Strict):
+    smooth_sigma: float = Field(0.8, ge=0, le=3)  # Gaussian on the occupancy before marching cubes
+    max_preview_faces: int = Field(60_000, ge=1000)
+    splat_opacity: float = Field(0.95, gt=0, lt=1)
+
+
+class StoreSettings(_Strict):
+    url: str = "./artifacts"  # a local folder, or any fsspec URL (s3://bucket/prefix, gs://...)
+
+
+class LimitsSettings(_Strict):
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=4096)
+    max_image_side: int = Field(2048, ge=64)  # larger photos are scaled down on arrival
+    allow_image_urls: bool = True
+    image_url_timeout_s: float = Field(10.0, gt=0)
+
+
+class AppSettings(_Strict):
+    prompt_enhancer: PromptEnhancerSettings = PromptEnhancerSettings()
+    image_generator: ImageGeneratorSettings = ImageGeneratorSettings()
+    segmenter: SegmenterSettings = SegmenterSettings()
+    reconstructor: ReconstructorSettings = ReconstructorSettings()
+    mesh_baker: MeshBakerSettings = MeshBakerSettings()
+    store: StoreSettings = StoreSettings()
+    limits: LimitsSettings = LimitsSettings()
+
+
+class ConfigError(ValueError):
+    """Raised at startup for a bad `args` block; the message lists each bad key."""
+
+
+def load_settings(args: dict | None) -> AppSettings:
+    try:
+        return AppSettings.model_validate(args or {})
+    except ValidationError as exc:
+        lines = [f"  args.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid sam3d-serve configuration:\n" + "\n".join(lines)) from None
