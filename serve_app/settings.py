@@ -35,7 +35,7 @@ class ImageGeneratorSettings(_Strict):
 
 class GrabCutSettings(_Strict):
     iterations: int = Field(5, ge=1, le=20)
-    max_side: int = Field(512, ge=64, le=4096)  # GrabCut runs at this size, the mask is scaled back
+    max_side: int = Field(384, ge=64, le=4096)  # GrabCut runs at this size, the mask is scaled back
     border_fraction: float = Field(0.04, gt=0, lt=0.4)
 
 

@@ -1,0 +1,42 @@
+"""Reconstructor: image + mask → a stream of voxel frames, then the final volume."""
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import numpy as np
+from ray import serve
+
+from serve_app.settings import ReconstructorSettings
+
+from .base import ReconstructOptions, Reconstruction, ReconstructorBackend, StepFrame, StreamItem
+
+__all__ = ["Reconstructor", "make_backend", "ReconstructOptions", "Reconstruction", "StepFrame"]
+
+
+def make_backend(settings: ReconstructorSettings) -> ReconstructorBackend:
+    if settings.backend == "inflation":
+        from .inflation import InflationReconstructor
+
+        return InflationReconstructor(settings.inflation, grid_size=settings.grid_size)
+    if settings.backend == "sam3d":
+        from .sam3d import Sam3dReconstructor
+
+        return Sam3dReconstructor(settings.sam3d, grid_size=settings.grid_size)
+    raise ValueError(f"unknown reconstructor backend {settings.backend!r}")
+
+
+@serve.deployment(name="Reconstructor", max_ongoing_requests=1)
+class Reconstructor:
+    def __init__(self, settings: dict | None = None):
+        self.settings = ReconstructorSettings.model_validate(settings or {})
+        self.backend = make_backend(self.settings)
+
+    async def stream(self, image: np.ndarray, mask: np.ndarray,
+                     options: ReconstructOptions) -> AsyncIterator[StreamItem]:
+        # Async generator all the way down: Serve cancels it on client disconnect and the
+        # backend stops at its next step boundary.
+        async for item in self.backend.stream(image, mask, options):
+            yield item
+
+    def describe(self) -> dict:
+        return {"backend": self.backend.name, "grid_size": self.settings.grid_size}

@@ -1,0 +1,26 @@
+"""Mesh baker: final volume → mesh preview, GLB and Gaussian-splat PLY in the artifact store."""
+from __future__ import annotations
+
+import asyncio
+
+from ray import serve
+
+from serve_app.settings import MeshBakerSettings, StoreSettings
+from serve_app.store import ArtifactStore
+
+from ..reconstructor.base import Reconstruction
+from .bake import BakeResult, MeshBakerBackend
+
+__all__ = ["MeshBaker", "BakeResult", "MeshBakerBackend"]
+
+
+@serve.deployment(name="MeshBaker", max_ongoing_requests=4)
+class MeshBaker:
+    def __init__(self, settings: dict | None = None, store: dict | None = None):
+        self.backend = MeshBakerBackend(
+            MeshBakerSettings.model_validate(settings or {}),
+            ArtifactStore(StoreSettings.model_validate(store or {}).url),
+        )
+
+    async def bake(self, recon: Reconstruction, artifact_id: str) -> BakeResult:
+        return await asyncio.to_thread(self.backend.bake, recon, artifact_id)

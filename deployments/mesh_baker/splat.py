@@ -1,0 +1,37 @@
+"""Gaussian-splat PLY in the layout of the original 3D Gaussian Splatting code.
+
+One isotropic splat per surface voxel. Properties, all float32, in this order:
+x y z nx ny nz f_dc_0 f_dc_1 f_dc_2 opacity scale_0 scale_1 scale_2 rot_0 rot_1 rot_2 rot_3
+f_dc holds the degree-0 spherical-harmonic coefficient ((rgb - 0.5) / C0), opacity is
+stored as a logit, scales as natural logs, rotation as a unit quaternion (w first).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ..reconstructor.base import Reconstruction
+
+SH_C0 = 0.28209479177387814
+PROPERTIES = ("x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
+              "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
+
+
+def splat_ply_bytes(recon: Reconstruction, opacity: float = 0.95) -> bytes:
+    occ = recon.occupancy
+    n = occ.shape[0]
+    surface = occ & ~ndimage.binary_erosion(occ, border_value=0)
+    idx = np.argwhere(surface)
+    rgb = recon.colors[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float32) / 255.0
+    data = np.zeros((len(idx), len(PROPERTIES)), np.float32)
+    data[:, 0:3] = (idx + 0.5) / n - 0.5
+    data[:, 6:9] = (rgb - 0.5) / SH_C0
+    data[:, 9] = np.log(opacity / (1 - opacity))
+    # A splat as wide as its voxel: sigma ≈ half the voxel edge.
+    data[:, 10:13] = np.log(0.5 / n)
+    data[:, 13] = 1.0
+    header = "ply\nformat binary_little_endian 1.0\n"
+    header += f"element vertex {len(idx)}\n"
+    header += "".join(f"property float {p}\n" for p in PROPERTIES)
+    header += "end_header\n"
+    return header.encode("ascii") + data.astype("<f4").tobytes()

@@ -1,0 +1,75 @@
+"""The application builder: Serve config `args` → validated settings → bound graph.
+
+`serve run serve_config.local.yaml` imports `serve_app.app:build_app`.
+"""
+from __future__ import annotations
+
+import os
+from typing import AsyncIterator
+
+import numpy as np
+from ray import serve
+
+from deployments.image_generator import ImageGenerator
+from deployments.mesh_baker import MeshBaker
+from deployments.prompt_enhancer import PromptEnhancer
+from deployments.reconstructor import Reconstructor
+from deployments.segmenter import Segmenter
+from serve_app.handles import HandleClients
+from serve_app.schemas import GenerateRequest
+from serve_app.service import GenerateService, error_event
+from serve_app.settings import load_settings
+from serve_app.store import ArtifactStore
+from serve_app.wire import FrameWriter
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=64)
+@serve.ingress()
+class Ingress:
+    def __init__(self, prompt_enhancer, image_generator, segmenter, reconstructor, mesh_baker,
+                 settings: dict):
+        self.settings = load_settings(settings)
+        store = ArtifactStore(self.settings.store.url)
+        clients = HandleClients(prompt_enhancer, image_generator, segmenter, reconstructor,
+                                mesh_baker, store)
+        self.service = GenerateService(self.settings, clients, store)
+
+    def __serve_build_asgi_app__(self):
+        from serve_app.ingress import build_fastapi_app
+
+        return build_fastapi_app(self.service)
+
+    async def generate(self, request: dict, image: np.ndarray | None = None) -> AsyncIterator[dict]:
+        """The Python API: `handle.options(stream=True).generate.remote({...}, image=array)`.
+
+        `request` takes the JSON fields of POST /v1/generate; `image` an HxWx3 uint8 array.
+        Yields the same events as the HTTP stream (frames encoded in `request["encoding"]`).
+        Bad input raises deployments.errors.BadInput before the first event.
+        """
+        req = GenerateRequest.model_validate(request)
+        job = await self.service.prepare(req, image_array=image)
+        events = await self.service.start(job)
+        writer = FrameWriter(job.encoding)
+        async for event in events:
+            yield writer.encode(event)
+
+    async def describe(self) -> dict:
+        return await self.service.clients.describe()
+
+
+def build_app(args: dict | None = None):
+    """Validate `args` (raises ConfigError naming each bad key) and bind the graph."""
+    settings = load_settings(args)
+    raw = settings.model_dump()
+    url = raw["store"]["url"]
+    if "://" not in url:
+        # Replicas may start in another working directory; pin the folder the operator meant.
+        raw["store"]["url"] = os.path.abspath(url)
+    return Ingress.bind(
+        PromptEnhancer.bind(raw["prompt_enhancer"]),
+        ImageGenerator.bind(raw["image_generator"]),
+        Segmenter.bind(raw["segmenter"]),
+        Reconstructor.bind(raw["reconstructor"]),
+        MeshBaker.bind(raw["mesh_baker"], raw["store"]),
+        raw,
+    )

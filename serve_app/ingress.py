@@ -1,0 +1,145 @@
+"""HTTP routes. `build_fastapi_app(service)` is a plain factory so the routes can be tested
+with any StageClients; the Serve deployment (serve_app.app) calls it at replica start."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from deployments.errors import BadInput, StageError
+from serve_app.protocol import ENCODINGS, EVENT_FIELDS, EVENT_TYPES, PROTOCOL_VERSION, STAGES
+from serve_app.schemas import GenerateRequest
+from serve_app.service import GenerateService, http_error
+from serve_app.store import ArtifactNotFound, InvalidArtifactRef, content_type
+from serve_app.wire import sse_stream
+
+STATIC = Path(__file__).parent / "static"
+_JSON_LIST_FIELDS = ("point_prompts", "box_prompts", "mask_b64")
+
+_GENERATE_DOC = """Stream a 3D object taking shape, as Server-Sent Events.
+
+Send JSON (`application/json`) with the fields of `GenerateRequest`, or
+`multipart/form-data` with the photo as file `image`, optional mask files `mask`
+(repeatable), and the other fields as form fields (`point_prompts` and `box_prompts` as
+JSON text). Events: loading, geometry, appearance, mesh_preview, glb_ready, complete, error.
+"""
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"] if p != "body")
+        parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
+    return "; ".join(parts)
+
+
+async def parse_generate(request: Request) -> tuple[GenerateRequest, bytes | None, list[bytes]]:
+    ctype = request.headers.get("content-type", "")
+    image_bytes, masks = None, []
+    if ctype.startswith("multipart/form-data"):
+        form = await request.form()
+        fields: dict = {}
+        for key, value in form.multi_items():
+            if hasattr(value, "read"):
+                data = await value.read()
+                if key == "image":
+                    image_bytes = data
+                elif key == "mask":
+                    masks.append(data)
+                else:
+                    raise BadInput(f"unexpected file field {key!r}; use `image` and `mask`")
+            elif key in _JSON_LIST_FIELDS:
+                try:
+                    fields[key] = json.loads(value)
+                except json.JSONDecodeError:
+                    raise BadInput(f"{key} must be JSON text") from None
+            elif value != "":
+                fields[key] = value
+    elif ctype.startswith("application/json"):
+        try:
+            fields = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BadInput("the body is not valid JSON") from None
+        if not isinstance(fields, dict):
+            raise BadInput("the JSON body must be an object")
+    else:
+        raise BadInput("send application/json or multipart/form-data")
+    return GenerateRequest.model_validate(fields), image_bytes, masks
+
+
+def build_fastapi_app(service: GenerateService) -> FastAPI:
+    app = FastAPI(title="sam3d-serve", version="0.1.0",
+                  description="Photo or text → 3D object, streamed as it takes shape.")
+
+    @app.exception_handler(StageError)
+    async def _stage_error(_, exc: StageError):
+        return _error(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(ValidationError)
+    async def _invalid(_, exc: ValidationError):
+        return _error(422, "bad_input", _validation_message(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_req(_, exc: RequestValidationError):
+        return _error(422, "bad_input", "; ".join(str(e.get("msg")) for e in exc.errors()))
+
+    @app.post("/v1/generate", summary="Photo or text → streamed 3D object",
+              description=_GENERATE_DOC, response_class=StreamingResponse,
+              openapi_extra={"requestBody": {"content": {
+                  "application/json": {"schema": GenerateRequest.model_json_schema()},
+                  "multipart/form-data": {"schema": {"type": "object", "properties": {
+                      "image": {"type": "string", "format": "binary"},
+                      "mask": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                  }}}}}})
+    async def generate(request: Request):
+        try:
+            req, image_bytes, masks = await parse_generate(request)
+            job = await service.prepare(req, image_bytes=image_bytes, mask_bytes=masks)
+            events = await service.start(job)
+        except ValidationError as exc:
+            return _error(422, "bad_input", _validation_message(exc))
+        except Exception as exc:  # noqa: BLE001 - mapped to a status with a reason
+            status, body = http_error(exc)
+            return JSONResponse(body, status_code=status)
+        return StreamingResponse(
+            sse_stream(events, job.encoding), media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                     "X-Sam3d-Request-Id": job.request_id},
+        )
+
+    @app.get("/v1/artifacts/{artifact_id}/{name}", summary="Download an artifact (GLB, splat PLY, mask)")
+    async def artifact(artifact_id: str, name: str):
+        try:
+            data = service.store.get(artifact_id, name)
+        except InvalidArtifactRef as exc:
+            return _error(400, "bad_artifact_ref", str(exc))
+        except ArtifactNotFound:
+            return _error(404, "not_found", f"no artifact {artifact_id}/{name}")
+        return Response(data, media_type=content_type(name),
+                        headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+    @app.get("/v1/protocol", summary="Protocol version, event types and encodings")
+    async def protocol():
+        return {"version": PROTOCOL_VERSION, "event_types": list(EVENT_TYPES), "stages": list(STAGES),
+                "event_fields": EVENT_FIELDS, "encodings": list(ENCODINGS)}
+
+    @app.get("/healthz", summary="Liveness and the configured backends")
+    async def healthz():
+        return {"status": "ok", "protocol_version": PROTOCOL_VERSION}
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        page = STATIC / "index.html"
+        if page.exists():
+            return FileResponse(page)
+        return {"service": "sam3d-serve", "docs": "/docs"}
+
+    return app

@@ -1,0 +1,144 @@
+"""One request through the graph, as an async generator of protocol events.
+
+The pipeline talks to the stages through `StageClients`, so the same code runs over
+Ray Serve DeploymentHandles (serve_app.handles) and over in-process backends (tests).
+Voxel frames travel inside events under the private key `_frame` (a VoxelFrame); the
+stream writer encodes them for the wire in the request's encoding.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Protocol
+
+import numpy as np
+
+from deployments.errors import BadInput
+from deployments.reconstructor.base import Reconstruction, ReconstructOptions, StepFrame
+from deployments.segmenter.base import SegmentPrompt
+from serve_app.inputs import png_bytes
+from serve_app.protocol import make_event
+
+log = logging.getLogger("sam3d.pipeline")
+
+# Share of overall progress per stage; the text route adds the first two.
+WEIGHTS = {
+    "request": 0.0, "prompt_enhancer": 0.02, "image_generator": 0.13, "segmenter": 0.08,
+    "geometry": 0.4, "appearance": 0.27, "mesh_baker": 0.08, "store": 0.02,
+}
+
+
+@dataclass
+class Job:
+    request_id: str
+    prompt: str | None
+    image: np.ndarray | None
+    seg_prompt: SegmentPrompt
+    options: ReconstructOptions
+    encoding: str = "seed"
+
+
+class StageClients(Protocol):
+    async def enhance(self, text: str): ...
+    async def generate_image(self, prompt: str, seed: int | None) -> np.ndarray: ...
+    async def segment(self, image: np.ndarray, prompt: SegmentPrompt): ...
+    def reconstruct(self, image: np.ndarray, mask: np.ndarray,
+                    options: ReconstructOptions) -> AsyncIterator: ...
+    async def bake(self, recon: Reconstruction, artifact_id: str): ...
+    async def put_artifact(self, artifact_id: str, name: str, data: bytes) -> int: ...
+
+
+class Progress:
+    """Stamps request_id, seq, t and a never-decreasing overall progress on each event."""
+
+    def __init__(self, request_id: str, text_route: bool):
+        self.request_id = request_id
+        self.t0 = time.monotonic()
+        self.seq = 0
+        self.value = 0.0
+        stages = [s for s in WEIGHTS if text_route or s not in ("prompt_enhancer", "image_generator")]
+        total = sum(WEIGHTS[s] for s in stages)
+        self.start, acc = {}, 0.0
+        for s in stages:
+            self.start[s] = acc / total
+            acc += WEIGHTS[s]
+        self.share = {s: WEIGHTS[s] / total for s in stages}
+
+    def stamp(self, event: dict, done_fraction: float | None = None) -> dict:
+        stage = event["stage"]
+        if done_fraction is None:
+            total = event.get("total_steps") or 0
+            done_fraction = event["step"] / total if total else 0.0
+        if stage in self.start:
+            self.value = max(self.value, self.start[stage] + self.share[stage] * done_fraction)
+        if event["type"] == "complete":
+            self.value = 1.0
+        event.update(request_id=self.request_id, seq=self.seq, progress=round(self.value, 4),
+                     t=round(time.monotonic() - self.t0, 4))
+        self.seq += 1
+        return event
+
+
+async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
+    """Yield the request's events in protocol order. Stage errors propagate as exceptions."""
+    text_route = job.image is None
+    p = Progress(job.request_id, text_route)
+    yield p.stamp(make_event("loading", stage="request", message="accepted"))
+    image, seg_prompt = job.image, job.seg_prompt
+    timings: dict[str, float] = {}
+
+    if text_route:
+        t = time.monotonic()
+        yield p.stamp(make_event("loading", stage="prompt_enhancer", message="enhancing the prompt"))
+        enhanced = await clients.enhance(job.prompt)
+        timings["prompt_enhancer"] = time.monotonic() - t
+        if not seg_prompt.label:
+            seg_prompt.label = enhanced.segmentation_label
+        yield p.stamp(make_event("loading", stage="image_generator", message=enhanced.image_prompt,
+                                 segmentation_label=seg_prompt.label))
+        t = time.monotonic()
+        image = await clients.generate_image(enhanced.image_prompt, job.options.seed)
+        timings["image_generator"] = time.monotonic() - t
+
+    t = time.monotonic()
+    yield p.stamp(make_event("loading", stage="segmenter", message="finding the object",
+                             image_width=int(image.shape[1]), image_height=int(image.shape[0])))
+    seg = await clients.segment(image, seg_prompt)
+    mask = np.asarray(seg.mask, dtype=bool)
+    if mask.shape != image.shape[:2] or not mask.any():
+        raise BadInput("segmentation returned no object; add a click or a box")
+    await clients.put_artifact(job.request_id, "mask.png", png_bytes(mask))
+    timings["segmenter"] = time.monotonic() - t
+    yield p.stamp(make_event("loading", stage="segmenter", step=1, total_steps=1,
+                             message="object found", mask_fraction=round(float(mask.mean()), 4),
+                             score=float(seg.score), segmenter=seg.backend,
+                             mask_url=f"/v1/artifacts/{job.request_id}/mask.png"))
+
+    t = time.monotonic()
+    recon = None
+    async for item in clients.reconstruct(image, mask, job.options):
+        if isinstance(item, StepFrame):
+            ev = make_event(item.stage, stage=item.stage, step=item.step, total_steps=item.total_steps)
+            ev["_frame"] = item.frame
+            yield p.stamp(ev)
+        elif isinstance(item, Reconstruction):
+            recon = item
+    if recon is None:
+        raise RuntimeError("the reconstructor ended without a final volume")
+    timings["reconstructor"] = time.monotonic() - t
+
+    t = time.monotonic()
+    yield p.stamp(make_event("loading", stage="mesh_baker", message="meshing"))
+    baked = await clients.bake(recon, job.request_id)
+    timings["mesh_baker"] = time.monotonic() - t
+    yield p.stamp(make_event("mesh_preview", stage="mesh_baker", step=1, total_steps=1, **baked.preview))
+    base = f"/v1/artifacts/{job.request_id}"
+    yield p.stamp(make_event("glb_ready", stage="store", step=1, total_steps=1, artifact="model.glb",
+                             url=f"{base}/model.glb", size_bytes=baked.artifacts["model.glb"]))
+    artifacts = {name: {"url": f"{base}/{name}", "size_bytes": size} for name, size in baked.artifacts.items()}
+    yield p.stamp(make_event(
+        "complete", stage="store", step=1, total_steps=1, artifacts=artifacts,
+        model_glb_url=f"{base}/model.glb", gaussian_splat_url=f"{base}/splat.ply",
+        mask_url=f"{base}/mask.png", timings={k: round(v, 4) for k, v in timings.items()},
+    ), done_fraction=1.0)

@@ -1,0 +1,54 @@
+"""The request body of POST /v1/generate (JSON, or the same fields as multipart form)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class PointPrompt(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    x: float = Field(..., ge=0, description="pixel column in the uploaded image")
+    y: float = Field(..., ge=0, description="pixel row")
+    label: Literal[0, 1] = Field(1, description="1 = on the object, 0 = background")
+
+
+class BoxPrompt(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    x_min: float = Field(..., ge=0)
+    y_min: float = Field(..., ge=0)
+    x_max: float = Field(..., ge=0)
+    y_max: float = Field(..., ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.x_max <= self.x_min or self.y_max <= self.y_min:
+            raise ValueError("box needs x_max > x_min and y_max > y_min")
+        return self
+
+
+class GenerateRequest(BaseModel):
+    """Give a text `prompt` (text-to-3D) or an image (photo-to-3D), not both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | None = Field(None, max_length=2000, description="text to turn into a 3D object")
+    image_b64: str | None = Field(None, description="the photo, base64 (PNG/JPEG/WebP)")
+    image_url: str | None = Field(None, max_length=4096, description="http(s) or data: URL of the photo")
+    mask_b64: list[str] = Field(default_factory=list, max_length=8,
+                                description="object mask(s) as base64 PNG, same size as the photo; their union is used")
+    point_prompts: list[PointPrompt] = Field(default_factory=list, max_length=64)
+    box_prompts: list[BoxPrompt] = Field(default_factory=list, max_length=1)
+    segmentation_label: str | None = Field(None, max_length=100,
+                                           description="what to cut out (text-prompted segmenters)")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    stream_geometry_every: int = Field(1, ge=1, le=10, description="emit a geometry frame every N steps")
+    stream_colors_every: int = Field(1, ge=1, le=10, description="emit an appearance frame every N steps")
+    encoding: str = Field("seed", description="voxel frame encoding; see GET /v1/protocol")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        sources = sum(x is not None for x in (self.image_b64, self.image_url))
+        if sources > 1:
+            raise ValueError("give one of image_b64, image_url or an uploaded image, not several")
+        return self

@@ -1,0 +1,145 @@
+"""Request handling shared by the HTTP routes and the Python DeploymentHandle API."""
+from __future__ import annotations
+
+import logging
+from typing import AsyncIterator
+
+import numpy as np
+
+from deployments.errors import BadInput, NotConfigured, StageError, as_stage_error
+from deployments.image_generator.unavailable import MESSAGE as NO_GENERATOR
+from deployments.reconstructor.base import ReconstructOptions
+from deployments.segmenter.base import Box, Point, SegmentPrompt
+from serve_app import inputs
+from serve_app.pipeline import Job, StageClients, run_pipeline
+from serve_app.protocol import ENCODINGS, make_event
+from serve_app.schemas import GenerateRequest
+from serve_app.settings import AppSettings
+from serve_app.store import ArtifactStore, new_artifact_id
+
+log = logging.getLogger("sam3d.service")
+
+
+class GenerateService:
+    def __init__(self, settings: AppSettings, clients: StageClients, store: ArtifactStore):
+        self.settings = settings
+        self.clients = clients
+        self.store = store
+        self._generator_available: bool | None = None
+
+    async def text_route_available(self) -> bool:
+        if self._generator_available is None:
+            info = await self.clients.describe_image_generator()
+            self._generator_available = bool(info.get("available"))
+        return self._generator_available
+
+    async def prepare(self, req: GenerateRequest, image_bytes: bytes | None = None,
+                      mask_bytes: list[bytes] | None = None,
+                      image_array: np.ndarray | None = None) -> Job:
+        """Validate everything that can be validated before the stream starts (→ 4xx)."""
+        limits = self.settings.limits
+        if req.encoding not in ENCODINGS:
+            raise BadInput(f"unknown encoding {req.encoding!r}; choose one of {', '.join(ENCODINGS)}")
+        given = sum(x is not None for x in (image_bytes, req.image_b64, req.image_url, image_array))
+        if given > 1:
+            raise BadInput("give one image: an upload, image_b64, image_url or an array")
+        image = alpha = None
+        if image_array is not None:
+            image = _check_array(image_array)
+        elif image_bytes is not None:
+            image, alpha = inputs.decode_image(image_bytes, limits)
+        elif req.image_b64 is not None:
+            image, alpha = inputs.decode_image(inputs.b64_bytes(req.image_b64, "image_b64"), limits)
+        elif req.image_url is not None:
+            image, alpha = inputs.decode_image(await inputs.fetch_url(req.image_url, limits), limits)
+
+        if image is None:
+            if not (req.prompt and req.prompt.strip()):
+                raise BadInput("give a text `prompt` or an image")
+            if mask_bytes or req.mask_b64 or req.point_prompts or req.box_prompts:
+                raise BadInput("masks, clicks and boxes refer to a photo; send the photo too")
+            if not await self.text_route_available():
+                raise NotConfigured(NO_GENERATOR)
+        else:
+            if req.prompt and not req.segmentation_label:
+                # With a photo, free text names what to cut out.
+                req.segmentation_label = req.prompt[:100]
+
+        mask = alpha
+        raw_masks = list(mask_bytes or []) + [inputs.b64_bytes(m, "mask_b64") for m in req.mask_b64]
+        for i, data in enumerate(raw_masks):
+            m = inputs.decode_mask(data, image.shape[:2], limits, what=f"mask {i + 1}")
+            mask = m if mask is None else (mask | m)
+        scale = 1.0
+        if image is not None:
+            h, w = image.shape[:2]
+            for p in req.point_prompts:
+                if p.x >= w or p.y >= h:
+                    raise BadInput(f"click ({p.x}, {p.y}) lies outside the {w}x{h} image")
+            for b in req.box_prompts:
+                if b.x_min >= w or b.y_min >= h:
+                    raise BadInput(f"box starts outside the {w}x{h} image")
+            image, mask, scale = inputs.fit_image(image, mask, limits.max_image_side)
+        seg_prompt = SegmentPrompt(
+            label=req.segmentation_label,
+            points=[Point(p.x * scale, p.y * scale, p.label) for p in req.point_prompts],
+            box=(Box(*(v * scale for v in (b.x_min, b.y_min, b.x_max, b.y_max)))
+                 if (b := (req.box_prompts[0] if req.box_prompts else None)) else None),
+            mask=mask,
+        )
+        options = ReconstructOptions(seed=req.seed, geometry_every=req.stream_geometry_every,
+                                     colors_every=req.stream_colors_every)
+        return Job(request_id=new_artifact_id(), prompt=req.prompt, image=image,
+                   seg_prompt=seg_prompt, options=options, encoding=req.encoding)
+
+    async def start(self, job: Job) -> AsyncIterator[dict]:
+        """Await the first event (errors so far raise, for a real HTTP status), then stream.
+
+        After the first event, failures become an `error` event; the stream never just stops.
+        """
+        agen = run_pipeline(job, self.clients)
+        first = await agen.__anext__()
+
+        async def events():
+            yield first
+            seq = first["seq"]
+            try:
+                async for ev in agen:
+                    seq = ev["seq"]
+                    yield ev
+            except Exception as exc:  # noqa: BLE001 - every failure must reach the client
+                yield error_event(exc, job.request_id, seq + 1)
+            finally:
+                await agen.aclose()
+
+        return events()
+
+
+def error_event(exc: BaseException, request_id: str, seq: int) -> dict:
+    err = as_stage_error(exc)
+    if err is None:
+        log.exception("request %s failed", request_id, exc_info=exc)
+        code, message = "internal", f"internal error; quote request id {request_id} to the operator"
+    else:
+        code, message = err.code, err.message
+    ev = make_event("error", stage="request", code=code, message=message)
+    ev.update(request_id=request_id, seq=seq, progress=0.0, t=0.0)
+    return ev
+
+
+def http_error(exc: BaseException) -> tuple[int, dict]:
+    err = as_stage_error(exc)
+    if err is None:
+        log.exception("request failed", exc_info=exc)
+        return 500, {"error": {"code": "internal", "message": "internal error"}}
+    return err.status, {"error": {"code": err.code, "message": err.message}}
+
+
+def _check_array(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != 3 or a.shape[2] not in (3, 4) or a.dtype != np.uint8:
+        raise BadInput("image array must be HxWx3 uint8 RGB")
+    return np.ascontiguousarray(a[:, :, :3])
+
+
+__all__ = ["GenerateService", "error_event", "http_error", "StageError"]
