@@ -1,0 +1,177 @@
+"""Command-line client: post a photo or a prompt, show progress per stage, save the GLB.
+
+    python -m serve_app.client --image photo.jpg --out model.glb
+    python -m serve_app.client --image rocket.jpg --box 285,110,345,415
+    python -m serve_app.client --prompt "a red vintage car"       (needs an image generator)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import numpy as np
+
+from serve_app.protocol import FRAME_EVENTS, PROTOCOL_VERSION, SSEParser, seed_codec
+
+
+class GenerateError(RuntimeError):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"HTTP {status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+def _form(fields: dict) -> dict:
+    out = {}
+    for k, v in fields.items():
+        if v is None:
+            continue
+        out[k] = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    return out
+
+
+def iter_events(base_url: str, *, image: bytes | None = None, masks: list[bytes] | None = None,
+                timeout: float = 300.0, client: httpx.Client | None = None,
+                **fields) -> Iterator[tuple[float, dict]]:
+    """Yield (arrival time on time.monotonic, event) as the server streams them.
+
+    With `image`, sends multipart; otherwise JSON. Raises GenerateError for a 4xx/5xx answer.
+    """
+    own = client is None
+    client = client or httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0))
+    if image is not None:
+        files = [("image", ("image", image, "application/octet-stream"))]
+        files += [("mask", (f"mask{i}.png", m, "image/png")) for i, m in enumerate(masks or [])]
+        req = client.build_request("POST", f"{base_url}/v1/generate", data=_form(fields), files=files)
+    else:
+        req = client.build_request("POST", f"{base_url}/v1/generate",
+                                   json={k: v for k, v in fields.items() if v is not None})
+    try:
+        resp = client.send(req, stream=True)
+        try:
+            if resp.status_code != 200:
+                resp.read()
+                try:
+                    err = resp.json()["error"]
+                except Exception:  # noqa: BLE001
+                    err = {"code": "http", "message": resp.text[:500]}
+                raise GenerateError(resp.status_code, err.get("code", ""), err.get("message", ""))
+            parser = SSEParser()
+            for chunk in resp.iter_bytes():
+                now = time.monotonic()
+                for event in parser.feed(chunk):
+                    yield now, event
+        finally:
+            resp.close()
+    finally:
+        if own:
+            client.close()
+
+
+class FrameDecoder:
+    """Decodes geometry/appearance events of any encoding the client knows to (coords, colours)."""
+
+    def __init__(self):
+        self._compact = None
+
+    def decode(self, event: dict) -> tuple[np.ndarray, np.ndarray]:
+        enc = event.get("encoding")
+        if enc == seed_codec.ENCODING_NAME:
+            coords, colors = seed_codec.decode(event)
+            return np.rint(coords).astype(np.int64), colors
+        if enc == "compact":
+            from serve_app.protocol import compact_codec
+
+            if self._compact is None:
+                self._compact = compact_codec.StreamDecoder()
+            frame = self._compact.decode_event(event) if hasattr(self._compact, "decode_event") \
+                else self._compact.decode(__import__("base64").b64decode(event["frame_data"]))
+            colors = frame.colors if frame.colors is not None else np.full((frame.count, 3), 128, np.uint8)
+            return frame.coords.astype(np.int64), colors
+        raise ValueError(f"unknown frame encoding {enc!r}")
+
+
+def _bar(progress: float, width: int = 24) -> str:
+    done = int(progress * width)
+    return "#" * done + "-" * (width - done)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m serve_app.client", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", default="http://127.0.0.1:8000")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", type=Path, help="photo to reconstruct")
+    src.add_argument("--prompt", help="text to turn into an object (needs an image generator)")
+    ap.add_argument("--mask", type=Path, action="append", default=[], help="object mask PNG (repeatable)")
+    ap.add_argument("--click", action="append", default=[], metavar="X,Y[,LABEL]",
+                    help="click on the object (label 1) or background (0); repeatable")
+    ap.add_argument("--box", metavar="X0,Y0,X1,Y1", help="box around the object")
+    ap.add_argument("--label", help="what to cut out, for text-prompted segmenters")
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--encoding", default=None, help="voxel frame encoding (see GET /v1/protocol)")
+    ap.add_argument("--geometry-every", type=int, default=1)
+    ap.add_argument("--colors-every", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("model.glb"), help="where to save the GLB")
+    ap.add_argument("--quiet", action="store_true")
+    a = ap.parse_args(argv)
+
+    points = []
+    for c in a.click:
+        parts = [float(v) for v in c.split(",")]
+        points.append({"x": parts[0], "y": parts[1], "label": int(parts[2]) if len(parts) > 2 else 1})
+    boxes = []
+    if a.box:
+        x0, y0, x1, y1 = (float(v) for v in a.box.split(","))
+        boxes.append({"x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1})
+    fields = dict(prompt=a.prompt, segmentation_label=a.label, seed=a.seed, encoding=a.encoding,
+                  stream_geometry_every=a.geometry_every, stream_colors_every=a.colors_every,
+                  point_prompts=points or None, box_prompts=boxes or None)
+    image = a.image.read_bytes() if a.image else None
+    masks = [m.read_bytes() for m in a.mask]
+    decoder = FrameDecoder()
+    complete = None
+    t0 = time.monotonic()
+    try:
+        for _, ev in iter_events(a.url, image=image, masks=masks, **fields):
+            kind = ev["type"]
+            detail = ev.get("message", "")
+            if kind in FRAME_EVENTS:
+                coords, _ = decoder.decode(ev)
+                detail = f"{len(coords):,} voxels"
+            elif kind == "mesh_preview":
+                detail = f"{ev['vertex_count']:,} vertices, {ev['face_count']:,} faces"
+            elif kind == "glb_ready":
+                detail = f"{ev['size_bytes']:,} bytes"
+            elif kind == "error":
+                print(f"error ({ev['code']}): {ev['message']}", file=sys.stderr)
+                return 1
+            elif kind == "complete":
+                complete = ev
+            if not a.quiet:
+                steps = f"{ev['step']}/{ev['total_steps']}" if ev["total_steps"] else ""
+                print(f"[{_bar(ev['progress'])}] {ev['progress']*100:5.1f}%  {ev['stage']:<15} "
+                      f"{kind:<12} {steps:>6}  {detail}", flush=True)
+    except GenerateError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except httpx.HTTPError as exc:
+        print(f"cannot reach {a.url}: {exc}", file=sys.stderr)
+        return 3
+    if complete is None:
+        print("the stream ended without a `complete` event", file=sys.stderr)
+        return 1
+    glb = httpx.get(a.url + complete["model_glb_url"], timeout=60)
+    glb.raise_for_status()
+    a.out.write_bytes(glb.content)
+    print(f"saved {a.out} ({len(glb.content):,} bytes) in {time.monotonic() - t0:.1f} s; "
+          f"splat: {a.url}{complete['gaussian_splat_url']} (protocol v{PROTOCOL_VERSION})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
