@@ -34,7 +34,7 @@ class GenerateRequest(BaseModel):
 
     prompt: str | None = Field(None, max_length=2000, description="text to turn into a 3D object")
     image_b64: str | None = Field(None, description="the photo, base64 (PNG/JPEG/WebP)")
-    image_url: str | None = Field(None, max_length=4096, description="http(s) or data: URL of the photo")
+    image_url: str | None = Field(None, max_length=40_000_000, description="http(s) or data: URL of the photo")
     mask_b64: list[str] = Field(default_factory=list, max_length=8,
                                 description="object mask(s) as base64 PNG, same size as the photo; their union is used")
     point_prompts: list[PointPrompt] = Field(default_factory=list, max_length=64)

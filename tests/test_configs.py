@@ -1,0 +1,45 @@
+"""Both Serve configs pass Serve's schema and our settings; bad args fail with the key's name."""
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.app import build_app
+from serve_app.settings import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.local.yaml"])
+def test_config_passes_serve_schema_and_builds(name):
+    cfg = yaml.safe_load((ROOT / name).read_text())
+    schema = ServeDeploySchema.model_validate(cfg)
+    app_cfg = schema.applications[0]
+    assert app_cfg.import_path == "serve_app.app:build_app"
+    settings = load_settings(app_cfg.args)
+    build_app(app_cfg.args)  # binds the graph without starting it
+    names = {d.name for d in app_cfg.deployments}
+    assert names == {"Ingress", "PromptEnhancer", "ImageGenerator", "Segmenter", "Reconstructor", "MeshBaker"}
+    if name == "serve_config.yaml":
+        assert settings.segmenter.backend == "sam3" and settings.reconstructor.backend == "sam3d"
+        gpu = {d.name: d.ray_actor_options.num_gpus for d in app_cfg.deployments
+               if d.ray_actor_options.num_gpus}
+        assert gpu["Reconstructor"] == 1 and gpu["Segmenter"] > 0
+        assert all(d.autoscaling_config for d in app_cfg.deployments)
+    else:
+        assert settings.segmenter.backend == "grabcut" and settings.reconstructor.backend == "inflation"
+        cpus = sum(d.ray_actor_options.num_cpus for d in app_cfg.deployments)
+        assert cpus <= 2  # the whole local graph fits a 2-core laptop
+
+
+def test_unknown_key_names_the_key():
+    with pytest.raises(ConfigError) as info:
+        load_settings({"reconstructor": {"inflaton": {}}})
+    assert "args.reconstructor.inflaton" in str(info.value)
+
+
+def test_bad_value_names_the_key():
+    with pytest.raises(ConfigError) as info:
+        load_settings({"segmenter": {"backend": "magic"}})
+    assert "args.segmenter.backend" in str(info.value)

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from deployments.errors import BadInput
+from deployments.segmenter.base import Box, Point, SegmentPrompt
+from deployments.segmenter.grabcut import GrabCutSegmenter
+from photos import ROCKET_BOX, photo_array
+
+
+@pytest.fixture(scope="module")
+def seg():
+    return GrabCutSegmenter()
+
+
+def test_border_prior_finds_the_cup(seg):
+    img = photo_array("coffee")
+    m = seg.segment(img, SegmentPrompt()).mask
+    assert m.shape == img.shape[:2] and m.dtype == bool
+    assert m[200, 250]  # the crema in the middle of the cup
+    assert not m[5, 5] and not m[395, 595]  # the table in the corners
+    assert 0.2 < m.mean() < 0.7
+
+
+def test_box_isolates_the_rocket(seg):
+    img = photo_array("rocket")
+    m = seg.segment(img, SegmentPrompt(box=Box(**ROCKET_BOX))).mask
+    ys, xs = np.nonzero(m)
+    assert xs.min() >= ROCKET_BOX["x_min"] and xs.max() < ROCKET_BOX["x_max"]
+    assert (ys.max() - ys.min()) / (xs.max() - xs.min()) > 2.5
+
+
+def test_click_picks_the_component_under_it(seg):
+    img = photo_array("astronaut")
+    m = seg.segment(img, SegmentPrompt(points=[Point(150, 400, 1)])).mask
+    assert m[400, 150]
+
+
+def test_background_click_removes_region(seg):
+    img = photo_array("coffee")
+    base = seg.segment(img, SegmentPrompt()).mask
+    # The saucer rim at the lower left belongs to the default mask; a background click there trims it.
+    y, x = 330, 150
+    assert base[y, x]
+    m = seg.segment(img, SegmentPrompt(points=[Point(250, 200, 1), Point(x, y, 0)])).mask
+    assert not m[y, x] and m[200, 250]
+
+
+def test_user_mask_is_refined_not_replaced(seg):
+    img = photo_array("coffee")
+    user = np.zeros(img.shape[:2], bool)
+    user[60:340, 120:430] = True
+    m = seg.segment(img, SegmentPrompt(mask=user)).mask
+    inner = np.zeros_like(user)
+    inner[80:320, 140:410] = True
+    assert m[inner].mean() > 0.9  # the trusted interior stays
+    assert not m[:40].any()  # far background stays out
+
+
+def test_nothing_to_find_is_bad_input(seg):
+    flat = np.full((120, 160, 3), 90, np.uint8)
+    with pytest.raises(BadInput):
+        seg.segment(flat, SegmentPrompt(box=Box(0, 0, 1, 1)))
