@@ -28,9 +28,11 @@ class ImageGeneratorSettings(_Strict):
     local_dir: str | None = None
     steps: int = Field(4, ge=1, le=100)
     guidance_scale: float = Field(0.0, ge=0)
-    size: int = Field(1024, ge=256, le=2048)
+    size: int = Field(1024, ge=64, le=2048, multiple_of=8)  # pixels a side; the VAE needs multiples of 8
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    # Weight file variant to load (e.g. "fp16" halves sdxl-turbo's download); None: the default files.
+    variant: str | None = None
 
 
 class GrabCutSettings(_Strict):
