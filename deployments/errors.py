@@ -43,6 +43,20 @@ class StageTimeout(StageError):
     code = "stage_timeout"
 
 
+class Busy(StageError):
+    """Every replica of a stage is busy and its queue is full: come back later."""
+
+    status = 503
+    code = "busy"
+
+
+class QueueTimeout(StageError):
+    """The request waited in a stage's queue longer than the configured limit."""
+
+    status = 503
+    code = "queue_timeout"
+
+
 def as_stage_error(exc: BaseException) -> StageError | None:
     """Unwrap Ray's error wrappers to the StageError a backend raised, if any."""
     seen = set()
@@ -50,6 +64,8 @@ def as_stage_error(exc: BaseException) -> StageError | None:
         seen.add(id(exc))
         if isinstance(exc, StageError):
             return exc
+        if type(exc).__name__ == "BackPressureError":  # ray.serve.exceptions, without importing Ray
+            return Busy("the service is at capacity and its queue is full; retry in a few seconds")
         cause = getattr(exc, "cause", None)
         if isinstance(cause, BaseException):
             exc = cause

@@ -20,7 +20,7 @@ from serve_app.schemas import GenerateRequest
 from serve_app.service import GenerateService, error_event
 from serve_app.settings import load_settings
 from serve_app.store import ArtifactStore
-from serve_app.wire import FrameWriter
+from serve_app.wire import FrameWriter, paced
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=64)
@@ -50,8 +50,8 @@ class Ingress:
         job = await self.service.prepare(req, image_array=image)
         events = await self.service.start(job)
         writer = FrameWriter(job.encoding)
-        async for event in events:
-            yield writer.encode(event)
+        async for event in paced(events, self.settings.stream, writer.python):
+            yield event
 
     async def describe(self) -> dict:
         return await self.service.clients.describe()

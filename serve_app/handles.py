@@ -35,8 +35,12 @@ class HandleClients:
     async def reconstruct(self, image: np.ndarray, mask: np.ndarray,
                           options: ReconstructOptions) -> AsyncIterator:
         gen = self.reconstructor.options(stream=True).stream.remote(image, mask, options)
-        async for item in gen:
-            yield item
+        try:
+            async for item in gen:
+                yield item
+        finally:
+            # Closing early (disconnect, timeout, error) must free the GPU replica now.
+            gen.cancel()
 
     async def bake(self, recon: Reconstruction, artifact_id: str):
         return await self.mesh_baker.bake.remote(recon, artifact_id)

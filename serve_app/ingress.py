@@ -13,9 +13,14 @@ from pydantic import ValidationError
 from deployments.errors import BadInput, StageError
 from serve_app.protocol import ENCODINGS, EVENT_FIELDS, EVENT_TYPES, PROTOCOL_VERSION, STAGES
 from serve_app.schemas import GenerateRequest
-from serve_app.service import GenerateService, http_error
+from serve_app.service import GenerateService, http_error, retry_after
 from serve_app.store import ArtifactNotFound, InvalidArtifactRef, content_type
-from serve_app.wire import sse_stream
+from serve_app.stream_response import WatchedStreamingResponse
+from serve_app.wire import FrameWriter, paced
+
+# Serve 2.60 honours these client headers in its proxy, before our code runs.
+TIMEOUT_HEADER = "x-request-timeout-seconds"
+NO_DISCONNECT_HEADER = "x-request-disconnect-disabled"
 
 STATIC = Path(__file__).parent / "static"
 _JSON_LIST_FIELDS = ("point_prompts", "box_prompts", "mask_b64")
@@ -75,6 +80,25 @@ async def parse_generate(request: Request) -> tuple[GenerateRequest, bytes | Non
     return GenerateRequest.model_validate(fields), image_bytes, masks
 
 
+def client_stream_policy(request: Request, honor: bool) -> tuple[float | None, bool]:
+    """(deadline in seconds or None for the configured one, whether to cancel on disconnect).
+
+    Unless the operator enables them, the client's Serve headers change nothing here: the
+    ingress keeps its own deadline and its own disconnect watch whatever the proxy did.
+    """
+    if not honor:
+        return None, True
+    deadline = None
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is not None:
+        try:
+            value = float(raw)
+            deadline = value if value > 0 else 10 * 365 * 86400.0
+        except ValueError:
+            pass
+    return deadline, request.headers.get(NO_DISCONNECT_HEADER) != "?1"
+
+
 def build_fastapi_app(service: GenerateService) -> FastAPI:
     app = FastAPI(title="sam3d-serve", version="0.1.0",
                   description="Photo or text → 3D object, streamed as it takes shape.")
@@ -100,19 +124,22 @@ def build_fastapi_app(service: GenerateService) -> FastAPI:
                       "mask": {"type": "array", "items": {"type": "string", "format": "binary"}},
                   }}}}}})
     async def generate(request: Request):
+        deadline_s, watch = client_stream_policy(request, service.settings.honor_client_serve_headers)
         try:
             req, image_bytes, masks = await parse_generate(request)
             job = await service.prepare(req, image_bytes=image_bytes, mask_bytes=masks)
-            events = await service.start(job)
+            events = await service.start(job, deadline_s=deadline_s)
         except ValidationError as exc:
             return _error(422, "bad_input", _validation_message(exc))
         except Exception as exc:  # noqa: BLE001 - mapped to a status with a reason
             status, body = http_error(exc)
-            return JSONResponse(body, status_code=status)
-        return StreamingResponse(
-            sse_stream(events, job.encoding), media_type="text/event-stream",
+            return JSONResponse(body, status_code=status, headers=retry_after(status))
+        writer = FrameWriter(job.encoding)
+        return WatchedStreamingResponse(
+            paced(events, service.settings.stream, writer.sse), media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                      "X-Sam3d-Request-Id": job.request_id},
+            watch_disconnect=watch,
         )
 
     @app.get("/v1/artifacts/{artifact_id}/{name}", summary="Download an artifact (GLB, splat PLY, mask)")

@@ -7,18 +7,20 @@ stream writer encodes them for the wire in the request's encoding.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import AsyncIterator, Protocol
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Protocol
 
 import numpy as np
 
-from deployments.errors import BadInput
+from deployments.errors import BadInput, QueueTimeout, StageTimeout
 from deployments.reconstructor.base import Reconstruction, ReconstructOptions, StepFrame
 from deployments.segmenter.base import SegmentPrompt
 from serve_app.inputs import png_bytes
 from serve_app.protocol import make_event
+from serve_app.settings import TimeoutSettings
 
 log = logging.getLogger("sam3d.pipeline")
 
@@ -37,6 +39,7 @@ class Job:
     seg_prompt: SegmentPrompt
     options: ReconstructOptions
     encoding: str = "seed"
+    timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
 
 
 class StageClients(Protocol):
@@ -80,6 +83,36 @@ class Progress:
         return event
 
 
+async def _within(aw: Awaitable, seconds: float, stage: str):
+    try:
+        return await asyncio.wait_for(aw, seconds)
+    except asyncio.TimeoutError:
+        raise StageTimeout(f"the {stage} stage took longer than its {seconds:g} s limit") from None
+
+
+async def _timed_stream(agen: AsyncIterator, first_s: float, gap_s: float) -> AsyncIterator:
+    """Items of a downstream stream, with a limit on the first (queueing) and on each gap."""
+    it = agen.__aiter__()
+    limit, first = first_s, True
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(it.__anext__(), limit)
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                if first:
+                    raise QueueTimeout(f"no reconstructor could take the request within {first_s:g} s; "
+                                       "retry in a while") from None
+                raise StageTimeout(f"the reconstructor made no progress for {gap_s:g} s") from None
+            limit, first = gap_s, False
+            yield item
+    finally:
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
     """Yield the request's events in protocol order. Stage errors propagate as exceptions."""
     text_route = job.image is None
@@ -87,24 +120,26 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
     yield p.stamp(make_event("loading", stage="request", message="accepted"))
     image, seg_prompt = job.image, job.seg_prompt
     timings: dict[str, float] = {}
+    to = job.timeouts
 
     if text_route:
         t = time.monotonic()
         yield p.stamp(make_event("loading", stage="prompt_enhancer", message="enhancing the prompt"))
-        enhanced = await clients.enhance(job.prompt)
+        enhanced = await _within(clients.enhance(job.prompt), to.prompt_enhancer_s, "prompt enhancer")
         timings["prompt_enhancer"] = time.monotonic() - t
         if not seg_prompt.label:
             seg_prompt.label = enhanced.segmentation_label
         yield p.stamp(make_event("loading", stage="image_generator", message=enhanced.image_prompt,
                                  segmentation_label=seg_prompt.label))
         t = time.monotonic()
-        image = await clients.generate_image(enhanced.image_prompt, job.options.seed)
+        image = await _within(clients.generate_image(enhanced.image_prompt, job.options.seed),
+                              to.image_generator_s, "image generator")
         timings["image_generator"] = time.monotonic() - t
 
     t = time.monotonic()
     yield p.stamp(make_event("loading", stage="segmenter", message="finding the object",
                              image_width=int(image.shape[1]), image_height=int(image.shape[0])))
-    seg = await clients.segment(image, seg_prompt)
+    seg = await _within(clients.segment(image, seg_prompt), to.segmenter_s, "segmenter")
     mask = np.asarray(seg.mask, dtype=bool)
     if mask.shape != image.shape[:2] or not mask.any():
         raise BadInput("segmentation returned no object; add a click or a box")
@@ -117,7 +152,7 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
 
     t = time.monotonic()
     recon = None
-    async for item in clients.reconstruct(image, mask, job.options):
+    async for item in _timed_stream(clients.reconstruct(image, mask, job.options), to.queue_s, to.step_s):
         if isinstance(item, StepFrame):
             ev = make_event(item.stage, stage=item.stage, step=item.step, total_steps=item.total_steps)
             ev["_frame"] = item.frame
@@ -130,7 +165,7 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
 
     t = time.monotonic()
     yield p.stamp(make_event("loading", stage="mesh_baker", message="meshing"))
-    baked = await clients.bake(recon, job.request_id)
+    baked = await _within(clients.bake(recon, job.request_id), to.mesh_baker_s, "mesh baker")
     timings["mesh_baker"] = time.monotonic() - t
     yield p.stamp(make_event("mesh_preview", stage="mesh_baker", step=1, total_steps=1, **baked.preview))
     base = f"/v1/artifacts/{job.request_id}"

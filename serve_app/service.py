@@ -1,18 +1,20 @@
 """Request handling shared by the HTTP routes and the Python DeploymentHandle API."""
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import AsyncIterator
 
 import numpy as np
 
-from deployments.errors import BadInput, NotConfigured, StageError, as_stage_error
+from deployments.errors import BadInput, NotConfigured, StageError, StageTimeout, as_stage_error
 from deployments.image_generator.unavailable import MESSAGE as NO_GENERATOR
 from deployments.reconstructor.base import ReconstructOptions
 from deployments.segmenter.base import Box, Point, SegmentPrompt
 from serve_app import inputs
 from serve_app.pipeline import Job, StageClients, run_pipeline
-from serve_app.protocol import ENCODINGS, make_event
+from serve_app.protocol import ENCODINGS, FRAME_EVENTS, make_event
 from serve_app.schemas import GenerateRequest
 from serve_app.settings import AppSettings
 from serve_app.store import ArtifactStore, new_artifact_id
@@ -90,21 +92,34 @@ class GenerateService:
         options = ReconstructOptions(seed=req.seed, geometry_every=req.stream_geometry_every,
                                      colors_every=req.stream_colors_every)
         return Job(request_id=new_artifact_id(), prompt=req.prompt, image=image,
-                   seg_prompt=seg_prompt, options=options, encoding=req.encoding)
+                   seg_prompt=seg_prompt, options=options, encoding=req.encoding,
+                   timeouts=self.settings.timeouts)
 
-    async def start(self, job: Job) -> AsyncIterator[dict]:
-        """Await the first event (errors so far raise, for a real HTTP status), then stream.
+    async def start(self, job: Job, deadline_s: float | None = None) -> AsyncIterator[dict]:
+        """Run until the reconstructor's first frame (or the first event, if configured) and
+        raise what fails before it, so a full queue or a queue timeout is a real HTTP status.
 
-        After the first event, failures become an `error` event; the stream never just stops.
+        After that, failures, including the whole-request deadline, become an `error` event:
+        the stream never just stops.
         """
+        deadline = time.monotonic() + (deadline_s or self.settings.timeouts.request_s)
         agen = run_pipeline(job, self.clients)
-        first = await agen.__anext__()
+        held: list[dict] = []
+        try:
+            async for ev in _until_deadline(agen, deadline):
+                held.append(ev)
+                if not self.settings.stream.hold_headers_for_first_frame or ev["type"] in FRAME_EVENTS:
+                    break
+        except BaseException:
+            await agen.aclose()
+            raise
 
         async def events():
-            yield first
-            seq = first["seq"]
+            seq = held[-1]["seq"] if held else -1
+            for ev in held:
+                yield ev
             try:
-                async for ev in agen:
+                async for ev in _until_deadline(agen, deadline):
                     seq = ev["seq"]
                     yield ev
             except Exception as exc:  # noqa: BLE001 - every failure must reach the client
@@ -113,6 +128,22 @@ class GenerateService:
                 await agen.aclose()
 
         return events()
+
+
+async def _until_deadline(agen: AsyncIterator[dict], deadline: float) -> AsyncIterator[dict]:
+    """Items of `agen` until the deadline, then StageTimeout. Works per item so the timeout
+    is raised inside this generator, never into whatever task happens to iterate it."""
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise asyncio.TimeoutError
+            ev = await asyncio.wait_for(agen.__anext__(), left)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise StageTimeout("the request exceeded its time limit") from None
+        yield ev
 
 
 def error_event(exc: BaseException, request_id: str, seq: int) -> dict:
@@ -133,6 +164,10 @@ def http_error(exc: BaseException) -> tuple[int, dict]:
         log.exception("request failed", exc_info=exc)
         return 500, {"error": {"code": "internal", "message": "internal error"}}
     return err.status, {"error": {"code": err.code, "message": err.message}}
+
+
+def retry_after(status: int) -> dict[str, str]:
+    return {"Retry-After": "5"} if status == 503 else {}
 
 
 def _check_array(a: np.ndarray) -> np.ndarray:

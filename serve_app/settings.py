@@ -47,9 +47,13 @@ class Sam3Settings(_Strict):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     score_threshold: float = Field(0.5, ge=0, le=1)
-    max_batch_size: int = Field(8, ge=1, le=64)
+    max_batch_size: int = Field(8, ge=1, le=64)  # images per @serve.batch encoder call
     batch_wait_timeout_s: float = Field(0.01, ge=0)
-    embedding_cache_mb: int = Field(512, ge=0)
+    embedding_cache_mb: int = Field(512, ge=0)  # per replica, on the model's device; 0 disables the cache
+    max_instances: int = Field(10, ge=1, le=100)  # text prompts: instances returned at most
+    # Browser payload of POST /v1/embed (deployments/segmenter/embedding_codec.py): compact ≈ 3.3-4 MB.
+    embedding_profile: Literal["compact", "int8", "fp16", "fp32"] = "compact"
+    onnx_cache_dir: str | None = None  # where the click decoder is exported once; default: the temp dir
 
 
 class SegmenterSettings(_Strict):
@@ -102,6 +106,29 @@ class LimitsSettings(_Strict):
     image_url_timeout_s: float = Field(10.0, gt=0)
 
 
+class StreamSettings(_Strict):
+    """Self-pacing of each stream. Serve has no flow control from a slow reader back to us,
+    so every stream stays under these rates; frames that come faster are coalesced, the
+    newest replacing older unsent ones (never the last frame of a stage, never an event)."""
+
+    max_frames_per_s: float = Field(10.0, gt=0, le=1000)
+    max_bytes_per_s: int = Field(1_000_000, ge=1000)
+    # Headers wait for the reconstructor's first frame, so a full queue is a real 503.
+    hold_headers_for_first_frame: bool = True
+
+
+class TimeoutSettings(_Strict):
+    """Per-stage limits, enforced by the ingress whatever the client's headers say."""
+
+    prompt_enhancer_s: float = Field(60, gt=0)
+    image_generator_s: float = Field(180, gt=0)
+    segmenter_s: float = Field(120, gt=0)
+    queue_s: float = Field(120, gt=0)  # from the reconstructor call to its first frame
+    step_s: float = Field(120, gt=0)  # the longest gap between two reconstructor items
+    mesh_baker_s: float = Field(180, gt=0)
+    request_s: float = Field(900, gt=0)  # the whole stream
+
+
 class AppSettings(_Strict):
     prompt_enhancer: PromptEnhancerSettings = PromptEnhancerSettings()
     image_generator: ImageGeneratorSettings = ImageGeneratorSettings()
@@ -110,6 +137,12 @@ class AppSettings(_Strict):
     mesh_baker: MeshBakerSettings = MeshBakerSettings()
     store: StoreSettings = StoreSettings()
     limits: LimitsSettings = LimitsSettings()
+    stream: StreamSettings = StreamSettings()
+    timeouts: TimeoutSettings = TimeoutSettings()
+    # Serve 2.60 lets any client send `x-request-timeout-seconds: 0` and
+    # `x-request-disconnect-disabled: ?1`. Off: the ingress applies its own timeouts and
+    # cancels on disconnect regardless. On: it follows those headers.
+    honor_client_serve_headers: bool = False
 
 
 class ConfigError(ValueError):

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
+from serve_app.pacing import FramePacer
 from serve_app.protocol import FRAME_EVENTS, encode_frame, format_sse
+from serve_app.settings import StreamSettings
 
 
 class FrameWriter:
@@ -19,7 +21,15 @@ class FrameWriter:
         return event
 
 
-async def sse_stream(events: AsyncIterator[dict], encoding: str) -> AsyncIterator[bytes]:
-    writer = FrameWriter(encoding)
-    async for event in events:
-        yield format_sse(writer.encode(event))
+    def sse(self, event: dict) -> tuple[bytes, int]:
+        data = format_sse(self.encode(event))
+        return data, len(data)
+
+    def python(self, event: dict) -> tuple[dict, int]:
+        """For DeploymentHandle callers: the event dict, sized as it would be on the wire."""
+        event = self.encode(event)
+        return event, len(event.get("voxel_data", "")) + len(event.get("frame_data", "")) + 200
+
+
+def paced(events: AsyncIterator[dict], settings: StreamSettings, encode) -> AsyncIterator:
+    return FramePacer(events, settings, encode).__aiter__()

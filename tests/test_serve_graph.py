@@ -34,9 +34,12 @@ def test_photo_streams_frames_then_complete(coffee_stream):
     last_geo = max(i for i, t in enumerate(types) if t == "geometry")
     first_app = types.index("appearance")
     assert last_geo < first_app < types.index("mesh_preview") < types.index("glb_ready")
-    # Each event carries the common fields; seq has no gaps; progress never goes back.
+    # Each event carries the common fields; seq only skips frames the pacer coalesced;
+    # progress never goes back.
     events = [ev for _, ev in coffee_stream]
-    assert [ev["seq"] for ev in events] == list(range(len(events)))
+    seqs = [ev["seq"] for ev in events]
+    assert seqs[0] == 0 and seqs == sorted(set(seqs))
+    assert seqs[-1] + 1 - len(seqs) == events[-1]["coalesced_frames"]
     assert len({ev["request_id"] for ev in events}) == 1
     progress = [ev["progress"] for ev in events]
     assert progress == sorted(progress) and progress[-1] == 1.0

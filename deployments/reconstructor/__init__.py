@@ -1,6 +1,7 @@
 """Reconstructor: image + mask → a stream of voxel frames, then the final volume."""
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator
 
 import numpy as np
@@ -30,13 +31,36 @@ class Reconstructor:
     def __init__(self, settings: dict | None = None):
         self.settings = ReconstructorSettings.model_validate(settings or {})
         self.backend = make_backend(self.settings)
+        self.active = 0
+        self.cancelled = 0
+        self.completed = 0
 
     async def stream(self, image: np.ndarray, mask: np.ndarray,
                      options: ReconstructOptions) -> AsyncIterator[StreamItem]:
         # Async generator all the way down: Serve cancels it on client disconnect and the
         # backend stops at its next step boundary.
-        async for item in self.backend.stream(image, mask, options):
-            yield item
+        self.active += 1
+        try:
+            async for item in self.backend.stream(image, mask, options):
+                yield item
+            self.completed += 1
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            raise
+        finally:
+            self.active -= 1
 
     def describe(self) -> dict:
         return {"backend": self.backend.name, "grid_size": self.settings.grid_size}
+
+    def stats(self) -> dict:
+        """Counters for operators and tests: streams running, finished, cancelled; steps run."""
+        return {"active": self.active, "completed": self.completed, "cancelled": self.cancelled,
+                "steps_run": getattr(self.backend, "steps_run", None)}
+
+    def check_health(self) -> None:
+        # Steps run in worker threads, so the event loop stays free to answer this during
+        # a long reconstruction; a backend that lost its device says so here.
+        check = getattr(self.backend, "check_health", None)
+        if check is not None:
+            check()

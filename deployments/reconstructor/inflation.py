@@ -121,6 +121,15 @@ class InflationReconstructor:
     async def stream(self, image: np.ndarray, mask: np.ndarray, options: ReconstructOptions):
         s = self.settings
         prep = await asyncio.to_thread(prepare, image, mask, self.n, s.fill)
+        try:
+            async for item in self._steps(prep, options):
+                yield item
+        finally:
+            # Cancelled or done, drop the per-request volumes now rather than at GC time.
+            prep.silhouette = prep.colors = None
+
+    async def _steps(self, prep: _Prepared, options: ReconstructOptions):
+        s = self.settings
         u = np.zeros((self.n, self.n), np.float32)
         geo_total, app_total = s.geometry_steps, s.appearance_steps
         sweeps_done = 0

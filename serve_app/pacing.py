@@ -1,0 +1,107 @@
+"""Self-pacing of one stream: a bounded, latest-wins frame buffer between pipeline and wire.
+
+Ray Serve applies no flow control from a slow HTTP reader back to the replica (its ASGI
+message queues are unbounded), so nothing tells us how fast the client reads. Instead each
+stream releases frames at most `max_frames_per_s` and `max_bytes_per_s`. A producer task
+drains the pipeline as fast as it yields, so upstream frames never pile up in Ray either;
+when a new frame of a stage arrives while an older one of that stage is still unsent, the
+newer one replaces it ("latest wins"). The last frame of each stage and every non-frame
+event are never dropped. Frames are encoded when they are sent, so delta encodings are
+always taken against what the client actually received.
+
+Bound: at most one pending frame per stage plus the final frames and events, whatever the
+number of steps; the bytes a stream can push into Serve's queues are at most
+max_bytes_per_s times its duration.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import AsyncIterator, Callable
+
+from serve_app.protocol import FRAME_EVENTS
+from serve_app.settings import StreamSettings
+
+_END = object()
+
+
+def _is_droppable(ev: dict) -> bool:
+    return ev.get("type") in FRAME_EVENTS and ev.get("step") != ev.get("total_steps")
+
+
+class FramePacer:
+    def __init__(self, events: AsyncIterator[dict], settings: StreamSettings,
+                 encode: Callable[[dict], tuple[object, int]]):
+        """`encode(event) -> (what to yield, its size in bytes on the wire)`."""
+        self._events = events
+        self._settings = settings
+        self._encode = encode
+        self._queue: deque = deque()
+        self._ready = asyncio.Event()
+        self.coalesced = 0
+        self.bytes_sent = 0
+        self.frames_sent = 0
+        self.max_pending = 0
+
+    def _put(self, item) -> None:
+        if isinstance(item, dict) and _is_droppable(item):
+            stage = item["stage"]
+            before = len(self._queue)
+            self._queue = deque(q for q in self._queue
+                                if not (isinstance(q, dict) and q.get("stage") == stage and _is_droppable(q)))
+            self.coalesced += before - len(self._queue)
+        self._queue.append(item)
+        self.max_pending = max(self.max_pending, len(self._queue))
+        self._ready.set()
+
+    async def _produce(self) -> None:
+        try:
+            async for ev in self._events:
+                self._put(ev)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer to raise in order
+            self._put(exc)
+        else:
+            self._put(_END)
+
+    async def __aiter__(self) -> AsyncIterator:
+        producer = asyncio.create_task(self._produce())
+        next_frame_at = 0.0
+        try:
+            while True:
+                if not self._queue:
+                    self._ready.clear()
+                    await self._ready.wait()
+                    continue
+                head = self._queue[0]
+                if isinstance(head, dict) and head.get("type") in FRAME_EVENTS:
+                    wait = next_frame_at - time.monotonic()
+                    if wait > 0:
+                        # Newer frames may replace this one meanwhile; look again after.
+                        await asyncio.sleep(wait)
+                        continue
+                item = self._queue.popleft()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                if item.get("type") == "complete":
+                    item["coalesced_frames"] = self.coalesced
+                data, size = self._encode(item)
+                self.bytes_sent += size
+                if item.get("type") in FRAME_EVENTS:
+                    self.frames_sent += 1
+                    gap = max(1.0 / self._settings.max_frames_per_s, size / self._settings.max_bytes_per_s)
+                    next_frame_at = time.monotonic() + gap
+                yield data
+        finally:
+            producer.cancel()
+            try:
+                await producer
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+            aclose = getattr(self._events, "aclose", None)
+            if aclose is not None:
+                await aclose()
