@@ -1,0 +1,171 @@
+"""The SAM 3 stage of the graph: image + label/clicks/box/mask → object mask.
+
+Beyond `segment` (what the graph calls), a SAM 3 replica serves the hybrid browser pattern: `embed`
+encodes an image once (through the @serve.batch encoder) and returns the compact payload the browser's
+ONNX decoder needs, `segment_cached` answers prompts from a cached embedding, and `click_decoder_onnx`
+hands out the exported decoder. On the GrabCut backend those raise NotConfigured (HTTP 501).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+from ray import serve
+
+from deployments.errors import NotConfigured
+from serve_app.settings import SegmenterSettings
+
+from .base import Box, Point, SegmentPrompt, SegmentResult, SegmenterBackend
+from .embedding_cache import EmbeddingNotFound
+
+__all__ = ["Segmenter", "make_backend", "Box", "Point", "SegmentPrompt", "SegmentResult", "EmbeddingNotFound"]
+log = logging.getLogger(__name__)
+
+
+def make_backend(settings: SegmenterSettings) -> SegmenterBackend:
+    if settings.backend == "grabcut":
+        from .grabcut import GrabCutSegmenter
+
+        return GrabCutSegmenter(settings.grabcut)
+    if settings.backend == "sam3":
+        from .sam3 import Sam3Segmenter
+
+        return Sam3Segmenter(settings.sam3)
+    raise ValueError(f"unknown segmenter backend {settings.backend!r}")
+
+
+def _in_replica() -> bool:
+    """@serve.batch needs a replica context; plain instances and local testing mode have none."""
+    try:
+        serve.get_replica_context()
+        return True
+    except Exception:  # RayServeException outside a replica
+        return False
+
+
+@serve.deployment(name="Segmenter", max_ongoing_requests=16)
+class Segmenter:
+    def __init__(self, settings: dict | None = None):
+        self.settings = SegmenterSettings.model_validate(settings or {})
+        self.backend = make_backend(self.settings)
+        self._inflight: dict[str, asyncio.Future] = {}
+        sam = self.settings.sam3
+        self._encode_batched.set_max_batch_size(sam.max_batch_size)
+        self._encode_batched.set_batch_wait_timeout_s(sam.batch_wait_timeout_s)
+
+    # ---- the graph's interface ----------------------------------------------------------------------
+
+    async def segment(self, image: np.ndarray, prompt: SegmentPrompt) -> SegmentResult:
+        sam = self._sam3_or_none()
+        if sam is None:
+            # A thread keeps the replica's event loop free for health checks while OpenCV/torch run.
+            return await asyncio.to_thread(self.backend.segment, image, prompt)
+        from .sam3 import check_prompt, mask_only
+
+        check_prompt(prompt, image.shape[:2])  # before spending an encoder pass on a bad prompt
+        if mask_only(prompt):
+            return await asyncio.to_thread(sam.segment, image, prompt)
+        embedding, _ = await self._embedding(image)
+        return await asyncio.to_thread(sam.segment_with_embedding, embedding, prompt)
+
+    def describe(self) -> dict:
+        describe = getattr(self.backend, "describe", None)
+        return describe() if callable(describe) else {"backend": self.backend.name}
+
+    # ---- SAM 3 only: embeddings for the browser -----------------------------------------------------
+
+    async def embed(self, image: np.ndarray, profile: str | None = None) -> dict:
+        """Encode (or find cached) → id, sizes and the compact payload (embedding_codec format)."""
+        sam = self._sam3("POST /v1/embed")
+        embedding, encoded = await self._embedding(image)
+        payload = await asyncio.to_thread(sam.embedding_payload, embedding, profile)
+        return {
+            "embedding_id": embedding.embedding_id,
+            "original_size": list(embedding.original_size),
+            "input_size": sam.input_size,
+            "shapes": embedding.shapes(),
+            "profile": profile or sam.settings.embedding_profile,
+            "encoded": encoded,  # False: served from this replica's cache
+            "payload": payload,
+        }
+
+    async def segment_cached(self, embedding_id: str, prompt: SegmentPrompt) -> SegmentResult:
+        """A prompt against an embedding this replica holds; EmbeddingNotFound (404) if it holds none."""
+        sam = self._sam3("segmenting by embedding_id")
+        embedding = sam.cached(embedding_id)
+        if embedding is None:
+            raise EmbeddingNotFound(
+                f"no embedding {embedding_id!r} here (unknown, or evicted from the cache); send the image again"
+            )
+        return await asyncio.to_thread(sam.segment_with_embedding, embedding, prompt)
+
+    async def click_decoder_onnx(self) -> dict:
+        """{filename, data}: the ONNX click decoder, exported once per replica."""
+        sam = self._sam3("the click decoder model")
+        path = await asyncio.to_thread(sam.click_decoder_path)
+        return {"filename": path.name, "data": await asyncio.to_thread(path.read_bytes)}
+
+    # ---- internals ----------------------------------------------------------------------------------
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _encode_batched(self, items: list[tuple[str, np.ndarray]]) -> list:
+        """One encoder pass over every image that arrived within the wait window (settings.sam3)."""
+        ids = [key for key, _ in items]
+        images = [image for _, image in items]
+        return await asyncio.to_thread(self.backend.encode_batch, images, ids)
+
+    async def _embedding(self, image: np.ndarray):
+        """(ImageEmbedding, encoded now?) — the cache first, then one shared encoder run per image.
+
+        The run is a task of its own: a request that is cancelled (client gone) does not cancel it for
+        the others waiting on the same image, and its result still lands in the cache.
+        """
+        sam = self._sam3("image embeddings")
+        key = await asyncio.to_thread(sam.image_id, image)
+        found = sam.cached(key)
+        if found is not None:
+            return found, False
+        task = self._inflight.get(key)
+        owner = task is None
+        if owner:
+            task = asyncio.ensure_future(self._encode_and_store(sam, key, image))
+            self._inflight[key] = task
+            task.add_done_callback(lambda t, k=key: self._encode_done(k, t))
+        return await asyncio.shield(task), owner
+
+    def _encode_done(self, key: str, task: asyncio.Task) -> None:
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here, so a failure nobody waited for is not logged as lost
+
+    async def _encode_and_store(self, sam, key: str, image: np.ndarray):
+        if _in_replica():
+            embedding = await self._encode_batched((key, image))
+        else:
+            embedding = (await asyncio.to_thread(sam.encode_batch, [image], [key]))[0]
+        sam.remember(embedding)
+        if _in_replica():
+            try:  # tell Serve this replica holds the embedding, so requests naming it are routed here
+                await self._announce(key)
+            except Exception:  # noqa: BLE001 - routing is a preference; never fail a request over it
+                log.debug("could not announce embedding %s", key, exc_info=True)
+        return embedding
+
+    @serve.multiplexed(max_num_models_per_replica=64)
+    async def _announce(self, embedding_id: str) -> str:
+        """Serve's multiplexing keeps the ids; requests with multiplexed_model_id=<id> prefer this replica."""
+        return embedding_id
+
+    def _sam3_or_none(self):
+        return self.backend if hasattr(self.backend, "encode_batch") else None
+
+    def _sam3(self, what: str):
+        sam = self._sam3_or_none()
+        if sam is None:
+            raise NotConfigured(
+                f"{what} needs the SAM 3 segmenter; this deployment runs the {self.backend.name!r} backend. "
+                "Set `segmenter: {backend: sam3, sam3: {local_dir: /models/sam3}}` in the Serve config "
+                "args (weights: facebook/sam3, gated on the Hugging Face hub; see docs/sam3.md)."
+            )
+        return sam

@@ -1,0 +1,205 @@
+"""SAM 3 click/box mask decoder (prompt encoder + mask decoder) as ONNX, for onnxruntime and onnxruntime-web.
+
+Contract (SAM 2 style; batch 1; N prompt points, N dynamic):
+
+    inputs   image_embed        float32 1x256x72x72     (from the embedding payload)
+             high_res_feats_0   float32 1x32x288x288
+             high_res_feats_1   float32 1x64x144x144
+             point_coords       float32 1xNx2   pixel (x, y) scaled to the encoder input: x*S/W, y*S/H
+             point_labels       float32 1xN     1 object, 0 background, 2/3 box corners, -1 padding point
+             mask_input         float32 1x1x288x288  previous low-res mask logits (zeros when unused)
+             has_mask_input     float32 1       1 to use mask_input, else 0
+    outputs  masks              float32 1x4x288x288  low-res logits; 0 = single-mask token, 1..3 multimask
+             iou_predictions    float32 1x4
+             object_score_logits float32 1x1
+
+`prompt_arrays` builds point_coords/point_labels the way the tracker does (box corners, then one padding
+point); `select_mask` picks the output the tracker itself returns. The low-res logits are scaled to the
+image with bilinear interpolation and thresholded at 0. Sizes above are for the full model (S = 1008).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+INPUT_NAMES = [
+    "image_embed",
+    "high_res_feats_0",
+    "high_res_feats_1",
+    "point_coords",
+    "point_labels",
+    "mask_input",
+    "has_mask_input",
+]
+OUTPUT_NAMES = ["masks", "iou_predictions", "object_score_logits"]
+OPSET = 17
+
+
+def prompt_arrays(points, box, original_size: tuple[int, int], input_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """points: [(x, y, label)], box: (x0, y0, x1, y1) or None, both in original pixels.
+
+    → (1xNx2 coords in encoder-input pixels, 1xN labels). A box becomes two corner points labelled 2 and 3;
+    one padding point (label -1) closes the list, as the tracker's prompt encoder does.
+    """
+    h, w = original_size
+    sx, sy = input_size / w, input_size / h
+    coords = [(float(x) * sx, float(y) * sy) for x, y, _ in points]
+    labels = [float(lab) for _, _, lab in points]
+    if box is not None:
+        x0, y0, x1, y1 = box
+        coords += [(x0 * sx, y0 * sy), (x1 * sx, y1 * sy)]
+        labels += [2.0, 3.0]
+    coords.append((0.0, 0.0))
+    labels.append(-1.0)
+    return np.asarray(coords, np.float32)[None], np.asarray(labels, np.float32)[None]
+
+
+def select_mask(ious: np.ndarray, masks: np.ndarray, multimask: bool, delta: float = 0.05, thresh: float = 0.98) -> int:
+    """Index (0..3) of the decoder output to use. ious: (4,), masks: (4, H, W) logits.
+
+    One click and nothing else → the multimask candidate with the best predicted IoU. Otherwise the
+    single-mask token, unless its mask is unstable (area at logit > delta over area at logit > -delta
+    below `thresh`), in which case the best multimask candidate is used.
+    """
+    best_multi = 1 + int(np.argmax(ious[1:]))
+    if multimask:
+        return best_multi
+    inner = float((masks[0] > delta).sum())
+    outer = float((masks[0] > -delta).sum())
+    stability = inner / outer if outer > 0 else 1.0
+    return 0 if stability >= thresh else best_multi
+
+
+def _decoder_module(tracker):
+    """An nn.Module that runs the tracker's prompt encoder and mask decoder once, returning all 4 masks."""
+    import torch
+    from torch import nn
+
+    class ClickDecoder(nn.Module):
+        def __init__(self, tracker):
+            super().__init__()
+            cpu32 = {"device": "cpu", "dtype": torch.float32}
+            self.prompt_encoder = copy.deepcopy(tracker.prompt_encoder).to(**cpu32)
+            self.mask_decoder = copy.deepcopy(tracker.mask_decoder).to(**cpu32)
+            with torch.no_grad():
+                pe = tracker.get_image_wide_positional_embeddings().to(**cpu32).clone()
+            self.register_buffer("image_pe", pe, persistent=False)
+
+        def forward(self, image_embed, high_res_feats_0, high_res_feats_1, point_coords, point_labels, mask_input, has_mask_input):
+            pe, md = self.prompt_encoder, self.mask_decoder
+            labels = point_labels.round().to(torch.int64)[:, None]
+            sparse = pe._embed_points(point_coords[:, None], labels, pad=False)  # 1x1xNxC
+            _, channels, height, width = image_embed.shape
+            no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, height, width)
+            has = has_mask_input.reshape(1, 1, 1, 1)
+            dense = has * pe.mask_embed(mask_input) + (1.0 - has) * no_mask
+            tokens = torch.cat([md.obj_score_token.weight, md.iou_token.weight, md.mask_tokens.weight], dim=0)
+            tokens = torch.cat([tokens[None, None], sparse], dim=2)
+            queries, keys = md.transformer(
+                point_embeddings=tokens,
+                image_embeddings=image_embed + dense,
+                image_positional_embeddings=self.image_pe,
+                attention_similarity=None,
+            )
+            image = keys.transpose(2, 3).reshape(1, channels, height, width)
+            up = md.activation(md.upscale_layer_norm(md.upscale_conv1(image) + high_res_feats_1))
+            up = md.activation(md.upscale_conv2(up) + high_res_feats_0)
+            n = md.num_mask_tokens
+            hyper = torch.stack([md.output_hypernetworks_mlps[i](queries[:, 0, 2 + i]) for i in range(n)], dim=1)
+            _, up_channels, up_h, up_w = up.shape
+            masks = (hyper @ up.reshape(1, up_channels, up_h * up_w)).reshape(1, n, up_h, up_w)
+            ious = md.iou_prediction_head(queries[:, 0, 1])
+            obj = md.pred_obj_score_head(queries[:, 0, 0])
+            return masks, ious, obj
+
+    return ClickDecoder(tracker).eval()
+
+
+def example_inputs(tracker, num_points: int = 2):
+    import torch
+
+    cfg = tracker.config
+    grid = cfg.prompt_encoder_config.image_size // cfg.prompt_encoder_config.patch_size
+    hidden = cfg.mask_decoder_config.hidden_size
+    return (
+        torch.randn(1, hidden, grid, grid),
+        torch.randn(1, hidden // 8, 4 * grid, 4 * grid),
+        torch.randn(1, hidden // 4, 2 * grid, 2 * grid),
+        torch.rand(1, num_points, 2) * cfg.prompt_encoder_config.image_size,
+        torch.tensor([[1.0] * (num_points - 1) + [-1.0]]),
+        torch.zeros(1, 1, 4 * grid, 4 * grid),
+        torch.zeros(1),
+    )
+
+
+def export_click_decoder(tracker, path: str | Path, opset: int = OPSET) -> Path:
+    """Write the decoder of `tracker` (a transformers Sam3TrackerModel) to `path` in fp32, atomically."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = _decoder_module(tracker)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            example_inputs(tracker),
+            str(tmp),
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    tmp.replace(path)
+    return path
+
+
+class OnnxClickDecoder:
+    """Runs an exported decoder with onnxruntime (CPU unless providers say otherwise)."""
+
+    def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)):
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(path), providers=list(providers))
+        shape = self.session.get_inputs()[5].shape  # mask_input 1x1xMxM
+        self.mask_size = int(shape[-1])
+
+    def __call__(self, feats: dict[str, np.ndarray], point_coords: np.ndarray, point_labels: np.ndarray, mask_input: np.ndarray | None = None):
+        has = mask_input is not None
+        if mask_input is None:
+            mask_input = np.zeros((1, 1, self.mask_size, self.mask_size), np.float32)
+        feeds = {
+            "image_embed": np.ascontiguousarray(feats["image_embed"], np.float32),
+            "high_res_feats_0": np.ascontiguousarray(feats["high_res_feats_0"], np.float32),
+            "high_res_feats_1": np.ascontiguousarray(feats["high_res_feats_1"], np.float32),
+            "point_coords": np.asarray(point_coords, np.float32),
+            "point_labels": np.asarray(point_labels, np.float32),
+            "mask_input": np.asarray(mask_input, np.float32),
+            "has_mask_input": np.asarray([1.0 if has else 0.0], np.float32),
+        }
+        masks, ious, obj = self.session.run(OUTPUT_NAMES, feeds)
+        return masks, ious, obj
+
+
+class LazyExport:
+    """Export once per process into `directory`, reusing a file already there; thread-safe."""
+
+    def __init__(self, directory: str | Path, filename: str):
+        self.path = Path(directory) / filename
+        self._lock = threading.Lock()
+
+    def get(self, tracker) -> Path:
+        with self._lock:
+            if not self.path.is_file():
+                log.info("exporting the SAM 3 click decoder to %s", self.path)
+                export_click_decoder(tracker, self.path)
+            return self.path

@@ -1,0 +1,137 @@
+"""SAM 3 image encoding: one ViT pass per image feeds both the click decoder and the concept detector."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from deployments.errors import BadInput
+
+from .sam3_loading import Sam3Models
+
+
+@dataclass
+class ImageEmbedding:
+    """What SAM 3 needs of one image to answer any prompt without running the ViT again.
+
+    backbone: 1xCxgxg ViT output (the concept detector's FPN is rebuilt from it on demand);
+    image_embed, high_res_feats_0, high_res_feats_1: the click decoder's inputs (tracker FPN levels 72², 288²
+    and 144² for the full model). All on the model's device, in the model's dtype.
+    """
+
+    embedding_id: str
+    original_size: tuple[int, int]  # (height, width) of the image as sent
+    backbone: object
+    image_embed: object
+    high_res_feats_0: object
+    high_res_feats_1: object
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._tensors())
+
+    def _tensors(self):
+        return (self.backbone, self.image_embed, self.high_res_feats_0, self.high_res_feats_1)
+
+    def click_features(self) -> dict[str, np.ndarray]:
+        """The three decoder inputs as float32 numpy arrays (what the ONNX decoder and the codec take)."""
+        return {
+            name: getattr(self, name).float().cpu().numpy()
+            for name in ("image_embed", "high_res_feats_0", "high_res_feats_1")
+        }
+
+    def shapes(self) -> dict[str, list[int]]:
+        return {
+            name: list(getattr(self, name).shape)
+            for name in ("image_embed", "high_res_feats_0", "high_res_feats_1")
+        }
+
+
+def check_image(image) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise BadInput("the image must be an HxWx3 uint8 RGB array")
+    if min(image.shape[:2]) < 2:
+        raise BadInput(f"the image is too small ({image.shape[1]}x{image.shape[0]})")
+    return image
+
+
+def image_id(image: np.ndarray) -> str:
+    """Content id of an image: the same pixels give the same id, so a re-sent image hits the cache."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{image.shape[0]}x{image.shape[1]}:".encode())
+    h.update(np.ascontiguousarray(image).data)
+    return h.hexdigest()
+
+
+def pixel_values(models: Sam3Models, images: list[np.ndarray]):
+    """uint8 RGB images of any sizes → Bx3xSxS normalised tensor on the model's device.
+
+    Like the transformers Sam3 image processor: bilinear (antialiased) resize to SxS ignoring the aspect
+    ratio, scale to [0, 1], normalise with the checkpoint's mean/std. Resizing runs on the device.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    spec, device = models.pixels, models.device
+    batch = []
+    for image in images:
+        host = np.ascontiguousarray(image)
+        if not host.flags.writeable:  # arrays from Ray's object store are read-only
+            host = host.copy()
+        t = torch.from_numpy(host).to(device, non_blocking=True)
+        t = t.permute(2, 0, 1)[None].float()
+        batch.append(F.interpolate(t, size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=True))
+    x = torch.cat(batch) / 255.0
+    mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
+    return ((x - mean) / std).to(models.dtype)
+
+
+def tracker_features(models: Sam3Models, spatial):
+    """ViT output Bx C x g x g → (high_res_feats_0, high_res_feats_1, image_embed), as the tracker computes them."""
+    trk = models.tracker
+    fpn, _ = trk.vision_encoder.neck(spatial)
+    feats_0 = trk.mask_decoder.conv_s0(fpn[0])
+    feats_1 = trk.mask_decoder.conv_s1(fpn[1])
+    embed = fpn[2] + trk.no_memory_embedding.reshape(1, -1, 1, 1)
+    return feats_0, feats_1, embed
+
+
+def detector_vision_embeds(models: Sam3Models, spatial):
+    """ViT output → the Sam3VisionEncoderOutput that Sam3Model(vision_embeds=...) takes."""
+    from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+    fpn, pos = models.detector.vision_encoder.neck(spatial)
+    return Sam3VisionEncoderOutput(
+        last_hidden_state=spatial.flatten(2).transpose(1, 2), fpn_hidden_states=fpn, fpn_position_encoding=pos
+    )
+
+
+def encode_images(models: Sam3Models, images: list[np.ndarray], ids: list[str] | None = None) -> list[ImageEmbedding]:
+    """One batched ViT pass for all images; each result owns its own (cloned) tensors."""
+    import torch
+
+    if not images:
+        return []
+    ids = ids or [image_id(im) for im in images]
+    patch = models.detector.config.vision_config.backbone_config.patch_size
+    with torch.inference_mode():
+        px = pixel_values(models, images)
+        hidden = models.detector.vision_encoder.backbone(px).last_hidden_state  # B x g*g x C
+        grid = px.shape[-1] // patch
+        spatial = hidden.reshape(hidden.shape[0], grid, grid, hidden.shape[-1]).permute(0, 3, 1, 2)
+        feats_0, feats_1, embed = tracker_features(models, spatial)
+        out = []
+        for i, image in enumerate(images):
+            out.append(
+                ImageEmbedding(
+                    embedding_id=ids[i],
+                    original_size=(int(image.shape[0]), int(image.shape[1])),
+                    backbone=spatial[i : i + 1].contiguous().clone(),
+                    image_embed=embed[i : i + 1].clone(),
+                    high_res_feats_0=feats_0[i : i + 1].clone(),
+                    high_res_feats_1=feats_1[i : i + 1].clone(),
+                )
+            )
+    return out

@@ -1,0 +1,266 @@
+"""HTTP routes of the SAM 3 hybrid pattern: embed once on the server, decode clicks in the browser.
+
+    POST /v1/embed                          image → compact embedding payload (+ its id)
+    POST /v1/segment                        embedding_id or image, with label / clicks / box → mask PNG
+    GET  /v1/models/sam3-click-decoder.onnx the ONNX click decoder for onnxruntime-web
+
+`build_segment_router(get_segmenter, limits)` returns an APIRouter. `get_segmenter()` gives an object
+with the Segmenter deployment's async methods (embed, segment, segment_cached, click_decoder_onnx);
+`SegmenterHandleAdapter(handle)` is that object over a DeploymentHandle. Errors are JSON
+`{"error": {"code", "message"}}` with the stage error's status; nothing else leaks.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from typing import Any, Callable, Literal
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from deployments.errors import BadInput, StageError, as_stage_error
+from deployments.segmenter.base import Box, Point, SegmentPrompt
+from deployments.segmenter.sam3_encoder import image_id
+from serve_app.inputs import b64_bytes, decode_image, decode_mask, fit_image, png_bytes
+from serve_app.settings import LimitsSettings
+
+log = logging.getLogger(__name__)
+ONNX_ROUTE = "/v1/models/sam3-click-decoder.onnx"
+
+
+class PointIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    x: float
+    y: float
+    label: Literal[0, 1] = Field(1, description="1 object, 0 background")
+
+
+class SegmentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    embedding_id: str | None = Field(None, max_length=128)
+    image_b64: str | None = None
+    label: str | None = Field(None, max_length=200)
+    points: list[PointIn] = Field(default_factory=list, max_length=64)
+    box: tuple[float, float, float, float] | None = Field(None, description="x_min, y_min, x_max, y_max")
+    mask_b64: str | None = Field(None, description="PNG of a mask to refine, image-sized")
+    max_instances: int = Field(10, ge=0, le=100)
+
+
+class SegmenterHandleAdapter:
+    """The router's view of the Segmenter deployment, over a Ray Serve DeploymentHandle.
+
+    Requests about one embedding carry it as the multiplexed model id, so Serve prefers the replica that
+    announced it (see Segmenter._announce); any replica still answers, from its cache or with a 404.
+    """
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def _for(self, key: str | None):
+        return self.handle.options(multiplexed_model_id=key) if key else self.handle
+
+    async def embed(self, image: np.ndarray, profile: str | None = None) -> dict:
+        return await self._for(image_id(image)).embed.remote(image, profile)
+
+    async def segment(self, image: np.ndarray, prompt: SegmentPrompt):
+        return await self._for(image_id(image)).segment.remote(image, prompt)
+
+    async def segment_cached(self, embedding_id: str, prompt: SegmentPrompt):
+        return await self._for(embedding_id).segment_cached.remote(embedding_id, prompt)
+
+    async def click_decoder_onnx(self) -> dict:
+        return await self.handle.click_decoder_onnx.remote()
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _from_exception(exc: BaseException) -> JSONResponse:
+    err = as_stage_error(exc)
+    if err is None:
+        log.exception("segment route failed", exc_info=exc)
+        return _error(500, "internal", "internal error")
+    headers = {"Retry-After": "5"} if err.status == 503 else None
+    resp = _error(err.status, err.code, err.message)
+    if headers:
+        resp.headers.update(headers)
+    return resp
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+
+
+async def _json_body(request: Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadInput("the body must be JSON") from None
+    if not isinstance(body, dict):
+        raise BadInput("the body must be a JSON object")
+    return body
+
+
+def _encodings(payload: bytes) -> dict[str, str]:
+    from deployments.segmenter.embedding_codec import read_header
+
+    header, _, _ = read_header(payload)
+    return {t["name"]: t["encoding"] for t in header["tensors"]}
+
+
+def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSettings | None = None) -> APIRouter:
+    limits = limits or LimitsSettings()
+    router = APIRouter()
+    onnx_cache: dict[str, Any] = {}
+    onnx_lock = asyncio.Lock()
+
+    def load_image(data: bytes, mask_data: bytes | None = None):
+        """→ (image scaled to max_image_side, mask likewise or None, scale, size as sent)."""
+        rgb, _alpha = decode_image(data, limits)
+        sent = rgb.shape[:2]
+        mask = decode_mask(mask_data, sent, limits) if mask_data else None
+        image, mask, scale = fit_image(rgb, mask, limits.max_image_side)
+        return np.ascontiguousarray(image), mask, scale, sent
+
+    @router.post("/v1/embed")
+    async def embed(request: Request):
+        try:
+            ctype = request.headers.get("content-type", "")
+            profile = request.query_params.get("profile")
+            if ctype.startswith("multipart/form-data"):
+                form = await request.form()
+                upload = form.get("image")
+                if upload is None or not hasattr(upload, "read"):
+                    raise BadInput("multipart field `image` (a file) is required")
+                data = await upload.read()
+                profile = form.get("profile") or profile
+            else:
+                body = await _json_body(request)
+                if not isinstance(body.get("image_b64"), str):
+                    raise BadInput("send the image as multipart `image` or JSON `image_b64`")
+                data = b64_bytes(body["image_b64"], "image_b64")
+                profile = body.get("profile") or profile
+            image, _, _, _ = await asyncio.to_thread(load_image, data)
+            out = await get_segmenter().embed(image, profile)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
+            return _from_exception(exc)
+        payload: bytes = out["payload"]
+        encodings = _encodings(payload)
+        h, w = out["original_size"]
+        meta = {
+            "embedding_id": out["embedding_id"],
+            "image_size": [h, w],
+            "input_size": out["input_size"],
+            "profile": out["profile"],
+            "shapes": out["shapes"],
+            "encodings": encodings,
+            "bytes": len(payload),
+            "cached": not out["encoded"],
+        }
+        if "application/json" in request.headers.get("accept", ""):
+            return JSONResponse({**meta, "payload_b64": base64.b64encode(payload).decode()})
+        headers = {
+            "X-Embedding-Id": meta["embedding_id"],
+            "X-Image-Size": f"{h},{w}",
+            "X-Input-Size": str(meta["input_size"]),
+            "X-Embedding-Profile": meta["profile"],
+            "X-Embedding-Shapes": ";".join(f"{k}={'x'.join(map(str, v))}" for k, v in meta["shapes"].items()),
+            "X-Embedding-Encodings": ";".join(f"{k}={v}" for k, v in encodings.items()),
+            "X-Embedding-Cached": "1" if meta["cached"] else "0",
+        }
+        return Response(payload, media_type="application/octet-stream", headers=headers)
+
+    @router.post("/v1/segment")
+    async def segment(request: Request):
+        try:
+            try:
+                req = SegmentRequest.model_validate(await _json_body(request))
+            except ValidationError as exc:
+                raise BadInput(_validation_message(exc)) from None
+            if not req.embedding_id and not req.image_b64:
+                raise BadInput("send `embedding_id` (from POST /v1/embed) or `image_b64`")
+            return await _segment(req)
+        except Exception as exc:  # noqa: BLE001
+            return _from_exception(exc)
+
+    async def _segment(req: SegmentRequest) -> JSONResponse:
+        seg = get_segmenter()
+        if req.embedding_id and not req.mask_b64:
+            try:
+                # Coordinates are in the embedding's image_size (as POST /v1/embed reported it).
+                result = await seg.segment_cached(req.embedding_id, _prompt(req, 1.0, None))
+                return _segment_response(result, req, req.embedding_id)
+            except Exception as exc:  # noqa: BLE001
+                err = as_stage_error(exc)
+                if req.image_b64 is None or err is None or err.code != "embedding_not_found":
+                    raise
+        if req.image_b64 is None:
+            raise BadInput("mask_b64 needs image_b64: send the image with the mask")
+        mask_data = b64_bytes(req.mask_b64, "mask_b64") if req.mask_b64 else None
+        image, mask, scale, sent = await asyncio.to_thread(load_image, b64_bytes(req.image_b64, "image_b64"), mask_data)
+        # The SAM 3 backend finds this image's embedding in its cache by content, so no re-encoding.
+        result = await seg.segment(image, _prompt(req, scale, mask))
+        if scale != 1.0:  # the client's coordinates and masks are in the image as sent
+            result = _rescaled(result, sent)
+        eid = image_id(image) if result.backend == "sam3" else None
+        return _segment_response(result, req, eid)
+
+    def _prompt(req: SegmentRequest, scale: float, mask: np.ndarray | None) -> SegmentPrompt:
+        box = Box(*[v * scale for v in req.box]) if req.box is not None else None
+        points = [Point(p.x * scale, p.y * scale, p.label) for p in req.points]
+        return SegmentPrompt(label=req.label, points=points, box=box, mask=mask)
+
+    @router.get(ONNX_ROUTE)
+    async def click_decoder(request: Request):
+        try:
+            async with onnx_lock:
+                if "data" not in onnx_cache:
+                    out = await get_segmenter().click_decoder_onnx()
+                    onnx_cache.update(data=out["data"], etag=f'"{out["filename"]}"')
+        except Exception as exc:  # noqa: BLE001
+            return _from_exception(exc)
+        headers = {"ETag": onnx_cache["etag"], "Cache-Control": "public, max-age=86400"}
+        if request.headers.get("if-none-match") == onnx_cache["etag"]:
+            return Response(status_code=304, headers=headers)
+        return Response(onnx_cache["data"], media_type="application/octet-stream", headers=headers)
+
+    return router
+
+
+def _rescaled(result, size: tuple[int, int]):
+    """Masks back to the size the client sent (nearest neighbour)."""
+    from PIL import Image
+
+    def up(mask: np.ndarray) -> np.ndarray:
+        img = Image.fromarray(mask.astype(np.uint8) * 255).resize((size[1], size[0]), Image.Resampling.NEAREST)
+        return np.asarray(img) >= 128
+
+    result.mask = up(result.mask)
+    result.instances = [(up(m), s) for m, s in result.instances]
+    return result
+
+
+def _mask_json(mask: np.ndarray) -> dict:
+    return {"mask_png_b64": base64.b64encode(png_bytes(mask)).decode(), "area": int(mask.sum())}
+
+
+def _segment_response(result, req: SegmentRequest, embedding_id: str | None) -> JSONResponse:
+    h, w = result.mask.shape
+    body = {
+        "backend": result.backend,
+        "embedding_id": embedding_id,
+        "image_size": [h, w],
+        "score": round(float(result.score), 4),
+        **_mask_json(result.mask),
+        "instances": [
+            {"score": round(float(s), 4), **_mask_json(m)} for m, s in result.instances[: req.max_instances]
+        ],
+    }
+    return JSONResponse(body)
+
+
+__all__ = ["build_segment_router", "SegmenterHandleAdapter", "ONNX_ROUTE", "StageError"]
