@@ -60,6 +60,9 @@ def resolve_device_dtype(device: str, dtype: str):
             dtype = "float32"
         else:
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if device == "cpu" and dtype == "float16":
+        raise ModelUnavailable("image_generator.dtype float16 is not supported on CPU; "
+                               "use float32 or bfloat16")
     return device, getattr(torch, dtype)
 
 

@@ -1,0 +1,244 @@
+"""SAM 3D Objects reconstructor: image + mask → geometry frames, appearance frames, final volume.
+
+How it streams. The geometry stage (the sparse-structure flow model) runs one denoising step
+per call; at each step to be shown (`should_emit` with `geometry_every`), the clean latent
+predicted from that step is decoded by the sparse-structure decoder into 64³ occupancy and
+rotated by the pose predicted with it into the viewer's frame (x right, y up, z towards the
+camera), resampled to `grid_size`. The last geometry step gives the final shape. The
+appearance stage (the SLAT flow model) then runs step by step on that shape's surface voxels;
+shown steps are decoded by the Gaussian decoder into one colour per voxel. The final
+Reconstruction is the last geometry step's occupancy with the last appearance step's colours.
+
+Every step runs on one worker thread owned by this backend (one GPU, one request at a time)
+and is awaited, so a cancelled request stops at the next step boundary: the step already
+running finishes, no other starts, and the request's GPU state is released (tensors dropped,
+`torch.cuda.empty_cache()`) on that same thread right after it — on success, error or
+cancellation alike. Each request seeds its own torch.Generator; the global RNG is not used.
+
+What is verified and what is not.
+- Verified here, on CPU, with a fake model (tests/test_sam3d_backend.py): the startup checks
+  and their message (missing checkpoint files by name, the folder tried, the hub id, gated
+  access, how to download, missing package, missing CUDA); frame cadence; cancellation at a
+  step boundary with at most one more step and the release after it; the frame → viewer
+  axis convention; colour reduction; the Reconstruction's shapes and dtypes.
+- Not verified end to end: sam3d_upstream.py, the adapter over the upstream package, was
+  written from upstream's source and never run with the real pipeline (no CUDA, pytorch3d,
+  MoGe or weights on the development machines); its docstring lists the pieces that were
+  checked on CPU against upstream modules at toy size. Nothing here says anything about the
+  quality of SAM 3D Objects' output, its speed, or its memory use in this service.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import yaml
+
+from deployments.errors import BadInput, ModelUnavailable, StageError
+from serve_app.protocol import VoxelFrame
+from serve_app.settings import Sam3dSettings
+
+from .base import ReconstructOptions, Reconstruction, StepFrame, should_emit
+from .inflation import shell
+from .sam3d_grid import ViewMapping, fill_colors, map_to_view, view_from_local
+
+log = logging.getLogger(__name__)
+
+HUB_ID = "facebook/sam-3d-objects"
+# The hub repo's `checkpoints/` folder; pipeline.yaml names the others, and when it is
+# readable the files it names are what is checked.
+CHECKPOINT_FILES = (
+    "pipeline.yaml",
+    "ss_generator.yaml", "ss_generator.ckpt",
+    "slat_generator.yaml", "slat_generator.ckpt",
+    "ss_decoder.yaml", "ss_decoder.ckpt",
+    "slat_decoder_gs.yaml", "slat_decoder_gs.ckpt",
+    "slat_decoder_gs_4.yaml", "slat_decoder_gs_4.ckpt",
+    "slat_decoder_mesh.yaml", "slat_decoder_mesh.ckpt",
+)
+
+
+# ---------------------------------------------------------------- the model adapter's shape
+
+class Sam3dRun(Protocol):
+    """One request's state; sam3d_upstream.UpstreamRun is the real one. All calls are blocking
+    and made on the backend's worker thread, in this order: prepare, geometry_step ×G (a
+    geometry_preview after any of them), start_appearance, appearance_step ×A (likewise
+    appearance_preview), and release exactly once at the end, whatever happened."""
+
+    def prepare(self) -> None: ...
+    def geometry_step(self) -> None: ...
+    def geometry_preview(self): ...  # .occupancy (m,m,m) bool, .rotation 3x3 or None
+    def start_appearance(self, occupancy: np.ndarray) -> None: ...
+    def appearance_step(self) -> None: ...
+    def appearance_preview(self): ...  # .coords (V,3) int local, .colors (V,3) uint8
+    def release(self) -> None: ...
+
+
+class Sam3dModel(Protocol):
+    def begin(self, image: np.ndarray, mask: np.ndarray, seed: int | None,
+              geometry_steps: int, appearance_steps: int) -> Sam3dRun: ...
+
+
+# ---------------------------------------------------------------- startup checks
+
+def required_files(folder: Path) -> list[str]:
+    """pipeline.yaml plus every file its *_config_path / *_ckpt_path keys name."""
+    try:
+        config = yaml.safe_load((folder / "pipeline.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return list(CHECKPOINT_FILES)
+    if not isinstance(config, dict):
+        return list(CHECKPOINT_FILES)
+    named = [v for k, v in config.items()
+             if isinstance(v, str) and (k.endswith("_config_path") or k.endswith("_ckpt_path"))]
+    return ["pipeline.yaml"] + named
+
+
+def missing_files(folder: Path) -> list[str]:
+    return [name for name in required_files(folder) if not (folder / name).is_file()]
+
+
+def hub_cache_checkpoints(model_id: str) -> Path:
+    """`checkpoints/` of the cached hub snapshot (refs/main, else the newest), or where it would be."""
+    try:
+        from huggingface_hub import constants
+
+        cache = Path(constants.HF_HUB_CACHE)
+    except Exception:  # noqa: BLE001 - huggingface_hub is optional here
+        cache = Path.home() / ".cache" / "huggingface" / "hub"
+    repo = cache / f"models--{model_id.replace('/', '--')}"
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        return repo / "snapshots" / ref.read_text().strip() / "checkpoints"
+    snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime)
+    if snapshots:
+        return snapshots[-1] / "checkpoints"
+    return repo / "snapshots" / "<revision>" / "checkpoints"
+
+
+def download_hint(model_id: str) -> str:
+    return (f"The weights are gated at hub id {model_id}: request access on its model page, "
+            "log in (`hf auth login`, or set HF_TOKEN), then run "
+            f"`hf download {model_id} --local-dir /models/sam-3d-objects` and set "
+            "reconstructor.sam3d.checkpoint_dir: /models/sam-3d-objects/checkpoints.")
+
+
+def startup_problems(settings: Sam3dSettings) -> tuple[Path, list[str]]:
+    """(checkpoint folder, what is missing): files, the package, CUDA."""
+    from . import sam3d_upstream
+
+    if settings.checkpoint_dir:
+        folder = Path(settings.checkpoint_dir).expanduser()
+        where = f"reconstructor.sam3d.checkpoint_dir {str(folder)!r}"
+    else:
+        folder = hub_cache_checkpoints(settings.model_id)
+        where = (f"the Hugging Face cache {str(folder)!r} (reconstructor.sam3d.checkpoint_dir "
+                 "is not set)")
+    problems = []
+    if not folder.is_dir():
+        problems.append(f"checkpoint folder not found: {where} does not exist")
+    else:
+        missing = missing_files(folder)
+        if missing:
+            problems.append(f"checkpoint files missing in {where}: {', '.join(missing)}")
+    problems += [p for p in (sam3d_upstream.package_problem(), sam3d_upstream.cuda_problem()) if p]
+    return folder, problems
+
+
+def load_model(settings: Sam3dSettings) -> Sam3dModel:
+    folder, problems = startup_problems(settings)
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        hint = download_hint(settings.model_id) if any("checkpoint" in p for p in problems) else ""
+        raise ModelUnavailable(
+            f"SAM 3D Objects (reconstructor.backend: sam3d) cannot start:\n{lines}\n{hint}".rstrip())
+    from .sam3d_upstream import UpstreamModel
+
+    return UpstreamModel(folder, settings)
+
+
+# ---------------------------------------------------------------- the backend
+
+class Sam3dReconstructor:
+    name = "sam3d"
+
+    def __init__(self, settings: Sam3dSettings | None = None, grid_size: int = 64, *,
+                 model: Sam3dModel | None = None):
+        self.settings = settings or Sam3dSettings()
+        self.n = grid_size
+        self.model = model if model is not None else load_model(self.settings)
+        # One thread: the GPU runs one request's steps in order, and a release queued behind
+        # a running step waits for it.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam3d-gpu")
+
+    async def _call(self, fn, *args):
+        return await asyncio.wrap_future(self._worker.submit(fn, *args))
+
+    async def stream(self, image: np.ndarray, mask: np.ndarray, options: ReconstructOptions):
+        image = np.asarray(image)
+        mask = np.asarray(mask).astype(bool)
+        if image.ndim != 3 or image.shape[2] < 3 or mask.shape != image.shape[:2]:
+            raise BadInput(f"image {image.shape} and mask {mask.shape} do not match")
+        if not mask.any():
+            raise BadInput("the mask is empty")
+        s = self.settings
+        run = await self._call(self.model.begin, image, mask, options.seed,
+                               s.geometry_steps, s.appearance_steps)
+        try:
+            await self._call(run.prepare)
+            total = s.geometry_steps
+            final = None
+            for k in range(1, total + 1):
+                shown = await self._call(self._geometry_step, run,
+                                         should_emit(k, total, options.geometry_every))
+                if shown is not None:
+                    final, frame = shown
+                    yield StepFrame("geometry", k, total, frame)
+            if not final[0].occupancy.any():
+                raise StageError("SAM 3D Objects decoded no voxels for this image and mask")
+            geometry, mapping = final
+            view_shell = await self._call(self._start_appearance, run, geometry, mapping)
+            total = s.appearance_steps
+            colors = None
+            for k in range(1, total + 1):
+                shown = await self._call(self._appearance_step, run, geometry.occupancy,
+                                         mapping, view_shell,
+                                         should_emit(k, total, options.colors_every))
+                if shown is not None:
+                    colors, frame = shown
+                    yield StepFrame("appearance", k, total, frame)
+            yield Reconstruction(occupancy=mapping.occupancy, colors=colors, backend=self.name)
+        finally:
+            # Runs after any step still on the worker; shielded so a second cancellation
+            # cannot drop it from the queue.
+            await asyncio.shield(self._call(run.release))
+
+    # The functions below run on the worker thread.
+
+    def _geometry_step(self, run: Sam3dRun, show: bool):
+        run.geometry_step()
+        if not show:
+            return None
+        preview = run.geometry_preview()
+        mapping = map_to_view(preview.occupancy, view_from_local(preview.rotation), self.n)
+        frame = VoxelFrame.from_occupancy(shell(mapping.occupancy))
+        return (preview, mapping), frame
+
+    def _start_appearance(self, run: Sam3dRun, geometry, mapping: ViewMapping) -> np.ndarray:
+        run.start_appearance(geometry.occupancy)
+        return shell(mapping.occupancy)
+
+    def _appearance_step(self, run: Sam3dRun, local_occ: np.ndarray, mapping: ViewMapping,
+                         view_shell: np.ndarray, show: bool):
+        run.appearance_step()
+        if not show:
+            return None
+        preview = run.appearance_preview()
+        local_colors = fill_colors(local_occ, preview.coords, preview.colors)
+        colors = mapping.sample(local_colors)
+        return colors, VoxelFrame.from_occupancy(view_shell, colors)

@@ -1,0 +1,127 @@
+"""Pure numpy geometry for the SAM 3D Objects backend: the model's object-local voxel grid →
+our viewer grid, and the Gaussian decoder's per-Gaussian colours → one colour per voxel.
+
+Frames (all column vectors here):
+- local: SAM 3D's 64³ sparse-structure grid; voxel (i, j, k) has its centre at
+  ((i, j, k) + 0.5) / 64 - 0.5 in the unit cube (as the Gaussian decoder places it).
+- camera: PyTorch3D's camera frame, +X left, +Y up, +Z away from the camera into the scene.
+  Upstream places an object with `Transform3d().scale(s).rotate(R).translate(t)`, a row-vector
+  transform: p_cam = s * p_local @ R + t, R = quaternion_to_matrix(q) of the predicted pose.
+- view (ours, the protocol's): x right, y up, z towards the camera. view = diag(-1, 1, -1) · camera.
+The predicted scale and translation are dropped: each frame is centred on the object and keeps
+the local grid's scale unless the rotated object would not fit, when it is shrunk to fit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+SH_C0 = 0.28209479177387814  # degree-0 real spherical harmonic, 1 / (2 sqrt(pi))
+CAMERA_TO_VIEW = np.diag([-1.0, 1.0, -1.0])
+
+
+def quaternion_to_matrix(q) -> np.ndarray:
+    """(w, x, y, z) quaternion, any norm → 3x3 rotation matrix (PyTorch3D's convention)."""
+    w, x, y, z = np.asarray(q, dtype=np.float64).reshape(4) / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def view_from_local(pose_rotation: np.ndarray | None) -> np.ndarray:
+    """Column-vector rotation local → view, from upstream's row-vector pose matrix R (None: identity pose)."""
+    r = np.eye(3) if pose_rotation is None else np.asarray(pose_rotation, dtype=np.float64)
+    return CAMERA_TO_VIEW @ r.T
+
+
+@dataclass(frozen=True)
+class ViewMapping:
+    """For each cell of the view grid, the flat index of the local voxel it shows, or -1."""
+
+    source: np.ndarray  # (n, n, n) int64
+
+    @property
+    def occupancy(self) -> np.ndarray:
+        return self.source >= 0
+
+    def sample(self, local_values: np.ndarray, fill=0) -> np.ndarray:
+        """Local (m, m, m, ...) values → view (n, n, n, ...), `fill` where nothing is."""
+        flat = local_values.reshape((-1,) + local_values.shape[3:])
+        out = np.full(self.source.shape + local_values.shape[3:], fill, dtype=local_values.dtype)
+        hit = self.source >= 0
+        out[hit] = flat[self.source[hit]]
+        return out
+
+
+def map_to_view(local_occ: np.ndarray, rotation: np.ndarray, n: int) -> ViewMapping:
+    """Resample a local occupancy grid into an n³ view grid rotated by `rotation` (local → view).
+
+    Each view cell centre is rotated back into the local grid and takes the voxel it lands in
+    (nearest neighbour), so a rotated object has no holes. The object is centred on its
+    rotated bounding box; it keeps the local scale (the local cube spans the view grid) unless
+    its rotated extent exceeds the cube, when it is shrunk just enough to fit.
+    """
+    m = local_occ.shape[0]
+    source = np.full((n, n, n), -1, dtype=np.int64)
+    idx = np.argwhere(local_occ)
+    if len(idx) == 0:
+        return ViewMapping(source)
+    rot = np.asarray(rotation, dtype=np.float64)
+    pts = ((idx + 0.5) / m - 0.5) @ rot.T  # occupied voxel centres in the view frame
+    lo = pts.min(axis=0) - 0.5 / m
+    hi = pts.max(axis=0) + 0.5 / m
+    centre = (lo + hi) / 2
+    span = max(1.0, float((hi - lo).max()))
+    axis = (np.arange(n) + 0.5) / n * span - span / 2
+    gy, gz = np.meshgrid(axis + centre[1], axis + centre[2], indexing="ij")
+    flat_occ = local_occ.reshape(-1)
+    for a in range(n):  # one x slab at a time keeps memory at n² points for n up to 256
+        view_pts = np.stack([np.full_like(gy, axis[a] + centre[0]), gy, gz], axis=-1)
+        local = view_pts @ rot  # row form of rot.T @ v: back to local coordinates
+        ijk = np.floor((local + 0.5) * m).astype(np.int64)
+        inside = ((ijk >= 0) & (ijk < m)).all(axis=-1)
+        flat = np.where(inside, (ijk[..., 0] * m + ijk[..., 1]) * m + ijk[..., 2], 0)
+        hit = inside & flat_occ[flat]
+        source[a][hit] = flat[hit]
+    return ViewMapping(source)
+
+
+def surface(occ: np.ndarray) -> np.ndarray:
+    """Occupied voxels not enclosed on all 26 sides (grid borders count as empty).
+
+    This is the set upstream's `prune_sparse_structure(max_neighbor_axes_dist=1)` keeps, as
+    the pipeline config asks (`downsample_ss_dist: 1`), for the appearance stage.
+    """
+    return occ & ~ndimage.binary_erosion(occ, structure=np.ones((3, 3, 3), bool), border_value=0)
+
+
+def voxel_colors(features_dc: np.ndarray, opacity: np.ndarray) -> np.ndarray:
+    """Per-voxel RGB from its Gaussians: degree-0 SH → RGB, averaged with opacity weights.
+
+    features_dc: (V, G, 3) DC coefficients; opacity: (V, G) activated opacities in [0, 1].
+    Returns (V, 3) uint8.
+    """
+    rgb = np.clip(0.5 + SH_C0 * np.asarray(features_dc, dtype=np.float64), 0.0, 1.0)
+    w = np.clip(np.asarray(opacity, dtype=np.float64), 0.0, None)[..., None]
+    total = w.sum(axis=1)
+    mean = np.where(total > 1e-8, (rgb * w).sum(axis=1) / np.maximum(total, 1e-8), rgb.mean(axis=1))
+    return np.clip(mean * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def fill_colors(occ: np.ndarray, coords: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """(m, m, m, 3) uint8 volume: `colors` at `coords`, and every other cell the colour of the
+    nearest coloured voxel, so interior voxels and resampled cells all have one."""
+    m = occ.shape[0]
+    vol = np.zeros((m, m, m, 3), np.uint8)
+    if len(coords) == 0:
+        return vol
+    have = np.zeros((m, m, m), bool)
+    c = np.asarray(coords, dtype=np.int64)
+    have[c[:, 0], c[:, 1], c[:, 2]] = True
+    vol[c[:, 0], c[:, 1], c[:, 2]] = colors
+    _, near = ndimage.distance_transform_edt(~have, return_indices=True)
+    return vol[near[0], near[1], near[2]]
