@@ -42,19 +42,20 @@ def tiny_pipeline_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-sd")
     vocab_file, merges_file, vocab_size = _write_tokenizer_files(root / "vocab")
     tokenizer = CLIPTokenizer(vocab_file, merges_file, model_max_length=77)
-    torch.manual_seed(0)  # weight init only; generation below must not depend on global RNG
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=2, max_position_embeddings=77, projection_dim=32))
-    unet = UNet2DConditionModel(
-        sample_size=SIZE // 2, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-        attention_head_dim=8, norm_num_groups=32)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4, norm_num_groups=32, sample_size=SIZE)
+    with torch.random.fork_rng():  # seeded weight init, leaving other tests' global RNG alone
+        torch.manual_seed(0)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+            num_hidden_layers=2, max_position_embeddings=77, projection_dim=32))
+        unet = UNet2DConditionModel(
+            sample_size=SIZE // 2, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+            layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+            attention_head_dim=8, norm_num_groups=32)
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, block_out_channels=(32, 64),
+            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+            latent_channels=4, norm_num_groups=32, sample_size=SIZE)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
         scheduler=EulerDiscreteScheduler(steps_offset=1), safety_checker=None,
