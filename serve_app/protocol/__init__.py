@@ -3,7 +3,12 @@
 The server, the Python client and the JavaScript viewer all follow this package;
 shared test vectors under tests/vectors keep them in agreement.
 """
-from . import seed_codec
+from . import compact_codec, seed_codec
+from .binary_transport import (MEDIA_TYPE as BINARY_MEDIA_TYPE, BinaryStreamReader, RecordKind,
+                               pack_event, pack_frame_event, pack_message, split_frame_payload,
+                               stream_header)
+from .compact_codec import (CompactFrameEncoder, FrameFormatError, ResyncNeeded, StreamDecoder,
+                            StreamEncoder, encode_event_fields)
 from .events import (
     COMMON_FIELDS,
     EVENT_FIELDS,
@@ -18,13 +23,42 @@ from .events import (
 )
 from .frames import MAX_GRID_SIZE, VoxelFrame
 
-ENCODINGS = ("seed",)
+ENCODINGS = ("seed", "compact")
 
 
 def encode_frame(frame: VoxelFrame, encoding: str) -> dict:
-    """Fields to merge into a geometry/appearance event for the chosen encoding."""
+    """Fields to merge into a geometry/appearance event for the chosen encoding.
+
+    Stateless: for "compact" every call gives a key frame. A stream should use
+    frame_encoder(encoding), which sends delta frames between key frames.
+    """
     if encoding == "seed":
         return seed_codec.encode(frame)
+    if encoding == "compact":
+        return encode_event_fields(StreamEncoder().encode(frame))
+    raise ValueError(f"unknown encoding {encoding!r}; known: {', '.join(ENCODINGS)}")
+
+
+class _SeedFrameEncoder:
+    encoding = "seed"
+
+    def fields(self, frame: VoxelFrame) -> dict:
+        return seed_codec.encode(frame)
+
+    def request_key(self) -> None:
+        """Every seed frame is complete; nothing to do."""
+
+
+def frame_encoder(encoding: str, **options):
+    """One per stream: `.fields(frame)` gives the event fields, `.request_key()` forces a key frame.
+
+    For "compact", `.message(frame)` gives the binary message instead (octet-stream transport);
+    options go to CompactFrameEncoder (key_every, zlib_level).
+    """
+    if encoding == "seed":
+        return _SeedFrameEncoder()
+    if encoding == "compact":
+        return CompactFrameEncoder(**options)
     raise ValueError(f"unknown encoding {encoding!r}; known: {', '.join(ENCODINGS)}")
 
 
@@ -32,4 +66,8 @@ __all__ = [
     "COMMON_FIELDS", "EVENT_FIELDS", "EVENT_TYPES", "FRAME_EVENTS", "PROTOCOL_VERSION",
     "STAGES", "SSEParser", "format_sse", "make_event", "parse_sse", "MAX_GRID_SIZE",
     "VoxelFrame", "ENCODINGS", "encode_frame", "seed_codec",
+    "compact_codec", "frame_encoder", "CompactFrameEncoder", "FrameFormatError", "ResyncNeeded",
+    "StreamDecoder", "StreamEncoder", "encode_event_fields",
+    "BINARY_MEDIA_TYPE", "BinaryStreamReader", "RecordKind", "pack_event", "pack_frame_event",
+    "pack_message", "split_frame_payload", "stream_header",
 ]
