@@ -62,12 +62,21 @@ def local_config(store_dir: str, **inflation) -> dict:
     return cfg
 
 
+_DEPLOYED: dict[str, dict] = {}
+
+
 def deploy_config(cfg: dict) -> None:
-    """Deploy a Serve config dict the way `serve run cfg.yaml` does (schema-validated)."""
+    """Deploy a Serve config dict the way `serve run cfg.yaml` does (schema-validated).
+
+    A config replaces the cluster's whole set of applications, so every call deploys the
+    union of the apps deployed so far in this session, the new ones winning by name.
+    """
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    schema = ServeDeploySchema.model_validate({"applications": cfg["applications"]})
+    for app in cfg["applications"]:
+        _DEPLOYED[app["name"]] = app
+    schema = ServeDeploySchema.model_validate({"applications": list(_DEPLOYED.values())})
     _get_global_client().deploy_apps(schema, _blocking=True)
 
 

@@ -180,3 +180,23 @@ def test_timed_out_in_queue_is_a_503_with_reason(long_app):
     assert info.value.status == 503 and info.value.code == "queue_timeout"
     running.close()
     time.sleep(0.5)
+
+
+def test_redeploy_drains_an_in_flight_reconstruction(long_app, tmp_path):
+    """A redeploy replaces the Ingress and Reconstructor replicas; the configs'
+    graceful_shutdown_timeout_s lets the stream that is running finish on the old ones."""
+    cfg = long_app_config(str(tmp_path), "drain", "/drain")
+    for d in cfg["applications"][0]["deployments"]:
+        if d["name"] in ("Ingress", "Reconstructor"):
+            d["graceful_shutdown_timeout_s"] = 60
+    deploy_config(cfg)
+    s = RawStream(long_app, "/drain/v1/generate", BODY, rcvbuf=1 << 20)
+    s.read_until(b"event: geometry")
+    # New reconstructor settings → new replicas of every deployment that takes them.
+    cfg["applications"][0]["args"]["reconstructor"]["inflation"]["fill"] = 0.85
+    threading.Thread(target=deploy_config, args=(cfg,), daemon=True).start()
+    s.read_all(timeout=60)
+    s.close()
+    events = parse_sse(s.body().decode())
+    assert events[-1]["type"] == "complete", events[-1]
+    assert [e for e in events if e["type"] == "appearance"][-1]["step"] == APP
