@@ -173,3 +173,22 @@ async def test_python_deployment_handle_api(local_app):
     assert types[-1] == "complete" and "geometry" in types and "appearance" in types
     coords, _ = FrameDecoder().decode(next(ev for ev in events if ev["type"] == "geometry"))
     assert len(coords) > 500
+
+
+def test_cli_client_shows_progress_and_saves_the_glb(local_app, tmp_path, capsys):
+    from photos import DATA
+    from serve_app.client import main
+
+    base, _ = local_app
+    out = tmp_path / "rocket.glb"
+    code = main(["--url", base, "--image", str(DATA / "rocket.jpg"), "--box", "285,110,345,415",
+                 "--geometry-every", "3", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    for stage in ("segmenter", "geometry", "appearance", "mesh_baker"):
+        assert stage in printed
+    assert "100.0%" in printed and "voxels" in printed
+    mesh = next(iter(trimesh.load(out, file_type="glb").geometry.values()))
+    assert len(mesh.faces) > 100
+    assert main(["--url", base, "--prompt", "a red car", "--out", str(tmp_path / "x.glb")]) == 2
+    assert "501" in capsys.readouterr().err
