@@ -410,9 +410,11 @@ class StreamEncoder:
     """Encodes successive frames of one or more streams (named by stream_id) as key or delta messages.
 
     A key frame goes out for the first frame of a stream, when `key_every` frames have passed
-    since the last key frame, after `request_key()`, when the grid size changes, and when the
-    encoder estimates that a delta would not be smaller than a key frame. zlib_level None sends
-    bodies uncompressed; otherwise a body is deflated at that level when that makes it smaller.
+    since the last key frame, after `request_key()`, when the grid size changes, and when a
+    delta would not be smaller than a key frame. zlib_level None sends bodies uncompressed
+    (sizes are then known exactly before encoding); otherwise a body is deflated at that level
+    when that makes it smaller, and when the estimated sizes of delta and key frame lie within
+    a factor of two, both are built and the smaller is sent.
     """
 
     def __init__(self, key_every: int = 16, zlib_level: int | None = 6):
@@ -442,25 +444,30 @@ class StreamEncoder:
 
         spatial = None if cols is None else _spatial_residuals(cols)
         key_occ = _plan_set(lin, universe)
-        use_delta = not (st is None or st.key_requested or st.held.grid_size != n
-                         or st.since_key + 1 >= self.key_every)
-        if use_delta:
-            key_cost = key_occ.size + (0 if spatial is None else 1 + self._colour_cost(spatial))
-            delta_body, delta_cost = self._delta(st.held, lin, cols, spatial, universe)
-            use_delta = delta_cost < key_cost
-        if use_delta:
-            flags, base, body = 0, st.held.seq, delta_body
-        else:
-            flags, base = FLAG_KEY, 0
+
+        def key_body() -> tuple[int, bytes]:
             body = _write_set(key_occ, lin, universe)
             if spatial is not None:
                 body += bytes([COLOR_SPATIAL]) + spatial.tobytes()
+            return self._pack(FLAG_KEY, body)
+
+        if st is None or st.key_requested or st.held.grid_size != n or st.since_key + 1 >= self.key_every:
+            flags, body = key_body()
+        else:
+            key_cost = key_occ.size + (0 if spatial is None else 1 + self._colour_cost(spatial))
+            delta_body, delta_cost = self._delta(st.held, lin, cols, spatial, universe)
+            flags, body = self._pack(0, delta_body)
+            if self.zlib_level is None:
+                if delta_cost >= key_cost:  # the sizes are exact without deflate
+                    flags, body = key_body()
+            elif delta_cost * 2 >= key_cost:
+                # Deflate makes the estimates rough; when they are close, compare the real sizes.
+                k_flags, k_body = key_body()
+                if len(k_body) <= len(body):
+                    flags, body = k_flags, k_body
+        base = 0 if flags & FLAG_KEY else st.held.seq
         if cols is not None:
             flags |= FLAG_COLORS
-        if self.zlib_level is not None:
-            packed = zlib.compress(body, self.zlib_level)
-            if len(packed) < len(body):
-                body, flags = packed, flags | FLAG_DEFLATE
         header = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, n, seq, base, len(lin), len(sid)) + sid
         held = _Held(n, lin, cols, seq, None if cols is None else _pack_rgb(cols))
         if st is None:
@@ -469,6 +476,14 @@ class StreamEncoder:
             st.held, st.key_requested = held, False
             st.since_key = 0 if flags & FLAG_KEY else st.since_key + 1
         return _seal(header, body)
+
+    def _pack(self, flags: int, body: bytes) -> tuple[int, bytes]:
+        """Deflate the body when a level is set and that makes it smaller."""
+        if self.zlib_level is not None:
+            packed = zlib.compress(body, self.zlib_level)
+            if len(packed) < len(body):
+                return flags | FLAG_DEFLATE, packed
+        return flags, body
 
     def _colour_cost(self, residuals: np.ndarray) -> float:
         """Estimated bytes of colour residuals: exact when not deflating, else a bit-length estimate."""

@@ -65,12 +65,13 @@ def ellipsoid_shell(n: int, radii, centre=None) -> np.ndarray:
     return solid & ~inner
 
 
-def photo_colours(n: int, sharpness: float, rng: np.random.Generator) -> np.ndarray:
-    """(n,n,n,3) uint8 colours that, like the reconstructor's, sharpen step by step."""
+def photo_colours(n: int, sharpness: float) -> np.ndarray:
+    """(n,n,n,3) uint8 colours that, like the reconstructor's, sharpen step by step:
+    a smooth gradient plus detail and a fixed texture that grow with `sharpness`."""
     g = np.indices((n, n, n)).transpose(1, 2, 3, 0).astype(float) / max(n - 1, 1)
     smooth = np.stack([200 * g[..., 0] + 30, 180 * g[..., 1] + 40, 120 - 80 * g[..., 2]], -1)
     detail = 60 * np.sin(9 * g[..., 0] + 5 * g[..., 1])[..., None] * np.array([1.0, -0.5, 0.7])
-    noise = rng.normal(0, 6, smooth.shape)
+    noise = np.random.default_rng(n).normal(0, 6, smooth.shape)
     return np.clip(smooth + sharpness * (detail + noise), 0, 255).astype(np.uint8)
 
 
@@ -143,14 +144,13 @@ def v_growth(zlib_level: int | None, key_every: int) -> Vector:
     v = Vector(f"growth_{kind}", "Reconstruction-like stream on a 24^3 grid: an ellipsoid shell "
                "swells over 6 geometry steps (no colours), then 4 appearance steps add and sharpen "
                f"colours; key frame every {key_every}", key_every, zlib_level)
-    rng = np.random.default_rng(7)
     n = 24
     for k in range(1, 7):
         s = 0.45 + 0.55 * k / 6
         v.send(frame(ellipsoid_shell(n, (10, 9 * s, 8 * s))))
     surface = ellipsoid_shell(n, (10, 9, 8))
     for k in range(4):
-        v.send(frame(surface, photo_colours(n, k / 3, rng)))
+        v.send(frame(surface, photo_colours(n, k / 3)))
     return v
 
 
@@ -349,8 +349,7 @@ def container() -> tuple[bytes, dict]:
     enc = StreamEncoder(key_every=16, zlib_level=6)
     n = 16
     frames = [frame(ellipsoid_shell(n, (5 + k, 4 + k, 4))) for k in range(3)]
-    rng = np.random.default_rng(3)
-    frames.append(frame(ellipsoid_shell(n, (7, 6, 4)), photo_colours(n, 1.0, rng)))
+    frames.append(frame(ellipsoid_shell(n, (7, 6, 4)), photo_colours(n, 1.0)))
     records, expect = [stream_header()], []
     loading = {"type": "loading", "request_id": "r1", "seq": 0, "stage": "request", "step": 0,
                "total_steps": 0, "progress": 0.0, "t": 0.0, "message": "loading"}
