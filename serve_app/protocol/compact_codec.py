@@ -413,8 +413,8 @@ class StreamEncoder:
     since the last key frame, after `request_key()`, when the grid size changes, and when a
     delta would not be smaller than a key frame. zlib_level None sends bodies uncompressed
     (sizes are then known exactly before encoding); otherwise a body is deflated at that level
-    when that makes it smaller, and when the estimated sizes of delta and key frame lie within
-    a factor of two, both are built and the smaller is sent.
+    when that makes it smaller; as deflate makes the size estimates rough, both frames are
+    built and the smaller is sent when the delta's estimate is at least 60 % of the key frame's.
     """
 
     def __init__(self, key_every: int = 16, zlib_level: int | None = 6):
@@ -460,7 +460,7 @@ class StreamEncoder:
             if self.zlib_level is None:
                 if delta_cost >= key_cost:  # the sizes are exact without deflate
                     flags, body = key_body()
-            elif delta_cost * 2 >= key_cost:
+            elif delta_cost >= 0.6 * key_cost:
                 # Deflate makes the estimates rough; when they are close, compare the real sizes.
                 k_flags, k_body = key_body()
                 if len(k_body) <= len(body):
