@@ -288,10 +288,11 @@ function applyToggles(base, toggles, expected) {
     }
     return { linear: base, basePos: null };
   }
-  const linear = new Uint32Array(expected);
-  const basePos = new Int32Array(expected);
   const nb = base.length;
   const nt = toggles.length;
+  if (expected > nb + nt) throw new FrameFormatError(`frame decodes to fewer voxels than the header's ${expected}`);
+  const linear = new Uint32Array(expected);
+  const basePos = new Int32Array(expected);
   let i = 0;
   let j = 0;
   let k = 0;
