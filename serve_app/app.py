@@ -49,7 +49,7 @@ class Ingress:
         req = GenerateRequest.model_validate(request)
         job = await self.service.prepare(req, image_array=image)
         events = await self.service.start(job)
-        writer = FrameWriter(job.encoding)
+        writer = FrameWriter(job.encoding, self.settings.stream)
         async for event in paced(events, self.settings.stream, writer.python):
             yield event
 

@@ -16,7 +16,7 @@ from typing import Iterator
 import httpx
 import numpy as np
 
-from serve_app.protocol import FRAME_EVENTS, PROTOCOL_VERSION, SSEParser, seed_codec
+from serve_app.protocol import FRAME_EVENTS, PROTOCOL_VERSION, SSEParser, StreamDecoder, seed_codec
 
 
 class GenerateError(RuntimeError):
@@ -73,10 +73,15 @@ def iter_events(base_url: str, *, image: bytes | None = None, masks: list[bytes]
 
 
 class FrameDecoder:
-    """Decodes geometry/appearance events of any encoding the client knows to (coords, colours)."""
+    """Decodes geometry/appearance events of either encoding to (coords, colours).
+
+    One per stream: compact frames are deltas against the previous frame. A frame that does
+    not follow on raises protocol.ResyncNeeded; ask the server for a key frame then
+    (POST /v1/streams/{request_id}/keyframe).
+    """
 
     def __init__(self):
-        self._compact = None
+        self._compact = StreamDecoder()
 
     def decode(self, event: dict) -> tuple[np.ndarray, np.ndarray]:
         enc = event.get("encoding")
@@ -84,12 +89,7 @@ class FrameDecoder:
             coords, colors = seed_codec.decode(event)
             return np.rint(coords).astype(np.int64), colors
         if enc == "compact":
-            from serve_app.protocol import compact_codec
-
-            if self._compact is None:
-                self._compact = compact_codec.StreamDecoder()
-            frame = self._compact.decode_event(event) if hasattr(self._compact, "decode_event") \
-                else self._compact.decode(__import__("base64").b64decode(event["frame_data"]))
+            frame = self._compact.decode_event(event)
             colors = frame.colors if frame.colors is not None else np.full((frame.count, 3), 128, np.uint8)
             return frame.coords.astype(np.int64), colors
         raise ValueError(f"unknown frame encoding {enc!r}")

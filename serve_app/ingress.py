@@ -11,12 +11,13 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from pydantic import ValidationError
 
 from deployments.errors import BadInput, StageError
-from serve_app.protocol import ENCODINGS, EVENT_FIELDS, EVENT_TYPES, PROTOCOL_VERSION, STAGES
+from serve_app.protocol import (BINARY_MEDIA_TYPE, ENCODINGS, EVENT_FIELDS, EVENT_TYPES,
+                                PROTOCOL_VERSION, STAGES)
 from serve_app.schemas import GenerateRequest
 from serve_app.service import GenerateService, http_error, retry_after
 from serve_app.store import ArtifactNotFound, InvalidArtifactRef, content_type
 from serve_app.stream_response import WatchedStreamingResponse
-from serve_app.wire import FrameWriter, paced
+from serve_app.wire import FrameWriter, binary_body, paced
 
 # Serve 2.60 honours these client headers in its proxy, before our code runs.
 TIMEOUT_HEADER = "x-request-timeout-seconds"
@@ -31,6 +32,8 @@ Send JSON (`application/json`) with the fields of `GenerateRequest`, or
 `multipart/form-data` with the photo as file `image`, optional mask files `mask`
 (repeatable), and the other fields as form fields (`point_prompts` and `box_prompts` as
 JSON text). Events: loading, geometry, appearance, mesh_preview, glb_ready, complete, error.
+With `Accept: application/octet-stream` the same events come as binary length-prefixed
+records (docs/frame-format.md) instead of SSE.
 """
 
 
@@ -99,7 +102,19 @@ def client_stream_policy(request: Request, honor: bool) -> tuple[float | None, b
     return deadline, request.headers.get(NO_DISCONNECT_HEADER) != "?1"
 
 
+async def _registered(streams: dict, request_id: str, writer: FrameWriter, body):
+    """Keep the stream's writer findable by id while it runs (for key-frame requests)."""
+    streams[request_id] = writer
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        streams.pop(request_id, None)
+        await body.aclose()
+
+
 def build_fastapi_app(service: GenerateService) -> FastAPI:
+    streams: dict[str, FrameWriter] = {}
     app = FastAPI(title="sam3d-serve", version="0.1.0",
                   description="Photo or text → 3D object, streamed as it takes shape.")
 
@@ -134,13 +149,27 @@ def build_fastapi_app(service: GenerateService) -> FastAPI:
         except Exception as exc:  # noqa: BLE001 - mapped to a status with a reason
             status, body = http_error(exc)
             return JSONResponse(body, status_code=status, headers=retry_after(status))
-        writer = FrameWriter(job.encoding)
+        writer = FrameWriter(job.encoding, service.settings.stream)
+        if BINARY_MEDIA_TYPE in request.headers.get("accept", ""):
+            body, media_type = binary_body(events, service.settings.stream, writer), BINARY_MEDIA_TYPE
+        else:
+            body, media_type = paced(events, service.settings.stream, writer.sse), "text/event-stream"
         return WatchedStreamingResponse(
-            paced(events, service.settings.stream, writer.sse), media_type="text/event-stream",
+            _registered(streams, job.request_id, writer, body), media_type=media_type,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                      "X-Sam3d-Request-Id": job.request_id},
             watch_disconnect=watch,
         )
+
+    @app.post("/v1/streams/{request_id}/keyframe", status_code=202,
+              summary="Ask a running stream for a key frame (resynchronisation)")
+    async def keyframe(request_id: str):
+        writer = streams.get(request_id)
+        if writer is None:
+            return _error(404, "not_found", f"no running stream {request_id} on this ingress replica; "
+                          "a client that reconnects gets a key frame first")
+        writer.request_key()
+        return {"request_id": request_id, "key_frame": "next"}
 
     @app.get("/v1/artifacts/{artifact_id}/{name}", summary="Download an artifact (GLB, splat PLY, mask)")
     async def artifact(artifact_id: str, name: str):

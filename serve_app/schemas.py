@@ -44,7 +44,8 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     stream_geometry_every: int = Field(1, ge=1, le=10, description="emit a geometry frame every N steps")
     stream_colors_every: int = Field(1, ge=1, le=10, description="emit an appearance frame every N steps")
-    encoding: str = Field("seed", description="voxel frame encoding; see GET /v1/protocol")
+    encoding: str = Field("compact", description="voxel frame encoding: `compact` (default; see "
+                          "docs/frame-format.md) or `seed` (the seed app's 6 bytes per voxel)")
 
     @model_validator(mode="after")
     def _one_source(self):

@@ -60,3 +60,16 @@ def test_nothing_to_find_is_bad_input(seg):
     flat = np.full((120, 160, 3), 90, np.uint8)
     with pytest.raises(BadInput):
         seg.segment(flat, SegmentPrompt(box=Box(0, 0, 1, 1)))
+
+
+def test_same_input_same_mask(seg):
+    import threading
+    img = photo_array("chelsea")
+    masks = []
+    threads = [threading.Thread(target=lambda: masks.append(seg.segment(img, SegmentPrompt()).mask))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all((m == masks[0]).all() for m in masks[1:])

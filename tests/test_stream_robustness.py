@@ -18,7 +18,8 @@ from serve_app.protocol import parse_sse
 pytestmark = pytest.mark.serve
 
 GEO, APP = 150, 150
-BODY = {"image_b64": base64.b64encode(photo_bytes("coffee")).decode()}
+# The seed encoding's full frames make pacing matter most.
+BODY = {"image_b64": base64.b64encode(photo_bytes("coffee")).decode(), "encoding": "seed"}
 
 
 def long_app_config(store: str, name: str, prefix: str, slots: int = 1, **timeouts) -> dict:

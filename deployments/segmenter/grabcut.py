@@ -41,6 +41,9 @@ class GrabCutSegmenter:
         if not ((seeds == cv2.GC_BGD) | (seeds == cv2.GC_PR_BGD)).any():
             # GrabCut needs a background model; the user claimed the whole frame.
             return SegmentResult(mask=np.ones((h, w), bool), score=1.0, backend=self.name)
+        # GrabCut seeds its colour models' k-means from OpenCV's thread-local RNG; fix it so
+        # the same photo and prompt always give the same mask, whichever thread runs it.
+        cv2.setRNGSeed(0)
         cv2.grabCut(bgr, seeds, None, bgd, fgd, self.settings.iterations, cv2.GC_INIT_WITH_MASK)
         fg = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
         fg = self._clean(fg, prompt, scale)
