@@ -19,7 +19,16 @@ from serve_app.settings import SegmenterSettings
 from .base import Box, Point, SegmentPrompt, SegmentResult, SegmenterBackend
 from .embedding_cache import EmbeddingNotFound
 
-__all__ = ["Segmenter", "make_backend", "Box", "Point", "SegmentPrompt", "SegmentResult", "EmbeddingNotFound"]
+__all__ = [
+    "Segmenter",
+    "build_segmenter_app",
+    "make_backend",
+    "Box",
+    "Point",
+    "SegmentPrompt",
+    "SegmentResult",
+    "EmbeddingNotFound",
+]
 log = logging.getLogger(__name__)
 
 
@@ -169,3 +178,9 @@ class Segmenter:
                 "args (weights: facebook/sam3, gated on the Hugging Face hub; see docs/sam3.md)."
             )
         return sam
+
+
+def build_segmenter_app(args: dict | None = None):
+    """A Serve application of the Segmenter alone (import_path `deployments.segmenter:build_segmenter_app`,
+    `args` = the `segmenter` settings block): for serving SAM 3 embeddings on their own, and for tests."""
+    return Segmenter.bind(args or {})

@@ -10,17 +10,22 @@ Format (little-endian; docs/sam3-embedding-format.md has the full description an
     16  H bytes  header JSON: id, sizes, and per tensor its shape, encoding and offsets into the body
     16+H B bytes body: the tensor sections, each starting at a multiple of 8 of the *decompressed* body
 
-Encodings: "f32", "f16", "u8" and "u4" (two values a byte, even element in the low nibble). Quantised tensors
-are per-channel affine: value = lo[c] + q * step[c], with lo and step stored as float32 arrays of length C.
-The range [lo, lo + step * (2^bits - 1)] covers each channel's quantile `clip` .. `1 - clip` (min..max when
-clip is 0); values outside are clamped.
+Encodings: "f32", "f16" and "u8". A u8 tensor is per-channel affine: value = lo[c] + q * step[c], with lo and
+step float32 arrays of length C (channel axis 1). How lo and step are chosen is the encoder's business; a
+reader only applies the formula:
+- range rule (`clip`): [lo, lo + 255 step] spans each channel's quantiles clip .. 1 - clip;
+- sigma rule (`sigma_steps` k): step = std / k, widened where needed so that no value is clamped. The codes
+  then cluster around 128 and deflate stores them in about log2(k) + 2 bits each (for a given std a Gaussian
+  is the worst case), which is what makes the "compact" profile small: the 5.3 M values of a full-size
+  embedding take about 3.6-3.9 MB at k = 14. A payload still over the profile's byte budget is encoded
+  again with coarser steps.
 """
 from __future__ import annotations
 
 import json
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -33,28 +38,29 @@ TENSOR_NAMES = ("image_embed", "high_res_feats_0", "high_res_feats_1")
 
 @dataclass(frozen=True)
 class TensorSpec:
-    encoding: str  # f32 | f16 | u8 | u4
-    clip: float = 0.0  # share of each channel's values allowed outside the quantised range, per side
+    encoding: str  # f32 | f16 | u8
+    clip: float = 0.0  # range rule: share of each channel's values left outside the range, per side
+    sigma_steps: float | None = None  # sigma rule: steps per standard deviation
 
 
-# image_embed 1x256x72x72, high_res_feats_1 1x64x144x144 (1.3 M values each), high_res_feats_0 1x32x288x288
-# (2.7 M values): u8 + u8 + u4 is 3.98 MB before zlib. Mask agreement with the uncompressed features is
-# measured in tests/test_embedding_codec.py and bench/bench_sam3_encoder.py.
-PROFILES: dict[str, tuple[dict[str, TensorSpec], bool]] = {
-    "fp32": ({n: TensorSpec("f32") for n in TENSOR_NAMES}, False),
-    "fp16": ({n: TensorSpec("f16") for n in TENSOR_NAMES}, False),
-    "int8": ({n: TensorSpec("u8", 1e-4) for n in TENSOR_NAMES}, True),
-    "compact": (
-        {
-            "image_embed": TensorSpec("u8", 1e-4),
-            "high_res_feats_1": TensorSpec("u8", 1e-4),
-            "high_res_feats_0": TensorSpec("u4", 1e-3),
-        },
-        True,
-    ),
+@dataclass(frozen=True)
+class Profile:
+    tensors: dict[str, TensorSpec]
+    zlib: bool = False
+    max_bytes: int | None = None  # sigma-rule profiles are encoded again, coarser, until they fit
+
+
+# Mask agreement of each profile with the uncompressed features is measured in
+# tests/test_embedding_codec.py (tiny model, CPU) and bench/bench_sam3_encoder.py (full size, GPU).
+PROFILES: dict[str, Profile] = {
+    "fp32": Profile({n: TensorSpec("f32") for n in TENSOR_NAMES}),
+    "fp16": Profile({n: TensorSpec("f16") for n in TENSOR_NAMES}),
+    "int8": Profile({n: TensorSpec("u8", clip=1e-4) for n in TENSOR_NAMES}, zlib=True),
+    "compact": Profile({n: TensorSpec("u8", sigma_steps=14.0) for n in TENSOR_NAMES}, zlib=True, max_bytes=4_000_000),
 }
 DEFAULT_PROFILE = "compact"
-_BITS = {"u8": 8, "u4": 4}
+_RETRY_SCALE = 0.8  # sigma_steps multiplier for each new try over the byte budget
+_MAX_RETRIES = 4
 
 
 class CodecError(ValueError):
@@ -65,45 +71,32 @@ def _align(n: int, to: int = 8) -> int:
     return (n + to - 1) // to * to
 
 
-def _channel_ranges(x2d: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray]:
-    if clip <= 0:
-        return x2d.min(axis=1), x2d.max(axis=1)
-    lo, hi = np.quantile(x2d, [clip, 1.0 - clip], axis=1)
-    return lo, hi
+def _ranges(x2d: np.ndarray, spec: TensorSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel (rows of x2d): (lo, step) of the 256 levels."""
+    mn, mx = x2d.min(axis=1), x2d.max(axis=1)
+    if spec.sigma_steps:
+        step = np.maximum(np.maximum(x2d.std(axis=1) / spec.sigma_steps, (mx - mn) / 255.0), 1e-12)
+        lo = np.clip(x2d.mean(axis=1) - 127.5 * step, mx - 255.0 * step, mn)
+        return lo, step
+    lo, hi = (mn, mx) if spec.clip <= 0 else np.quantile(x2d, [spec.clip, 1.0 - spec.clip], axis=1)
+    return lo, np.maximum(hi - lo, 1e-12) / 255.0
 
 
-def quantize(x: np.ndarray, bits: int, clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-channel (axis 1) affine quantisation of a 1xCx... array → (codes uint8 C-order, lo, step)."""
+def quantize(x: np.ndarray, spec: TensorSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel (axis 1) affine u8 quantisation of a 1xCx... array → (codes, lo, step)."""
     if x.ndim < 2 or x.shape[0] != 1:
         raise CodecError(f"expected a 1xCx... array, got shape {x.shape}")
-    channels = x.shape[1]
-    x2d = np.asarray(x, dtype=np.float32).reshape(channels, -1)
-    lo, hi = _channel_ranges(x2d, clip)
-    levels = (1 << bits) - 1
-    step = np.maximum(hi - lo, 1e-12).astype(np.float32) / levels
-    lo = lo.astype(np.float32)
+    x2d = np.asarray(x, dtype=np.float32).reshape(x.shape[1], -1)
+    lo, step = _ranges(x2d.astype(np.float64), spec)
+    lo, step = lo.astype(np.float32), step.astype(np.float32)
     codes = np.rint((x2d - lo[:, None]) / step[:, None])
-    np.clip(codes, 0, levels, out=codes)
+    np.clip(codes, 0, 255, out=codes)
     return codes.astype(np.uint8).reshape(-1), lo, step
 
 
 def dequantize(codes: np.ndarray, lo: np.ndarray, step: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    channels = shape[1]
-    x = lo[:, None] + codes.reshape(channels, -1).astype(np.float32) * step[:, None]
+    x = lo[:, None] + codes.reshape(shape[1], -1).astype(np.float32) * step[:, None]
     return x.reshape(shape)
-
-
-def _pack_u4(codes: np.ndarray) -> np.ndarray:
-    if codes.size % 2:
-        codes = np.concatenate([codes, np.zeros(1, np.uint8)])
-    return (codes[0::2] | (codes[1::2] << 4)).astype(np.uint8)
-
-
-def _unpack_u4(packed: np.ndarray, count: int) -> np.ndarray:
-    out = np.empty(packed.size * 2, np.uint8)
-    out[0::2] = packed & 0x0F
-    out[1::2] = packed >> 4
-    return out[:count]
 
 
 def encode(
@@ -114,11 +107,28 @@ def encode(
     input_size: int,
     profile: str = DEFAULT_PROFILE,
     zlib_level: int = 1,
+    max_bytes: int | None = None,
 ) -> bytes:
-    """tensors: name → 1xCxHxW float array (the three click-decoder inputs). Returns the payload bytes."""
+    """tensors: name → 1xCxHxW float array (the three click-decoder inputs). Returns the payload bytes.
+
+    max_bytes overrides the profile's byte budget (which only sigma-rule tensors can be fitted to).
+    """
     if profile not in PROFILES:
         raise CodecError(f"unknown embedding profile {profile!r}; one of {sorted(PROFILES)}")
-    specs, use_zlib = PROFILES[profile]
+    chosen = PROFILES[profile]
+    budget = max_bytes if max_bytes is not None else chosen.max_bytes
+    specs = dict(chosen.tensors)
+    meta = {"embedding_id": embedding_id, "original_size": original_size, "input_size": input_size, "profile": profile}
+    for _ in range(_MAX_RETRIES + 1):
+        data = _encode_once(tensors, specs, chosen.zlib, zlib_level, meta)
+        coarser = {n: replace(s, sigma_steps=s.sigma_steps * _RETRY_SCALE) for n, s in specs.items() if s.sigma_steps}
+        if budget is None or len(data) <= budget or not coarser:
+            break
+        specs.update(coarser)
+    return data
+
+
+def _encode_once(tensors, specs, use_zlib: bool, zlib_level: int, meta: dict) -> bytes:
     sections: list[bytes] = []
     entries = []
     offset = 0
@@ -140,15 +150,13 @@ def encode(
         if spec.encoding in ("f32", "f16"):
             blob = x.astype(np.float16 if spec.encoding == "f16" else np.float32).tobytes()
             entry.update(offset=add(blob), nbytes=len(blob))
+        elif spec.encoding == "u8":
+            codes, lo, step = quantize(x, spec)
+            entry.update(offset=add(codes.tobytes()), nbytes=int(codes.size))
+            entry.update(lo_offset=add(lo.tobytes()), step_offset=add(step.tobytes()), channel_axis=1)
+            entry["rule"] = {"sigma_steps": round(spec.sigma_steps, 4)} if spec.sigma_steps else {"clip": spec.clip}
         else:
-            codes, lo, step = quantize(x, _BITS[spec.encoding], spec.clip)
-            data = _pack_u4(codes) if spec.encoding == "u4" else codes
-            blob = data.tobytes()
-            entry.update(offset=add(blob), nbytes=len(blob))
-            entry["lo_offset"] = add(lo.tobytes())
-            entry["step_offset"] = add(step.tobytes())
-            entry["channel_axis"] = 1
-            entry["clip"] = spec.clip
+            raise CodecError(f"unknown tensor encoding {spec.encoding!r}")
         entries.append(entry)
     body = b"".join(sections)
     flags = 0
@@ -156,13 +164,14 @@ def encode(
         packed = zlib.compress(body, zlib_level)
         if len(packed) < len(body):
             body, flags = packed, FLAG_ZLIB
+    h, w = meta["original_size"]
     header = {
         "format": "sam3-click-embedding",
         "version": VERSION,
-        "embedding_id": embedding_id,
-        "original_size": [int(original_size[0]), int(original_size[1])],
-        "input_size": int(input_size),
-        "profile": profile,
+        "embedding_id": meta["embedding_id"],
+        "original_size": [int(h), int(w)],
+        "input_size": int(meta["input_size"]),
+        "profile": meta["profile"],
         "body_bytes": offset,
         "tensors": entries,
     }
@@ -201,19 +210,16 @@ def decode(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
     out = {}
     for t in header["tensors"]:
         shape = tuple(t["shape"])
-        count = int(np.prod(shape))
         raw = np.frombuffer(body, np.uint8, t["nbytes"], t["offset"])
         enc = t["encoding"]
         if enc == "f32":
             out[t["name"]] = raw.view(np.float32).reshape(shape).copy()
         elif enc == "f16":
             out[t["name"]] = raw.view(np.float16).reshape(shape).astype(np.float32)
-        elif enc in _BITS:
-            channels = shape[1]
-            lo = np.frombuffer(body, np.float32, channels, t["lo_offset"])
-            step = np.frombuffer(body, np.float32, channels, t["step_offset"])
-            codes = _unpack_u4(raw, count) if enc == "u4" else raw
-            out[t["name"]] = dequantize(codes, lo, step, shape)
+        elif enc == "u8":
+            lo = np.frombuffer(body, np.float32, shape[1], t["lo_offset"])
+            step = np.frombuffer(body, np.float32, shape[1], t["step_offset"])
+            out[t["name"]] = dequantize(raw, lo, step, shape)
         else:
             raise CodecError(f"unknown tensor encoding {enc!r}")
     return header, out

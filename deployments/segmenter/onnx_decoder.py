@@ -40,6 +40,7 @@ INPUT_NAMES = [
 ]
 OUTPUT_NAMES = ["masks", "iou_predictions", "object_score_logits"]
 OPSET = 17
+EXPORT_VERSION = 2  # part of the exported file's name: bump when the graph changes
 
 
 def prompt_arrays(points, box, original_size: tuple[int, int], input_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,24 +89,31 @@ def _decoder_module(tracker):
             cpu32 = {"device": "cpu", "dtype": torch.float32}
             self.prompt_encoder = copy.deepcopy(tracker.prompt_encoder).to(**cpu32)
             self.mask_decoder = copy.deepcopy(tracker.mask_decoder).to(**cpu32)
-            with torch.no_grad():
-                pe = tracker.get_image_wide_positional_embeddings().to(**cpu32).clone()
-            self.register_buffer("image_pe", pe, persistent=False)
+            self.image_embedding = copy.deepcopy(tracker.shared_image_embedding).to(**cpu32)
+
+        def image_pe(self, image_embed):
+            """The tracker's image-wide positional encoding, computed from the input's grid at run time
+            (a constant would add 5 MB to the file)."""
+            _, _, height, width = image_embed.shape
+            ones = torch.ones_like(image_embed[0, 0])
+            y = (ones.cumsum(dim=0) - 0.5) / height
+            x = (ones.cumsum(dim=1) - 0.5) / width
+            return self.image_embedding(torch.stack([x, y], dim=-1)).permute(2, 0, 1)[None]
 
         def forward(self, image_embed, high_res_feats_0, high_res_feats_1, point_coords, point_labels, mask_input, has_mask_input):
             pe, md = self.prompt_encoder, self.mask_decoder
             labels = point_labels.round().to(torch.int64)[:, None]
             sparse = pe._embed_points(point_coords[:, None], labels, pad=False)  # 1x1xNxC
             _, channels, height, width = image_embed.shape
-            no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, height, width)
             has = has_mask_input.reshape(1, 1, 1, 1)
+            no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)  # broadcast, not a folded 72x72 constant
             dense = has * pe.mask_embed(mask_input) + (1.0 - has) * no_mask
             tokens = torch.cat([md.obj_score_token.weight, md.iou_token.weight, md.mask_tokens.weight], dim=0)
             tokens = torch.cat([tokens[None, None], sparse], dim=2)
             queries, keys = md.transformer(
                 point_embeddings=tokens,
                 image_embeddings=image_embed + dense,
-                image_positional_embeddings=self.image_pe,
+                image_positional_embeddings=self.image_pe(image_embed),
                 attention_similarity=None,
             )
             image = keys.transpose(2, 3).reshape(1, channels, height, width)

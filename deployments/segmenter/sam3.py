@@ -25,7 +25,7 @@ from deployments.errors import BadInput, ModelUnavailable
 from . import embedding_codec
 from .base import Box, Point, SegmentPrompt, SegmentResult
 from .embedding_cache import EmbeddingCache
-from .onnx_decoder import LazyExport
+from .onnx_decoder import EXPORT_VERSION, LazyExport
 from .sam3_encoder import (
     ImageEmbedding,
     check_image,
@@ -48,6 +48,7 @@ class Sam3Segmenter:
         self.models = models if models is not None else load_sam3_models(settings)
         self.cache: EmbeddingCache[ImageEmbedding] = EmbeddingCache(settings.embedding_cache_mb * 1024 * 1024)
         self.images_encoded = 0
+        self.encoder_batches = 0
         self._count_lock = threading.Lock()
         self._onnx: LazyExport | None = None
         self._onnx_lock = threading.Lock()
@@ -68,6 +69,7 @@ class Sam3Segmenter:
         out = encode_images(self.models, images, ids)
         with self._count_lock:
             self.images_encoded += len(images)
+            self.encoder_batches += 1
         return out
 
     def remember(self, embedding: ImageEmbedding) -> str:
@@ -218,6 +220,7 @@ class Sam3Segmenter:
 
     def _decoder_fingerprint(self) -> str:
         h = hashlib.blake2b(digest_size=8)
+        h.update(f"export-v{EXPORT_VERSION}".encode())
         trk = self.models.tracker
         for module in (trk.prompt_encoder, trk.mask_decoder, trk.shared_image_embedding):
             for key, t in sorted(module.state_dict().items()):
@@ -235,6 +238,7 @@ class Sam3Segmenter:
             "input_size": self.input_size,
             "text_prompts": m.tokenizer is not None,
             "images_encoded": self.images_encoded,
+            "encoder_batches": self.encoder_batches,
             "embedding_cache": self.cache.stats(),
             "notes": list(m.notes),
         }

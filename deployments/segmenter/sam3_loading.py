@@ -246,9 +246,9 @@ def random_init_models(video_config, device: str = "cpu", dtype: str = "float32"
 
     torch.manual_seed(seed)
     dev, dt = resolve_device_dtype(device, dtype)
-    detector = Sam3Model(video_config.detector_config)
-    tracker_config = tracker_config_from(video_config)
-    tracker = Sam3TrackerModel(tracker_config)
+    with torch.device(dev):  # initialise on the device: 840 M parameters initialise slowly on a CPU
+        detector = Sam3Model(video_config.detector_config)
+        tracker = Sam3TrackerModel(tracker_config_from(video_config))
     tracker.vision_encoder.backbone = detector.vision_encoder.backbone
     size = int(video_config.detector_config.vision_config.backbone_config.image_size)
     return finish(detector, tracker, None, PixelSpec(size=size), dev, dt, "random-init", ["random weights"])
