@@ -67,8 +67,9 @@ def image_id(image: np.ndarray) -> str:
 def pixel_values(models: Sam3Models, images: list[np.ndarray]):
     """uint8 RGB images of any sizes → Bx3xSxS normalised tensor on the model's device.
 
-    Like the transformers Sam3 image processor: bilinear (antialiased) resize to SxS ignoring the aspect
-    ratio, scale to [0, 1], normalise with the checkpoint's mean/std. Resizing runs on the device.
+    As the transformers Sam3 image processor does it (its torchvision backend is not a dependency here):
+    bilinear antialiased resize of the uint8 image to SxS ignoring the aspect ratio, rounded to whole
+    levels, then scaled to [0, 1] and normalised with the checkpoint's mean/std. Runs on the device.
     """
     import torch
     import torch.nn.functional as F
@@ -81,7 +82,8 @@ def pixel_values(models: Sam3Models, images: list[np.ndarray]):
             host = host.copy()
         t = torch.from_numpy(host).to(device, non_blocking=True)
         t = t.permute(2, 0, 1)[None].float()
-        batch.append(F.interpolate(t, size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=True))
+        t = F.interpolate(t, size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=True)
+        batch.append(t.round_().clamp_(0, 255))  # torchvision resizes uint8 images to uint8
     x = torch.cat(batch) / 255.0
     mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
