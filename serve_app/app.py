@@ -33,11 +33,13 @@ class Ingress:
         clients = HandleClients(prompt_enhancer, image_generator, segmenter, reconstructor,
                                 mesh_baker, store)
         self.service = GenerateService(self.settings, clients, store)
+        self._segmenter = segmenter
 
     def __serve_build_asgi_app__(self):
         from serve_app.ingress import build_fastapi_app
+        from serve_app.routes_segment import SegmenterHandleAdapter
 
-        return build_fastapi_app(self.service)
+        return build_fastapi_app(self.service, SegmenterHandleAdapter(self._segmenter))
 
     async def generate(self, request: dict, image: np.ndarray | None = None) -> AsyncIterator[dict]:
         """The Python API: `handle.options(stream=True).generate.remote({...}, image=array)`.

@@ -113,10 +113,16 @@ async def _registered(streams: dict, request_id: str, writer: FrameWriter, body)
         await body.aclose()
 
 
-def build_fastapi_app(service: GenerateService) -> FastAPI:
+def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
+    """`segmenter`: an object with the Segmenter deployment's async methods (embed,
+    segment, segment_cached, click_decoder_onnx) for the /v1/embed and /v1/segment routes."""
     streams: dict[str, FrameWriter] = {}
     app = FastAPI(title="sam3d-serve", version="0.1.0",
                   description="Photo or text → 3D object, streamed as it takes shape.")
+    if segmenter is not None:
+        from serve_app.routes_segment import build_segment_router
+
+        app.include_router(build_segment_router(lambda: segmenter, service.settings.limits))
 
     @app.exception_handler(StageError)
     async def _stage_error(_, exc: StageError):
