@@ -43,3 +43,26 @@ def test_bad_value_names_the_key():
     with pytest.raises(ConfigError) as info:
         load_settings({"segmenter": {"backend": "magic"}})
     assert "args.segmenter.backend" in str(info.value)
+
+
+def test_production_replicas_fail_at_start_naming_what_is_missing():
+    """serve_config.yaml's real-model stages, built as their replicas would be on a machine
+    without the weights: each says what is missing, where it looked, and how to get it."""
+    from deployments.errors import ModelUnavailable
+    from deployments.image_generator import make_backend as make_generator
+    from deployments.reconstructor import make_backend as make_reconstructor
+    from deployments.segmenter import make_backend as make_segmenter
+
+    cfg = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    s = load_settings(cfg["applications"][0]["args"])
+    cases = [
+        (lambda: make_segmenter(s.segmenter), ["facebook/sam3", "/models/sam3", "gated"]),
+        (lambda: make_reconstructor(s.reconstructor),
+         ["facebook/sam-3d-objects", "/models/sam-3d-objects/checkpoints", "not found"]),
+        (lambda: make_generator(s.image_generator), ["stabilityai/sdxl-turbo", "/models/sdxl-turbo"]),
+    ]
+    for build, needles in cases:
+        with pytest.raises(ModelUnavailable) as info:
+            build()
+        for needle in needles:
+            assert needle in info.value.message, (needle, info.value.message)
