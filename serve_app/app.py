@@ -17,7 +17,7 @@ from deployments.reconstructor import Reconstructor
 from deployments.segmenter import Segmenter
 from serve_app.handles import HandleClients
 from serve_app.schemas import GenerateRequest
-from serve_app.service import GenerateService, error_event
+from serve_app.service import GenerateService
 from serve_app.settings import load_settings
 from serve_app.store import ArtifactStore
 from serve_app.wire import FrameWriter, paced

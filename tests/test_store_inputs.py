@@ -1,10 +1,8 @@
 import base64
-import io
 import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from deployments.errors import BadInput
 from serve_app import inputs
