@@ -3,6 +3,7 @@ with any StageClients; the Serve deployment (serve_app.app) calls it at replica 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -203,5 +204,18 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
         if page.exists():
             return FileResponse(page)
         return {"service": "sam3d-serve", "docs": "/docs"}
+
+    static_name = re.compile(r"^[a-z0-9][a-z0-9_.-]*\.(js|css|html)$")
+    static_types = {"js": "text/javascript", "css": "text/css", "html": "text/html"}
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str):
+        """The viewer's files (serve_app/static): plain names only, no paths."""
+        match = static_name.fullmatch(name)
+        path = STATIC / name
+        if match is None or not path.is_file():
+            return _error(404, "not_found", f"no static file {name!r}")
+        return FileResponse(path, media_type=f"{static_types[match.group(1)]}; charset=utf-8",
+                            headers={"Cache-Control": "no-cache"})
 
     return app
