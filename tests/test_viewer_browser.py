@@ -104,7 +104,8 @@ def test_viewer_in_chromium(local_app, tmp_path):
         "geometry_frames_drawn", "appearance_frames_drawn", "mesh_drawn", "stages_done",
         "canvas_mesh_not_blank", "canvas_mesh_reddish_cup", "canvas_voxels_not_blank",
         "canvas_voxels_reddish_cup", "glb_link_downloads", "download_links",
-        "resync_after_lost_frame", "no_page_errors", "only_the_deliberate_http_error",
+        "stop_button_ends_the_run", "resync_after_lost_frame", "no_page_errors",
+        "only_the_deliberate_http_error",
     }
     assert expected <= checks.keys() and all(c["ok"] for c in checks.values())
     assert checks["geometry_frames_drawn"]["detail"] >= 2

@@ -852,7 +852,7 @@ function startPage() {
         const i = y * w + x;
         const edge = inside[i] && (x === 0 || y === 0 || x === w - 1 || y === h - 1 ||
           !inside[i - 1] || !inside[i + 1] || !inside[i - w] || !inside[i + w]);
-        d.set(edge ? [120, 200, 255, 255] : inside[i] ? [60, 140, 255, 80] : [0, 0, 0, 0], 4 * i);
+        d.set(edge ? [120, 200, 255, 255] : inside[i] ? [60, 140, 255, 64] : [0, 0, 0, 0], 4 * i);
       }
     }
     ctx.putImageData(px, 0, 0);
@@ -1257,7 +1257,9 @@ function startPage() {
     } catch (err) {
       if (controller.signal.aborted) {
         state.phase = "stopped";
-        log("stopped");
+        const row = state.stage && stageRows.get(state.stage);
+        if (row) row.detail.textContent = "stopped";
+        log("stopped by the user");
       } else {
         fail("network", `the connection failed: ${err.message}`);
       }

@@ -7,7 +7,8 @@
 //    progress reached 100 %, geometry and appearance frames were drawn, the canvas shows a
 //    reddish object in many colours (mesh and voxel views), the GLB link downloads (200, glTF);
 //    saves a screenshot.
-// 3. Reloads with ?drop_frame=8 (the page skips that frame as if lost; the frames after it are
+// 3. Reloads, starts a run and stops it with the Stop button after its first frame.
+// 4. Then, with ?drop_frame=8 (the page skips that frame as if lost; the frames after it are
 //    deltas on this photo): the viewer must ask for a key frame and end on the server's last frame.
 // No script errors anywhere, and no failed HTTP request but the deliberate 422.
 //
@@ -163,6 +164,7 @@ try {
   check("download_links", otherLinks.length === 3 && otherLinks.every((u) => u.includes("/v1/artifacts/")), otherLinks);
 
   await page.click("#show-mesh");
+  await page.dblclick("#view"); // back to the home view, so the screenshot does not depend on timing
   await page.screenshot({ path: shotPath, fullPage: true });
   report.screenshot = shotPath;
   report.main_run = {
@@ -175,6 +177,13 @@ try {
   page = await newPage(context, pageErrors, httpErrors);
   await page.goto(`${base}/?drop_frame=8`, { waitUntil: "load" });
   await choosePhotoAndClickCup(page);
+  await page.click("#generate");
+  await page.waitForFunction(() => window.viewerState.geometryFramesDrawn >= 1, null, { timeout: TIMEOUT_MS, polling: 10 });
+  await page.click("#cancel");
+  await page.waitForFunction(() => window.viewerState.phase !== "streaming", null, { timeout: TIMEOUT_MS });
+  const stopped = await page.evaluate(() => ({ phase: window.viewerState.phase, frames: window.viewerState.framesDecoded,
+    generateEnabled: !document.getElementById("generate").disabled }));
+  check("stop_button_ends_the_run", stopped.phase === "stopped" && stopped.frames < 20 && stopped.generateEnabled, stopped);
   const lossy = (await runToEnd(page)).state;
   check("resync_after_lost_frame",
     lossy.phase === "complete" && lossy.droppedForTest === 8 && lossy.resyncs >= 1 &&
