@@ -102,3 +102,24 @@ def test_internal_error_hides_details(tmp_path):
     evs = events_of(c.post("/v1/generate", files=[("image", ("c.png", photo_bytes("coffee")))]))
     assert evs[-1]["type"] == "error" and "secret" not in evs[-1]["message"]
     assert evs[0]["request_id"] in evs[-1]["message"]
+
+
+@pytest.mark.parametrize("honor,headers,expected", [
+    (False, {"x-request-timeout-seconds": "0", "x-request-disconnect-disabled": "?1"}, (None, True)),
+    (True, {}, (None, True)),
+    (True, {"x-request-timeout-seconds": "12.5"}, (12.5, True)),
+    (True, {"x-request-timeout-seconds": "0", "x-request-disconnect-disabled": "?1"}, ("huge", False)),
+    (True, {"x-request-timeout-seconds": "soon"}, (None, True)),
+])
+def test_client_serve_headers_only_count_when_the_operator_says_so(honor, headers, expected):
+    from starlette.requests import Request
+
+    from serve_app.ingress import client_stream_policy
+
+    scope = {"type": "http", "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    deadline, watch = client_stream_policy(Request(scope), honor)
+    if expected[0] == "huge":
+        assert deadline > 86400 * 365
+    else:
+        assert deadline == expected[0]
+    assert watch is expected[1]
