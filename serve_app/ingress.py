@@ -8,14 +8,15 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from deployments.errors import BadInput, StageError
 from serve_app.protocol import (BINARY_MEDIA_TYPE, ENCODINGS, EVENT_FIELDS, EVENT_TYPES,
                                 PROTOCOL_VERSION, STAGES)
 from serve_app.schemas import GenerateRequest
-from serve_app.service import GenerateService, http_error, retry_after
+from serve_app.http_util import error_response, exception_response, json_object, validation_message
+from serve_app.service import GenerateService
 from serve_app.store import ArtifactNotFound, InvalidArtifactRef, content_type
 from serve_app.stream_response import WatchedStreamingResponse
 from serve_app.wire import FrameWriter, binary_body, paced
@@ -36,18 +37,6 @@ JSON text). Events: loading, geometry, appearance, mesh_preview, glb_ready, comp
 With `Accept: application/octet-stream` the same events come as binary length-prefixed
 records (docs/frame-format.md) instead of SSE.
 """
-
-
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for e in exc.errors():
-        loc = ".".join(str(p) for p in e["loc"] if p != "body")
-        parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
-    return "; ".join(parts)
 
 
 async def parse_generate(request: Request) -> tuple[GenerateRequest, bytes | None, list[bytes]]:
@@ -73,12 +62,7 @@ async def parse_generate(request: Request) -> tuple[GenerateRequest, bytes | Non
             elif value != "":
                 fields[key] = value
     elif ctype.startswith("application/json"):
-        try:
-            fields = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise BadInput("the body is not valid JSON") from None
-        if not isinstance(fields, dict):
-            raise BadInput("the JSON body must be an object")
+        fields = await json_object(request)
     else:
         raise BadInput("send application/json or multipart/form-data")
     return GenerateRequest.model_validate(fields), image_bytes, masks
@@ -127,15 +111,15 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
 
     @app.exception_handler(StageError)
     async def _stage_error(_, exc: StageError):
-        return _error(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message)
 
     @app.exception_handler(ValidationError)
     async def _invalid(_, exc: ValidationError):
-        return _error(422, "bad_input", _validation_message(exc))
+        return error_response(422, "bad_input", validation_message(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_req(_, exc: RequestValidationError):
-        return _error(422, "bad_input", "; ".join(str(e.get("msg")) for e in exc.errors()))
+        return error_response(422, "bad_input", "; ".join(str(e.get("msg")) for e in exc.errors()))
 
     @app.post("/v1/generate", summary="Photo or text → streamed 3D object",
               description=_GENERATE_DOC, response_class=StreamingResponse,
@@ -152,10 +136,9 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
             job = await service.prepare(req, image_bytes=image_bytes, mask_bytes=masks)
             events = await service.start(job, deadline_s=deadline_s)
         except ValidationError as exc:
-            return _error(422, "bad_input", _validation_message(exc))
+            return error_response(422, "bad_input", validation_message(exc))
         except Exception as exc:  # noqa: BLE001 - mapped to a status with a reason
-            status, body = http_error(exc)
-            return JSONResponse(body, status_code=status, headers=retry_after(status))
+            return exception_response(exc)
         writer = FrameWriter(job.encoding, service.settings.stream)
         if BINARY_MEDIA_TYPE in request.headers.get("accept", ""):
             body, media_type = binary_body(events, service.settings.stream, writer), BINARY_MEDIA_TYPE
@@ -173,7 +156,7 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
     async def keyframe(request_id: str):
         writer = streams.get(request_id)
         if writer is None:
-            return _error(404, "not_found", f"no running stream {request_id} on this ingress replica; "
+            return error_response(404, "not_found", f"no running stream {request_id} on this ingress replica; "
                           "a client that reconnects gets a key frame first")
         writer.request_key()
         return {"request_id": request_id, "key_frame": "next"}
@@ -183,9 +166,9 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
         try:
             data = service.store.get(artifact_id, name)
         except InvalidArtifactRef as exc:
-            return _error(400, "bad_artifact_ref", str(exc))
+            return error_response(400, "bad_artifact_ref", str(exc))
         except ArtifactNotFound:
-            return _error(404, "not_found", f"no artifact {artifact_id}/{name}")
+            return error_response(404, "not_found", f"no artifact {artifact_id}/{name}")
         return Response(data, media_type=content_type(name),
                         headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
@@ -214,7 +197,7 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
         match = static_name.fullmatch(name)
         path = STATIC / name
         if match is None or not path.is_file():
-            return _error(404, "not_found", f"no static file {name!r}")
+            return error_response(404, "not_found", f"no static file {name!r}")
         return FileResponse(path, media_type=f"{static_types[match.group(1)]}; charset=utf-8",
                             headers={"Cache-Control": "no-cache"})
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -24,10 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from deployments.errors import BadInput, StageError, as_stage_error
 from deployments.segmenter.base import Box, Point, SegmentPrompt
 from deployments.segmenter.sam3_encoder import image_id
+from serve_app.http_util import exception_response, json_object, validation_message
 from serve_app.inputs import b64_bytes, decode_image, decode_mask, fit_image, png_bytes
 from serve_app.settings import LimitsSettings
 
-log = logging.getLogger(__name__)
 ONNX_ROUTE = "/v1/models/sam3-click-decoder.onnx"
 
 
@@ -75,36 +74,6 @@ class SegmenterHandleAdapter:
         return await self.handle.click_decoder_onnx.remote()
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-def _from_exception(exc: BaseException) -> JSONResponse:
-    err = as_stage_error(exc)
-    if err is None:
-        log.exception("segment route failed", exc_info=exc)
-        return _error(500, "internal", "internal error")
-    headers = {"Retry-After": "5"} if err.status == 503 else None
-    resp = _error(err.status, err.code, err.message)
-    if headers:
-        resp.headers.update(headers)
-    return resp
-
-
-def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
-
-
-async def _json_body(request: Request) -> dict:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadInput("the body must be JSON") from None
-    if not isinstance(body, dict):
-        raise BadInput("the body must be a JSON object")
-    return body
-
-
 def _encodings(payload: bytes) -> dict[str, str]:
     from deployments.segmenter.embedding_codec import read_header
 
@@ -139,7 +108,7 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
                 data = await upload.read()
                 profile = form.get("profile") or profile
             else:
-                body = await _json_body(request)
+                body = await json_object(request)
                 if not isinstance(body.get("image_b64"), str):
                     raise BadInput("send the image as multipart `image` or JSON `image_b64`")
                 data = b64_bytes(body["image_b64"], "image_b64")
@@ -147,7 +116,7 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
             image, _, _, _ = await asyncio.to_thread(load_image, data)
             out = await get_segmenter().embed(image, profile)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
-            return _from_exception(exc)
+            return exception_response(exc)
         payload: bytes = out["payload"]
         encodings = _encodings(payload)
         h, w = out["original_size"]
@@ -178,14 +147,14 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
     async def segment(request: Request):
         try:
             try:
-                req = SegmentRequest.model_validate(await _json_body(request))
+                req = SegmentRequest.model_validate(await json_object(request))
             except ValidationError as exc:
-                raise BadInput(_validation_message(exc)) from None
+                raise BadInput(validation_message(exc)) from None
             if not req.embedding_id and not req.image_b64:
                 raise BadInput("send `embedding_id` (from POST /v1/embed) or `image_b64`")
             return await _segment(req)
         except Exception as exc:  # noqa: BLE001
-            return _from_exception(exc)
+            return exception_response(exc)
 
     async def _segment(req: SegmentRequest) -> JSONResponse:
         seg = get_segmenter()
@@ -222,7 +191,7 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
                     out = await get_segmenter().click_decoder_onnx()
                     onnx_cache.update(data=out["data"], etag=f'"{out["filename"]}"')
         except Exception as exc:  # noqa: BLE001
-            return _from_exception(exc)
+            return exception_response(exc)
         headers = {"ETag": onnx_cache["etag"], "Cache-Control": "public, max-age=86400"}
         if request.headers.get("if-none-match") == onnx_cache["etag"]:
             return Response(status_code=304, headers=headers)

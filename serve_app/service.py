@@ -158,18 +158,6 @@ def error_event(exc: BaseException, request_id: str, seq: int) -> dict:
     return ev
 
 
-def http_error(exc: BaseException) -> tuple[int, dict]:
-    err = as_stage_error(exc)
-    if err is None:
-        log.exception("request failed", exc_info=exc)
-        return 500, {"error": {"code": "internal", "message": "internal error"}}
-    return err.status, {"error": {"code": err.code, "message": err.message}}
-
-
-def retry_after(status: int) -> dict[str, str]:
-    return {"Retry-After": "5"} if status == 503 else {}
-
-
 def _check_array(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a)
     if a.ndim != 3 or a.shape[2] not in (3, 4) or a.dtype != np.uint8:
@@ -177,4 +165,4 @@ def _check_array(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a[:, :, :3])
 
 
-__all__ = ["GenerateService", "error_event", "http_error", "StageError"]
+__all__ = ["GenerateService", "error_event", "StageError"]
