@@ -5,7 +5,8 @@ import pytest
 
 from deployments.errors import BadInput
 from deployments.reconstructor.base import Reconstruction, ReconstructOptions, StepFrame
-from deployments.reconstructor.inflation import InflationReconstructor, shell
+from deployments.reconstructor.base import shell
+from deployments.reconstructor.inflation import InflationReconstructor
 from serve_app.settings import InflationSettings
 
 

@@ -29,21 +29,32 @@ class BakeResult:
     face_count: int = 0
 
 
-def _nearest_colors(recon: Reconstruction, points_vox: np.ndarray) -> np.ndarray:
-    """Colour of the occupied voxel nearest each point (points in voxel index units)."""
-    occ = recon.occupancy
-    _, idx = ndimage.distance_transform_edt(~occ, return_indices=True)
-    n = occ.shape[0]
-    p = np.clip(np.rint(points_vox).astype(np.int64), 0, n - 1)
-    src = idx[:, p[:, 0], p[:, 1], p[:, 2]]
-    return recon.colors[src[0], src[1], src[2]]
+class _NearestColors:
+    """Colour of the occupied voxel nearest each point (points in voxel index units).
+
+    The nearest-voxel map is one distance transform over the grid, made once per bake and
+    shared by the GLB and every coarser preview.
+    """
+
+    def __init__(self, recon: Reconstruction):
+        _, self.idx = ndimage.distance_transform_edt(~recon.occupancy, return_indices=True)
+        self.colors = recon.colors
+        self.n = recon.grid_size
+
+    def __call__(self, points_vox: np.ndarray) -> np.ndarray:
+        p = np.clip(np.rint(points_vox).astype(np.int64), 0, self.n - 1)
+        src = self.idx[:, p[:, 0], p[:, 1], p[:, 2]]
+        return self.colors[src[0], src[1], src[2]]
 
 
-def marching_cubes(recon: Reconstruction, sigma: float, step: int = 1):
-    """(vertices in voxel units, faces) with outward winding."""
+def smoothed_volume(recon: Reconstruction, sigma: float) -> np.ndarray:
+    """The occupancy as floats, padded so the surface closes at the grid's edge, smoothed."""
     vol = np.pad(recon.occupancy.astype(np.float32), 2)
-    if sigma > 0:
-        vol = ndimage.gaussian_filter(vol, sigma)
+    return ndimage.gaussian_filter(vol, sigma) if sigma > 0 else vol
+
+
+def marching_cubes(vol: np.ndarray, step: int = 1):
+    """(vertices in voxel units, faces) with outward winding, from a smoothed_volume."""
     verts, faces, _, _ = measure.marching_cubes(vol, level=0.5, step_size=step)
     verts = verts - 2.0
     # skimage orients faces towards increasing values (inwards here); flip to outwards.
@@ -63,8 +74,10 @@ class MeshBakerBackend:
         if not recon.occupancy.any():
             raise BadInput("the reconstruction is empty; nothing to mesh")
         n = recon.grid_size
-        verts, faces = marching_cubes(recon, self.settings.smooth_sigma)
-        colors = _nearest_colors(recon, verts)
+        vol = smoothed_volume(recon, self.settings.smooth_sigma)
+        color_at = _NearestColors(recon)
+        verts, faces = marching_cubes(vol)
+        colors = color_at(verts)
         mesh = trimesh.Trimesh(
             vertices=to_unit_cube(verts, n), faces=faces,
             vertex_colors=np.column_stack([colors, np.full(len(colors), 255, np.uint8)]),
@@ -74,18 +87,17 @@ class MeshBakerBackend:
         sizes = {"model.glb": self.store.put(artifact_id, "model.glb", glb)}
         ply = splat_ply_bytes(recon, self.settings.splat_opacity)
         sizes["splat.ply"] = self.store.put(artifact_id, "splat.ply", ply)
-        preview = self._preview(recon, verts, faces, colors)
+        preview = self._preview(n, vol, color_at, verts, faces, colors)
         return BakeResult(preview=preview, artifacts=sizes,
                           vertex_count=len(verts), face_count=len(faces))
 
-    def _preview(self, recon, verts, faces, colors) -> dict:
+    def _preview(self, n, vol, color_at, verts, faces, colors) -> dict:
         """The seed's mesh_preview fields; coarser marching cubes when the mesh is large."""
-        n = recon.grid_size
         step = 1
         while len(faces) > self.settings.max_preview_faces and step < 8:
             step += 1
-            verts, faces = marching_cubes(recon, self.settings.smooth_sigma, step)
-            colors = _nearest_colors(recon, verts)
+            verts, faces = marching_cubes(vol, step)
+            colors = color_at(verts)
         v = to_unit_cube(verts, n)
         return {
             "vertices_data": base64.b64encode(v.tobytes()).decode("ascii"),

@@ -8,9 +8,8 @@ stored as a logit, scales as natural logs, rotation as a unit quaternion (w firs
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
-from ..reconstructor.base import Reconstruction
+from ..reconstructor.base import Reconstruction, shell
 
 SH_C0 = 0.28209479177387814
 PROPERTIES = ("x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
@@ -18,10 +17,8 @@ PROPERTIES = ("x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "op
 
 
 def splat_ply_bytes(recon: Reconstruction, opacity: float = 0.95) -> bytes:
-    occ = recon.occupancy
-    n = occ.shape[0]
-    surface = occ & ~ndimage.binary_erosion(occ, border_value=0)
-    idx = np.argwhere(surface)
+    n = recon.grid_size
+    idx = np.argwhere(shell(recon.occupancy))
     rgb = recon.colors[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float32) / 255.0
     data = np.zeros((len(idx), len(PROPERTIES)), np.float32)
     data[:, 0:3] = (idx + 0.5) / n - 0.5

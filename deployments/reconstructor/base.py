@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Protocol, Union
 
 import numpy as np
+from scipy import ndimage
 
 from serve_app.protocol import VoxelFrame
 
@@ -46,6 +47,11 @@ class Reconstruction:
 
 
 StreamItem = Union[StepFrame, Reconstruction]
+
+
+def shell(occ: np.ndarray) -> np.ndarray:
+    """Occupied voxels with at least one empty face neighbour: what a viewer can see."""
+    return occ & ~ndimage.binary_erosion(occ, border_value=0)
 
 
 def should_emit(step: int, total: int, every: int) -> bool:

@@ -25,13 +25,12 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from deployments.errors import BadInput
 from serve_app.protocol import VoxelFrame
 from serve_app.settings import InflationSettings
 
-from .base import ReconstructOptions, Reconstruction, StepFrame, should_emit
+from .base import ReconstructOptions, Reconstruction, StepFrame, shell, should_emit
 
 _TOTAL_SWEEPS_64 = 800  # Gauss-Seidel sweeps that bring a 64-wide silhouette within ~5 % of converged
 
@@ -91,11 +90,6 @@ def occupancy(u: np.ndarray, silhouette: np.ndarray, depth_scale: float) -> np.n
     half = np.where(silhouette, np.maximum(depth_scale * 2.0 * np.sqrt(np.maximum(u, 0)), 0.5), -1.0)
     z = np.abs(np.arange(n) + 0.5 - n / 2.0)
     return z[None, None, :] <= half[:, :, None]
-
-
-def shell(occ: np.ndarray) -> np.ndarray:
-    """Occupied voxels with at least one empty face neighbour: what a viewer can see."""
-    return occ & ~ndimage.binary_erosion(occ, border_value=0)
 
 
 def refine_colors(prep: _Prepared, sigma: float) -> np.ndarray:
