@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from deployments.errors import BadInput, ModelUnavailable
+from deployments.torch_device import resolve_device_dtype
 from serve_app.settings import ImageGeneratorSettings
 
 log = logging.getLogger(__name__)
@@ -48,24 +49,6 @@ def _how_to_download(model_id: str) -> str:
             "(gated models also need HF_TOKEN)")
 
 
-def resolve_device_dtype(device: str, dtype: str):
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelUnavailable("image_generator.device is 'cuda' but no CUDA device is visible")
-    if dtype == "auto":
-        if device == "cpu":
-            dtype = "float32"
-        else:
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if device == "cpu" and dtype == "float16":
-        raise ModelUnavailable("image_generator.dtype float16 is not supported on CPU; "
-                               "use float32 or bfloat16")
-    return device, getattr(torch, dtype)
-
-
 class DiffusersGenerator:
     name = "diffusers"
     available = True
@@ -83,7 +66,7 @@ class DiffusersGenerator:
         import torch
 
         self._torch = torch
-        self.device, self.dtype = resolve_device_dtype(settings.device, settings.dtype)
+        self.device, self.dtype = resolve_device_dtype(settings.device, settings.dtype, "image_generator")
         if settings.local_dir:
             source = Path(settings.local_dir).expanduser()
             if not (source / "model_index.json").is_file():

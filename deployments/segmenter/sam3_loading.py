@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from deployments.errors import ModelUnavailable
+from deployments.torch_device import resolve_device_dtype
 
 log = logging.getLogger(__name__)
 
@@ -59,27 +60,6 @@ class Sam3Models:
     @property
     def input_size(self) -> int:
         return int(self.tracker.config.prompt_encoder_config.image_size)
-
-
-def resolve_device_dtype(device: str, dtype: str):
-    """`auto` means CUDA when present; bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on CPU."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelUnavailable(
-            "segmenter.sam3.device is 'cuda' but this replica sees no CUDA device; give the Segmenter "
-            "deployment a GPU (ray_actor_options: {num_gpus: 1}) or set device: cpu."
-        )
-    if dtype == "auto":
-        if device == "cuda":
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        else:
-            dtype = "float32"
-    if device == "cpu" and dtype == "float16":
-        raise ModelUnavailable("segmenter.sam3.dtype float16 is not supported on CPU; use float32 or bfloat16.")
-    return torch.device(device), getattr(torch, dtype)
 
 
 def _import_transformers():
@@ -189,7 +169,9 @@ def finish(detector, tracker, tokenizer, pixels, device, dtype, source, notes=No
 def load_sam3_models(settings) -> Sam3Models:
     """settings: serve_app.settings.Sam3Settings. Loads once; call from the replica's constructor."""
     _, AutoConfig, AutoTokenizer, Sam3Model, _, Sam3TrackerModel = _import_transformers()
-    device, dtype = resolve_device_dtype(settings.device, settings.dtype)
+    device, dtype = resolve_device_dtype(
+        settings.device, settings.dtype, "segmenter.sam3",
+        "; give the Segmenter deployment a GPU (ray_actor_options: {num_gpus: 1}) or set device: cpu.")
     source, local = _source(settings.model_id, settings.local_dir)
     kwargs = {"local_files_only": True} if local else {}
     try:
@@ -245,7 +227,7 @@ def random_init_models(video_config, device: str = "cpu", dtype: str = "float32"
     from transformers import Sam3Model, Sam3TrackerModel
 
     torch.manual_seed(seed)
-    dev, dt = resolve_device_dtype(device, dtype)
+    dev, dt = resolve_device_dtype(device, dtype, "segmenter.sam3")
     with torch.device(dev):  # initialise on the device: 840 M parameters initialise slowly on a CPU
         detector = Sam3Model(video_config.detector_config)
         tracker = Sam3TrackerModel(tracker_config_from(video_config))
