@@ -5,6 +5,7 @@ from typing import AsyncIterator
 
 import numpy as np
 
+from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import Reconstruction, ReconstructOptions
 from deployments.segmenter.base import SegmentPrompt
 from serve_app.store import ArtifactStore
@@ -42,8 +43,8 @@ class HandleClients:
             # Closing early (disconnect, timeout, error) must free the GPU replica now.
             gen.cancel()
 
-    async def bake(self, recon: Reconstruction, artifact_id: str):
-        return await self.mesh_baker.bake.remote(recon, artifact_id)
+    async def bake(self, recon: Reconstruction, artifact_id: str, options: BakeOptions):
+        return await self.mesh_baker.bake.remote(recon, artifact_id, options)
 
     async def put_artifact(self, artifact_id: str, name: str, data: bytes) -> int:
         return self.store.put(artifact_id, name, data)

@@ -39,8 +39,8 @@ class LocalClients:
     def reconstruct(self, image, mask, options):
         return self.reconstructor.stream(image, mask, options)
 
-    async def bake(self, recon, artifact_id):
-        return await asyncio.to_thread(self.baker.bake, recon, artifact_id)
+    async def bake(self, recon, artifact_id, options):
+        return await asyncio.to_thread(self.baker.bake, recon, artifact_id, options)
 
     async def put_artifact(self, artifact_id, name, data):
         return self.store.put(artifact_id, name, data)

@@ -16,6 +16,7 @@ from typing import AsyncIterator, Awaitable, Protocol
 import numpy as np
 
 from deployments.errors import BadInput, QueueTimeout, StageTimeout
+from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import Reconstruction, ReconstructOptions, StepFrame
 from deployments.segmenter.base import SegmentPrompt
 from serve_app.inputs import png_bytes
@@ -40,6 +41,7 @@ class Job:
     options: ReconstructOptions
     encoding: str = "seed"
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
+    bake: BakeOptions = field(default_factory=BakeOptions)
 
 
 class StageClients(Protocol):
@@ -48,7 +50,7 @@ class StageClients(Protocol):
     async def segment(self, image: np.ndarray, prompt: SegmentPrompt): ...
     def reconstruct(self, image: np.ndarray, mask: np.ndarray,
                     options: ReconstructOptions) -> AsyncIterator: ...
-    async def bake(self, recon: Reconstruction, artifact_id: str): ...
+    async def bake(self, recon: Reconstruction, artifact_id: str, options: BakeOptions): ...
     async def put_artifact(self, artifact_id: str, name: str, data: bytes) -> int: ...
 
 
@@ -165,15 +167,19 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
 
     t = time.monotonic()
     yield p.stamp(make_event("loading", stage="mesh_baker", message="meshing"))
-    baked = await _within(clients.bake(recon, job.request_id), to.mesh_baker_s, "mesh baker")
+    baked = await _within(clients.bake(recon, job.request_id, job.bake), to.mesh_baker_s, "mesh baker")
     timings["mesh_baker"] = time.monotonic() - t
     yield p.stamp(make_event("mesh_preview", stage="mesh_baker", step=1, total_steps=1, **baked.preview))
     base = f"/v1/artifacts/{job.request_id}"
     yield p.stamp(make_event("glb_ready", stage="store", step=1, total_steps=1, artifact="model.glb",
                              url=f"{base}/model.glb", size_bytes=baked.artifacts["model.glb"]))
     artifacts = {name: {"url": f"{base}/{name}", "size_bytes": size} for name, size in baked.artifacts.items()}
+    extra = {"pose": recon.pose.as_dict()} if recon.pose is not None else {}
+    if baked.model:
+        extra["model"] = baked.model
     yield p.stamp(make_event(
         "complete", stage="store", step=1, total_steps=1, artifacts=artifacts,
         model_glb_url=f"{base}/model.glb", gaussian_splat_url=f"{base}/splat.ply",
         mask_url=f"{base}/mask.png", timings={k: round(v, 4) for k, v in timings.items()},
+        **extra,
     ), done_fraction=1.0)

@@ -44,6 +44,14 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     stream_geometry_every: int = Field(1, ge=1, le=10, description="emit a geometry frame every N steps")
     stream_colors_every: int = Field(1, ge=1, le=10, description="emit an appearance frame every N steps")
+    fast: bool = Field(False, description="fast mode: the reconstructor's distilled few-step "
+                       "sampling without guidance, where the backend has it (SAM 3D Objects)")
+    geometry_steps: int | None = Field(None, ge=1, le=100, description="geometry denoising steps "
+                                       "(default: the deployment's, or its fast-mode value)")
+    appearance_steps: int | None = Field(None, ge=1, le=100, description="appearance denoising steps")
+    face_budget: int = Field(200_000, ge=1_000, le=5_000_000, description="most triangles in "
+                             "model.glb; a larger decoded mesh is simplified to this (the full mesh "
+                             "is kept as model_full.glb)")
     encoding: str = Field("compact", description="voxel frame encoding: `compact` (default; see "
                           "docs/frame-format.md) or `seed` (the seed app's 6 bytes per voxel)")
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from deployments.errors import BadInput, NotConfigured, StageError, StageTimeout, as_stage_error
 from deployments.image_generator.unavailable import MESSAGE as NO_GENERATOR
+from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import ReconstructOptions
 from deployments.segmenter.base import Box, Point, SegmentPrompt
 from serve_app import inputs
@@ -90,10 +91,13 @@ class GenerateService:
             mask=mask,
         )
         options = ReconstructOptions(seed=req.seed, geometry_every=req.stream_geometry_every,
-                                     colors_every=req.stream_colors_every)
+                                     colors_every=req.stream_colors_every, fast=req.fast,
+                                     geometry_steps=req.geometry_steps,
+                                     appearance_steps=req.appearance_steps)
         return Job(request_id=new_artifact_id(), prompt=req.prompt, image=image,
                    seg_prompt=seg_prompt, options=options, encoding=req.encoding,
-                   timeouts=self.settings.timeouts)
+                   timeouts=self.settings.timeouts,
+                   bake=BakeOptions(face_budget=req.face_budget))
 
     async def start(self, job: Job, deadline_s: float | None = None) -> AsyncIterator[dict]:
         """Run until the reconstructor's first frame (or the first event, if configured) and

@@ -75,9 +75,13 @@ class InflationSettings(_Strict):
 class Sam3dSettings(_Strict):
     checkpoint_dir: str | None = None  # folder holding pipeline.yaml and the .ckpt files
     model_id: str = "facebook/sam-3d-objects"
+    # MoGe weights (the depth model): a local folder or file; None uses pipeline.yaml's hub id.
+    depth_model_dir: str | None = None
     geometry_steps: int = Field(25, ge=1, le=100)
     appearance_steps: int = Field(25, ge=1, le=100)
-    use_distillation: bool = False
+    # Steps of the per-request fast mode (distilled shortcut sampling, no CFG).
+    fast_geometry_steps: int = Field(4, ge=1, le=100)
+    fast_appearance_steps: int = Field(4, ge=1, le=100)
     compile: bool = False
 
 

@@ -9,9 +9,9 @@ from serve_app.settings import MeshBakerSettings, StoreSettings
 from serve_app.store import ArtifactStore
 
 from ..reconstructor.base import Reconstruction
-from .bake import BakeResult, MeshBakerBackend
+from .bake import BakeOptions, BakeResult, MeshBakerBackend
 
-__all__ = ["MeshBaker", "BakeResult", "MeshBakerBackend"]
+__all__ = ["MeshBaker", "BakeOptions", "BakeResult", "MeshBakerBackend"]
 
 
 @serve.deployment(name="MeshBaker", max_ongoing_requests=4)
@@ -22,5 +22,6 @@ class MeshBaker:
             ArtifactStore(StoreSettings.model_validate(store or {}).url),
         )
 
-    async def bake(self, recon: Reconstruction, artifact_id: str) -> BakeResult:
-        return await asyncio.to_thread(self.backend.bake, recon, artifact_id)
+    async def bake(self, recon: Reconstruction, artifact_id: str,
+                   options: BakeOptions | None = None) -> BakeResult:
+        return await asyncio.to_thread(self.backend.bake, recon, artifact_id, options)

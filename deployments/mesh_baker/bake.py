@@ -21,12 +21,19 @@ from ..reconstructor.base import Reconstruction
 from .splat import splat_ply_bytes
 
 
+@dataclass(frozen=True)
+class BakeOptions:
+    """Per-request bake choices (validated in the request schema)."""
+    face_budget: int = 200_000  # faces in model.glb; the full mesh goes to model_full.glb
+
+
 @dataclass
 class BakeResult:
     preview: dict  # mesh_preview event fields
     artifacts: dict[str, int] = field(default_factory=dict)  # name -> size in bytes
     vertex_count: int = 0
     face_count: int = 0
+    model: dict | None = None  # what the GLB holds (faces, Gaussians, posing), for the complete event
 
 
 class _NearestColors:
@@ -70,7 +77,8 @@ class MeshBakerBackend:
         self.settings = settings
         self.store = store
 
-    def bake(self, recon: Reconstruction, artifact_id: str) -> BakeResult:
+    def bake(self, recon: Reconstruction, artifact_id: str,
+             options: BakeOptions | None = None) -> BakeResult:
         if not recon.occupancy.any():
             raise BadInput("the reconstruction is empty; nothing to mesh")
         n = recon.grid_size

@@ -15,6 +15,49 @@ class ReconstructOptions:
     seed: int | None = None
     geometry_every: int = 1  # emit a geometry frame every N steps (the last step always)
     colors_every: int = 1
+    # Per-request sampling; None keeps the backend's configured value.
+    geometry_steps: int | None = None
+    appearance_steps: int | None = None
+    fast: bool = False  # distilled few-step sampling without CFG, where the backend has it
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Object-local → camera placement, as SAM 3D Objects predicts it.
+
+    PyTorch3D conventions: rotation is a (w, x, y, z) quaternion of a row-vector transform,
+    p_camera = scale * p_local @ R(rotation) + translation; the camera looks along +z with
+    +x left and +y up.
+    """
+
+    rotation: tuple[float, float, float, float]
+    translation: tuple[float, float, float]
+    scale: tuple[float, float, float]
+
+    def as_dict(self) -> dict:
+        return {"rotation_wxyz": list(self.rotation), "translation": list(self.translation),
+                "scale": list(self.scale), "convention": "pytorch3d-camera"}
+
+
+@dataclass
+class MeshData:
+    """A decoded triangle mesh in the model's object-local frame (unit cube, unposed)."""
+
+    vertices: np.ndarray  # (V, 3) float32
+    faces: np.ndarray  # (F, 3) int32
+    colors: np.ndarray  # (V, 3) uint8
+
+
+@dataclass
+class GaussianData:
+    """Decoded 3D Gaussians in the object-local frame, already activated where 3DGS files
+    store them activated: opacity as a logit, scales as natural logs, unit wxyz rotations."""
+
+    xyz: np.ndarray  # (N, 3) float32
+    f_dc: np.ndarray  # (N, 3) float32, degree-0 SH coefficients
+    opacity: np.ndarray  # (N,) float32 logit
+    scale: np.ndarray  # (N, 3) float32 log
+    rotation: np.ndarray  # (N, 4) float32 wxyz, unit norm
 
 
 @dataclass
@@ -40,6 +83,11 @@ class Reconstruction:
     occupancy: np.ndarray
     colors: np.ndarray
     backend: str = ""
+    # Full-fidelity outputs of backends that decode them (SAM 3D Objects); the mesh baker
+    # writes these as the GLB and splat PLY, posed, and meshes the volume for the preview.
+    mesh: MeshData | None = None
+    gaussians: GaussianData | None = None
+    pose: Pose | None = None
 
     @property
     def grid_size(self) -> int:

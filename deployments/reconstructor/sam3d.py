@@ -1,31 +1,23 @@
-"""SAM 3D Objects reconstructor: image + mask → geometry frames, appearance frames, final volume.
+"""SAM 3D Objects reconstructor: image + mask → geometry frames, appearance frames, final assets.
 
 How it streams. The geometry stage (the sparse-structure flow model) runs one denoising step
 per call; at each step to be shown (`should_emit` with `geometry_every`), the clean latent
 predicted from that step is decoded by the sparse-structure decoder into 64³ occupancy and
 rotated by the pose predicted with it into the viewer's frame (x right, y up, z towards the
 camera), resampled to `grid_size`. The last geometry step gives the final shape. The
-appearance stage (the SLAT flow model) then runs step by step on that shape's surface voxels;
-shown steps are decoded by the Gaussian decoder into one colour per voxel. The final
-Reconstruction is the last geometry step's occupancy with the last appearance step's colours.
+appearance stage (the SLAT flow model) then runs step by step on the voxels upstream's
+pipeline would give it; shown steps are decoded by the Gaussian decoder into one colour per
+voxel. After the last step the final structured latent is decoded as upstream's `run()`
+decodes it: the FlexiCubes mesh with vertex colours and the Gaussians, plus the pose
+(rotation, translation, scale). The Reconstruction carries those and the voxel volume (the
+mesh baker's fast preview).
 
 Every step runs on one worker thread owned by this backend (one GPU, one request at a time)
 and is awaited, so a cancelled request stops at the next step boundary: the step already
 running finishes, no other starts, and the request's GPU state is released (tensors dropped,
-`torch.cuda.empty_cache()`) on that same thread right after it — on success, error or
+`torch.cuda.empty_cache()`) on that same thread right after it: on success, error or
 cancellation alike. Each request seeds its own torch.Generator; the global RNG is not used.
-
-What is verified and what is not.
-- Verified here, on CPU, with a fake model (tests/test_sam3d_backend.py): the startup checks
-  and their message (missing checkpoint files by name, the folder tried, the hub id, gated
-  access, how to download, missing package, missing CUDA); frame cadence; cancellation at a
-  step boundary with at most one more step and the release after it; the frame → viewer
-  axis convention; colour reduction; the Reconstruction's shapes and dtypes.
-- Not verified end to end: sam3d_upstream.py, the adapter over the upstream package, was
-  written from upstream's source and never run with the real pipeline (no CUDA, pytorch3d,
-  MoGe or weights on the development machines); its docstring lists the pieces that were
-  checked on CPU against upstream modules at toy size. Nothing here says anything about the
-  quality of SAM 3D Objects' output, its speed, or its memory use in this service.
+What was verified where is in docs/sam3d.md.
 """
 from __future__ import annotations
 
@@ -42,8 +34,7 @@ from deployments.errors import BadInput, ModelUnavailable, StageError
 from serve_app.protocol import VoxelFrame
 from serve_app.settings import Sam3dSettings
 
-from .base import ReconstructOptions, Reconstruction, StepFrame, should_emit
-from .inflation import shell
+from .base import ReconstructOptions, Reconstruction, StepFrame, shell, should_emit
 from .sam3d_grid import ViewMapping, fill_colors, map_to_view, view_from_local
 
 log = logging.getLogger(__name__)
@@ -57,7 +48,6 @@ CHECKPOINT_FILES = (
     "slat_generator.yaml", "slat_generator.ckpt",
     "ss_decoder.yaml", "ss_decoder.ckpt",
     "slat_decoder_gs.yaml", "slat_decoder_gs.ckpt",
-    "slat_decoder_gs_4.yaml", "slat_decoder_gs_4.ckpt",
     "slat_decoder_mesh.yaml", "slat_decoder_mesh.ckpt",
 )
 
@@ -76,12 +66,13 @@ class Sam3dRun(Protocol):
     def start_appearance(self, occupancy: np.ndarray) -> None: ...
     def appearance_step(self) -> None: ...
     def appearance_preview(self): ...  # .coords (V,3) int local, .colors (V,3) uint8
+    def finish(self): ...  # .mesh, .gaussians, .pose (base.MeshData, GaussianData, Pose)
     def release(self) -> None: ...
 
 
 class Sam3dModel(Protocol):
     def begin(self, image: np.ndarray, mask: np.ndarray, seed: int | None,
-              geometry_steps: int, appearance_steps: int) -> Sam3dRun: ...
+              geometry_steps: int, appearance_steps: int, fast: bool = False) -> Sam3dRun: ...
 
 
 # ---------------------------------------------------------------- startup checks
@@ -94,8 +85,11 @@ def required_files(folder: Path) -> list[str]:
         return list(CHECKPOINT_FILES)
     if not isinstance(config, dict):
         return list(CHECKPOINT_FILES)
+    from .sam3d_upstream import UNUSED_KEYS
+
     named = [v for k, v in config.items()
-             if isinstance(v, str) and (k.endswith("_config_path") or k.endswith("_ckpt_path"))]
+             if isinstance(v, str) and (k.endswith("_config_path") or k.endswith("_ckpt_path"))
+             and k not in UNUSED_KEYS]
     return ["pipeline.yaml"] + named
 
 
@@ -179,6 +173,14 @@ class Sam3dReconstructor:
     async def _call(self, fn, *args):
         return await asyncio.wrap_future(self._worker.submit(fn, *args))
 
+    def steps(self, options: ReconstructOptions) -> tuple[int, int]:
+        s = self.settings
+        if options.fast:
+            default = (s.fast_geometry_steps, s.fast_appearance_steps)
+        else:
+            default = (s.geometry_steps, s.appearance_steps)
+        return (options.geometry_steps or default[0], options.appearance_steps or default[1])
+
     async def stream(self, image: np.ndarray, mask: np.ndarray, options: ReconstructOptions):
         image = np.asarray(image)
         mask = np.asarray(mask).astype(bool)
@@ -186,33 +188,33 @@ class Sam3dReconstructor:
             raise BadInput(f"image {image.shape} and mask {mask.shape} do not match")
         if not mask.any():
             raise BadInput("the mask is empty")
-        s = self.settings
+        geometry_steps, appearance_steps = self.steps(options)
         run = await self._call(self.model.begin, image, mask, options.seed,
-                               s.geometry_steps, s.appearance_steps)
+                               geometry_steps, appearance_steps, options.fast)
         try:
             await self._call(run.prepare)
-            total = s.geometry_steps
             final = None
-            for k in range(1, total + 1):
+            for k in range(1, geometry_steps + 1):
                 shown = await self._call(self._geometry_step, run,
-                                         should_emit(k, total, options.geometry_every))
+                                         should_emit(k, geometry_steps, options.geometry_every))
                 if shown is not None:
                     final, frame = shown
-                    yield StepFrame("geometry", k, total, frame)
+                    yield StepFrame("geometry", k, geometry_steps, frame)
             if not final[0].occupancy.any():
                 raise StageError("SAM 3D Objects decoded no voxels for this image and mask")
             geometry, mapping = final
             view_shell = await self._call(self._start_appearance, run, geometry, mapping)
-            total = s.appearance_steps
             colors = None
-            for k in range(1, total + 1):
+            for k in range(1, appearance_steps + 1):
                 shown = await self._call(self._appearance_step, run, geometry.occupancy,
                                          mapping, view_shell,
-                                         should_emit(k, total, options.colors_every))
+                                         should_emit(k, appearance_steps, options.colors_every))
                 if shown is not None:
                     colors, frame = shown
-                    yield StepFrame("appearance", k, total, frame)
-            yield Reconstruction(occupancy=mapping.occupancy, colors=colors, backend=self.name)
+                    yield StepFrame("appearance", k, appearance_steps, frame)
+            assets = await self._call(run.finish)
+            yield Reconstruction(occupancy=mapping.occupancy, colors=colors, backend=self.name,
+                                 mesh=assets.mesh, gaussians=assets.gaussians, pose=assets.pose)
         finally:
             # Runs after any step still on the worker; shielded so a second cancellation
             # cannot drop it from the queue.

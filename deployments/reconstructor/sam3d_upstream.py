@@ -1,58 +1,40 @@
-"""The only module that talks to the upstream `sam3d_objects` package (SAM 3D Objects).
+"""Loading upstream SAM 3D Objects (`sam3d_objects`): the one module that imports it and builds
+its pipeline; a request's work on the loaded pipeline is `sam3d_run.UpstreamRun`.
 
-NOT RUN END TO END: upstream needs CUDA, pytorch3d, spconv, kaolin, gsplat, MoGe and the
-gated weights, none of which the development and CI machines have. This was written against
-upstream's source (facebookresearch/sam-3d-objects, and the copy vendored in PyPI `sam3d`
-0.1.2). Checked on CPU with that vendored copy, at toy sizes and random weights, outside CI:
-`EulerRun` reproduces upstream's `generate_iter` exactly for both ShortCut and FlowMatching
-(given the same noise; tests/test_sam3d_backend.py repeats this wherever `sam3d_objects`
-imports); `geometry_preview` through a real SparseStructureDecoder gives (64, 64, 64) bool;
-`start_appearance` + `appearance_step` + `appearance_preview` through a real FlowMatching and a
-real SLatGaussianDecoder (with its hard-coded `.cuda()` patched out) give one colour per
-surface voxel, the decoder keeping each voxel's Gaussians together in the input coords' order.
-Never run: loading `pipeline.yaml` and the checkpoints, `prepare` (MoGe, preprocessing, DINOv2
-condition embedders), the pose decoder, the CFG wrappers, full-size models, CUDA and autocast.
-`Sam3dReconstructor`'s logic around this adapter is tested on CPU with a fake.
-
-What it uses of upstream, and why it does not call `InferencePipeline.run()`: `run()` samples
-each stage in one call and seeds torch's global RNG. Streaming needs one denoising step per
-call and a preview per step, so this adapter
-- builds the pipeline the way upstream's `notebook/inference.py` does (OmegaConf + hydra
-  `instantiate` of `pipeline.yaml`, rendering engine "pytorch3d", workspace = the yaml's folder),
-  after checking every `_target_` in the yaml against a short allow-list;
-- reuses the pipeline's preprocessing (`compute_pointmap` with MoGe, `preprocess_image`),
-  condition embedders (`get_condition_input`), pose decoder, decoders and the generators'
-  own dynamics (`_generate_dynamics`, which applies CFG) and time grids (`_prepare_t_and_d` /
-  `_prepare_t`, which apply `rescale_t`);
-- integrates with Euler steps itself, as upstream's default solver does, from noise drawn
-  with a per-request seeded `torch.Generator` instead of the global RNG;
-- previews each step with the predicted clean sample, x̂ = x_t + (1 - t) · v (upstream's
-  flow runs from noise at t = 0 to data at t = 1): geometry through the sparse-structure
-  decoder (64³ logits > 0) and the pose decoder (rotation), appearance through the Gaussian
-  decoder (per-voxel colour from the Gaussians' DC colour and opacity).
-Deliberate differences from `run()`: the appearance stage always gets the full-resolution
-surface voxels (upstream halves the grid above 42,000 voxels, a limit of its mesh decoder,
-which this service does not use); no mesh or Gaussian splat is decoded, only colours.
+The pipeline is built the way upstream's `notebook/inference.py` builds it (OmegaConf + hydra
+`instantiate` of the checkpoint folder's `pipeline.yaml`), with these differences, each for a
+reason measured or read in upstream's source (docs/sam3d.md has the details):
+- Every YAML the pipeline instantiates (pipeline.yaml and the generator/decoder YAMLs it
+  names) is checked against an allow-list of class roots before anything is built.
+- Attention runs through PyTorch unless `flash_attn` is installed. Upstream's import-time
+  `set_attention_backend()` switches to `flash_attn` on A100/H100/H200 whatever the
+  environment says, so its attention modules are imported first, with the backend set, and
+  its mask-building sparse fallback is replaced by `sam3d_attention.varlen_sdpa`.
+- DINOv2 is built from the copy of its code that the MoGe package carries, never fetched from
+  GitHub by `torch.hub` (its weights come from the SAM 3D checkpoint either way); any other
+  `torch.hub.load` during the build is refused. MoGe's weights come from the Hugging Face hub
+  id in pipeline.yaml or from `depth_model_dir`.
+- Upstream's own compile path is off (its warm-up calls a method that does not exist); the
+  unused 4-Gaussian decoder is not built.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
-import random
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import yaml
 
 from deployments.errors import ModelUnavailable
 from serve_app.settings import Sam3dSettings
 
-from .sam3d_grid import quaternion_to_matrix, surface, voxel_colors
-
-# Modules the pipeline yaml may instantiate; anything else in a checkpoint folder's yaml is refused.
-ALLOWED_TARGET_ROOTS = ("sam3d_objects.", "torch.", "torchvision.", "moge.")
-_SEED_SOURCE = random.SystemRandom()
+# Class roots a checkpoint folder's YAML may instantiate; anything else is refused at start.
+ALLOWED_TARGET_ROOTS = ("sam3d_objects.", "torchvision.transforms.", "moge.model.")
+# Keys of pipeline.yaml for parts this service does not build.
+UNUSED_KEYS = ("slat_decoder_gs_4_config_path", "slat_decoder_gs_4_ckpt_path")
+ATTENTION_ENV = ("ATTN_BACKEND", "SPARSE_ATTN_BACKEND")
 
 
 def vendored_root() -> Path | None:
@@ -65,12 +47,20 @@ def vendored_root() -> Path | None:
 
 
 def package_problem() -> str | None:
-    if importlib.util.find_spec("sam3d_objects") is not None or vendored_root() is not None:
+    missing = []
+    if importlib.util.find_spec("sam3d_objects") is None and vendored_root() is None:
+        missing.append("`sam3d_objects` (install SAM 3D Objects from "
+                       "github.com/facebookresearch/sam-3d-objects with its inference extras, or "
+                       "PyPI `sam3d`, which vendors a copy)")
+    for name, why in (("moge", "the depth model and the DINOv2 architecture"),
+                      ("hydra", "hydra-core, to build the pipeline"),
+                      ("spconv", "sparse convolutions of the structured-latent models")):
+        if importlib.util.find_spec(name) is None:
+            missing.append(f"`{name}` ({why})")
+    if not missing:
         return None
-    return ("the Python package `sam3d_objects` is not installed (install SAM 3D Objects from "
-            "github.com/facebookresearch/sam-3d-objects with its inference extras, or PyPI "
-            "`sam3d`, which vendors a copy; both need CUDA builds of pytorch3d, spconv, "
-            "kaolin and gsplat: see cluster/README.md)")
+    return ("missing Python packages: " + "; ".join(missing)
+            + ". See cluster/README.md for the GPU image's pinned install")
 
 
 def cuda_problem() -> str | None:
@@ -100,179 +90,112 @@ def unsafe_targets(config: object, path: str = "") -> list[str]:
     return bad
 
 
-def _tree_map(fn, a, b):
-    """fn over matching leaves of two latents that are both tensors or both dicts of tensors."""
-    if isinstance(a, dict):
-        return {k: fn(a[k], b[k]) for k in a}
-    return fn(a, b)
+def config_files(pipeline: dict) -> list[str]:
+    """pipeline.yaml and every YAML it names (the ones upstream instantiates), used parts only."""
+    return ["pipeline.yaml"] + [v for k, v in pipeline.items()
+                                if isinstance(v, str) and k.endswith("_config_path")
+                                and k not in UNUSED_KEYS]
 
 
-class EulerRun:
-    """One generator's flow, integrated one Euler step per `step()` call.
-
-    `generator` is an upstream FlowMatching or ShortCut model (a ShortCut takes the shortcut
-    size `d` before the conditions). After each step `x` is the new state and `x_hat` the
-    clean sample predicted at the step's start time.
-    """
-
-    def __init__(self, generator, noise, times, dynamics_args: tuple, cond_args: tuple,
-                 cond_kwargs: dict):
-        self.generator = generator
-        self.x = noise
-        self.x_hat = None
-        self.times = times
-        self.total = len(times) - 1
-        self.done = 0
-        self._args = tuple(dynamics_args) + tuple(cond_args)
-        self._kwargs = dict(cond_kwargs)
-
-    def step(self) -> None:
-        t0, t1 = self.times[self.done], self.times[self.done + 1]
-        v = self.generator._generate_dynamics(self.x, t0, *self._args, **self._kwargs)
-        to_end, dt = float(1 - t0), float(t1 - t0)  # times are numpy or 0-d tensors
-        self.x_hat = _tree_map(lambda x, u: x + u * to_end, self.x, v)
-        self.x = _tree_map(lambda x, u: x + u * dt, self.x, v)
-        self.done += 1
+def unsafe_configs(folder: Path) -> list[str]:
+    """Allow-list violations in every YAML the pipeline would instantiate, as 'file: key: target'."""
+    pipeline = yaml.safe_load((folder / "pipeline.yaml").read_text())
+    if not isinstance(pipeline, dict):
+        return ["pipeline.yaml: not a mapping"]
+    bad = []
+    for name in config_files(pipeline):
+        path = (folder / name).resolve()
+        if folder.resolve() not in path.parents:
+            bad.append(f"{name}: outside the checkpoint folder")
+            continue
+        bad += [f"{name}: {b}" for b in unsafe_targets(yaml.safe_load(path.read_text()))]
+    return bad
 
 
-@dataclass
-class GeometryPreview:
-    occupancy: np.ndarray  # (64, 64, 64) bool, local grid
-    rotation: np.ndarray | None  # upstream's row-vector pose rotation, None without a pose
+def import_pipeline() -> str:
+    """Import upstream's inference pipeline with our attention choice; returns the backend."""
+    root = vendored_root()
+    if importlib.util.find_spec("sam3d_objects") is None and root is not None:
+        sys.path.insert(0, str(root))
+    os.environ.setdefault("LIDRA_SKIP_INIT", "true")  # as upstream's notebook sets it
+    backend = "flash_attn" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
+    saved = {k: os.environ.get(k) for k in ATTENTION_ENV}
+    os.environ.update({k: backend for k in ATTENTION_ENV})
+    try:
+        from sam3d_objects.model.backbone.tdfy_dit.modules import attention as dense
+        from sam3d_objects.model.backbone.tdfy_dit.modules import sparse
 
+        if backend == "sdpa":
+            from .sam3d_attention import install_varlen_sdpa
 
-@dataclass
-class AppearancePreview:
-    coords: np.ndarray  # (V, 3) int local voxel coordinates
-    colors: np.ndarray  # (V, 3) uint8
-
-
-class UpstreamRun:
-    """State of one request on the GPU. Every method runs on the backend's single worker thread."""
-
-    def __init__(self, model: "UpstreamModel", image: np.ndarray, mask: np.ndarray,
-                 seed: int | None, geometry_steps: int, appearance_steps: int):
-        torch = model.torch
-        self.model = model
-        self.p = model.pipeline
-        self.device = self.p.device
-        self.geometry_steps = geometry_steps
-        self.appearance_steps = appearance_steps
-        seed = _SEED_SOURCE.randrange(2**63) if seed is None else int(seed)
-        self.rng = torch.Generator(device=self.device).manual_seed(seed)
-        alpha = (np.asarray(mask, bool).astype(np.uint8) * 255)[..., None]
-        rgb = np.asarray(image)[..., :3].astype(np.uint8, copy=False)  # upstream asserts uint8 RGBA
-        self.rgba = np.ascontiguousarray(np.concatenate([rgb, alpha], -1))
-        self.geo: EulerRun | None = None
-        self.app: EulerRun | None = None
-        self.ss_input: dict | None = None
-        self.slat_input: dict | None = None
-        self.coords = None
-
-    def _ctx(self, dtype):
-        """Thread-local torch state for one call: device default, no autograd, CUDA autocast."""
-        import contextlib
-
-        torch = self.model.torch
-        stack = contextlib.ExitStack()
-        stack.enter_context(self.device)
-        stack.enter_context(torch.no_grad())
-        if dtype is not None:
-            stack.enter_context(torch.autocast(device_type="cuda", dtype=dtype))
-        return stack
-
-    def _noise(self, shape):
-        torch = self.model.torch
-        if isinstance(shape, dict):
-            return {k: self._noise(v) for k, v in shape.items()}
-        return torch.randn(shape, generator=self.rng, device=self.device)
-
-    def prepare(self) -> None:
-        """Pointmap (MoGe), both stages' preprocessing, and the geometry stage's conditions."""
-        p, s = self.p, self.model.settings
-        with self._ctx(None):
-            pointmap = p.compute_pointmap(self.rgba)["pointmap"]
-            self.ss_input = p.preprocess_image(self.rgba, p.ss_preprocessor, pointmap=pointmap)
-            self.slat_input = p.preprocess_image(self.rgba, p.slat_preprocessor)
-        gen = p.models["ss_generator"]
-        gen.no_shortcut = not s.use_distillation
-        gen.reverse_fn.strength = 0 if s.use_distillation else p.ss_cfg_strength
-        gen.reverse_fn.strength_pm = 0 if s.use_distillation else p.ss_cfg_strength_pm
-        with self._ctx(p.shape_model_dtype):
-            args, kwargs = p.get_condition_input(
-                p.condition_embedders["ss_condition_embedder"], self.ss_input,
-                p.ss_condition_input_mapping)
-            if p.is_mm_dit():
-                shape = {k: (1, v.pos_emb.shape[0], v.input_layer.in_features)
-                         for k, v in gen.reverse_fn.backbone.latent_mapping.items()}
+            install_varlen_sdpa()
+        import sam3d_objects.pipeline.inference_pipeline_pointmap  # noqa: F401
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
             else:
-                shape = (1, 4096, 8)
-            noise = self._noise(shape)
-        times, d = gen._prepare_t_and_d(self.geometry_steps)
-        self.geo = EulerRun(gen, noise, times, (d,), args, kwargs)
+                os.environ[k] = v
+    if (dense.BACKEND, sparse.ATTN) != (backend, backend):
+        raise ModelUnavailable(
+            f"SAM 3D Objects' attention modules were imported before this service chose the "
+            f"backend ({dense.BACKEND}/{sparse.ATTN}, wanted {backend}); start a fresh process")
+    return backend
 
-    def geometry_step(self) -> None:
-        with self._ctx(self.p.shape_model_dtype):
-            self.geo.step()
 
-    def geometry_preview(self) -> GeometryPreview:
-        p, x_hat = self.p, self.geo.x_hat
-        latents = x_hat if isinstance(x_hat, dict) else {"shape": x_hat}
-        with self._ctx(p.shape_model_dtype):
-            shape = latents["shape"]
-            logits = p.models["ss_decoder"](
-                shape.permute(0, 2, 1).contiguous().view(shape.shape[0], 8, 16, 16, 16))
-            occ = (logits[0, 0] > 0).cpu().numpy()
-            rotation = None
-            if "6drotation_normalized" in latents or "quaternion" in latents:
-                pose = p.pose_decoder(latents, scene_scale=self.ss_input.get("pointmap_scale"),
-                                      scene_shift=self.ss_input.get("pointmap_shift"))
-                q = pose["rotation"].reshape(-1, 4)[0].float().cpu().numpy()
-                rotation = quaternion_to_matrix(q)
-        return GeometryPreview(occ, rotation)
+@contextlib.contextmanager
+def dinov2_without_network():
+    """During the build, `torch.hub.load("facebookresearch/dinov2", name, ...)` builds the
+    architecture from MoGe's copy of the DINOv2 code, without pretrained weights (the SAM 3D
+    checkpoint holds them); every other hub load is refused."""
+    import torch
 
-    def start_appearance(self, occupancy: np.ndarray) -> None:
-        """Set up the SLAT flow on the surface voxels of the final geometry (local grid)."""
-        torch, p, s = self.model.torch, self.p, self.model.settings
-        local = np.argwhere(surface(occupancy))
-        coords = np.concatenate([np.zeros((len(local), 1), np.int64), local], axis=1)
-        self.coords = torch.from_numpy(coords).int().to(self.device)
-        gen = p.models["slat_generator"]
-        gen.no_shortcut = not s.use_distillation
-        gen.reverse_fn.strength = 0 if s.use_distillation else p.slat_cfg_strength
-        with self._ctx(p.dtype):
-            args, kwargs = p.get_condition_input(
-                p.condition_embedders["slat_condition_embedder"], self.slat_input,
-                p.slat_condition_input_mapping)
-            args = tuple(args) + (self.coords.cpu().numpy(),)
-            noise = self._noise((1, len(local), 8))
-        times = gen._prepare_t(self.appearance_steps).to(self.device)
-        self.app = EulerRun(gen, noise, times, (), args, kwargs)
+    real = torch.hub.load
 
-    def appearance_step(self) -> None:
-        with self._ctx(self.p.dtype):
-            self.app.step()
+    def load(repo_or_dir, model, *args, **kwargs):
+        if str(repo_or_dir) != "facebookresearch/dinov2" or args:
+            raise ModelUnavailable(
+                f"refused torch.hub.load({repo_or_dir!r}, {model!r}): SAM 3D Objects loads no "
+                "code from the network at run time")
+        from moge.model.dinov2.hub import backbones
 
-    def appearance_preview(self) -> AppearancePreview:
-        from sam3d_objects.model.backbone.tdfy_dit.modules import sparse as sp
+        builder = getattr(backbones, str(model), None)
+        if builder is None or not str(model).startswith("dinov2_"):
+            raise ModelUnavailable(f"unknown DINOv2 model {model!r} in the checkpoint's YAML")
+        for key in ("source", "verbose", "pretrained", "force_reload", "trust_repo", "skip_validation"):
+            kwargs.pop(key, None)
+        return builder(pretrained=False, **kwargs)
 
-        p = self.p
-        with self._ctx(None):
-            feats = self.app.x_hat[0].float()
-            feats = feats * p.slat_std.to(feats.device) + p.slat_mean.to(feats.device)
-            slat = sp.SparseTensor(coords=self.coords, feats=feats)
-            gaussians = p.models["slat_decoder_gs"](slat)[0]
-            n_vox = self.coords.shape[0]
-            dc = gaussians.get_features[:, 0, :].float().reshape(n_vox, -1, 3).cpu().numpy()
-            opacity = gaussians.get_opacity.float().reshape(n_vox, -1).cpu().numpy()
-        # The decoder emits each voxel's Gaussians together, in the order of the input coords.
-        return AppearancePreview(self.coords[:, 1:].cpu().numpy(), voxel_colors(dc, opacity))
+    torch.hub.load = load
+    try:
+        yield
+    finally:
+        torch.hub.load = real
 
-    def release(self) -> None:
-        self.geo = self.app = self.ss_input = self.slat_input = self.coords = None
-        torch = self.model.torch
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+
+def build_pipeline(checkpoint_dir: Path, settings: Sam3dSettings, instantiate_fn=None):
+    """The upstream pipeline object, built from `checkpoint_dir` under the rules above.
+
+    `instantiate_fn(config)` replaces hydra's instantiate (benchmarks build at random init)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    folder = Path(checkpoint_dir)
+    bad = unsafe_configs(folder)
+    if bad:
+        raise ModelUnavailable(
+            f"{folder} instantiates classes outside {', '.join(ALLOWED_TARGET_ROOTS)}: "
+            + "; ".join(bad))
+    config = OmegaConf.load(folder / "pipeline.yaml")
+    config.rendering_engine = "pytorch3d"
+    config.compile_model = False
+    config.workspace_dir = str(folder.resolve())
+    for key in UNUSED_KEYS:
+        config[key] = None
+    if settings.depth_model_dir:
+        config.depth_model.model.pretrained_model_name_or_path = settings.depth_model_dir
+    with dinov2_without_network():
+        return (instantiate_fn or instantiate)(config)
 
 
 class UpstreamModel:
@@ -280,38 +203,27 @@ class UpstreamModel:
 
     name = "sam3d"
 
-    def __init__(self, checkpoint_dir: Path, settings: Sam3dSettings):
+    def __init__(self, checkpoint_dir: Path, settings: Sam3dSettings, instantiate_fn=None):
         problems = [p for p in (package_problem(), cuda_problem()) if p]
         if problems:
             raise ModelUnavailable("SAM 3D Objects cannot start: " + "; ".join(problems))
-        os.environ.setdefault("LIDRA_SKIP_INIT", "true")  # as upstream's notebook sets it
-        root = vendored_root()
-        if importlib.util.find_spec("sam3d_objects") is None and root is not None:
-            sys.path.insert(0, str(root))
+        self.attention = import_pipeline()
         import torch
-        from hydra.utils import instantiate
-        from omegaconf import OmegaConf
 
         self.torch = torch
         self.settings = settings
-        config_file = Path(checkpoint_dir) / "pipeline.yaml"
-        config = OmegaConf.load(config_file)
-        bad = unsafe_targets(OmegaConf.to_container(config, resolve=False))
-        if bad:
-            raise ModelUnavailable(
-                f"{config_file} instantiates classes outside {', '.join(ALLOWED_TARGET_ROOTS)}: "
-                + "; ".join(bad))
-        config.rendering_engine = "pytorch3d"
-        config.compile_model = settings.compile
-        config.workspace_dir = str(Path(checkpoint_dir).resolve())
         try:
-            self.pipeline = instantiate(config)
+            self.pipeline = build_pipeline(checkpoint_dir, settings, instantiate_fn)
+        except ModelUnavailable:
+            raise
         except Exception as exc:  # noqa: BLE001 - report any load failure as a clear startup error
             raise ModelUnavailable(
                 f"SAM 3D Objects failed to load from {checkpoint_dir}: {type(exc).__name__}: "
-                f"{exc} (the depth model MoGe `Ruicheng/moge-vitl` and DINOv2 via torch.hub "
-                "also need the hub or a warm HF_HOME / TORCH_HOME cache)") from exc
+                f"{exc} (the depth model MoGe also needs the hub id in pipeline.yaml reachable, "
+                "a warm HF_HOME cache, or reconstructor.sam3d.depth_model_dir)") from exc
 
-    def begin(self, image: np.ndarray, mask: np.ndarray, seed: int | None,
-              geometry_steps: int, appearance_steps: int) -> UpstreamRun:
-        return UpstreamRun(self, image, mask, seed, geometry_steps, appearance_steps)
+    def begin(self, image, mask, seed: int | None, geometry_steps: int, appearance_steps: int,
+              fast: bool = False):
+        from .sam3d_run import UpstreamRun
+
+        return UpstreamRun(self, image, mask, seed, geometry_steps, appearance_steps, fast)
