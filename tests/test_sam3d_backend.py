@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from deployments.errors import BadInput, ModelUnavailable, StageError
-from deployments.reconstructor.base import ReconstructOptions, Reconstruction, StepFrame
+from deployments.reconstructor.base import (GaussianData, MeshData, Pose, ReconstructOptions,
+                                           Reconstruction, StepFrame)
 from deployments.reconstructor.sam3d import (CHECKPOINT_FILES, Sam3dReconstructor,
                                              required_files, startup_problems)
 from deployments.reconstructor.sam3d_grid import (fill_colors, map_to_view, quaternion_to_matrix,
@@ -37,8 +38,9 @@ class FakeModel:
         self.threads: set[str] = set()
         self.begun: list[tuple] = []
 
-    def begin(self, image, mask, seed, geometry_steps, appearance_steps):
+    def begin(self, image, mask, seed, geometry_steps, appearance_steps, fast=False):
         self.begun.append((image.shape, int(mask.sum()), seed, geometry_steps, appearance_steps))
+        self.fast = fast
         return FakeRun(self, geometry_steps, appearance_steps)
 
 
@@ -87,6 +89,18 @@ class FakeRun:
         colors[:, 0] = 255 * self.app_done // self.a  # red rises to 255 at the last step
         colors[:, 1] = coords[:, 1] * 4  # green follows local y
         return SimpleNamespace(coords=coords, colors=colors)
+
+    def finish(self):
+        """A decoded tetrahedron, two Gaussians and a pose, as the real run returns them."""
+        self._log("finish")
+        mesh = MeshData(vertices=np.array([[0, 0, 0], [0.2, 0, 0], [0, 0.2, 0], [0, 0, 0.2]], np.float32),
+                        faces=np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], np.int32),
+                        colors=np.full((4, 3), 200, np.uint8))
+        gaussians = GaussianData(xyz=np.zeros((2, 3), np.float32), f_dc=np.zeros((2, 3), np.float32),
+                                 opacity=np.zeros(2, np.float32), scale=np.full((2, 3), -4, np.float32),
+                                 rotation=np.array([[1, 0, 0, 0]] * 2, np.float32))
+        return SimpleNamespace(mesh=mesh, gaussians=gaussians,
+                               pose=Pose((1.0, 0.0, 0.0, 0.0), (0.0, 0.0, 2.0), (1.0, 1.0, 1.0)))
 
     def release(self):
         self._log("release")
@@ -226,7 +240,7 @@ async def test_cadence_and_final_reconstruction():
     # Steps all run; previews (decoder passes) only where a frame is sent.
     assert model.calls.count("geometry_step") == 8 and model.calls.count("geometry_preview") == 3
     assert model.calls.count("appearance_step") == 6 and model.calls.count("appearance_preview") == 2
-    assert model.calls[0] == "prepare" and model.calls[-1] == "release"
+    assert model.calls[0] == "prepare" and model.calls[-2:] == ["finish", "release"]
     assert model.calls.count("release") == 1
     assert model.begun == [((48, 64, 3), 900, 5, 8, 6)]
     assert len(model.threads) == 1 and next(iter(model.threads)).startswith("sam3d-gpu")
@@ -240,6 +254,8 @@ async def test_cadence_and_final_reconstruction():
 
     recon = items[-1]
     assert recon.backend == "sam3d"
+    assert len(recon.mesh.faces) == 4 and len(recon.gaussians.xyz) == 2
+    assert recon.pose.translation == (0.0, 0.0, 2.0)
     assert recon.occupancy.shape == (32, 32, 32) and recon.occupancy.dtype == bool
     assert recon.colors.shape == (32, 32, 32, 3) and recon.colors.dtype == np.uint8
     assert (recon.colors[recon.occupancy][:, 0] == 255).all()  # every occupied voxel coloured
@@ -475,7 +491,7 @@ def test_euler_run_matches_upstream_generate_iter(no_shortcut, monkeypatch):
     ShortCut, FlowMatching = _import_upstream_generators()
     import torch
 
-    from deployments.reconstructor.sam3d_upstream import EulerRun
+    from deployments.reconstructor.sam3d_run import EulerRun
 
     g = torch.Generator().manual_seed(0)
     w = {"shape": torch.randn(8, 8, generator=g) * 0.3, "scale": torch.randn(3, 3, generator=g) * 0.3}

@@ -18,6 +18,7 @@ from serve_app.settings import MeshBakerSettings
 from serve_app.store import ArtifactStore
 
 from ..reconstructor.base import Reconstruction
+from . import assets
 from .splat import splat_ply_bytes
 
 
@@ -79,6 +80,9 @@ class MeshBakerBackend:
 
     def bake(self, recon: Reconstruction, artifact_id: str,
              options: BakeOptions | None = None) -> BakeResult:
+        options = options or BakeOptions()
+        if recon.mesh is not None and len(recon.mesh.faces):
+            return self._bake_decoded(recon, artifact_id, options)
         if not recon.occupancy.any():
             raise BadInput("the reconstruction is empty; nothing to mesh")
         n = recon.grid_size
@@ -99,6 +103,30 @@ class MeshBakerBackend:
         return BakeResult(preview=preview, artifacts=sizes,
                           vertex_count=len(verts), face_count=len(faces))
 
+    def _bake_decoded(self, recon: Reconstruction, artifact_id: str,
+                      options: BakeOptions) -> BakeResult:
+        """The backend's own mesh and Gaussians, turned to the camera's view (see assets.py)."""
+        full = assets.posed_mesh(recon.mesh, recon.pose)
+        model = assets.decimate(full, options.face_budget)
+        pose = recon.pose.as_dict() if recon.pose else None
+        sizes = {"model.glb": self.store.put(
+            artifact_id, "model.glb", assets.meshopt_glb(model, {"pose": pose} if pose else None))}
+        sizes["model_full.glb"] = self.store.put(artifact_id, "model_full.glb", assets.plain_glb(full))
+        if recon.gaussians is not None:
+            g = assets.posed_gaussians(recon.gaussians, recon.pose)
+            ply, gaussian_count = assets.gaussian_ply_bytes(g), len(g.xyz)
+        else:
+            ply, gaussian_count = splat_ply_bytes(recon, self.settings.splat_opacity), 0
+        sizes["splat.ply"] = self.store.put(artifact_id, "splat.ply", ply)
+        small = assets.decimate(model, self.settings.max_preview_faces)
+        preview = _preview_fields(small.vertices, small.faces, small.colors, step=1)
+        info = {"source": recon.backend or "decoded", "faces": int(len(model.faces)),
+                "faces_full": int(len(full.faces)), "vertices": int(len(model.vertices)),
+                "gaussians": gaussian_count, "compression": "EXT_meshopt_compression",
+                "pose": pose}
+        return BakeResult(preview=preview, artifacts=sizes, vertex_count=len(model.vertices),
+                          face_count=len(model.faces), model=info)
+
     def _preview(self, n, vol, color_at, verts, faces, colors) -> dict:
         """The seed's mesh_preview fields; coarser marching cubes when the mesh is large."""
         step = 1
@@ -106,14 +134,19 @@ class MeshBakerBackend:
             step += 1
             verts, faces = marching_cubes(vol, step)
             colors = color_at(verts)
-        v = to_unit_cube(verts, n)
-        return {
-            "vertices_data": base64.b64encode(v.tobytes()).decode("ascii"),
-            "faces_data": base64.b64encode(faces.astype("<u4").tobytes()).decode("ascii"),
-            "vertex_colors_data": base64.b64encode(colors.astype(np.uint8).tobytes()).decode("ascii"),
-            "vertex_count": int(len(v)),
-            "face_count": int(len(faces)),
-            "bounds_min": v.min(axis=0).tolist(),
-            "bounds_max": v.max(axis=0).tolist(),
-            "preview_step": step,
-        }
+        return _preview_fields(to_unit_cube(verts, n), faces, colors, step)
+
+
+def _preview_fields(v: np.ndarray, faces: np.ndarray, colors: np.ndarray, step: int) -> dict:
+    """The seed's mesh_preview event fields (base64 little-endian arrays)."""
+    v = np.asarray(v, np.float32)
+    return {
+        "vertices_data": base64.b64encode(v.tobytes()).decode("ascii"),
+        "faces_data": base64.b64encode(faces.astype("<u4").tobytes()).decode("ascii"),
+        "vertex_colors_data": base64.b64encode(colors.astype(np.uint8).tobytes()).decode("ascii"),
+        "vertex_count": int(len(v)),
+        "face_count": int(len(faces)),
+        "bounds_min": v.min(axis=0).tolist(),
+        "bounds_max": v.max(axis=0).tolist(),
+        "preview_step": step,
+    }

@@ -27,8 +27,13 @@ def splat_ply_bytes(recon: Reconstruction, opacity: float = 0.95) -> bytes:
     # A splat as wide as its voxel: sigma ≈ half the voxel edge.
     data[:, 10:13] = np.log(0.5 / n)
     data[:, 13] = 1.0
+    return ply_bytes(data)
+
+
+def ply_bytes(rows: np.ndarray) -> bytes:
+    """A binary PLY of (N, len(PROPERTIES)) float32 rows."""
     header = "ply\nformat binary_little_endian 1.0\n"
-    header += f"element vertex {len(idx)}\n"
+    header += f"element vertex {len(rows)}\n"
     header += "".join(f"property float {p}\n" for p in PROPERTIES)
     header += "end_header\n"
-    return header.encode("ascii") + data.astype("<f4").tobytes()
+    return header.encode("ascii") + np.ascontiguousarray(rows, dtype="<f4").tobytes()

@@ -1,0 +1,164 @@
+"""Final assets of a backend that decodes its own mesh and Gaussians (SAM 3D Objects).
+
+The model decodes in its object-local frame (unit cube). The assets are turned to how the
+camera saw the object and written in glTF's axes (y up, +z towards the viewer),
+centred where the model put them, without the pose's translation and scale: a GLB that opens
+upright around the origin in any viewer. The full pose goes to the complete event and the
+GLB's scene extras, so a client can place the object back in the photo.
+
+- ``model_full.glb``: every decoded face, vertex colours (plain glTF).
+- ``model.glb``: at most ``face_budget`` faces (meshoptimizer's sloppy simplifier, which keeps
+  the silhouette and costs well under a second for millions of faces), vertex-compressed with
+  EXT_meshopt_compression (three.js, Babylon.js, gltfpack and Blender read it).
+- ``splat.ply``: every decoded Gaussian in the 3D Gaussian Splatting layout, rotated the same way.
+"""
+from __future__ import annotations
+
+import json
+import struct
+
+import meshoptimizer
+import numpy as np
+import trimesh
+
+from ..reconstructor.base import GaussianData, MeshData, Pose
+from ..reconstructor.sam3d_grid import quaternion_to_matrix, view_from_local
+from .splat import PROPERTIES, ply_bytes
+
+
+def matrix_to_quaternion(m: np.ndarray) -> np.ndarray:
+    """Unit wxyz quaternion of a rotation matrix (column-vector convention), w ≥ 0."""
+    m = np.asarray(m, np.float64)
+    t = np.trace(m)
+    if t > 0:
+        s = 2.0 * np.sqrt(1.0 + t)
+        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
+    else:
+        i = int(np.argmax(np.diag(m)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * np.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
+        q = [0.0, 0.0, 0.0, 0.0]
+        q[0] = (m[k, j] - m[j, k]) / s
+        q[1 + i] = 0.25 * s
+        q[1 + j] = (m[j, i] + m[i, j]) / s
+        q[1 + k] = (m[k, i] + m[i, k]) / s
+    q = np.asarray(q)
+    q = q / np.linalg.norm(q)
+    return -q if q[0] < 0 else q
+
+
+def quaternion_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product a ⊗ b of wxyz quaternions (broadcasts over leading axes)."""
+    aw, ax, ay, az = np.moveaxis(np.asarray(a, np.float64), -1, 0)
+    bw, bx, by, bz = np.moveaxis(np.asarray(b, np.float64), -1, 0)
+    return np.stack([aw * bw - ax * bx - ay * by - az * bz,
+                     aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx,
+                     aw * bz + ax * by - ay * bx + az * bw], axis=-1)
+
+
+def view_rotation(pose: Pose | None) -> np.ndarray:
+    """Rotation (column convention) from object-local to glTF axes as the camera saw it: the
+    same mapping the streamed voxel frames use, so the GLB matches the last frame's pose."""
+    return view_from_local(None if pose is None else quaternion_to_matrix(pose.rotation))
+
+
+def posed_mesh(mesh: MeshData, pose: Pose | None) -> MeshData:
+    a = view_rotation(pose)
+    v = (mesh.vertices.astype(np.float64) @ a.T).astype(np.float32)
+    return MeshData(vertices=v, faces=mesh.faces, colors=mesh.colors)
+
+
+def posed_gaussians(g: GaussianData, pose: Pose | None) -> GaussianData:
+    a = view_rotation(pose)
+    q = quaternion_multiply(matrix_to_quaternion(a), g.rotation)
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    return GaussianData(xyz=(g.xyz.astype(np.float64) @ a.T).astype(np.float32), f_dc=g.f_dc,
+                        opacity=g.opacity, scale=g.scale, rotation=q.astype(np.float32))
+
+
+def decimate(mesh: MeshData, face_budget: int) -> MeshData:
+    """At most ``face_budget`` faces; unused vertices dropped. Unchanged when under budget."""
+    faces = np.ascontiguousarray(mesh.faces, dtype=np.uint32)
+    if len(faces) > face_budget:
+        positions = np.ascontiguousarray(mesh.vertices, dtype=np.float32)
+        out = np.empty(faces.size, np.uint32)
+        n = meshoptimizer.simplify_sloppy(out, faces.reshape(-1), positions,
+                                          target_index_count=face_budget * 3, target_error=1.0)
+        faces = out[:n].reshape(-1, 3)
+    used, inverse = np.unique(faces.reshape(-1), return_inverse=True)
+    return MeshData(vertices=mesh.vertices[used], faces=inverse.reshape(-1, 3).astype(np.uint32),
+                    colors=mesh.colors[used])
+
+
+def plain_glb(mesh: MeshData) -> bytes:
+    rgba = np.column_stack([mesh.colors, np.full(len(mesh.colors), 255, np.uint8)])
+    tm = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, vertex_colors=rgba, process=False)
+    return tm.export(file_type="glb")
+
+
+def _pad4(b: bytes, fill: bytes = b"\0") -> bytes:
+    return b + fill * (-len(b) % 4)
+
+
+def meshopt_glb(mesh: MeshData, extras: dict | None = None) -> bytes:
+    """A GLB whose buffers are EXT_meshopt_compression streams (required extension).
+
+    Positions float32 (stride 12) and RGBA8 colours (stride 4) as ATTRIBUTES streams, uint32
+    indices as a TRIANGLES stream; the fallback buffer holds no data, as the extension allows.
+    """
+    positions = np.ascontiguousarray(mesh.vertices, dtype="<f4")
+    rgba = np.ascontiguousarray(np.column_stack(
+        [mesh.colors.astype(np.uint8), np.full(len(mesh.colors), 255, np.uint8)]))
+    indices = np.ascontiguousarray(mesh.faces.reshape(-1), dtype="<u4")
+    meshoptimizer.encode_vertex_version(0)  # the version EXT_meshopt_compression specifies
+    streams = [
+        (meshoptimizer.encode_vertex_buffer(positions), 12, len(positions), "ATTRIBUTES", positions.nbytes),
+        (meshoptimizer.encode_vertex_buffer(rgba), 4, len(rgba), "ATTRIBUTES", rgba.nbytes),
+        (meshoptimizer.encode_index_buffer(indices, len(indices), len(positions)), 4, len(indices),
+         "TRIANGLES", indices.nbytes),
+    ]
+    packed, views, raw_offset = b"", [], 0
+    for data, stride, count, mode, raw_len in streams:
+        ext = {"buffer": 0, "byteOffset": len(packed), "byteLength": len(data),
+               "byteStride": stride, "count": count, "mode": mode}
+        view = {"buffer": 1, "byteOffset": raw_offset, "byteLength": raw_len,
+                "extensions": {"EXT_meshopt_compression": ext}}
+        if mode == "ATTRIBUTES":
+            view["byteStride"] = stride
+        views.append(view)
+        packed += _pad4(data)
+        raw_offset += raw_len + (-raw_len % 4)
+    gltf = {
+        "asset": {"version": "2.0", "generator": "sam3d-serve"},
+        "extensionsUsed": ["EXT_meshopt_compression"],
+        "extensionsRequired": ["EXT_meshopt_compression"],
+        "buffers": [{"byteLength": len(packed)},
+                    {"byteLength": raw_offset, "extensions": {"EXT_meshopt_compression": {"fallback": True}}}],
+        "bufferViews": views,
+        "accessors": [
+            {"bufferView": 0, "componentType": 5126, "count": len(positions), "type": "VEC3",
+             "min": positions.min(axis=0).tolist(), "max": positions.max(axis=0).tolist()},
+            {"bufferView": 1, "componentType": 5121, "normalized": True, "count": len(rgba), "type": "VEC4"},
+            {"bufferView": 2, "componentType": 5125, "count": len(indices), "type": "SCALAR"},
+        ],
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "COLOR_0": 1}, "indices": 2, "mode": 4}]}],
+        "nodes": [{"mesh": 0, "name": "object"}],
+        "scenes": [{"nodes": [0], **({"extras": extras} if extras else {})}],
+        "scene": 0,
+    }
+    js = _pad4(json.dumps(gltf, separators=(",", ":")).encode("utf-8"), b" ")
+    total = 12 + 8 + len(js) + 8 + len(packed)
+    return (struct.pack("<III", 0x46546C67, 2, total) + struct.pack("<II", len(js), 0x4E4F534A) + js
+            + struct.pack("<II", len(packed), 0x004E4942) + packed)
+
+
+def gaussian_ply_bytes(g: GaussianData) -> bytes:
+    """The 3DGS PLY layout of splat.py, one row per decoded Gaussian."""
+    data = np.zeros((len(g.xyz), len(PROPERTIES)), np.float32)
+    data[:, 0:3] = g.xyz
+    data[:, 6:9] = g.f_dc
+    data[:, 9] = g.opacity
+    data[:, 10:13] = g.scale
+    data[:, 13:17] = g.rotation
+    return ply_bytes(data)
