@@ -73,8 +73,10 @@ def test_posed_points_follow_the_streamed_voxels_mapping():
     p_local = np.array([[0.3, 0.0, 0.0]], np.float32)  # towards local +x
     mesh = MeshData(p_local, np.zeros((0, 3), np.int32), np.zeros((1, 3), np.uint8))
     posed = assets.posed_mesh(mesh, QUARTER_TURN_Y).vertices[0]
-    assert np.allclose(posed, [0, 0, -0.3], atol=1e-6)  # +x turned away from the viewer (-z)
-    assert np.allclose(posed, rot @ p_local[0])
+    # p_cam = s·p @ R + t = (0.1, -0.2, 2.5 + 0.51): +x turned away from the camera; then
+    # glTF axes mirror x and z: the object sits 3 units in front of a camera looking along -z.
+    assert np.allclose(posed, [-0.1, -0.2, -(2.5 + 1.7 * 0.3)], atol=1e-6)
+    assert np.allclose(posed, rot @ (1.7 * p_local[0]) + [-0.1, -0.2, -2.5], atol=1e-6)
     occ = np.zeros((64,) * 3, bool)
     occ[24:40, 24:40, 24:40] = True  # a cube
     occ[40:56, 30:34, 30:34] = True  # an arm towards local +x
@@ -99,12 +101,15 @@ def test_gaussian_orientations_turn_with_their_centres():
                       rotation=q.astype(np.float32))
     posed = assets.posed_gaussians(gs, QUARTER_TURN_Y)
     a = assets.view_rotation(QUARTER_TURN_Y)
-    assert np.allclose(posed.xyz, gs.xyz @ a.T, atol=1e-5)
+    assert np.allclose(posed.xyz, 1.7 * gs.xyz @ a.T + [-0.1, -0.2, -2.5], atol=1e-5)
+    assert np.allclose(posed.scale, gs.scale + np.log(1.7), atol=1e-6)
     for before, after in zip(gs.rotation, posed.rotation):
         # The Gaussian's axes in the view = A · its axes in the local frame.
         assert np.allclose(quaternion_to_matrix(after), a @ quaternion_to_matrix(before), atol=1e-5)
     assert np.allclose(np.linalg.norm(posed.rotation, axis=1), 1, atol=1e-6)
-    assert np.array_equal(posed.scale, gs.scale) and np.array_equal(posed.opacity, gs.opacity)
+    assert np.array_equal(posed.opacity, gs.opacity)
+    mesh = MeshData(gs.xyz, np.zeros((0, 3), np.int32), np.zeros((5, 3), np.uint8))
+    assert np.allclose(assets.posed_mesh(mesh, QUARTER_TURN_Y).vertices, posed.xyz, atol=1e-6)
 
 
 @pytest.mark.parametrize("m", [np.eye(3), quaternion_to_matrix([0.1, 0.9, -0.3, 0.2]),
@@ -166,6 +171,6 @@ def test_bake_writes_decoded_assets_and_reports_them(tmp_path):
     ply = (tmp_path / AID / "splat.ply").read_bytes()
     body = np.frombuffer(ply[ply.index(b"end_header\n") + 11:], "<f4").reshape(n, 17)
     a = assets.view_rotation(QUARTER_TURN_Y)
-    assert np.allclose(body[:, :3], gauss.xyz @ a.T, atol=1e-5)
+    assert np.allclose(body[:, :3], 1.7 * gauss.xyz @ a.T + [-0.1, -0.2, -2.5], atol=1e-5)
     assert np.allclose(body[:, 6:9], gauss.f_dc)
     assert baked.preview["face_count"] <= 2_000 and baked.preview["vertex_count"] > 0

@@ -1,10 +1,11 @@
 """Final assets of a backend that decodes its own mesh and Gaussians (SAM 3D Objects).
 
-The model decodes in its object-local frame (unit cube). The assets are turned to how the
-camera saw the object and written in glTF's axes (y up, +z towards the viewer),
-centred where the model put them, without the pose's translation and scale: a GLB that opens
-upright around the origin in any viewer. The full pose goes to the complete event and the
-GLB's scene extras, so a client can place the object back in the photo.
+The model decodes in its object-local frame (unit cube). The assets are posed as the model
+placed the object in front of the camera (p_cam = s · p @ R(q) + t, PyTorch3D's convention)
+and written in glTF's axes (y up, the camera at the origin looking along -z), so an object and
+its photo line up and several objects of one photo share a scene. The pose itself goes to the
+complete event and the GLB's scene extras. Without a pose the identity pose applies (the same
+mapping as the streamed voxel frames).
 
 - ``model_full.glb``: every decoded face, vertex colours (plain glTF).
 - ``model.glb``: at most ``face_budget`` faces (meshoptimizer's sloppy simplifier, which keeps
@@ -22,7 +23,7 @@ import numpy as np
 import trimesh
 
 from ..reconstructor.base import GaussianData, MeshData, Pose
-from ..reconstructor.sam3d_grid import quaternion_to_matrix, view_from_local
+from ..reconstructor.sam3d_grid import CAMERA_TO_VIEW, quaternion_to_matrix, view_from_local
 from .splat import PROPERTIES, ply_bytes
 
 
@@ -58,23 +59,35 @@ def quaternion_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def view_rotation(pose: Pose | None) -> np.ndarray:
-    """Rotation (column convention) from object-local to glTF axes as the camera saw it: the
-    same mapping the streamed voxel frames use, so the GLB matches the last frame's pose."""
+    """Rotation (column convention) from object-local axes to glTF axes as the camera saw them:
+    the mapping the streamed voxel frames use."""
     return view_from_local(None if pose is None else quaternion_to_matrix(pose.rotation))
 
 
+def _placement(pose: Pose | None) -> tuple[np.ndarray, np.ndarray, float]:
+    """(A, b, s): p_view = A @ p_local + b, with A = view rotation · scale; s the mean scale."""
+    rot = view_rotation(pose)
+    if pose is None:
+        return rot, np.zeros(3), 1.0
+    scale = np.asarray(pose.scale, np.float64)
+    return rot * scale[None, :], np.diag(CAMERA_TO_VIEW) * np.asarray(pose.translation), float(
+        np.exp(np.log(scale).mean()))
+
+
 def posed_mesh(mesh: MeshData, pose: Pose | None) -> MeshData:
-    a = view_rotation(pose)
-    v = (mesh.vertices.astype(np.float64) @ a.T).astype(np.float32)
+    a, b, _ = _placement(pose)
+    v = (mesh.vertices.astype(np.float64) @ a.T + b).astype(np.float32)
     return MeshData(vertices=v, faces=mesh.faces, colors=mesh.colors)
 
 
 def posed_gaussians(g: GaussianData, pose: Pose | None) -> GaussianData:
-    a = view_rotation(pose)
-    q = quaternion_multiply(matrix_to_quaternion(a), g.rotation)
+    """Centres posed like the mesh; orientations turned; sizes times the (uniform) scale."""
+    a, b, s = _placement(pose)
+    q = quaternion_multiply(matrix_to_quaternion(view_rotation(pose)), g.rotation)
     q /= np.linalg.norm(q, axis=-1, keepdims=True)
-    return GaussianData(xyz=(g.xyz.astype(np.float64) @ a.T).astype(np.float32), f_dc=g.f_dc,
-                        opacity=g.opacity, scale=g.scale, rotation=q.astype(np.float32))
+    return GaussianData(xyz=(g.xyz.astype(np.float64) @ a.T + b).astype(np.float32), f_dc=g.f_dc,
+                        opacity=g.opacity, scale=(g.scale + np.log(s)).astype(np.float32),
+                        rotation=q.astype(np.float32))
 
 
 def decimate(mesh: MeshData, face_budget: int) -> MeshData:
