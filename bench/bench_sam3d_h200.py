@@ -1,0 +1,418 @@
+"""SAM 3D Objects on one GPU at full size with RANDOM weights: our streaming backend against
+upstream's own `InferencePipeline.run()`, in one process, on one photo and mask.
+
+What it builds: upstream's pipeline from the checkpoint's architecture YAMLs
+(`--configs`, default ../shared/reference/sam3d-objects-configs, or .sam3d/configs on the GPU
+machine) through our loader (`UpstreamModel`: attention choice, YAML allow-list, DINOv2 without
+network), with every network at random init (no weights exist here). Random weights need three
+stand-ins, each reported in the output:
+  * the checkpoint files are empty; `instantiate_and_load_from_pretrained` builds at random init;
+  * MoGe (random) still runs for its cost, but its output (non-finite) is replaced by a synthetic
+    finite point map: a plane with the masked ellipse bulging towards the camera;
+  * the sparse-structure decoder's logits are standardised and given an ellipsoidal bias plus an
+    offset calibrated so that the final geometry has about `--target-voxels` surface voxels.
+Nothing here says anything about output quality.
+
+Runs: (a) our `Sam3dReconstructor.stream` + `MeshBakerBackend.bake` at cadence 1, cadence 5 and
+last-frame-only, plus fast mode; (b) upstream's `run()` (mesh + Gaussians decoded) fed the SAME
+noise our run drew, and the two compared: stage-1 occupancy IoU and stage-2 voxel count.
+
+On the GPU machine, from the repo root with .sam3d carried:
+    . .sam3d/setup.sh && python3 bench/bench_sam3d_h200.py --out $OUT
+Output: $OUT/sam3d_h200.json (copy to bench/results/).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+import types
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+ap.add_argument("--configs", default="")
+ap.add_argument("--steps", type=int, default=25)
+ap.add_argument("--target-voxels", type=int, default=30_000)
+ap.add_argument("--tiny", action="store_true", help="1-block transformers (dry run of the code paths)")
+ap.add_argument("--deadline", type=float, default=520.0, help="skip remaining runs after this many s")
+ARGS = ap.parse_args()
+T0 = time.perf_counter()
+OUT = Path(ARGS.out)
+OUT.mkdir(parents=True, exist_ok=True)
+R: dict = {"random_weights": True, "stand_ins": [
+    "empty checkpoint files; every network at random init",
+    "random MoGe runs, its point map replaced by a synthetic finite one",
+    "sparse-structure decoder logits standardised + ellipsoid bias + calibrated offset"]}
+
+
+def log(*a):
+    print(f"[{time.perf_counter() - T0:6.1f}s]", *a, flush=True)
+
+
+def save():
+    (OUT / "sam3d_h200.json").write_text(json.dumps(R, indent=1, default=str))
+
+
+if "ray" not in sys.modules:  # the GPU machine has no Ray; the deployments only decorate with it
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError:
+        ray = types.ModuleType("ray")
+        ray.serve = types.ModuleType("ray.serve")
+        ray.serve.deployment = lambda *a, **k: (a[0] if a and callable(a[0]) else (lambda c: c))
+        ray.serve.batch = lambda *a, **k: (a[0] if a and callable(a[0]) else (lambda f: f))
+        sys.modules["ray"], sys.modules["ray.serve"] = ray, ray.serve
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+R["gpu"] = torch.cuda.get_device_name(0) if CUDA else "cpu"
+R["torch"] = torch.__version__
+if CUDA:
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def sync():
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def peak_gib():
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if CUDA else None
+
+
+def reset_peak():
+    if CUDA:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+TIMES: dict[str, list[float]] = defaultdict(list)
+
+
+def timed(name, fn):
+    """Wraps fn; synchronises the GPU around it so the figure is the call's own."""
+    def wrapper(*a, **k):
+        sync()
+        t = time.perf_counter()
+        out = fn(*a, **k)
+        sync()
+        TIMES[name].append(time.perf_counter() - t)
+        return out
+    return wrapper
+
+
+def ms(name):
+    v = np.array(TIMES.get(name, [])) * 1000
+    return None if not len(v) else {"n": len(v), "mean": round(float(v.mean()), 1),
+                                     "median": round(float(np.median(v)), 1)}
+
+
+# ------------------------------------------------------------------ the checkpoint stand-in
+def workspace() -> Path:
+    import yaml
+
+    src = Path(ARGS.configs) if ARGS.configs else next(
+        p for p in (ROOT / ".sam3d" / "configs", ROOT.parent / "shared/reference/sam3d-objects-configs")
+        if (p / "pipeline.yaml").is_file())
+    ws = Path(tempfile.mkdtemp(prefix="sam3d_ws_"))
+    for f in src.glob("*.yaml"):
+        shutil.copy(f, ws / f.name)
+    pipe = yaml.safe_load((ws / "pipeline.yaml").read_text())
+    for key, value in pipe.items():
+        if key.endswith("_ckpt_path") and isinstance(value, str):
+            (ws / value).parent.mkdir(parents=True, exist_ok=True)
+            (ws / value).write_bytes(b"")
+    if ARGS.tiny:
+        def edit(name, fn):
+            d = yaml.safe_load((ws / name).read_text())
+            fn(d)
+            (ws / name).write_text(yaml.safe_dump(d))
+        for g in ("ss_generator.yaml", "slat_generator.yaml"):
+            edit(g, lambda d: d["module"]["generator"]["backbone"]["reverse_fn"]["backbone"].update(num_blocks=1))
+        for name in ("slat_decoder_gs.yaml", "slat_decoder_mesh.yaml"):
+            edit(name, lambda d: d.update(num_blocks=1))
+    return ws
+
+
+class SyntheticDepth:
+    """Runs the random depth model for its cost; returns a finite synthetic point map instead."""
+
+    def __init__(self, real):
+        self.real, self.device = real, real.device
+
+    def __call__(self, image):
+        out = self.real(image)
+        R.setdefault("random_moge_nonfinite_fraction", round(float(
+            (~torch.isfinite(out["pointmaps"].float())).float().mean()), 4))
+        h, w = image.shape[-2:]
+        v, u = torch.meshgrid((torch.arange(h, device=self.device) + 0.5) / h,
+                              (torch.arange(w, device=self.device) + 0.5) / w, indexing="ij")
+        rho2 = ((v - 0.5) / 0.32) ** 2 + ((u - 0.5) / 0.28) ** 2
+        z = 2.0 - 0.3 * torch.clamp(1 - rho2, min=0).sqrt()
+        pts = torch.stack([(u - 0.5) * z, (v - 0.5) * z * h / w, z], -1).float()
+        k = torch.tensor([[1.0, 0, 0.5], [0, w / h, 0.5], [0, 0, 1.0]], device=self.device)
+        return {"pointmaps": pts, "points": pts, "intrinsics": k}
+
+
+class ShapedDecoder:
+    """Standardised random logits + an ellipsoid field + an offset: an object-shaped solid."""
+
+    def __init__(self, decoder):
+        self.forward_raw = decoder.forward
+        c = (torch.arange(64, dtype=torch.float32) + 0.5) / 64 - 0.5
+        x, y, z = torch.meshgrid(c, c, c, indexing="ij")
+        self.field = (4.0 * (1 - (x / 0.40) ** 2 - (y / 0.34) ** 2 - (z / 0.30) ** 2)).to(
+            "cuda" if CUDA else "cpu")
+        self.offset = 0.0
+        decoder.forward = self
+
+    def shape(self, raw, offset=None):
+        o = raw.float()
+        return (o - o.mean()) / (o.std() + 1e-6) + self.field + (self.offset if offset is None else offset)
+
+    def __call__(self, x, *a, **k):
+        raw = self.forward_raw(x, *a, **k)
+        return self.shape(raw).to(raw.dtype)
+
+
+def clone(x):
+    return {k: clone(v) for k, v in x.items()} if isinstance(x, dict) else x.clone()
+
+
+def surface_count(occ):
+    o = occ.float()[None, None]
+    empty = torch.nn.functional.pad(1 - o, (1,) * 6, value=1.0)
+    return int(((o > 0) & (torch.nn.functional.max_pool3d(empty, 3, stride=1) > 0)).sum())
+
+
+# ------------------------------------------------------------------ main
+def main():
+    from deployments.mesh_baker.bake import BakeOptions, MeshBakerBackend
+    from deployments.reconstructor import sam3d_run
+    from deployments.reconstructor.base import ReconstructOptions, Reconstruction, StepFrame
+    from deployments.reconstructor.sam3d import Sam3dReconstructor
+    from deployments.reconstructor.sam3d_upstream import UpstreamModel, import_pipeline
+    from serve_app.settings import MeshBakerSettings, Sam3dSettings
+    from serve_app.store import ArtifactStore
+    from skimage import data as skdata
+
+    image = skdata.coffee()  # 400x600 RGB
+    h, w = image.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    mask = ((yy - h / 2) / (0.32 * h)) ** 2 + ((xx - w / 2) / (0.28 * w)) ** 2 <= 1.0
+    R["input"] = {"image": "skimage.data.coffee()", "shape": list(image.shape), "mask_px": int(mask.sum())}
+
+    R["attention"] = import_pipeline()
+    from hydra.utils import instantiate
+    from moge.model import v1 as moge_v1
+    from sam3d_objects.pipeline import inference_pipeline as ip
+
+    def random_init(self, config, ckpt_path, *a, device="cuda", **k):
+        return instantiate(config).eval().requires_grad_(False).to(device)
+
+    ip.InferencePipeline.instantiate_and_load_from_pretrained = random_init
+    moge_v1.MoGeModel.from_pretrained = classmethod(lambda cls, *a, **k: cls(encoder="dinov2_vitl14"))
+
+    ws = workspace()
+    settings = Sam3dSettings(checkpoint_dir=str(ws), geometry_steps=ARGS.steps, appearance_steps=ARGS.steps)
+    reset_peak()
+    t = time.perf_counter()
+    model = UpstreamModel(ws, settings)
+    sync()
+    R["build_s"] = round(time.perf_counter() - t, 1)
+    p = model.pipeline
+    R["params_M"] = {k: round(sum(x.numel() for x in m.parameters()) / 1e6, 1)
+                     for k, m in {**p.models, **p.condition_embedders}.items() if m is not None}
+    R["pipeline"] = {"dtype": str(p.dtype), "shape_model_dtype": str(p.shape_model_dtype),
+                     "ss_cfg": p.ss_cfg_strength, "slat_cfg": p.slat_cfg_strength}
+    log("built", R["build_s"], "s", R["params_M"], R["attention"])
+    save()
+    p.depth_model = SyntheticDepth(p.depth_model)
+    shaped = ShapedDecoder(p.models["ss_decoder"])
+
+    # Every noise tensor our run draws, so upstream's run can be fed the same.
+    drawn: list = []
+    real_noise = sam3d_run.UpstreamRun._noise
+
+    depth = [0]
+
+    def record_noise(self, shape):  # _noise recurses into dicts: keep the outermost calls only
+        depth[0] += 1
+        try:
+            out = real_noise(self, shape)
+        finally:
+            depth[0] -= 1
+        if depth[0] == 0:
+            drawn.append(clone(out))
+        return out
+
+    sam3d_run.UpstreamRun._noise = record_noise
+    seen: dict = {}
+    real_start = sam3d_run.UpstreamRun.start_appearance
+
+    def start_appearance(self, occupancy):
+        real_start(self, occupancy)
+        seen["local_occupancy"] = occupancy.copy()
+        seen["slat_voxels"] = int(self.coords.shape[0])
+        seen["downsample_factor"] = self.downsample_factor
+
+    sam3d_run.UpstreamRun.start_appearance = start_appearance
+    for name in ("geometry_step", "geometry_preview", "appearance_step", "appearance_preview", "finish"):
+        setattr(sam3d_run.UpstreamRun, name, timed(name, getattr(sam3d_run.UpstreamRun, name)))
+
+    # Calibrate the decoder offset on a full geometry pass of the benchmark's seed.
+    run = model.begin(image, mask, 1234, ARGS.steps, ARGS.steps)
+    run.prepare()
+    for _ in range(ARGS.steps):
+        run.geometry_step()
+    lat = run._latents(run.geo.x_hat)["shape"]
+    with run._ctx(p.shape_model_dtype):
+        raw = shaped.forward_raw(lat.permute(0, 2, 1).contiguous().view(1, 8, 16, 16, 16))
+    scan = [(float(o), surface_count(shaped.shape(raw, float(o))[0, 0] > 0),
+             int((shaped.shape(raw, float(o))[0, 0] > 0).sum())) for o in np.arange(-4, 4.01, 0.25)]
+    best = min((s for s in scan if s[2] < 0.6 * 64**3), key=lambda s: abs(s[1] - ARGS.target_voxels))
+    shaped.offset = best[0]
+    R["calibration"] = {"offset": best[0], "surface_voxels": best[1], "occupied_voxels": best[2],
+                        "raw_random_decoder_occupied": int((raw > 0).sum())}
+    run.release()
+    log("calibration", R["calibration"])
+
+    recon = Sam3dReconstructor(settings, grid_size=64, model=model)
+    baker = MeshBakerBackend(MeshBakerSettings(), ArtifactStore(tempfile.mkdtemp(prefix="sam3d_store_")))
+
+    async def consume(options):
+        t = time.perf_counter()
+        frames, final = [], None
+        async for item in recon.stream(image, mask, options):
+            if isinstance(item, StepFrame):
+                frames.append((item.stage, item.step, time.perf_counter() - t))
+            elif isinstance(item, Reconstruction):
+                final = item
+        return frames, final, time.perf_counter() - t
+
+    def ours(tag, every, fast=False, steps=None):
+        if time.perf_counter() - T0 > ARGS.deadline:
+            R[tag] = {"skipped": "deadline"}
+            return None
+        TIMES.clear()
+        drawn.clear()
+        reset_peak()
+        options = ReconstructOptions(seed=1234, geometry_every=every, colors_every=every, fast=fast,
+                                     geometry_steps=steps, appearance_steps=steps)
+        frames, final, total = asyncio.run(consume(options))
+        t = time.perf_counter()
+        baked = baker.bake(final, uuid.uuid4().hex, BakeOptions())
+        bake_s = time.perf_counter() - t
+        first = {s: next((f[2] for f in frames if f[0] == s), None) for s in ("geometry", "appearance")}
+        r = {"cadence": every, "fast": fast, "frames": len(frames), "stream_s": round(total, 3),
+             "first_frame_s": round(first["geometry"], 3),
+             "first_appearance_frame_s": round(first["appearance"], 3) if first["appearance"] else None,
+             "bake_s": round(bake_s, 3), "image_to_glb_s": round(total + bake_s, 3),
+             "slat_voxels": seen.get("slat_voxels"), "mesh_faces_decoded": baked.model["faces_full"],
+             "mesh_faces_glb": baked.model["faces"], "splat_gaussians": baked.model["gaussians"],
+             "artifacts_bytes": baked.artifacts, "peak_gpu_gib": peak_gib(),
+             "timers_ms": {k: ms(k) for k in sorted(TIMES)}}
+        R[tag] = r
+        log(tag, json.dumps({k: v for k, v in r.items() if k != "timers_ms"}))
+        save()
+        return r
+
+    ours("warmup", ARGS.steps)  # first call pays for cuDNN/kernel selection
+    c1 = ours("ours_cadence1", 1)
+    ours_noise = list(drawn)
+    ours_occ = seen["local_occupancy"]
+    ours_slat = seen["slat_voxels"]
+    c5 = ours("ours_cadence5", 5)
+    last = ours("ours_last_frame_only", ARGS.steps)
+    ours("ours_fast", 1, fast=True)
+
+    # Upstream's own run() from the same noise.
+    up = {}
+    for tag in ("upstream_run_1st", "upstream_run_2nd"):
+        if time.perf_counter() - T0 > ARGS.deadline:
+            R[tag] = {"skipped": "deadline"}
+            continue
+        queue = [clone(n) for n in ours_noise]
+        for gen in ("ss_generator", "slat_generator"):
+            p.models[gen]._generate_noise = lambda shape, device, q=queue: q.pop(0)
+        reset_peak()
+        sync()
+        t = time.perf_counter()
+        out = p.run(image, mask.astype(np.uint8) * 255, seed=1234, stage1_only=False,
+                    with_mesh_postprocess=False, with_texture_baking=False,
+                    with_layout_postprocess=False, use_vertex_color=True,
+                    stage1_inference_steps=ARGS.steps, stage2_inference_steps=ARGS.steps,
+                    decode_formats=["mesh", "gaussian"])
+        sync()
+        run_s = time.perf_counter() - t
+        t = time.perf_counter()
+        glb = out["glb"].export(file_type="glb") if out.get("glb") is not None else b""
+        up_occ = np.zeros((64,) * 3, bool)
+        c = out["coords_original"][:, 1:].cpu().numpy()
+        up_occ[c[:, 0], c[:, 1], c[:, 2]] = True
+        inter, union = (up_occ & ours_occ).sum(), (up_occ | ours_occ).sum()
+        up = {"run_s": round(run_s, 3), "image_to_glb_s": round(run_s + time.perf_counter() - t, 3),
+              "glb_bytes": len(glb), "stage1_voxels": int(up_occ.sum()),
+              "slat_voxels": int(out["coords"].shape[0]),
+              "mesh_faces": int(out["mesh"][0].faces.shape[0]) if out.get("mesh") else None,
+              "gaussians": int(out["gs"].get_xyz.shape[0]) if out.get("gs") is not None else None,
+              "occupancy_iou_vs_ours": round(float(inter / max(union, 1)), 5),
+              "same_slat_voxels": int(out["coords"].shape[0]) == ours_slat,
+              "noise_left_unused": len(queue), "peak_gpu_gib": peak_gib()}
+        R[tag] = up
+        log(tag, json.dumps(up))
+        save()
+        for gen in ("ss_generator", "slat_generator"):
+            del p.models[gen]._generate_noise
+
+    def step_ms(run, name):
+        return (run or {}).get("timers_ms", {}).get(name)
+
+    R["summary"] = {
+        "gpu": R["gpu"], "params_M": R["params_M"], "steps": ARGS.steps,
+        "geometry_ms_per_step": step_ms(c1, "geometry_step"),
+        "appearance_ms_per_step": step_ms(c1, "appearance_step"),
+        "preview_decode_ms": {"geometry": step_ms(c1, "geometry_preview"),
+                              "appearance": step_ms(c1, "appearance_preview")},
+        "final_decode_ms": step_ms(c1, "finish"),
+        "first_frame_s": c1 and c1["first_frame_s"],
+        "image_to_glb_s": {"cadence1": c1 and c1["image_to_glb_s"], "cadence5": c5 and c5["image_to_glb_s"],
+                           "last_frame_only": last and last["image_to_glb_s"],
+                           "fast": R.get("ours_fast", {}).get("image_to_glb_s")},
+        "upstream_run_s": up.get("run_s"), "upstream_image_to_glb_s": up.get("image_to_glb_s"),
+        "stream_overhead_cadence1": (round(c1["image_to_glb_s"] / last["image_to_glb_s"] - 1, 3)
+                                     if c1 and last else None),
+        "occupancy_iou_vs_upstream": up.get("occupancy_iou_vs_ours"),
+        "same_slat_voxels_as_upstream": up.get("same_slat_voxels"),
+        "active_voxels": ours_slat, "mesh_faces": c1 and c1["mesh_faces_decoded"],
+        "mesh_faces_glb": c1 and c1["mesh_faces_glb"], "splat_gaussians": c1 and c1["splat_gaussians"],
+        "upstream_mesh_faces": up.get("mesh_faces"), "upstream_gaussians": up.get("gaussians"),
+        "peak_gpu_gib": max(x for x in (c1 and c1["peak_gpu_gib"], up.get("peak_gpu_gib"), 0) if x),
+    }
+    log("summary", json.dumps(R["summary"]))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as exc:  # record and still write what was measured
+        R["fatal"] = f"{type(exc).__name__}: {exc}"
+        R["traceback"] = traceback.format_exc()[-4000:]
+        log(R["traceback"])
+    R["total_s"] = round(time.perf_counter() - T0, 1)
+    save()
+    log("done")
