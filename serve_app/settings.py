@@ -82,7 +82,6 @@ class Sam3dSettings(_Strict):
     # Steps of the per-request fast mode (distilled shortcut sampling, no CFG).
     fast_geometry_steps: int = Field(4, ge=1, le=100)
     fast_appearance_steps: int = Field(4, ge=1, le=100)
-    compile: bool = False
 
 
 class ReconstructorSettings(_Strict):
