@@ -67,6 +67,8 @@ def test_data_url_and_multipart_with_mask(client):
     ({"image_b64": base64.b64encode(photo_bytes("coffee")).decode(),
       "box_prompts": [{"x_min": 10, "y_min": 10, "x_max": 5, "y_max": 20}]}, "x_max > x_min"),
     ({"image_b64": base64.b64encode(photo_bytes("coffee")).decode(), "encoding": "morse"}, "encoding"),
+    ({"prompt": "cup", "face_budget": 10}, "face_budget"),
+    ({"prompt": "cup", "geometry_steps": 0}, "geometry_steps"),
     ({"prompt": "a car", "point_prompts": [{"x": 1, "y": 1}]}, "photo"),
 ])
 def test_bad_json_is_422_with_reason(client, body, needle):
@@ -83,7 +85,7 @@ def test_wrong_content_type_and_broken_json(client):
 
 def test_failure_mid_stream_becomes_an_error_event(tmp_path):
     class Failing(LocalClients):
-        async def bake(self, recon, artifact_id):
+        async def bake(self, recon, artifact_id, options=None):
             raise BadInput("the reconstruction is empty; nothing to mesh")
 
     c = make_client(tmp_path, Failing)
@@ -95,7 +97,7 @@ def test_failure_mid_stream_becomes_an_error_event(tmp_path):
 
 def test_internal_error_hides_details(tmp_path):
     class Broken(LocalClients):
-        async def bake(self, recon, artifact_id):
+        async def bake(self, recon, artifact_id, options=None):
             raise RuntimeError("secret path /srv/x exploded")
 
     c = make_client(tmp_path, Broken)
@@ -123,3 +125,15 @@ def test_client_serve_headers_only_count_when_the_operator_says_so(honor, header
     else:
         assert deadline == expected[0]
     assert watch is expected[1]
+
+
+def test_per_request_steps_reach_the_reconstructor(client):
+    body = {"image_b64": base64.b64encode(photo_bytes("coffee")).decode(),
+            "geometry_steps": 5, "appearance_steps": 4, "face_budget": 2000}
+    evs = events_of(client.post("/v1/generate", json=body))
+    # Self-pacing may coalesce frames; the totals and the last step are what was asked for.
+    geo = [e for e in evs if e["type"] == "geometry"]
+    app = [e for e in evs if e["type"] == "appearance"]
+    assert {e["total_steps"] for e in geo} == {5} and geo[-1]["step"] == 5
+    assert {e["total_steps"] for e in app} == {4} and app[-1]["step"] == 4
+    assert evs[-1]["type"] == "complete" and "pose" not in evs[-1]  # the embedded backend has none

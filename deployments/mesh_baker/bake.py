@@ -122,8 +122,7 @@ class MeshBakerBackend:
         preview = _preview_fields(small.vertices, small.faces, small.colors, step=1)
         info = {"source": recon.backend or "decoded", "faces": int(len(model.faces)),
                 "faces_full": int(len(full.faces)), "vertices": int(len(model.vertices)),
-                "gaussians": gaussian_count, "compression": "EXT_meshopt_compression",
-                "pose": pose}
+                "gaussians": gaussian_count, "compression": "EXT_meshopt_compression"}
         return BakeResult(preview=preview, artifacts=sizes, vertex_count=len(model.vertices),
                           face_count=len(model.faces), model=info)
 

@@ -125,7 +125,8 @@ class InflationReconstructor:
     async def _steps(self, prep: _Prepared, options: ReconstructOptions):
         s = self.settings
         u = np.zeros((self.n, self.n), np.float32)
-        geo_total, app_total = s.geometry_steps, s.appearance_steps
+        geo_total = options.geometry_steps or s.geometry_steps
+        app_total = options.appearance_steps or s.appearance_steps
         sweeps_done = 0
         # Convergence takes O(width²) sweeps; scale from the 64-grid figure.
         total_sweeps = round(_TOTAL_SWEEPS_64 * (self.n / 64) ** 2)
