@@ -45,6 +45,7 @@ ap.add_argument("--configs", default="")
 ap.add_argument("--steps", type=int, default=25)
 ap.add_argument("--target-voxels", type=int, default=30_000)
 ap.add_argument("--tiny", action="store_true", help="1-block transformers (dry run of the code paths)")
+ap.add_argument("--compile", action="store_true", help="also measure torch.compile of stage 1")
 ap.add_argument("--deadline", type=float, default=520.0, help="skip remaining runs after this many s")
 ARGS = ap.parse_args()
 T0 = time.perf_counter()
@@ -331,6 +332,14 @@ def main():
         save()
         return r
 
+    from deployments.reconstructor.sam3d_levers import install_batched_cfg
+
+    def with_settings(**update):
+        model.settings = settings.model_copy(update=update)
+        for gen in ("ss_generator", "slat_generator"):
+            install_batched_cfg(p.models[gen], model.settings.batch_cfg)
+
+    with_settings()
     ours("warmup", ARGS.steps)  # first call pays for cuDNN/kernel selection
     c1 = ours("ours_cadence1", 1)
     ours_noise = list(drawn)
@@ -339,6 +348,36 @@ def main():
     c5 = ours("ours_cadence5", 5)
     last = ours("ours_last_frame_only", ARGS.steps)
     ours("ours_fast", 1, fast=True)
+    # Each lever off on its own, at cadence 1 (the defaults have them all on).
+    levers = {"batch_cfg_off": {"batch_cfg": False},
+              "previews_by_decoder_fp16": {"preview_colors": "decoder"},
+              "previews_by_decoder_fp32": {"preview_colors": "decoder", "preview_dtype": "float32"}}
+    for tag, update in levers.items():
+        with_settings(**update)
+        ours("lever_" + tag, 1)
+    with_settings()
+    R["levers_image_to_glb_s"] = {"all_on": c1 and c1["image_to_glb_s"], **{
+        tag: R.get("lever_" + tag, {}).get("image_to_glb_s") for tag in levers}}
+    # How far the latent→colour previews are from the decoder's colours, step by step.
+    if time.perf_counter() - T0 < ARGS.deadline:
+        real_preview = sam3d_run.UpstreamRun.appearance_preview
+        errors = []
+
+        def compare(self):
+            fast = real_preview(self)
+            keep = self.latent_colors
+            self.latent_colors = None
+            full = real_preview(self)
+            self.latent_colors = keep
+            errors.append(float(np.abs(fast.colors.astype(int) - full.colors.astype(int)).mean()))
+            return fast
+
+        sam3d_run.UpstreamRun.appearance_preview = compare
+        ours("latent_preview_check", 1)
+        sam3d_run.UpstreamRun.appearance_preview = real_preview
+        R["latent_preview_mean_abs_error_0_255"] = [round(e, 2) for e in errors]
+    install_batched_cfg(p.models["ss_generator"], False)  # upstream's run() as upstream has it
+    install_batched_cfg(p.models["slat_generator"], False)
 
     # Upstream's own run() from the same noise.
     up = {}
@@ -378,6 +417,16 @@ def main():
         save()
         for gen in ("ss_generator", "slat_generator"):
             del p.models[gen]._generate_noise
+
+    with_settings()
+    if ARGS.compile and time.perf_counter() - T0 < ARGS.deadline - 120:
+        backbone = p.models["ss_generator"].reverse_fn.backbone
+        t = time.perf_counter()
+        p.models["ss_generator"].reverse_fn.backbone = torch.compile(backbone)
+        ours("lever_compile_warmup", ARGS.steps)
+        R["compile_warmup_s"] = round(time.perf_counter() - t, 1)
+        ours("lever_compile_ss_generator", 1)
+        p.models["ss_generator"].reverse_fn.backbone = backbone
 
     def step_ms(run, name):
         return (run or {}).get("timers_ms", {}).get(name)

@@ -28,6 +28,7 @@ import numpy as np
 
 from .base import GaussianData, MeshData, Pose
 from .sam3d_grid import quaternion_to_matrix, voxel_colors
+from .sam3d_levers import LatentColors
 
 _SEED_SOURCE = random.SystemRandom()
 
@@ -124,6 +125,10 @@ class UpstreamRun:
         self.coords = None  # (V, 4) int32 [batch, x, y, z] for the appearance stage
         self.preview_coords: np.ndarray | None = None  # (V, 3) on the 64³ grid
         self.downsample_factor = 1.0
+        settings = model.settings
+        self.latent_colors = (LatentColors(settings.preview_refit_every)
+                              if settings.preview_colors == "latent" else None)
+        self.preview_dtype = getattr(torch, settings.preview_dtype)
 
     def _ctx(self, dtype):
         """Thread-local torch state for one call: device default, no autograd, CUDA autocast."""
@@ -240,13 +245,23 @@ class UpstreamRun:
         return sp.SparseTensor(coords=self.coords, feats=feats)
 
     def appearance_preview(self) -> AppearancePreview:
-        with self._ctx(None):
+        fit = self.latent_colors
+        latent = None
+        if fit is not None:
+            latent = self.app.x_hat[0].float().cpu().numpy()
+            if not fit.due():
+                return AppearancePreview(self.preview_coords, fit(latent))
+        dtype = None if self.preview_dtype == self.model.torch.float32 else self.preview_dtype
+        with self._ctx(dtype):
             gaussians = self.p.models["slat_decoder_gs"](self._slat(self.app.x_hat))[0]
             n_vox = self.coords.shape[0]
             dc = gaussians.get_features[:, 0, :].float().reshape(n_vox, -1, 3).cpu().numpy()
             opacity = gaussians.get_opacity.float().reshape(n_vox, -1).cpu().numpy()
         # The decoder emits each voxel's Gaussians together, in the order of the input coords.
-        return AppearancePreview(self.preview_coords, voxel_colors(dc, opacity))
+        colors = voxel_colors(dc, opacity)
+        if fit is not None:
+            fit.fit(latent, colors)
+        return AppearancePreview(self.preview_coords, colors)
 
     def finish(self, decode_mesh: bool = True, decode_gaussians: bool = True) -> FinalAssets:
         """Decode the final sample: mesh + Gaussians (object-local) and the pose."""

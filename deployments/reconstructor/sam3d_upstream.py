@@ -221,6 +221,10 @@ class UpstreamModel:
                 f"SAM 3D Objects failed to load from {checkpoint_dir}: {type(exc).__name__}: "
                 f"{exc} (the depth model MoGe also needs the hub id in pipeline.yaml reachable, "
                 "a warm HF_HOME cache, or reconstructor.sam3d.depth_model_dir)") from exc
+        from .sam3d_levers import install_batched_cfg
+
+        for name in ("ss_generator", "slat_generator"):
+            install_batched_cfg(self.pipeline.models[name], settings.batch_cfg)
 
     def begin(self, image, mask, seed: int | None, geometry_steps: int, appearance_steps: int,
               fast: bool = False):
