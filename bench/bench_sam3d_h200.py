@@ -45,9 +45,11 @@ ap.add_argument("--configs", default="")
 ap.add_argument("--steps", type=int, default=25)
 ap.add_argument("--target-voxels", type=int, default=30_000)
 ap.add_argument("--tiny", action="store_true", help="1-block transformers (dry run of the code paths)")
+ap.add_argument("--cpu", action="store_true", help="tiny dry run on the CPU (bench/sam3d_cpu_dryrun.py)")
 ap.add_argument("--compile", action="store_true", help="also measure torch.compile of stage 1")
 ap.add_argument("--deadline", type=float, default=520.0, help="skip remaining runs after this many s")
 ARGS = ap.parse_args()
+ARGS.tiny = ARGS.tiny or ARGS.cpu
 T0 = time.perf_counter()
 OUT = Path(ARGS.out)
 OUT.mkdir(parents=True, exist_ok=True)
@@ -78,7 +80,13 @@ if "ray" not in sys.modules:  # the GPU machine has no Ray; the deployments only
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-CUDA = torch.cuda.is_available()
+CUDA = torch.cuda.is_available() and not ARGS.cpu
+CPU_MODE = None
+if ARGS.cpu:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import sam3d_cpu_dryrun
+
+    CPU_MODE = sam3d_cpu_dryrun.install()
 R["gpu"] = torch.cuda.get_device_name(0) if CUDA else "cpu"
 R["torch"] = torch.__version__
 if CUDA:
@@ -137,15 +145,21 @@ def workspace() -> Path:
         if key.endswith("_ckpt_path") and isinstance(value, str):
             (ws / value).parent.mkdir(parents=True, exist_ok=True)
             (ws / value).write_bytes(b"")
+    def edit(name, fn):
+        d = yaml.safe_load((ws / name).read_text())
+        fn(d)
+        (ws / name).write_text(yaml.safe_dump(d))
+
     if ARGS.tiny:
-        def edit(name, fn):
-            d = yaml.safe_load((ws / name).read_text())
-            fn(d)
-            (ws / name).write_text(yaml.safe_dump(d))
         for g in ("ss_generator.yaml", "slat_generator.yaml"):
             edit(g, lambda d: d["module"]["generator"]["backbone"]["reverse_fn"]["backbone"].update(num_blocks=1))
         for name in ("slat_decoder_gs.yaml", "slat_decoder_mesh.yaml"):
             edit(name, lambda d: d.update(num_blocks=1))
+    if ARGS.cpu:
+        def on_cpu(d):
+            d["device"] = "cpu"
+            d["depth_model"]["device"] = "cpu"
+        edit("pipeline.yaml", on_cpu)
     return ws
 
 
@@ -293,6 +307,10 @@ def main():
     log("calibration", R["calibration"])
 
     recon = Sam3dReconstructor(settings, grid_size=64, model=model)
+    if CPU_MODE is not None:  # torch function modes are per thread: the worker needs it too
+        from concurrent.futures import ThreadPoolExecutor
+
+        recon._worker = ThreadPoolExecutor(max_workers=1, initializer=lambda: CPU_MODE().__enter__())
     baker = MeshBakerBackend(MeshBakerSettings(), ArtifactStore(tempfile.mkdtemp(prefix="sam3d_store_")))
 
     async def consume(options):

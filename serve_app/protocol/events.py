@@ -52,8 +52,11 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
         "vertex_count", "face_count", "bounds_min", "bounds_max",
     ),
     "glb_ready": ("artifact", "url", "size_bytes"),
+    # `pose` and `model` only from backends that decode their own assets (SAM 3D Objects):
+    # pose = {rotation_wxyz, translation, scale, convention}; model = {source, faces,
+    # faces_full, vertices, gaussians, compression}.
     "complete": ("artifacts", "model_glb_url", "gaussian_splat_url", "mask_url",
-                 "coalesced_frames", "timings"),
+                 "coalesced_frames", "timings", "pose", "model"),
     "error": ("code", "message"),
 }
 
