@@ -332,7 +332,13 @@ def main():
         reset_peak()
         options = ReconstructOptions(seed=1234, geometry_every=every, colors_every=every, fast=fast,
                                      geometry_steps=steps, appearance_steps=steps)
-        frames, final, total = asyncio.run(consume(options))
+        try:
+            frames, final, total = asyncio.run(consume(options))
+        except Exception as exc:  # record and go on: one GPU run should give every figure it can
+            R[tag] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+            log(tag, "FAILED", R[tag]["traceback"])
+            save()
+            return None
         t = time.perf_counter()
         baked = baker.bake(final, uuid.uuid4().hex, BakeOptions())
         bake_s = time.perf_counter() - t
@@ -361,8 +367,8 @@ def main():
     ours("warmup", ARGS.steps)  # first call pays for cuDNN/kernel selection
     c1 = ours("ours_cadence1", 1)
     ours_noise = list(drawn)
-    ours_occ = seen["local_occupancy"]
-    ours_slat = seen["slat_voxels"]
+    ours_occ = seen.get("local_occupancy")
+    ours_slat = seen.get("slat_voxels")
     c5 = ours("ours_cadence5", 5)
     last = ours("ours_last_frame_only", ARGS.steps)
     ours("ours_fast", 1, fast=True)
@@ -398,9 +404,16 @@ def main():
     install_batched_cfg(p.models["slat_generator"], False)
 
     # Upstream's own run() from the same noise.
+    def upstream_run():
+        return p.run(image, mask.astype(np.uint8) * 255, seed=1234, stage1_only=False,
+                     with_mesh_postprocess=False, with_texture_baking=False,
+                     with_layout_postprocess=False, use_vertex_color=True,
+                     stage1_inference_steps=ARGS.steps, stage2_inference_steps=ARGS.steps,
+                     decode_formats=["mesh", "gaussian"])
+
     up = {}
     for tag in ("upstream_run_1st", "upstream_run_2nd"):
-        if time.perf_counter() - T0 > ARGS.deadline:
+        if c1 is None or time.perf_counter() - T0 > ARGS.deadline:
             R[tag] = {"skipped": "deadline"}
             continue
         queue = [clone(n) for n in ours_noise]
@@ -409,11 +422,16 @@ def main():
         reset_peak()
         sync()
         t = time.perf_counter()
-        out = p.run(image, mask.astype(np.uint8) * 255, seed=1234, stage1_only=False,
-                    with_mesh_postprocess=False, with_texture_baking=False,
-                    with_layout_postprocess=False, use_vertex_color=True,
-                    stage1_inference_steps=ARGS.steps, stage2_inference_steps=ARGS.steps,
-                    decode_formats=["mesh", "gaussian"])
+        try:
+            out = upstream_run()
+        except Exception as exc:
+            R[tag] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+            log(tag, "FAILED", R[tag]["traceback"])
+            save()
+            continue
+        finally:
+            for gen in ("ss_generator", "slat_generator"):
+                p.models[gen].__dict__.pop("_generate_noise", None)
         sync()
         run_s = time.perf_counter() - t
         t = time.perf_counter()
@@ -433,8 +451,6 @@ def main():
         R[tag] = up
         log(tag, json.dumps(up))
         save()
-        for gen in ("ss_generator", "slat_generator"):
-            del p.models[gen]._generate_noise
 
     with_settings()
     if ARGS.compile and time.perf_counter() - T0 < ARGS.deadline - 120:
