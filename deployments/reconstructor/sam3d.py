@@ -153,7 +153,10 @@ def load_model(settings: Sam3dSettings) -> Sam3dModel:
             f"SAM 3D Objects (reconstructor.backend: sam3d) cannot start:\n{lines}\n{hint}".rstrip())
     from .sam3d_upstream import UpstreamModel
 
-    return UpstreamModel(folder, settings)
+    model = UpstreamModel(folder, settings)
+    if settings.warm_up:
+        log.info("SAM 3D Objects warmed up in %.1f s", model.warm_up())
+    return model
 
 
 # ---------------------------------------------------------------- the backend
@@ -169,9 +172,19 @@ class Sam3dReconstructor:
         # One thread: the GPU runs one request's steps in order, and a release queued behind
         # a running step waits for it.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam3d-gpu")
+        # Frames are built (resampling to the view grid, encoding) on their own thread while
+        # the GPU runs the next step.
+        self._frames = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam3d-frames")
+
+    def _gpu(self, fn, *args) -> asyncio.Future:
+        """Queue fn on the GPU worker now; the future completes when it has run."""
+        return asyncio.wrap_future(self._worker.submit(fn, *args))
 
     async def _call(self, fn, *args):
-        return await asyncio.wrap_future(self._worker.submit(fn, *args))
+        return await self._gpu(fn, *args)
+
+    def _cpu(self, fn, *args) -> asyncio.Future:
+        return asyncio.wrap_future(self._frames.submit(fn, *args))
 
     def steps(self, options: ReconstructOptions) -> tuple[int, int]:
         s = self.settings
@@ -191,56 +204,73 @@ class Sam3dReconstructor:
         geometry_steps, appearance_steps = self.steps(options)
         run = await self._call(self.model.begin, image, mask, options.seed,
                                geometry_steps, appearance_steps, options.fast)
+        step = None
         try:
             await self._call(run.prepare)
-            final = None
+            # Step k+1 is queued on the GPU before step k's frame is built and sent, so
+            # building and sending overlap the next step; a cancellation lets at most that
+            # one queued step run.
+            final = pending = None
             for k in range(1, geometry_steps + 1):
-                shown = await self._call(self._geometry_step, run,
-                                         should_emit(k, geometry_steps, options.geometry_every))
-                if shown is not None:
-                    final, frame = shown
-                    yield StepFrame("geometry", k, geometry_steps, frame)
+                step = self._gpu(self._geometry_step, run,
+                                 should_emit(k, geometry_steps, options.geometry_every))
+                if pending is not None:
+                    final, frame = await pending
+                    yield StepFrame("geometry", k - 1, geometry_steps, frame)
+                preview = await step
+                pending = None if preview is None else self._cpu(self._geometry_frame, preview)
+            final, frame = await pending  # the last step is always shown
+            pending = None
             if not final[0].occupancy.any():
                 raise StageError("SAM 3D Objects decoded no voxels for this image and mask")
+            yield StepFrame("geometry", geometry_steps, geometry_steps, frame)
             geometry, mapping = final
             view_shell = await self._call(self._start_appearance, run, geometry, mapping)
             colors = None
             for k in range(1, appearance_steps + 1):
-                shown = await self._call(self._appearance_step, run, geometry.occupancy,
-                                         mapping, view_shell,
-                                         should_emit(k, appearance_steps, options.colors_every))
-                if shown is not None:
-                    colors, frame = shown
-                    yield StepFrame("appearance", k, appearance_steps, frame)
-            assets = await self._call(run.finish)
+                step = self._gpu(self._appearance_step, run,
+                                 should_emit(k, appearance_steps, options.colors_every))
+                if pending is not None:
+                    colors, frame = await pending
+                    yield StepFrame("appearance", k - 1, appearance_steps, frame)
+                preview = await step
+                pending = None if preview is None else self._cpu(
+                    self._appearance_frame, geometry.occupancy, mapping, view_shell, preview)
+            step = self._gpu(run.finish)  # the final decode overlaps the last frame's build
+            colors, frame = await pending
+            yield StepFrame("appearance", appearance_steps, appearance_steps, frame)
+            assets = await step
             yield Reconstruction(occupancy=mapping.occupancy, colors=colors, backend=self.name,
                                  mesh=assets.mesh, gaussians=assets.gaussians, pose=assets.pose)
         finally:
-            # Runs after any step still on the worker; shielded so a second cancellation
+            # Queued behind any step still on the worker; shielded so a second cancellation
             # cannot drop it from the queue.
+            if step is not None and not step.done():
+                step.add_done_callback(lambda f: f.cancelled() or f.exception())
             await asyncio.shield(self._call(run.release))
 
-    # The functions below run on the worker thread.
+    # The GPU worker's functions: a step, and the preview's decode when the step is shown.
 
     def _geometry_step(self, run: Sam3dRun, show: bool):
         run.geometry_step()
-        if not show:
-            return None
-        preview = run.geometry_preview()
-        mapping = map_to_view(preview.occupancy, view_from_local(preview.rotation), self.n)
-        frame = VoxelFrame.from_occupancy(shell(mapping.occupancy))
-        return (preview, mapping), frame
+        return run.geometry_preview() if show else None
 
     def _start_appearance(self, run: Sam3dRun, geometry, mapping: ViewMapping) -> np.ndarray:
         run.start_appearance(geometry.occupancy)
         return shell(mapping.occupancy)
 
-    def _appearance_step(self, run: Sam3dRun, local_occ: np.ndarray, mapping: ViewMapping,
-                         view_shell: np.ndarray, show: bool):
+    def _appearance_step(self, run: Sam3dRun, show: bool):
         run.appearance_step()
-        if not show:
-            return None
-        preview = run.appearance_preview()
+        return run.appearance_preview() if show else None
+
+    # The frame thread's functions: previews → voxel frames in the view grid.
+
+    def _geometry_frame(self, preview):
+        mapping = map_to_view(preview.occupancy, view_from_local(preview.rotation), self.n)
+        return (preview, mapping), VoxelFrame.from_occupancy(shell(mapping.occupancy))
+
+    def _appearance_frame(self, local_occ: np.ndarray, mapping: ViewMapping,
+                          view_shell: np.ndarray, preview):
         local_colors = fill_colors(local_occ, preview.coords, preview.colors)
         colors = mapping.sample(local_colors)
         return colors, VoxelFrame.from_occupancy(view_shell, colors)

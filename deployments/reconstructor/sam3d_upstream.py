@@ -226,6 +226,35 @@ class UpstreamModel:
         for name in ("ss_generator", "slat_generator"):
             install_batched_cfg(self.pipeline.models[name], settings.batch_cfg)
 
+    def warm_up(self) -> float:
+        """One tiny synthetic request through every call a real one makes, so that the first
+        user does not pay for CUDA kernel selection and the mesh decoder's first call (about
+        8 s cold on the H200). Returns the seconds it took; failures are logged, not raised."""
+        import logging
+        import time
+
+        import numpy as np
+
+        started = time.perf_counter()
+        yy, xx = np.mgrid[0:256, 0:256]
+        image = np.stack([yy, xx, np.full_like(yy, 128)], -1).astype(np.uint8)
+        mask = (yy - 128) ** 2 + (xx - 128) ** 2 < 80 ** 2
+        run = self.begin(image, mask, 0, 1, 1)
+        try:
+            run.prepare()
+            run.geometry_step()
+            occupancy = run.geometry_preview().occupancy
+            if occupancy.any():
+                run.start_appearance(occupancy)
+                run.appearance_step()
+                run.appearance_preview()
+                run.finish()
+        except Exception as exc:  # noqa: BLE001 - a warm-up must not stop the replica
+            logging.getLogger(__name__).warning("SAM 3D warm-up incomplete: %s", exc)
+        finally:
+            run.release()
+        return time.perf_counter() - started
+
     def begin(self, image, mask, seed: int | None, geometry_steps: int, appearance_steps: int,
               fast: bool = False):
         from .sam3d_run import UpstreamRun
