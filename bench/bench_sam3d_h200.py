@@ -46,7 +46,6 @@ ap.add_argument("--steps", type=int, default=25)
 ap.add_argument("--target-voxels", type=int, default=30_000)
 ap.add_argument("--tiny", action="store_true", help="1-block transformers (dry run of the code paths)")
 ap.add_argument("--cpu", action="store_true", help="tiny dry run on the CPU (bench/sam3d_cpu_dryrun.py)")
-ap.add_argument("--compile", action="store_true", help="also measure torch.compile of stage 1")
 ap.add_argument("--deadline", type=float, default=520.0, help="skip remaining runs after this many s")
 ARGS = ap.parse_args()
 ARGS.tiny = ARGS.tiny or ARGS.cpu
@@ -324,6 +323,7 @@ def main():
         return frames, final, time.perf_counter() - t
 
     reference = [None]
+    occupancies: dict = {}
 
     def iou(a, b):
         if a is None or b is None:
@@ -358,18 +358,25 @@ def main():
              "mesh_faces_glb": baked.model["faces"], "splat_gaussians": baked.model["gaussians"],
              "artifacts_bytes": baked.artifacts, "peak_gpu_gib": peak_gib(),
              "occupancy_iou_vs_cadence1": iou(seen.get("local_occupancy"), reference[0]),
+             "compiled": bool(model.settings.compile_geometry and model.compiled_blocks),
              "timers_ms": {k: ms(k) for k in sorted(TIMES)}}
+        occupancies[tag] = seen.get("local_occupancy")
         R[tag] = r
         log(tag, json.dumps({k: v for k, v in r.items() if k != "timers_ms"}))
         save()
         return r
 
-    from deployments.reconstructor.sam3d_levers import install_batched_cfg
+    blocks = [b for m in p.models["ss_generator"].reverse_fn.backbone.children()
+              if isinstance(m, torch.nn.ModuleList) for b in m]
+    R["compiled_blocks"] = model.compiled_blocks
 
     def with_settings(**update):
         model.settings = settings.model_copy(update=update)
-        for gen in ("ss_generator", "slat_generator"):
-            install_batched_cfg(p.models[gen], model.settings.batch_cfg)
+        for b in blocks:  # compiled at build when compile_geometry is on (the default)
+            if model.settings.compile_geometry and model.compiled_blocks:
+                b.compile()
+            else:
+                b._compiled_call_impl = None
 
     with_settings()
     R["warm_up_s"] = round(model.warm_up(), 2)  # what a replica does before it reports healthy
@@ -377,24 +384,22 @@ def main():
     ours("first_request_after_warm_up", 5)
     c1 = ours("ours_cadence1", 1)
     ours_noise = list(drawn)
-    ours_occ = seen.get("local_occupancy")
+    reference[0] = seen.get("local_occupancy")
     ours_slat = seen.get("slat_voxels")
-    reference[0] = ours_occ
     c5 = ours("ours_cadence5", 5)
     last = ours("ours_last_frame_only", ARGS.steps)
     ours("ours_fast", 1, fast=True)
     # Each lever switched from its default on its own, at cadence 1.
-    levers = {"batch_cfg_on": {"batch_cfg": True},
+    levers = {"compile_off": {"compile_geometry": False},
               "previews_by_decoder_fp16": {"preview_colors": "decoder"},
               "previews_by_decoder_fp32": {"preview_colors": "decoder", "preview_dtype": "float32"}}
     for tag, update in levers.items():
         with_settings(**update)
         ours("lever_" + tag, 1)
-    with_settings()
+    eager_occ = occupancies.get("lever_compile_off")
+    with_settings(compile_geometry=False)  # upstream's run() as upstream has it: eager
     R["levers_image_to_glb_s"] = {"defaults": c1 and c1["image_to_glb_s"], **{
         tag: R.get("lever_" + tag, {}).get("image_to_glb_s") for tag in levers}}
-    install_batched_cfg(p.models["ss_generator"], False)  # upstream's run() as upstream has it
-    install_batched_cfg(p.models["slat_generator"], False)
 
     # Upstream's own run() from the same noise.
     def upstream_run():
@@ -432,35 +437,18 @@ def main():
         up_occ = np.zeros((64,) * 3, bool)
         c = out["coords_original"][:, 1:].cpu().numpy()
         up_occ[c[:, 0], c[:, 1], c[:, 2]] = True
-        inter, union = (up_occ & ours_occ).sum(), (up_occ | ours_occ).sum()
         up = {"run_s": round(run_s, 3), "image_to_glb_s": round(run_s + time.perf_counter() - t, 3),
               "glb_bytes": len(glb), "stage1_voxels": int(up_occ.sum()),
               "slat_voxels": int(out["coords"].shape[0]),
               "mesh_faces": int(out["mesh"][0].faces.shape[0]) if out.get("mesh") else None,
               "gaussians": int(out["gs"].get_xyz.shape[0]) if out.get("gs") is not None else None,
-              "occupancy_iou_vs_ours": round(float(inter / max(union, 1)), 5),
+              "occupancy_iou_vs_ours_eager": iou(up_occ, eager_occ),
+              "occupancy_iou_vs_ours_default": iou(up_occ, reference[0]),
               "same_slat_voxels": int(out["coords"].shape[0]) == ours_slat,
               "noise_left_unused": len(queue), "peak_gpu_gib": peak_gib()}
         R[tag] = up
         log(tag, json.dumps(up))
         save()
-
-    with_settings()
-    if ARGS.compile and time.perf_counter() - T0 < ARGS.deadline - 120:
-        # The transformer blocks of stage 1 compiled one by one (the whole backbone breaks
-        # dynamo on upstream's numpy time embedding under a device context).
-        backbone = p.models["ss_generator"].reverse_fn.backbone
-        blocks = [b for name, m in backbone.named_children() if isinstance(m, torch.nn.ModuleList)
-                  for b in m]
-        R["compile_blocks"] = len(blocks)
-        t = time.perf_counter()
-        for b in blocks:
-            b.compile()
-        ours("lever_compile_warmup", ARGS.steps)
-        R["compile_warmup_s"] = round(time.perf_counter() - t, 1)
-        ours("lever_compile_ss_blocks", 1)
-        for b in blocks:
-            b._compiled_call_impl = None
 
     def step_ms(run, name):
         return (run or {}).get("timers_ms", {}).get(name)
@@ -480,7 +468,8 @@ def main():
         "upstream_run_s": up.get("run_s"), "upstream_image_to_glb_s": up.get("image_to_glb_s"),
         "stream_overhead_cadence1": (round(c1["image_to_glb_s"] / last["image_to_glb_s"] - 1, 3)
                                      if c1 and last else None),
-        "occupancy_iou_vs_upstream": up.get("occupancy_iou_vs_ours"),
+        "occupancy_iou_vs_upstream": up.get("occupancy_iou_vs_ours_eager"),
+        "occupancy_iou_compiled_vs_upstream": up.get("occupancy_iou_vs_ours_default"),
         "same_slat_voxels_as_upstream": up.get("same_slat_voxels"),
         "active_voxels": ours_slat, "mesh_faces": c1 and c1["mesh_faces_decoded"],
         "mesh_faces_glb": c1 and c1["mesh_faces_glb"], "splat_gaussians": c1 and c1["splat_gaussians"],

@@ -82,13 +82,11 @@ class Sam3dSettings(_Strict):
     # Steps of the per-request fast mode (distilled shortcut sampling, no CFG).
     fast_geometry_steps: int = Field(4, ge=1, le=100)
     fast_appearance_steps: int = Field(4, ge=1, le=100)
-    # Speed levers (docs/sam3d.md): CFG's two backbone passes as one batch where shapes allow
-    # (off by default: in fp16 the batched kernels round differently and, amplified by CFG,
-    # change the sampled shape measurably; see bench/results/sam3d_h200.json);
-    # appearance previews from a per-run latent→colour fit refreshed by the Gaussian decoder
-    # every `preview_refit_every` previews ("decoder": the decoder at every preview), which
-    # runs in `preview_dtype`.
-    batch_cfg: bool = False
+    # Speed levers (docs/sam3d.md): the geometry flow transformer's blocks compiled on CUDA
+    # (compiled during the warm-up); appearance previews from a per-run latent→colour fit
+    # refreshed by the Gaussian decoder every `preview_refit_every` previews ("decoder": the
+    # decoder at every preview), which runs in `preview_dtype`.
+    compile_geometry: bool = True
     warm_up: bool = True  # one synthetic request at start, before the replica reports healthy
     preview_colors: Literal["latent", "decoder"] = "latent"
     preview_refit_every: int = Field(5, ge=1, le=100)

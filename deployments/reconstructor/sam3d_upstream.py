@@ -221,10 +221,11 @@ class UpstreamModel:
                 f"SAM 3D Objects failed to load from {checkpoint_dir}: {type(exc).__name__}: "
                 f"{exc} (the depth model MoGe also needs the hub id in pipeline.yaml reachable, "
                 "a warm HF_HOME cache, or reconstructor.sam3d.depth_model_dir)") from exc
-        from .sam3d_levers import install_batched_cfg
+        self.compiled_blocks = 0
+        if settings.compile_geometry and torch.cuda.is_available():
+            from .sam3d_levers import compile_blocks
 
-        for name in ("ss_generator", "slat_generator"):
-            install_batched_cfg(self.pipeline.models[name], settings.batch_cfg)
+            self.compiled_blocks = compile_blocks(self.pipeline.models["ss_generator"].reverse_fn.backbone)
 
     def warm_up(self) -> float:
         """One tiny synthetic request through every call a real one makes, so that the first
