@@ -49,6 +49,7 @@ class GenerateService:
         image = alpha = None
         if image_array is not None:
             image = _check_array(image_array)
+            inputs.check_size(image, limits)
         elif image_bytes is not None:
             image, alpha = inputs.decode_image(image_bytes, limits)
         elif req.image_b64 is not None:

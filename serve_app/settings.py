@@ -106,6 +106,7 @@ class LimitsSettings(_Strict):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=4096)
     max_image_side: int = Field(2048, ge=64)  # larger photos are scaled down on arrival
+    min_image_side: int = Field(16, ge=1, le=1024)  # smaller images are refused with this figure
     allow_image_urls: bool = True
     image_url_timeout_s: float = Field(10.0, gt=0)
 
