@@ -122,6 +122,14 @@ def fit_image(image: np.ndarray, mask: np.ndarray | None, max_side: int):
     return image, mask, s
 
 
+def at_size(mask: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """A working-size mask back at the photo's (width, height), edges interpolated."""
+    if size is None or (mask.shape[1], mask.shape[0]) == tuple(size):
+        return mask
+    up = Image.fromarray(mask.astype(np.uint8) * 255).resize(tuple(size), Image.Resampling.BILINEAR)
+    return np.asarray(up) >= 128
+
+
 async def fetch_url(url: str, limits: LimitsSettings) -> bytes:
     """http(s) or data: only; no file:// or other schemes, bounded size and time."""
     if url.startswith("data:"):

@@ -76,3 +76,96 @@ def test_too_small_images_say_so_with_the_minimum(w, h):
         inputs.decode_image(data, LIM)
     msg = info.value.message
     assert "too small" in msg and str(LIM.min_image_side) in msg and "prompt" not in msg
+
+
+# ---- through the routes, in-process (no Ray) ---------------------------------------------------
+
+FAST = {"reconstructor": {"grid_size": 32, "inflation": {"geometry_steps": 3, "appearance_steps": 2}},
+        "segmenter": {"grabcut": {"max_side": 160, "iterations": 2}}}
+
+
+def _client(tmp_path, **limits):
+    from fastapi.testclient import TestClient
+
+    from serve_app.ingress import build_fastapi_app
+    from serve_app.local import LocalClients
+    from serve_app.service import GenerateService
+    from serve_app.settings import load_settings
+    from serve_app.store import ArtifactStore
+
+    settings = load_settings({**FAST, "store": {"url": str(tmp_path)}, "limits": limits})
+    store = ArtifactStore(str(tmp_path))
+    return TestClient(build_fastapi_app(GenerateService(settings, LocalClients(settings, store), store)))
+
+
+def _events(resp):
+    from serve_app.protocol import parse_sse
+
+    assert resp.status_code == 200, resp.text
+    return parse_sse(resp.text)
+
+
+def _found(evs):
+    return next(e for e in evs if e["stage"] == "segmenter" and e["step"] == 1)
+
+
+def _mask_png(client, evs) -> np.ndarray:
+    r = client.get(f"/v1/artifacts/{evs[0]['request_id']}/mask.png")
+    assert r.status_code == 200
+    return np.asarray(Image.open(io.BytesIO(r.content))) >= 128
+
+
+def _cup_with_alpha():
+    from photos import photo_array
+
+    rgba = np.dstack([photo_array("coffee"), np.zeros((400, 600), np.uint8)])
+    rgba[60:340, 120:430, 3] = 255  # a box: GrabCut would cut the cup's outline out of it
+    return rgba
+
+
+def test_alpha_mask_is_used_as_given_unless_refinement_is_asked(tmp_path):
+    client = _client(tmp_path)
+    rgba = _cup_with_alpha()
+    data = _encode(Image.fromarray(rgba), "PNG")
+    evs = _events(client.post("/v1/generate", files=[("image", ("cup.png", data))]))
+    found = _found(evs)
+    assert found["segmenter"] == "user_mask" and "score" not in found
+    assert evs[-1]["type"] == "complete"
+    assert (_mask_png(client, evs) == (rgba[:, :, 3] >= 128)).all()  # exactly the alpha
+    refined = _events(client.post("/v1/generate", files=[("image", ("cup.png", data))],
+                                  data={"refine_mask": "true"}))
+    assert _found(refined)["segmenter"] == "grabcut"
+    assert (_mask_png(client, refined) != (rgba[:, :, 3] >= 128)).any()
+
+
+def test_mask_b64_is_used_as_given(tmp_path):
+    import base64
+
+    from photos import photo_bytes
+
+    client = _client(tmp_path)
+    mask = (_cup_with_alpha()[:, :, 3] >= 128)
+    body = {"image_b64": base64.b64encode(photo_bytes("coffee")).decode(),
+            "mask_b64": [base64.b64encode(_encode(Image.fromarray(mask.astype(np.uint8) * 255), "PNG")).decode()]}
+    evs = _events(client.post("/v1/generate", json=body))
+    assert _found(evs)["segmenter"] == "user_mask"
+    assert (_mask_png(client, evs) == mask).all()
+
+
+def test_mask_png_comes_back_at_the_input_size(tmp_path):
+    from photos import photo_bytes
+
+    client = _client(tmp_path, max_image_side=256)  # the 600x400 photo is worked on at 256x171
+    evs = _events(client.post("/v1/generate", files=[("image", ("c.png", photo_bytes("coffee")))]))
+    assert evs[-1]["type"] == "complete"
+    m = _mask_png(client, evs)
+    assert m.shape == (400, 600) and m[200, 250] and not m[5, 5]
+
+
+def test_grabcut_reports_no_score_rather_than_zero(tmp_path):
+    from photos import photo_bytes
+
+    client = _client(tmp_path)
+    evs = _events(client.post("/v1/generate", files=[("image", ("c.png", photo_bytes("coffee")))]))
+    found = _found(evs)
+    assert found["segmenter"] == "grabcut" and "score" not in found
