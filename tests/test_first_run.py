@@ -169,3 +169,66 @@ def test_grabcut_reports_no_score_rather_than_zero(tmp_path):
     evs = _events(client.post("/v1/generate", files=[("image", ("c.png", photo_bytes("coffee")))]))
     found = _found(evs)
     assert found["segmenter"] == "grabcut" and "score" not in found
+
+
+# ---- bounded, faster embedded stages ------------------------------------------------------------
+
+def _count_grabcut(monkeypatch):
+    import cv2
+
+    from deployments.segmenter import grabcut
+
+    calls = []
+    real = cv2.grabCut
+
+    def counting(*args):
+        calls.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(grabcut.cv2, "grabCut", counting)
+    return calls
+
+
+def test_grabcut_work_is_bounded_by_its_time_budget(monkeypatch):
+    from deployments.segmenter.base import SegmentPrompt
+    from deployments.segmenter.grabcut import GrabCutSegmenter
+    from photos import photo_array
+    from serve_app.settings import GrabCutSettings
+
+    calls = _count_grabcut(monkeypatch)
+    seg = GrabCutSegmenter(GrabCutSettings(iterations=20, stable_fraction=0, time_budget_s=1e-6))
+    assert seg.segment(photo_array("coffee"), SegmentPrompt()).mask.any()
+    assert len(calls) == 1  # the budget was spent after the first iteration
+
+
+def test_grabcut_stops_when_the_mask_is_stable_with_the_same_mask(monkeypatch):
+    from deployments.segmenter.base import SegmentPrompt
+    from deployments.segmenter.grabcut import GrabCutSegmenter
+    from photos import photo_array
+    from serve_app.settings import GrabCutSettings
+
+    img = photo_array("coffee")
+    full = GrabCutSegmenter(GrabCutSettings(iterations=8, stable_fraction=0)).segment(img, SegmentPrompt()).mask
+    calls = _count_grabcut(monkeypatch)
+    early = GrabCutSegmenter(GrabCutSettings(iterations=8, stable_fraction=0.002)).segment(img, SegmentPrompt()).mask
+    assert len(calls) < 8
+    assert (early & full).sum() / (early | full).sum() > 0.99
+
+
+def test_vectorised_relaxation_equals_plain_gauss_seidel():
+    from deployments.reconstructor.inflation import relax
+
+    rng = np.random.default_rng(0)
+    inside = np.zeros((20, 24), bool)
+    inside[3:17, 4:21] = rng.random((14, 17)) > 0.2
+    u0 = (rng.random((20, 24)) * inside).astype(np.float32)
+    ref = u0.astype(np.float64)
+    for _ in range(7):
+        for parity in (0, 1):
+            for i in range(20):
+                for j in range(24):
+                    if inside[i, j] and (i + j) % 2 == parity:
+                        nb = sum(ref[a, b] for a, b in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1))
+                                 if 0 <= a < 20 and 0 <= b < 24)
+                        ref[i, j] += 1.5 * ((nb + 1.0) / 4 - ref[i, j])
+    np.testing.assert_allclose(relax(u0, inside, 7, omega=1.5), ref, rtol=1e-4, atol=1e-4)

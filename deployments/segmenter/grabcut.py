@@ -9,6 +9,8 @@ pixels it marked certain is 0 on every photo sent without prompts, which reads a
 """
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 from scipy import ndimage
@@ -44,13 +46,27 @@ class GrabCutSegmenter:
         # GrabCut seeds its colour models' k-means from OpenCV's thread-local RNG; fix it so
         # the same photo and prompt always give the same mask, whichever thread runs it.
         cv2.setRNGSeed(0)
-        cv2.grabCut(bgr, seeds, None, bgd, fgd, self.settings.iterations, cv2.GC_INIT_WITH_MASK)
-        fg = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
+        fg = self._iterate(bgr, seeds, bgd, fgd)
         fg = self._clean(fg, prompt, scale)
         if fg.sum() < _MIN_OBJECT_FRACTION * fg.size:
             raise BadInput("segmentation found no object; add a click on the object or a box around it")
         mask = cv2.resize(fg.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_LINEAR) >= 128
         return SegmentResult(mask=mask, score=None, backend=self.name)
+
+    def _iterate(self, bgr: np.ndarray, seeds: np.ndarray, bgd: np.ndarray, fgd: np.ndarray) -> np.ndarray:
+        """GrabCut one iteration at a time: stop once the mask is stable (few pixels change) or
+        the time budget is spent, so no input can hold the replica near the stage limit."""
+        s = self.settings
+        started = time.monotonic()
+        fg = None
+        for i in range(s.iterations):
+            cv2.grabCut(bgr, seeds, None, bgd, fgd, 1, cv2.GC_INIT_WITH_MASK if i == 0 else cv2.GC_EVAL)
+            new = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
+            stable = fg is not None and np.count_nonzero(new != fg) <= s.stable_fraction * new.size
+            fg = new
+            if stable or time.monotonic() - started > s.time_budget_s:
+                break
+        return fg
 
     def _seed_mask(self, prompt: SegmentPrompt, shape: tuple[int, int], scale: float) -> np.ndarray:
         sh, sw = shape
