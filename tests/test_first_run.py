@@ -232,3 +232,29 @@ def test_vectorised_relaxation_equals_plain_gauss_seidel():
                                  if 0 <= a < 20 and 0 <= b < 24)
                         ref[i, j] += 1.5 * ((nb + 1.0) / 4 - ref[i, j])
     np.testing.assert_allclose(relax(u0, inside, 7, omega=1.5), ref, rtol=1e-4, atol=1e-4)
+
+
+# ---- command lines: one-line errors --------------------------------------------------------------
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--image", "rocket-that-is-not-here.jpg"], "cannot read the image"),
+    (["--image", "x.jpg", "--box", "1,2,3"], "--box"),
+    (["--image", "x.jpg", "--click", "a,b"], "--click"),
+])
+def test_client_errors_are_one_line(argv, needle, capsys):
+    from serve_app.client import main
+
+    assert main(argv + ["--url", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and "Traceback" not in err
+
+
+def test_launcher_errors_are_one_line(tmp_path, capsys):
+    from serve_app.launch import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("http_options: {port: 8000}\n")
+    for argv, needle in ((["no-such-config.yaml"], "cannot read"), ([str(bad)], "applications")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err and "Traceback" not in err
