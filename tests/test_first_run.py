@@ -258,3 +258,18 @@ def test_launcher_errors_are_one_line(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err and "Traceback" not in err
+
+
+def test_docs_page_works_offline(tmp_path):
+    import re
+
+    client = _client(tmp_path)
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    refs = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
+    refs += re.findall(r"""url:\s*['"]([^'"]+)['"]""", page.text)
+    assert refs and not [r for r in refs if "//" in r]  # nothing from another host
+    for ref in refs:
+        r = client.get(ref)
+        assert r.status_code == 200 and len(r.content) > 100, ref
+    assert client.get("/docs-assets/LICENSE").status_code == 404  # only the listed assets
