@@ -273,3 +273,52 @@ def test_docs_page_works_offline(tmp_path):
         r = client.get(ref)
         assert r.status_code == 200 and len(r.content) > 100, ref
     assert client.get("/docs-assets/LICENSE").status_code == 404  # only the listed assets
+
+
+# ---- light install ------------------------------------------------------------------------------
+
+MODEL_PACKAGES = ("torch", "transformers", "diffusers", "onnx", "onnxruntime", "accelerate")
+
+_WITHOUT_MODELS = r'''
+import importlib.abc, sys
+BLOCKED = set(sys.argv[1].split(","))
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not installed (light install)")
+sys.meta_path.insert(0, Block())
+sys.path[:0] = [sys.argv[2], sys.argv[2] + "/tests"]
+import tempfile, yaml
+from fastapi.testclient import TestClient
+import serve_app.app, serve_app.launch  # what `serve run` / sam3d-serve import
+from serve_app.ingress import build_fastapi_app
+from serve_app.local import LocalClients
+from serve_app.service import GenerateService
+from serve_app.settings import load_settings
+from serve_app.store import ArtifactStore
+from photos import photo_bytes
+args = yaml.safe_load(open(sys.argv[2] + "/serve_config.local.yaml"))["applications"][0]["args"]
+args["store"] = {"url": tempfile.mkdtemp()}
+args["reconstructor"].update(grid_size=32, inflation={"geometry_steps": 2, "appearance_steps": 1})
+s = load_settings(args)
+store = ArtifactStore(args["store"]["url"])
+c = TestClient(build_fastapi_app(GenerateService(s, LocalClients(s, store), store)))
+r = c.post("/v1/generate", files=[("image", ("c.png", photo_bytes("coffee")))])
+assert r.status_code == 200 and "event: complete" in r.text, r.text[-500:]
+print("OK")
+'''
+
+
+def test_embedded_graph_runs_without_the_model_packages():
+    """`pip install -e .` installs no torch: the local config must not import it (or any model library)."""
+    import subprocess
+    import sys
+    import tomllib
+
+    from conftest import ROOT
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not [d for d in deps if d.split("=")[0].split(">")[0].split("[")[0] in MODEL_PACKAGES]
+    out = subprocess.run([sys.executable, "-c", _WITHOUT_MODELS, ",".join(MODEL_PACKAGES), str(ROOT)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr[-2000:]
