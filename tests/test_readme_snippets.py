@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -28,6 +32,25 @@ def test_deployment_handle_snippet_runs_as_written(local_app):
     kinds = [ln.split()[0] for ln in lines]
     assert kinds[0] == "loading" and kinds[-1] == "complete"
     assert "geometry" in kinds and "appearance" in kinds and "glb_ready" in kinds
+
+
+@pytest.mark.serve
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the README's example uses curl; not installed")
+def test_terminal_examples_run_as_written(local_app, tmp_path):
+    """The curl and client lines, only pointed at the test's port instead of 8000."""
+    base, _ = local_app
+    script = readme_block("From a second terminal", "bash")
+    script = script.replace("http://127.0.0.1:8000", base)
+    script = script.replace("python -m serve_app.client", f"python -m serve_app.client --url {base} --quiet")
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+           "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(["bash", "-eo", "pipefail", "-c", script], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "event: complete" in out.stdout
+    assert len(out.stdout) < 20_000  # not a wall of base64 (the stream itself is ~700 KB)
+    for name in ("coffee.glb", "rocket.glb", "astronaut.glb"):
+        assert (tmp_path / name).stat().st_size > 10_000
 
 
 def test_app_handle_never_reads_the_cluster_address_file(monkeypatch):
