@@ -40,7 +40,7 @@ class GrabCutSettings(_Strict):
     max_side: int = Field(384, ge=64, le=4096)  # GrabCut runs at this size, the mask is scaled back
     border_fraction: float = Field(0.04, gt=0, lt=0.4)
     # Iterations stop early once fewer than this share of pixels change, or after time_budget_s
-    # (checked between iterations), far below the segmenter stage's limit.
+    # of CPU time (checked between iterations), far below the segmenter stage's limit.
     stable_fraction: float = Field(0.002, ge=0, le=0.5)
     time_budget_s: float = Field(5.0, gt=0, le=120)
 

@@ -55,16 +55,20 @@ class GrabCutSegmenter:
 
     def _iterate(self, bgr: np.ndarray, seeds: np.ndarray, bgd: np.ndarray, fgd: np.ndarray) -> np.ndarray:
         """GrabCut one iteration at a time: stop once the mask is stable (few pixels change) or
-        the time budget is spent, so no input can hold the replica near the stage limit."""
+        the time budget is spent, so no input can hold the replica near the stage limit.
+
+        The budget counts this thread's CPU time, not the wall clock: the same photo then runs
+        the same iterations (and gives the same mask) however busy the machine is. It is checked
+        between iterations; one iteration on a degenerate image can take seconds by itself."""
         s = self.settings
-        started = time.monotonic()
+        started = time.thread_time()
         fg = None
         for i in range(s.iterations):
             cv2.grabCut(bgr, seeds, None, bgd, fgd, 1, cv2.GC_INIT_WITH_MASK if i == 0 else cv2.GC_EVAL)
             new = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
             stable = fg is not None and np.count_nonzero(new != fg) <= s.stable_fraction * new.size
             fg = new
-            if stable or time.monotonic() - started > s.time_budget_s:
+            if stable or time.thread_time() - started > s.time_budget_s:
                 break
         return fg
 
