@@ -153,6 +153,8 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
         found = "object found"
     mask = np.asarray(seg.mask, dtype=bool)
     if mask.shape != image.shape[:2] or not mask.any():
+        if job.mask_as_given:
+            raise BadInput("the given mask has no pixel left once the photo is scaled to its working size")
         raise BadInput("segmentation returned no object; add a click or a box")
     mask_png = await asyncio.to_thread(png_bytes, at_size(mask, job.input_size))
     await clients.put_artifact(job.request_id, "mask.png", mask_png)
