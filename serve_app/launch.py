@@ -14,15 +14,24 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import yaml
 
 APP = "sam3d"
-LOCAL_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.local.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL_CONFIG = ROOT / "serve_config.local.yaml"
 SERVE_NAMESPACE = "serve"
+
+
+def _runtime_env() -> dict:
+    """Replicas import serve_app and deployments from the same folder as this process."""
+    paths = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
 
 
 class LaunchError(Exception):
@@ -117,7 +126,7 @@ def app_handle(name: str = APP, config: str | Path = LOCAL_CONFIG):
                               f"start it with `sam3d-serve {config}`")
         # "local": start a new instance; never read the cluster-address file of `ray start`.
         ray.init(address="local", namespace=SERVE_NAMESPACE, include_dashboard=False,
-                 log_to_driver=False)
+                 log_to_driver=False, runtime_env=_runtime_env())
     if name not in serve.status().applications:
         cfg = read_config(config)
         serve.start(proxy_location="Disabled")  # the handle needs no HTTP port (8000 may be taken)
@@ -138,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"starting {a.config} (about 20 s on 2 cores)...", flush=True)
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local", namespace=SERVE_NAMESPACE,
-                 include_dashboard=False, log_to_driver=True)
+                 include_dashboard=False, log_to_driver=True, runtime_env=_runtime_env())
         http = dict(cfg.get("http_options") or {})
         try:
             serve.start(http_options=http, proxy_location=cfg.get("proxy_location", "HeadOnly"))
@@ -146,23 +155,36 @@ def main(argv: list[str] | None = None) -> int:
             raise LaunchError(f"Serve could not start: {_one_line(exc)}") from None
         deploy(cfg)
         viewer, docs = urls(cfg)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # every further Ctrl-C only sets the event
+            signal.signal(sig, lambda *_: stop.set())
         print(f"sam3d-serve ready: viewer {viewer}  API docs {docs}  (Ctrl-C stops)", flush=True)
-        while True:
-            time.sleep(3600)
+        stop.wait()
+        print("stopping", file=sys.stderr, flush=True)
+        return 0
     except LaunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C while starting
         print("stopping", file=sys.stderr)
         return 0
     finally:
-        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-            from ray import serve
+        _shutdown()
 
-            try:
-                serve.shutdown()
-            finally:
-                sys.modules["ray"].shutdown()
+
+def _shutdown() -> None:
+    """Stop Serve and Ray quietly: Ctrl-C reaches Ray's calls too, and must not end in a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    from ray import serve
+
+    for step in (serve.shutdown, ray.shutdown):
+        try:
+            step()
+        except BaseException:  # noqa: BLE001 - already stopping; nothing left to report
+            pass
 
 
 if __name__ == "__main__":
