@@ -69,6 +69,15 @@ def test_gif_first_frame_and_accepted_formats_named():
         assert fmt in info.value.message
 
 
+@pytest.mark.parametrize("fmt", ["MPO", "WEBP", "BMP", "TIFF"])
+def test_other_common_formats_decode(fmt):
+    """MPO: the multi-picture JPEG many phone cameras write; the first picture is the photo."""
+    first, second = (Image.fromarray(np.full((40, 60, 3), c, np.uint8)) for c in (100, 200))
+    kw = {"save_all": True, "append_images": [second]} if fmt == "MPO" else {}
+    img, _ = inputs.decode_image(_encode(first, fmt, **kw), LIM)
+    assert img.shape == (40, 60, 3) and abs(float(img.mean()) - 100) < 3
+
+
 @pytest.mark.parametrize("w,h", [(1, 1), (10000, 2), (15, 400)])
 def test_too_small_images_say_so_with_the_minimum(w, h):
     data = _encode(Image.fromarray(np.full((h, w, 3), 90, np.uint8)), "PNG")
