@@ -120,19 +120,50 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
 
+    try:
+        return _run(a)
+    except CliError as exc:  # one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+class CliError(Exception):
+    pass
+
+
+def _numbers(text: str, count: tuple[int, ...], what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in count:
+        raise CliError(f"{what} {text!r} must be {' or '.join(str(c) for c in count)} comma-separated numbers")
+    return values
+
+
+def _read(path: Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def _run(a: argparse.Namespace) -> int:
     points = []
     for c in a.click:
-        parts = [float(v) for v in c.split(",")]
+        parts = _numbers(c, (2, 3), "--click")
         points.append({"x": parts[0], "y": parts[1], "label": int(parts[2]) if len(parts) > 2 else 1})
     boxes = []
     if a.box:
-        x0, y0, x1, y1 = (float(v) for v in a.box.split(","))
+        x0, y0, x1, y1 = _numbers(a.box, (4,), "--box")
         boxes.append({"x_min": x0, "y_min": y0, "x_max": x1, "y_max": y1})
     fields = dict(prompt=a.prompt, segmentation_label=a.label, seed=a.seed, encoding=a.encoding,
                   stream_geometry_every=a.geometry_every, stream_colors_every=a.colors_every,
                   point_prompts=points or None, box_prompts=boxes or None)
-    image = a.image.read_bytes() if a.image else None
-    masks = [m.read_bytes() for m in a.mask]
+    image = _read(a.image, "the image")
+    masks = [_read(m, "the mask") for m in a.mask]
     decoder = FrameDecoder()
     complete = None
     t0 = time.monotonic()
@@ -165,9 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     if complete is None:
         print("the stream ended without a `complete` event", file=sys.stderr)
         return 1
-    glb = httpx.get(a.url + complete["model_glb_url"], timeout=60)
-    glb.raise_for_status()
-    a.out.write_bytes(glb.content)
+    try:
+        glb = httpx.get(a.url + complete["model_glb_url"], timeout=60)
+        glb.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise CliError(f"could not fetch the GLB: {exc}") from None
+    try:
+        a.out.write_bytes(glb.content)
+    except OSError as exc:
+        raise CliError(f"cannot write {str(a.out)!r}: {exc.strerror or exc}") from None
     print(f"saved {a.out} ({len(glb.content):,} bytes) in {time.monotonic() - t0:.1f} s; "
           f"splat: {a.url}{complete['gaussian_splat_url']} (protocol v{PROTOCOL_VERSION})")
     return 0

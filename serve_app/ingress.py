@@ -16,6 +16,7 @@ from serve_app.protocol import (BINARY_MEDIA_TYPE, ENCODINGS, EVENT_FIELDS, EVEN
                                 PROTOCOL_VERSION, STAGES)
 from serve_app.schemas import GenerateRequest
 from serve_app.http_util import error_response, exception_response, json_object, validation_message
+from serve_app.offline_docs import add_offline_docs
 from serve_app.service import GenerateService
 from serve_app.store import ArtifactNotFound, InvalidArtifactRef, content_type
 from serve_app.stream_response import WatchedStreamingResponse
@@ -102,8 +103,9 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
     """`segmenter`: an object with the Segmenter deployment's async methods (embed,
     segment, segment_cached, click_decoder_onnx) for the /v1/embed and /v1/segment routes."""
     streams: dict[str, FrameWriter] = {}
-    app = FastAPI(title="sam3d-serve", version="0.1.0",
+    app = FastAPI(title="sam3d-serve", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Photo or text → 3D object, streamed as it takes shape.")
+    add_offline_docs(app)
     if segmenter is not None:
         from serve_app.routes_segment import build_segment_router
 

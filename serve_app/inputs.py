@@ -1,4 +1,10 @@
-"""Turning request bytes into arrays, with every failure a BadInput a client can read."""
+"""Turning request bytes into arrays, with every failure a BadInput a client can read.
+
+Every image is read the way a viewer shows it: EXIF orientation applied (a phone's portrait
+JPEG arrives upright, the same way browsers draw it, so clicks made on the page land where
+they were made), the first frame of an animation, and high-bit-depth greyscale (16-bit
+PNG/TIFF, 32-bit integer or float) scaled to 8 bits by the range it actually uses.
+"""
 from __future__ import annotations
 
 import base64
@@ -8,10 +14,15 @@ import warnings
 
 import httpx
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deployments.errors import BadInput
 from serve_app.settings import LimitsSettings
+
+# What PIL decodes here without plugins; named in the message for anything else.
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+ACCEPTED = "PNG, JPEG, WebP, GIF (first frame), BMP or TIFF"
+_HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 def b64_bytes(text: str, what: str) -> bytes:
@@ -31,32 +42,58 @@ def _open(data: bytes, what: str, limits: LimitsSettings) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
             if img.width * img.height > limits.max_image_pixels:
                 raise BadInput(f"{what} has {img.width}x{img.height} pixels; the limit is "
                                f"{limits.max_image_pixels} pixels")
+            img.seek(0)  # animations: the first frame
             img.load()
+            img = ImageOps.exif_transpose(img)
     except BadInput:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError,
-            OSError, SyntaxError, ValueError):
-        raise BadInput(f"{what} is not a readable image (PNG, JPEG or WebP)") from None
+            OSError, SyntaxError, ValueError, EOFError):
+        raise BadInput(f"{what} is not a readable image; accepted formats: {ACCEPTED}") from None
     return img
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """High-bit-depth greyscale → 8-bit "L", stretched over the values present (PIL's own
+    conversion clips 16-bit values at 255, which turns a normal 16-bit photo white)."""
+    if img.mode not in _HIGH_BIT_MODES:
+        return img
+    a = np.asarray(img, dtype=np.float64)
+    finite = np.isfinite(a)
+    if not finite.any():
+        raise BadInput("image has no finite pixel values")
+    lo, hi = float(a[finite].min()), float(a[finite].max())
+    a = np.where(finite, a, lo)
+    scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+
+def check_size(image: np.ndarray, limits: LimitsSettings, what: str = "image") -> None:
+    h, w = image.shape[:2]
+    if min(h, w) < limits.min_image_side:
+        raise BadInput(f"{what} is {w}x{h} pixels, too small: each side needs at least "
+                       f"{limits.min_image_side} pixels")
 
 
 def decode_image(data: bytes, limits: LimitsSettings) -> tuple[np.ndarray, np.ndarray | None]:
     """(HxWx3 uint8 RGB, alpha mask or None). An alpha channel with transparency is a mask."""
-    img = _open(data, "image", limits)
+    img = _eight_bit(_open(data, "image", limits))
     alpha = None
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         a = np.asarray(img.convert("RGBA"))[:, :, 3]
         if (a < 128).any():
             alpha = a >= 128
-    return np.asarray(img.convert("RGB")), alpha
+    rgb = np.asarray(img.convert("RGB"))
+    check_size(rgb, limits)
+    return rgb, alpha
 
 
 def decode_mask(data: bytes, shape: tuple[int, int], limits: LimitsSettings, what: str = "mask") -> np.ndarray:
-    img = _open(data, what, limits)
+    img = _eight_bit(_open(data, what, limits))
     if (img.height, img.width) != tuple(shape):
         raise BadInput(f"{what} is {img.width}x{img.height} but the image is {shape[1]}x{shape[0]}; "
                        "masks must match the image size")
@@ -83,6 +120,14 @@ def fit_image(image: np.ndarray, mask: np.ndarray | None, max_side: int):
     if mask is not None:
         mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) >= 128
     return image, mask, s
+
+
+def at_size(mask: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """A working-size mask back at the photo's (width, height), edges interpolated."""
+    if size is None or (mask.shape[1], mask.shape[0]) == tuple(size):
+        return mask
+    up = Image.fromarray(mask.astype(np.uint8) * 255).resize(tuple(size), Image.Resampling.BILINEAR)
+    return np.asarray(up) >= 128
 
 
 async def fetch_url(url: str, limits: LimitsSettings) -> bytes:

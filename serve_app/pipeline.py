@@ -18,8 +18,8 @@ import numpy as np
 from deployments.errors import BadInput, QueueTimeout, StageTimeout
 from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import Reconstruction, ReconstructOptions, StepFrame
-from deployments.segmenter.base import SegmentPrompt
-from serve_app.inputs import png_bytes
+from deployments.segmenter.base import SegmentPrompt, SegmentResult
+from serve_app.inputs import at_size, png_bytes
 from serve_app.protocol import make_event
 from serve_app.settings import TimeoutSettings
 
@@ -42,6 +42,10 @@ class Job:
     encoding: str = "seed"
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     bake: BakeOptions = field(default_factory=BakeOptions)
+    # The user's mask (seg_prompt.mask) is the object: the segmenter stage is skipped.
+    mask_as_given: bool = False
+    # (width, height) of the photo as sent; per-pixel artifacts (mask.png) come back at it.
+    input_size: tuple[int, int] | None = None
 
 
 class StageClients(Protocol):
@@ -141,16 +145,25 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
     t = time.monotonic()
     yield p.stamp(make_event("loading", stage="segmenter", message="finding the object",
                              image_width=int(image.shape[1]), image_height=int(image.shape[0])))
-    seg = await _within(clients.segment(image, seg_prompt), to.segmenter_s, "segmenter")
+    if job.mask_as_given and seg_prompt.mask is not None:
+        seg = SegmentResult(mask=seg_prompt.mask, score=None, backend="user_mask")
+        found = "using the given mask"
+    else:
+        seg = await _within(clients.segment(image, seg_prompt), to.segmenter_s, "segmenter")
+        found = "object found"
     mask = np.asarray(seg.mask, dtype=bool)
     if mask.shape != image.shape[:2] or not mask.any():
+        if job.mask_as_given:
+            raise BadInput("the given mask has no pixel left once the photo is scaled to its working size")
         raise BadInput("segmentation returned no object; add a click or a box")
-    await clients.put_artifact(job.request_id, "mask.png", png_bytes(mask))
+    mask_png = await asyncio.to_thread(png_bytes, at_size(mask, job.input_size))
+    await clients.put_artifact(job.request_id, "mask.png", mask_png)
     timings["segmenter"] = time.monotonic() - t
+    extra = {} if seg.score is None else {"score": round(float(seg.score), 4)}
     yield p.stamp(make_event("loading", stage="segmenter", step=1, total_steps=1,
-                             message="object found", mask_fraction=round(float(mask.mean()), 4),
-                             score=float(seg.score), segmenter=seg.backend,
-                             mask_url=f"/v1/artifacts/{job.request_id}/mask.png"))
+                             message=found, mask_fraction=round(float(mask.mean()), 4),
+                             segmenter=seg.backend, mask_url=f"/v1/artifacts/{job.request_id}/mask.png",
+                             **extra))
 
     t = time.monotonic()
     recon = None

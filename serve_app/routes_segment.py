@@ -223,7 +223,7 @@ def _segment_response(result, req: SegmentRequest, embedding_id: str | None) -> 
         "backend": result.backend,
         "embedding_id": embedding_id,
         "image_size": [h, w],
-        "score": round(float(result.score), 4),
+        "score": None if result.score is None else round(float(result.score), 4),
         **_mask_json(result.mask),
         "instances": [
             {"score": round(float(s), 4), **_mask_json(m)} for m, s in result.instances[: req.max_instances]

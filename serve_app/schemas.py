@@ -37,6 +37,8 @@ class GenerateRequest(BaseModel):
     image_url: str | None = Field(None, max_length=40_000_000, description="http(s) or data: URL of the photo")
     mask_b64: list[str] = Field(default_factory=list, max_length=8,
                                 description="object mask(s) as base64 PNG, same size as the photo; their union is used")
+    refine_mask: bool = Field(False, description="let the segmenter refine the given mask (file, "
+                              "mask_b64 or the photo's alpha channel); by default it is used as given")
     point_prompts: list[PointPrompt] = Field(default_factory=list, max_length=64)
     box_prompts: list[BoxPrompt] = Field(default_factory=list, max_length=1)
     segmentation_label: str | None = Field(None, max_length=100,

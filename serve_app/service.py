@@ -49,6 +49,7 @@ class GenerateService:
         image = alpha = None
         if image_array is not None:
             image = _check_array(image_array)
+            inputs.check_size(image, limits)
         elif image_bytes is not None:
             image, alpha = inputs.decode_image(image_bytes, limits)
         elif req.image_b64 is not None:
@@ -73,9 +74,10 @@ class GenerateService:
         for i, data in enumerate(raw_masks):
             m = inputs.decode_mask(data, image.shape[:2], limits, what=f"mask {i + 1}")
             mask = m if mask is None else (mask | m)
-        scale = 1.0
+        scale, input_size = 1.0, None
         if image is not None:
             h, w = image.shape[:2]
+            input_size = (w, h)
             for p in req.point_prompts:
                 if p.x >= w or p.y >= h:
                     raise BadInput(f"click ({p.x}, {p.y}) lies outside the {w}x{h} image")
@@ -97,7 +99,9 @@ class GenerateService:
         return Job(request_id=new_artifact_id(), prompt=req.prompt, image=image,
                    seg_prompt=seg_prompt, options=options, encoding=req.encoding,
                    timeouts=self.settings.timeouts,
-                   bake=BakeOptions(face_budget=req.face_budget))
+                   bake=BakeOptions(face_budget=req.face_budget), input_size=input_size,
+                   mask_as_given=mask is not None and not (req.refine_mask or req.point_prompts
+                                                           or req.box_prompts))
 
     async def start(self, job: Job, deadline_s: float | None = None) -> AsyncIterator[dict]:
         """Run until the reconstructor's first frame (or the first event, if configured) and

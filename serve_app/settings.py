@@ -39,6 +39,10 @@ class GrabCutSettings(_Strict):
     iterations: int = Field(5, ge=1, le=20)
     max_side: int = Field(384, ge=64, le=4096)  # GrabCut runs at this size, the mask is scaled back
     border_fraction: float = Field(0.04, gt=0, lt=0.4)
+    # Iterations stop early once fewer than this share of pixels change, or after time_budget_s
+    # of CPU time (checked between iterations), far below the segmenter stage's limit.
+    stable_fraction: float = Field(0.002, ge=0, le=0.5)
+    time_budget_s: float = Field(5.0, gt=0, le=120)
 
 
 class Sam3Settings(_Strict):
@@ -114,6 +118,7 @@ class LimitsSettings(_Strict):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=4096)
     max_image_side: int = Field(2048, ge=64)  # larger photos are scaled down on arrival
+    min_image_side: int = Field(16, ge=1, le=1024)  # smaller images are refused with this figure
     allow_image_urls: bool = True
     image_url_timeout_s: float = Field(10.0, gt=0)
 

@@ -35,7 +35,7 @@ class SegmentPrompt:
 @dataclass
 class SegmentResult:
     mask: np.ndarray  # HxW bool, the chosen object
-    score: float  # backend's confidence in [0, 1]; see each backend for its meaning
+    score: float | None  # backend's confidence in [0, 1], None where it has none; see each backend
     instances: list[tuple[np.ndarray, float]] = field(default_factory=list)  # other candidates
     backend: str = ""
 

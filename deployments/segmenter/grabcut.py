@@ -4,10 +4,12 @@ Limits: GrabCut models the object and background as colour mixtures, so it separ
 object from a background of different colours well and fails where they share colours
 (a white cup on a white table). It cannot read a text label; the label is ignored, and
 without clicks or a box it assumes the object is inside the frame and the image border is
-background. Its `score` is the share of the final mask that GrabCut marked as certain
-rather than probable: a rough self-consistency figure, not a calibrated probability.
+background. It reports no `score` (None): GrabCut has no confidence figure, and the share of
+pixels it marked certain is 0 on every photo sent without prompts, which reads as failure.
 """
 from __future__ import annotations
+
+import time
 
 import cv2
 import numpy as np
@@ -40,18 +42,35 @@ class GrabCutSegmenter:
             raise BadInput("the prompt leaves no pixel that could be the object")
         if not ((seeds == cv2.GC_BGD) | (seeds == cv2.GC_PR_BGD)).any():
             # GrabCut needs a background model; the user claimed the whole frame.
-            return SegmentResult(mask=np.ones((h, w), bool), score=1.0, backend=self.name)
+            return SegmentResult(mask=np.ones((h, w), bool), score=None, backend=self.name)
         # GrabCut seeds its colour models' k-means from OpenCV's thread-local RNG; fix it so
         # the same photo and prompt always give the same mask, whichever thread runs it.
         cv2.setRNGSeed(0)
-        cv2.grabCut(bgr, seeds, None, bgd, fgd, self.settings.iterations, cv2.GC_INIT_WITH_MASK)
-        fg = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
+        fg = self._iterate(bgr, seeds, bgd, fgd)
         fg = self._clean(fg, prompt, scale)
         if fg.sum() < _MIN_OBJECT_FRACTION * fg.size:
             raise BadInput("segmentation found no object; add a click on the object or a box around it")
-        certain = float((seeds[fg] == cv2.GC_FGD).mean()) if fg.any() else 0.0
         mask = cv2.resize(fg.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_LINEAR) >= 128
-        return SegmentResult(mask=mask, score=round(certain, 4), backend=self.name)
+        return SegmentResult(mask=mask, score=None, backend=self.name)
+
+    def _iterate(self, bgr: np.ndarray, seeds: np.ndarray, bgd: np.ndarray, fgd: np.ndarray) -> np.ndarray:
+        """GrabCut one iteration at a time: stop once the mask is stable (few pixels change) or
+        the time budget is spent, so no input can hold the replica near the stage limit.
+
+        The budget counts this thread's CPU time, not the wall clock: the same photo then runs
+        the same iterations (and gives the same mask) however busy the machine is. It is checked
+        between iterations; one iteration on a degenerate image can take seconds by itself."""
+        s = self.settings
+        started = time.thread_time()
+        fg = None
+        for i in range(s.iterations):
+            cv2.grabCut(bgr, seeds, None, bgd, fgd, 1, cv2.GC_INIT_WITH_MASK if i == 0 else cv2.GC_EVAL)
+            new = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
+            stable = fg is not None and np.count_nonzero(new != fg) <= s.stable_fraction * new.size
+            fg = new
+            if stable or time.thread_time() - started > s.time_budget_s:
+                break
+        return fg
 
     def _seed_mask(self, prompt: SegmentPrompt, shape: tuple[int, int], scale: float) -> np.ndarray:
         sh, sw = shape
