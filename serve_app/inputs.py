@@ -8,7 +8,7 @@ import warnings
 
 import httpx
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deployments.errors import BadInput
 from serve_app.settings import LimitsSettings
@@ -45,8 +45,16 @@ def _open(data: bytes, what: str, limits: LimitsSettings) -> Image.Image:
 
 
 def decode_image(data: bytes, limits: LimitsSettings) -> tuple[np.ndarray, np.ndarray | None]:
-    """(HxWx3 uint8 RGB, alpha mask or None). An alpha channel with transparency is a mask."""
+    """(HxWx3 uint8 RGB, alpha mask or None). An alpha channel with transparency is a mask.
+
+    The EXIF orientation (phone photos) is applied, as browsers do when they show the photo, so
+    click and box coordinates from the page land on the same pixels here.
+    """
     img = _open(data, "image", limits)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except (OSError, SyntaxError, ValueError, TypeError):
+        pass  # a broken EXIF block: keep the pixels as stored
     alpha = None
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         a = np.asarray(img.convert("RGBA"))[:, :, 3]
