@@ -5,14 +5,15 @@
 // mask is the one POST /v1/segment would give for the same prompts.
 
 const ORT_MODULE = new URL("./vendor/onnxruntime-web/ort.wasm.bundle.min.mjs", import.meta.url).href;
-const ORT_WASM_DIR = new URL("./vendor/onnxruntime-web/", import.meta.url).href;
+const ORT_WASM = new URL("./vendor/onnxruntime-web/ort-wasm-simd-threaded.wasm", import.meta.url).href;
 
 let ortPromise = null;
 
 /** onnxruntime-web, loaded once, configured for the vendored single-threaded wasm. */
 export function loadOrt() {
   ortPromise ||= import(ORT_MODULE).then((ort) => {
-    ort.env.wasm.wasmPaths = ORT_WASM_DIR;
+    // The bundle carries its JS glue; only the binary is fetched (from here, never a CDN).
+    ort.env.wasm.wasmPaths = { wasm: ORT_WASM };
     ort.env.wasm.numThreads = 1;
     ort.env.wasm.proxy = false;
     return ort;

@@ -51,12 +51,14 @@ export class Segmentation {
     this.backend = seg.backend || "none";
     this.sam3 = this.mode === "browser" ? new Sam3Clicks({ base, decoderUrl: seg.click_decoder_url.replace(/^\//, "") }) : null;
     this.photo = null;
+    this.last = null; // the last result, for the page and its tests
     this.ready = Promise.resolve();
   }
 
   /** A new photo ({file, width, height}); with SAM 3 the embedding starts now, in the background. */
   setPhoto(photo) {
     this.photo = photo;
+    this.last = null;
     this._b64 = null;
     this.ready = this.sam3 ? this.sam3.embed(photo.file, errorOf) : Promise.resolve();
     return this.ready;
@@ -73,7 +75,8 @@ export class Segmentation {
     if (this.sam3 && !label) {
       await this.ready;
       const { mask, ms } = await this.sam3.decode(points, box, width, height);
-      return { mask, width, height, ms, where: "browser" };
+      this.last = { mask, width, height, ms, where: "browser" };
+      return this.last;
     }
     const body = { points, max_instances: 0 };
     if (box) body.box = [box.x_min, box.y_min, box.x_max, box.y_max];
@@ -97,6 +100,7 @@ export class Segmentation {
     if (!r.ok) throw await errorOf(r);
     const out = await r.json();
     const mask = await pngMask(out.mask_png_b64, width, height);
-    return { mask, width, height, ms: performance.now() - t0, where: "server" };
+    this.last = { mask, width, height, ms: performance.now() - t0, where: "server" };
+    return this.last;
   }
 }
