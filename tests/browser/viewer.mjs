@@ -159,7 +159,9 @@ try {
       for (let i = 0; i < mine.mask.length; i++) same += (d[4 * i] > 127 ? 1 : 0) === mine.mask[i] ? 1 : 0;
       return { agreement: same / mine.mask.length, ms: mine.ms, size: out.image_size };
     }, CUP);
-    check("browser_mask_matches_server", agree.agreement >= 0.995, agree);
+    // The server decodes from its full-precision features, the browser from the compact payload
+    // (docs/sam3-embedding-format.md: 99.4 % agreement at full size).
+    check("browser_mask_matches_server", agree.agreement >= 0.99, agree);
     // Decode time per click once warm (the tiny decoder in CI).
     const times = await page.evaluate(async (cup) => {
       const out = [];
@@ -214,6 +216,8 @@ try {
   await page.close();
   page = await open(context, `${base}/?test=1&drop_frame=3`, errors);
   await choosePhoto(page, photoPath);
+  await clickPhoto(page, CUP); // SAM 3 needs a prompt; GrabCut would take the border as background
+  await waitMasks(page, 1);
   const lossy = (await runToEnd(page)).run;
   check("resync_after_lost_frame", lossy.phase === "complete" && lossy.droppedForTest === 3 && lossy.resyncs >= 1 &&
     lossy.keyFrameRequests.includes(202) && lossy.decodeErrors === 0,
@@ -228,14 +232,16 @@ try {
   // 6. A phone photo stored sideways with EXIF orientation 6 shows upright; a click lands on the cup.
   await choosePhoto(page, exifPath);
   const dims = await page.evaluate(() => [document.getElementById("photo").naturalWidth, document.getElementById("photo").naturalHeight]);
+  const before = await page.evaluate(() => window.viewer.state.masks.length);
   await clickPhoto(page, CUP);
-  const exifSeg = await waitMasks(page, 1);
-  const onCup = await page.evaluate((cup) => {
+  const exifSeg = await waitMasks(page, before + 1);
+  const onPhoto = await page.evaluate((cup) => {
     const s = window.viewer.segmentation;
-    return s.last ? s.last.mask[cup.y * 600 + cup.x] : null;
+    // GrabCut: the mask holds the clicked pixel. SAM 3: the server embedded the upright photo.
+    return { onCup: s.last ? s.last.mask[cup.y * 600 + cup.x] : null, embedded: s.sam3 ? s.sam3.embedding.header.original_size : null };
   }, CUP);
-  check("exif_photo_upright", dims[0] === 600 && dims[1] === 400 && exifSeg.errors.length === 0 && exifSeg.masks.length >= 1 &&
-    (sam3 || onCup === 1), { dims, masks: exifSeg.masks, onCup });
+  check("exif_photo_upright", dims[0] === 600 && dims[1] === 400 && exifSeg.errors.length === 0 && exifSeg.masks.length === before + 1 &&
+    (sam3 ? onPhoto.embedded.join() === "400,600" : onPhoto.onCup === 1), { dims, masks: exifSeg.masks, ...onPhoto });
   await page.screenshot({ path: join(outDir, "viewer-exif.png") });
 
   check("no_page_errors", errors.page.length === 0, errors.page);
