@@ -1,0 +1,96 @@
+"""The viewer in headless Chromium: voxel frame decode + upload, click → mask, GLB orbit frame rate.
+
+    python bench/bench_viewer_browser.py [--out bench/results/viewer_browser.json]
+
+Starts tests/viewer_server.py with a tiny random-weight SAM 3 (so clicks are decoded in the browser),
+puts the benchmark inputs in its artifact store, and runs bench/viewer_browser.mjs in the system
+Chromium (WebGL through SwiftShader: a CPU rasteriser, so draw figures are CPU-bound and far below a
+real GPU's; decode and buffer-fill figures are the browser's JavaScript and hold on any machine):
+
+1. a 30,000-voxel 64^3 frame (bench_codec's photo-painted shell; key frame and the next delta frame,
+   deflated at the server's default level 1): decode (VoxelStreamDecoder), fill of the InstancedMesh
+   matrices and colours (Scene.setVoxels), and draw with the upload (render + a 1-pixel readback);
+2. click → mask with onnxruntime-web (wasm, one thread) on the tiny decoder: first click (session
+   warm-up included) and 20 further clicks;
+3. frames per second while orbiting a 200,000-triangle meshopt-compressed GLB (model.glb's default
+   face budget), and the same GLB's load time.
+
+Raw output: the JSON the page measured, plus machine facts. Nothing is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+from bench_codec import frames_30k  # noqa: E402
+from meshopt_glb import meshopt_glb, sphere  # noqa: E402
+from photos import DATA  # noqa: E402
+from serve_app.protocol import StreamEncoder  # noqa: E402
+from serve_app.store import ArtifactStore  # noqa: E402
+
+BENCH_ID = "0000000000000000000000000000beef"
+
+
+def prepare(store_dir: Path) -> dict:
+    store = ArtifactStore(str(store_dir))
+    key, nxt = frames_30k()["photo-painted shell"]
+    enc = StreamEncoder(key_every=16, zlib_level=1)
+    key_msg, delta_msg = enc.encode(key), enc.encode(nxt)
+    store.put(BENCH_ID, "frame-key.bin", key_msg)
+    store.put(BENCH_ID, "frame-delta.bin", delta_msg)
+    pos, faces, colors = sphere(224)
+    store.put(BENCH_ID, "big.glb", meshopt_glb(pos, faces, colors))
+    return {"voxels": key.count, "key_bytes": len(key_msg), "delta_bytes": len(delta_msg),
+            "glb_triangles": len(faces), "glb_url": f"/v1/artifacts/{BENCH_ID}/big.glb",
+            "key_url": f"/v1/artifacts/{BENCH_ID}/frame-key.bin", "delta_url": f"/v1/artifacts/{BENCH_ID}/frame-delta.bin"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/viewer_browser.json")
+    opts = parser.parse_args()
+    node = shutil.which("node")
+    chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    if node is None or not Path(chromium).exists():
+        sys.exit("needs node and Chromium (apt-get install chromium; npm ci)")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "store"
+        store.mkdir()
+        inputs = prepare(store)
+        server = subprocess.Popen([sys.executable, str(ROOT / "tests/viewer_server.py"), str(store), "--sam3"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+        try:
+            info = json.loads(server.stdout.readline())
+            (Path(tmp) / "in.json").write_text(json.dumps({**inputs, "url": info["url"]}))
+            t0 = time.time()
+            proc = subprocess.run([node, str(ROOT / "bench/viewer_browser.mjs"), str(Path(tmp) / "in.json"),
+                                   str(DATA / "coffee.png")],
+                                  capture_output=True, text=True, timeout=900, cwd=ROOT,
+                                  env={**os.environ, "CHROMIUM": chromium})
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
+    if proc.returncode != 0:
+        sys.exit(f"the browser bench failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    chromium_version = subprocess.run([chromium, "--version"], capture_output=True, text=True).stdout.strip()
+    out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "browser": chromium_version,
+                       "webgl": "SwiftShader (CPU)", "seconds": round(time.time() - t0, 1)},
+           "inputs": {k: v for k, v in inputs.items() if not k.endswith("_url")}, **result}
+    opts.out.write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
