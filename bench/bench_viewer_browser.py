@@ -10,8 +10,9 @@ real GPU's; decode and buffer-fill figures are the browser's JavaScript and hold
 1. a 30,000-voxel 64^3 frame (bench_codec's photo-painted shell; key frame and the next delta frame,
    deflated at the server's default level 1): decode (VoxelStreamDecoder), fill of the InstancedMesh
    matrices and colours (Scene.setVoxels), and draw with the upload (render + a 1-pixel readback);
-2. click → mask with onnxruntime-web (wasm, one thread) on the tiny decoder: first click (session
-   warm-up included) and 20 further clicks;
+2. click → mask with onnxruntime-web (wasm, one thread): the tiny decoder of the test checkpoint on a
+   real embedding, and the full-size decoder (random weights, 17 MB) on random full-size features
+   (1x256x72x72, 1x32x288x288, 1x64x144x144): first click (session warm-up included), 20 more;
 3. frames per second while orbiting a 200,000-triangle meshopt-compressed GLB (model.glb's default
    face budget), and the same GLB's load time.
 
@@ -42,6 +43,27 @@ from serve_app.store import ArtifactStore  # noqa: E402
 BENCH_ID = "0000000000000000000000000000beef"
 
 
+def full_size_decoder(path: Path) -> Path:
+    """The click decoder at full SAM 3 size (256-wide, 72² embedding, 1008 px input), random weights:
+    only its prompt encoder and mask decoder are built, which is all the ONNX graph holds."""
+    import types
+
+    import torch
+    import transformers.models.sam3_tracker.modeling_sam3_tracker as tracker_modules
+    from transformers import Sam3TrackerConfig
+
+    from deployments.segmenter.onnx_decoder import export_click_decoder
+
+    torch.manual_seed(0)
+    cfg = Sam3TrackerConfig()
+    parts = types.SimpleNamespace(
+        config=cfg,
+        prompt_encoder=tracker_modules.Sam3TrackerPromptEncoder(cfg.prompt_encoder_config),
+        mask_decoder=tracker_modules.Sam3TrackerMaskDecoder(cfg.mask_decoder_config),
+        shared_image_embedding=tracker_modules.Sam3TrackerPositionalEmbedding(cfg.prompt_encoder_config))
+    return export_click_decoder(parts, path)
+
+
 def prepare(store_dir: Path) -> dict:
     store = ArtifactStore(str(store_dir))
     key, nxt = frames_30k()["photo-painted shell"]
@@ -51,7 +73,10 @@ def prepare(store_dir: Path) -> dict:
     store.put(BENCH_ID, "frame-delta.bin", delta_msg)
     pos, faces, colors = sphere(224)
     store.put(BENCH_ID, "big.glb", meshopt_glb(pos, faces, colors))
-    return {"voxels": key.count, "key_bytes": len(key_msg), "delta_bytes": len(delta_msg),
+    full = full_size_decoder(store_dir / "decoder-full.onnx")
+    store.put(BENCH_ID, "decoder-full.bin", full.read_bytes())
+    return {"full_decoder_bytes": full.stat().st_size, "full_decoder_url": f"/v1/artifacts/{BENCH_ID}/decoder-full.bin",
+            "voxels": key.count, "key_bytes": len(key_msg), "delta_bytes": len(delta_msg),
             "glb_triangles": len(faces), "glb_url": f"/v1/artifacts/{BENCH_ID}/big.glb",
             "key_url": f"/v1/artifacts/{BENCH_ID}/frame-key.bin", "delta_url": f"/v1/artifacts/{BENCH_ID}/frame-delta.bin"}
 

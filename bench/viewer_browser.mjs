@@ -90,6 +90,28 @@ try {
       embed_ms: Math.round(s.timings.embed_ms) };
   });
 
+  // 2b. The same with the full-size decoder on random full-size features.
+  out.click_to_mask_full_size = await page.evaluate(async (url) => {
+    const { Sam3Clicks, loadOrt } = await import("./static/sam3-click.js");
+    const ort = await loadOrt();
+    const s = new Sam3Clicks({ decoderUrl: url.replace(/^\//, "") });
+    await s.loadDecoder();
+    const shapes = { image_embed: [1, 256, 72, 72], high_res_feats_0: [1, 32, 288, 288], high_res_feats_1: [1, 64, 144, 144] };
+    const feeds = {};
+    for (const [name, dims] of Object.entries(shapes)) {
+      const data = new Float32Array(dims.reduce((a, b) => a * b, 1));
+      for (let i = 0; i < data.length; i++) data[i] = Math.random() - 0.5;
+      feeds[name] = new ort.Tensor("float32", data, dims);
+    }
+    s.embedding = { header: { input_size: 1008, original_size: [400, 600] }, feeds };
+    const times = [];
+    for (let i = 0; i < 21; i++) times.push((await s.decode([{ x: 280 + i, y: 230, label: 1 }], null, 600, 400)).ms);
+    const warm = times.slice(1).sort((a, b) => a - b);
+    return { decoder: "full size, random weights", first_ms: Math.round(times[0] * 10) / 10,
+      median_ms: Math.round(warm[warm.length >> 1] * 10) / 10, p90_ms: Math.round(warm[Math.floor(warm.length * 0.9)] * 10) / 10,
+      decoder_load_ms: Math.round(s.timings.decoder_load_ms) };
+  }, input.full_decoder_url);
+
   // 3. Orbiting a 200,000-triangle GLB.
   out.glb_orbit = await page.evaluate(async (url) => {
     const { scene, setView } = window.viewer;
