@@ -40,6 +40,19 @@ records (docs/frame-format.md) instead of SSE.
 """
 
 
+ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
+
+
+class IsolatedStaticFiles(StaticFiles):
+    """StaticFiles whose responses carry the page's cross-origin isolation headers: module workers
+    (onnxruntime-web's threads) must be served with a COEP compatible with the page's."""
+
+    async def get_response(self, path: str, scope):
+        response = await super().get_response(path, scope)
+        response.headers.update(ISOLATION_HEADERS)
+        return response
+
+
 async def parse_generate(request: Request) -> tuple[GenerateRequest, bytes | None, list[bytes]]:
     ctype = request.headers.get("content-type", "")
     image_bytes, masks = None, []
@@ -187,11 +200,13 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
     async def index():
         page = STATIC / "index.html"
         if page.exists():
-            return FileResponse(page)
+            # Cross-origin isolated (every file the page loads is same-origin), so the viewer's
+            # onnxruntime-web may run its click decoder on several threads (SharedArrayBuffer).
+            return FileResponse(page, headers=ISOLATION_HEADERS)
         return {"service": "sam3d-serve", "docs": "/docs"}
 
     # The viewer's files, vendor/ included. StaticFiles resolves every path inside STATIC and
     # refuses anything that leaves it (.., encoded separators, symlinks out).
-    app.mount("/static", StaticFiles(directory=STATIC, follow_symlink=False), name="static")
+    app.mount("/static", IsolatedStaticFiles(directory=STATIC, follow_symlink=False), name="static")
 
     return app

@@ -1,7 +1,7 @@
 // SAM 3 clicks decoded in the browser: the server encodes the photo once (POST /v1/embed, the compact
 // payload of docs/sam3-embedding-format.md); each click or box then runs the ONNX click decoder
-// (GET /v1/models/sam3-click-decoder.onnx) in onnxruntime-web, from the vendored wasm build, on one
-// thread. Mask selection and upsampling follow deployments/segmenter/onnx_decoder.py, so the browser's
+// (GET /v1/models/sam3-click-decoder.onnx) in onnxruntime-web, from the vendored wasm build (on up
+// to 4 threads when the page is cross-origin isolated, else on one). Mask selection and upsampling follow deployments/segmenter/onnx_decoder.py, so the browser's
 // mask is the one POST /v1/segment would give for the same prompts.
 
 const ORT_MODULE = new URL("./vendor/onnxruntime-web/ort.wasm.bundle.min.mjs", import.meta.url).href;
@@ -14,7 +14,8 @@ export function loadOrt() {
   ortPromise ||= import(ORT_MODULE).then((ort) => {
     // The bundle carries its JS glue; only the binary is fetched (from here, never a CDN).
     ort.env.wasm.wasmPaths = { wasm: ORT_WASM };
-    ort.env.wasm.numThreads = 1;
+    // Threads need SharedArrayBuffer, i.e. a cross-origin isolated page (GET / sends COOP/COEP).
+    ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
     ort.env.wasm.proxy = false;
     return ort;
   });

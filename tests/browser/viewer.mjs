@@ -184,7 +184,7 @@ try {
   check("stages_done", stages.length >= 5 && stages.every(([, c]) => c === "done"), stages);
 
   await page.click("#show-voxels");
-  const vox = await page.evaluate(() => ({ stats: window.viewer.scene.stats(), px: window.viewer.scene.pixelStats() }));
+  const vox = await page.evaluate(() => { const px = window.viewer.scene.pixelStats(); return { stats: window.viewer.scene.stats(), px }; });
   check("voxel_view_draws_last_frame", vox.stats.instancesDrawn === counts[counts.length - 1] && vox.px.objectFraction > 0.03 &&
     vox.px.distinctColours >= 30, vox);
   await page.screenshot({ path: join(outDir, "viewer-voxels.png") });
@@ -193,14 +193,14 @@ try {
   const glbBytes = new Uint8Array(await (await fetch(done.glb)).arrayBuffer());
   const plyBytes = new Uint8Array(await (await fetch(done.ply)).arrayBuffer());
   await page.click("#show-glb");
-  const glb = await page.evaluate(() => ({ stats: window.viewer.scene.stats(), px: window.viewer.scene.pixelStats() }));
+  const glb = await page.evaluate(() => { const px = window.viewer.scene.pixelStats(); return { stats: window.viewer.scene.stats(), px }; });
   check("glb_view_has_file_triangles", glb.stats.view === "glb" && glb.stats.glbTriangles === glbTriangles(glbBytes) &&
     glb.stats.triangles === glb.stats.glbTriangles && glb.px.objectFraction > 0.03, { ...glb, file: glbTriangles(glbBytes) });
   await page.screenshot({ path: join(outDir, "viewer-glb.png") });
 
   await page.click("#show-splats");
   await page.waitForTimeout(1500); // Spark sorts in a worker; let it draw a few frames
-  const splat = await page.evaluate(() => ({ stats: window.viewer.scene.stats(), px: window.viewer.scene.pixelStats() }));
+  const splat = await page.evaluate(() => { const px = window.viewer.scene.pixelStats(); return { stats: window.viewer.scene.stats(), px }; });
   check("splats_load_with_file_count", splat.stats.splats === plyVertices(plyBytes) && splat.px.objectFraction > 0.03,
     { ...splat, file: plyVertices(plyBytes) });
   await page.screenshot({ path: join(outDir, "viewer-splats.png") });
