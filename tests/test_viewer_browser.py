@@ -236,3 +236,12 @@ def test_static_route_refuses_paths_outside_static(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_page_and_static_files_are_cross_origin_isolated(client):
+    """COOP/COEP let onnxruntime-web use threads; the module workers need the same COEP."""
+    for path in ("/", "/static/vendor/onnxruntime-web/ort.wasm.bundle.min.mjs"):
+        r = client.get(path)
+        assert r.status_code == 200
+        assert r.headers["cross-origin-opener-policy"] == "same-origin"
+        assert r.headers["cross-origin-embedder-policy"] == "require-corp"
