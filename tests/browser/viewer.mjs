@@ -171,6 +171,36 @@ try {
     report.warm_click_to_mask_ms = times;
   }
 
+  // 3b. A box dragged around the cup replaces nothing but adds a box; then Undo brings back the click
+  // alone. With SAM 3 a text label goes to the server with the embedding id.
+  {
+    const before = await page.evaluate(() => window.viewer.state.masks.length);
+    const box = await page.locator("#overlay").boundingBox();
+    const at = (x, y) => [box.x + (x / 600) * box.width, box.y + (y / 400) * box.height];
+    await page.mouse.move(...at(200, 120));
+    await page.mouse.down();
+    await page.mouse.move(...at(300, 200), { steps: 4 });
+    await page.mouse.move(...at(400, 330), { steps: 4 });
+    await page.mouse.up();
+    const boxed = await waitMasks(page, before + 1);
+    const summary = await page.textContent("#prompt-summary");
+    check("box_drag_gives_mask", /box 200×210/.test(summary) && boxed.masks.length === before + 1 && boxed.errors.length === 0,
+      { summary, last: boxed.masks.at(-1), errors: boxed.errors });
+    if (sam3) {
+      await page.fill("#label", "cup");
+      await page.dispatchEvent("#label", "change");
+      const labelled = await waitMasks(page, before + 2);
+      check("label_segments_on_server", labelled.masks.length === before + 2 && labelled.masks.at(-1).where === "server",
+        { last: labelled.masks.at(-1), errors: labelled.errors });
+      await page.fill("#label", "");
+    }
+    const n = await page.evaluate(() => window.viewer.state.masks.length);
+    await page.click("#undo");
+    await waitMasks(page, n + 1);
+    check("undo_restores_click", /^1 object point, 0 background points, no box/.test(await page.textContent("#prompt-summary")),
+      await page.textContent("#prompt-summary"));
+  }
+
   // 4. Generate.
   const { run, seconds } = await runToEnd(page);
   report.seconds_to_complete = seconds;
