@@ -31,3 +31,22 @@ def test_sse_and_binary_vectors_hold_the_same_events():
             binary.append({**event, "frame_data": base64.b64encode(msg).decode()})
     assert sse == binary and len(sse) == 6
     assert sum("frame_data" in e for e in sse) == 4
+
+
+def test_click_vectors_match_the_python_decoding():
+    """embedding_small.* and click_masks.json (read by tests/js/sam3-click.test.mjs) are what the
+    server's codec, select_mask and upsampling give today."""
+    import numpy as np
+
+    from deployments.segmenter.embedding_codec import decode
+    from make_click_vectors import click_masks
+
+    header, values = decode((VECTORS / "embedding_small.bin").read_bytes())
+    want = json.loads((VECTORS / "embedding_small.json").read_text())
+    assert header == want["header"]
+    for name, v in values.items():
+        np.testing.assert_allclose(v.ravel(), want["values"][name], rtol=1e-6)
+    saved = json.loads((VECTORS / "click_masks.json").read_text())["cases"]
+    for case, now in zip(saved, click_masks()["cases"]):
+        assert case["index"] == now["index"]
+        np.testing.assert_allclose(case["upsampled"], now["upsampled"], atol=1e-5)
