@@ -3,15 +3,16 @@ with any StageClients; the Serve deployment (serve_app.app) calls it at replica 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
 from deployments.errors import BadInput, StageError
+from serve_app.capabilities import build_capabilities_router
 from serve_app.protocol import (BINARY_MEDIA_TYPE, ENCODINGS, EVENT_FIELDS, EVENT_TYPES,
                                 PROTOCOL_VERSION, STAGES)
 from serve_app.schemas import GenerateRequest
@@ -38,6 +39,19 @@ JSON text). Events: loading, geometry, appearance, mesh_preview, glb_ready, comp
 With `Accept: application/octet-stream` the same events come as binary length-prefixed
 records (docs/frame-format.md) instead of SSE.
 """
+
+
+ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
+
+
+class IsolatedStaticFiles(StaticFiles):
+    """StaticFiles whose responses carry the page's cross-origin isolation headers: module workers
+    (onnxruntime-web's threads) must be served with a COEP compatible with the page's."""
+
+    async def get_response(self, path: str, scope):
+        response = await super().get_response(path, scope)
+        response.headers.update(ISOLATION_HEADERS)
+        return response
 
 
 async def parse_generate(request: Request) -> tuple[GenerateRequest, bytes | None, list[bytes]]:
@@ -110,6 +124,7 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
         from serve_app.routes_segment import build_segment_router
 
         app.include_router(build_segment_router(lambda: segmenter, service.settings.limits))
+    app.include_router(build_capabilities_router(service, segment_routes=segmenter is not None))
 
     @app.exception_handler(StageError)
     async def _stage_error(_, exc: StageError):
@@ -187,20 +202,13 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
     async def index():
         page = STATIC / "index.html"
         if page.exists():
-            return FileResponse(page)
+            # Cross-origin isolated (every file the page loads is same-origin), so the viewer's
+            # onnxruntime-web may run its click decoder on several threads (SharedArrayBuffer).
+            return FileResponse(page, headers=ISOLATION_HEADERS)
         return {"service": "sam3d-serve", "docs": "/docs"}
 
-    static_name = re.compile(r"^[a-z0-9][a-z0-9_.-]*\.(js|css|html)$")
-    static_types = {"js": "text/javascript", "css": "text/css", "html": "text/html"}
-
-    @app.get("/static/{name}", include_in_schema=False)
-    async def static(name: str):
-        """The viewer's files (serve_app/static): plain names only, no paths."""
-        match = static_name.fullmatch(name)
-        path = STATIC / name
-        if match is None or not path.is_file():
-            return error_response(404, "not_found", f"no static file {name!r}")
-        return FileResponse(path, media_type=f"{static_types[match.group(1)]}; charset=utf-8",
-                            headers={"Cache-Control": "no-cache"})
+    # The viewer's files, vendor/ included. StaticFiles resolves every path inside STATIC and
+    # refuses anything that leaves it (.., encoded separators, symlinks out).
+    app.mount("/static", IsolatedStaticFiles(directory=STATIC, follow_symlink=False), name="static")
 
     return app
