@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config", nargs="?", default=str(LOCAL_CONFIG),
                     help="Serve config file (default: serve_config.local.yaml, the embedded graph)")
     a = ap.parse_args(argv)
+    started = False  # shut down only the Ray this call started (never a caller's)
     try:
         cfg = read_config(a.config)
         import ray
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"starting {a.config} (about 20 s on 2 cores)...", flush=True)
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local", namespace=SERVE_NAMESPACE,
                  include_dashboard=False, log_to_driver=True, runtime_env=_runtime_env())
+        started = True
         http = dict(cfg.get("http_options") or {})
         try:
             serve.start(http_options=http, proxy_location=cfg.get("proxy_location", "HeadOnly"))
@@ -169,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         print("stopping", file=sys.stderr)
         return 0
     finally:
-        _shutdown()
+        if started:
+            _shutdown()
 
 
 def _shutdown() -> None:
