@@ -219,6 +219,12 @@ try {
     vox.px.distinctColours >= 30, vox);
   await page.screenshot({ path: join(outDir, "viewer-voxels.png") });
 
+  await page.click("#show-mesh");
+  const mesh = await page.evaluate(() => { const px = window.viewer.scene.pixelStats(); return { stats: window.viewer.scene.stats(), px }; });
+  check("mesh_preview_view", mesh.stats.view === "mesh" && mesh.stats.meshTriangles > 1000 &&
+    mesh.stats.triangles === mesh.stats.meshTriangles && mesh.px.objectFraction > 0.03, mesh);
+  await page.screenshot({ path: join(outDir, "viewer-mesh.png") });
+
   const done = await page.evaluate(() => ({ glb: document.getElementById("dl-glb").href, ply: document.getElementById("dl-ply").href }));
   const glbBytes = new Uint8Array(await (await fetch(done.glb)).arrayBuffer());
   const plyBytes = new Uint8Array(await (await fetch(done.ply)).arrayBuffer());
