@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError
 
 
 class _Strict(BaseModel):
@@ -107,7 +107,13 @@ class LimitsSettings(_Strict):
     max_image_pixels: int = Field(40_000_000, ge=4096)
     max_image_side: int = Field(2048, ge=64)  # larger photos are scaled down on arrival
     allow_image_urls: bool = True
-    image_url_timeout_s: float = Field(10.0, gt=0)
+    image_url_timeout_s: float = Field(10.0, gt=0, le=120)  # the whole fetch, redirects included
+    image_url_max_redirects: int = Field(3, ge=0, le=10)
+    # image_url reaches public addresses only; these networks are let through as well
+    # (local development: ["127.0.0.0/8", "::1/128"]). See serve_app/url_fetch.py.
+    image_url_allow_networks: list[IPvAnyNetwork] = Field(default_factory=list, max_length=64)
+    # When not empty, image_url may only name these hosts (exact, or "*.example.com").
+    image_url_hosts: list[str] = Field(default_factory=list, max_length=256)
 
 
 class StreamSettings(_Strict):
