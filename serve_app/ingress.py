@@ -2,7 +2,6 @@
 with any StageClients; the Serve deployment (serve_app.app) calls it at replica start."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -15,7 +14,8 @@ from deployments.errors import BadInput, StageError
 from serve_app.protocol import (BINARY_MEDIA_TYPE, ENCODINGS, EVENT_FIELDS, EVENT_TYPES,
                                 PROTOCOL_VERSION, STAGES)
 from serve_app.schemas import GenerateRequest
-from serve_app.http_util import error_response, exception_response, json_object, validation_message
+from serve_app.http_util import (UnsupportedMediaType, error_response, exception_response, form_data,
+                                 json_object, media_type, parse_json, validation_message)
 from serve_app.service import GenerateService
 from serve_app.store import ArtifactNotFound, InvalidArtifactRef, content_type
 from serve_app.stream_response import WatchedStreamingResponse
@@ -39,11 +39,12 @@ records (docs/frame-format.md) instead of SSE.
 """
 
 
-async def parse_generate(request: Request) -> tuple[GenerateRequest, bytes | None, list[bytes]]:
-    ctype = request.headers.get("content-type", "")
+async def parse_generate(request: Request, max_json_bytes: int = 64 * 1024 * 1024
+                         ) -> tuple[GenerateRequest, bytes | None, list[bytes]]:
+    ctype = media_type(request)
     image_bytes, masks = None, []
-    if ctype.startswith("multipart/form-data"):
-        form = await request.form()
+    if ctype == "multipart/form-data":
+        form = await form_data(request)
         fields: dict = {}
         for key, value in form.multi_items():
             if hasattr(value, "read"):
@@ -55,16 +56,13 @@ async def parse_generate(request: Request) -> tuple[GenerateRequest, bytes | Non
                 else:
                     raise BadInput(f"unexpected file field {key!r}; use `image` and `mask`")
             elif key in _JSON_LIST_FIELDS:
-                try:
-                    fields[key] = json.loads(value)
-                except json.JSONDecodeError:
-                    raise BadInput(f"{key} must be JSON text") from None
+                fields[key] = parse_json(value, key)
             elif value != "":
                 fields[key] = value
-    elif ctype.startswith("application/json"):
-        fields = await json_object(request)
+    elif ctype == "application/json":
+        fields = await json_object(request, max_json_bytes)
     else:
-        raise BadInput("send application/json or multipart/form-data")
+        raise UnsupportedMediaType("send application/json or multipart/form-data")
     return GenerateRequest.model_validate(fields), image_bytes, masks
 
 
@@ -132,7 +130,7 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
     async def generate(request: Request):
         deadline_s, watch = client_stream_policy(request, service.settings.honor_client_serve_headers)
         try:
-            req, image_bytes, masks = await parse_generate(request)
+            req, image_bytes, masks = await parse_generate(request, service.settings.limits.max_json_bytes)
             job = await service.prepare(req, image_bytes=image_bytes, mask_bytes=masks)
             events = await service.start(job, deadline_s=deadline_s)
         except ValidationError as exc:
@@ -188,7 +186,7 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
             return FileResponse(page)
         return {"service": "sam3d-serve", "docs": "/docs"}
 
-    static_name = re.compile(r"^[a-z0-9][a-z0-9_.-]*\.(js|css|html)$")
+    static_name = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\.(js|css|html)$")
     static_types = {"js": "text/javascript", "css": "text/css", "html": "text/html"}
 
     @app.get("/static/{name}", include_in_schema=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -23,8 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from deployments.errors import BadInput, StageError, as_stage_error
 from deployments.segmenter.base import Box, Point, SegmentPrompt
 from deployments.segmenter.sam3_encoder import image_id
-from serve_app.http_util import exception_response, json_object, validation_message
+from serve_app.http_util import exception_response, form_data, json_object, media_type, validation_message
 from serve_app.inputs import b64_bytes, decode_image, decode_mask, fit_image, png_bytes
+from serve_app.schemas import Coord, Int, Label
 from serve_app.settings import LimitsSettings
 
 ONNX_ROUTE = "/v1/models/sam3-click-decoder.onnx"
@@ -32,9 +33,9 @@ ONNX_ROUTE = "/v1/models/sam3-click-decoder.onnx"
 
 class PointIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    x: float
-    y: float
-    label: Literal[0, 1] = Field(1, description="1 object, 0 background")
+    x: Coord
+    y: Coord
+    label: Label = Field(1, description="1 object, 0 background")
 
 
 class SegmentRequest(BaseModel):
@@ -43,9 +44,9 @@ class SegmentRequest(BaseModel):
     image_b64: str | None = None
     label: str | None = Field(None, max_length=200)
     points: list[PointIn] = Field(default_factory=list, max_length=64)
-    box: tuple[float, float, float, float] | None = Field(None, description="x_min, y_min, x_max, y_max")
+    box: tuple[Coord, Coord, Coord, Coord] | None = Field(None, description="x_min, y_min, x_max, y_max")
     mask_b64: str | None = Field(None, description="PNG of a mask to refine, image-sized")
-    max_instances: int = Field(10, ge=0, le=100)
+    max_instances: Int = Field(10, ge=0, le=100)
 
 
 class SegmenterHandleAdapter:
@@ -98,17 +99,16 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
     @router.post("/v1/embed")
     async def embed(request: Request):
         try:
-            ctype = request.headers.get("content-type", "")
             profile = request.query_params.get("profile")
-            if ctype.startswith("multipart/form-data"):
-                form = await request.form()
+            if media_type(request) == "multipart/form-data":
+                form = await form_data(request)
                 upload = form.get("image")
                 if upload is None or not hasattr(upload, "read"):
                     raise BadInput("multipart field `image` (a file) is required")
                 data = await upload.read()
                 profile = form.get("profile") or profile
             else:
-                body = await json_object(request)
+                body = await json_object(request, limits.max_json_bytes)
                 if not isinstance(body.get("image_b64"), str):
                     raise BadInput("send the image as multipart `image` or JSON `image_b64`")
                 data = b64_bytes(body["image_b64"], "image_b64")
@@ -147,7 +147,7 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
     async def segment(request: Request):
         try:
             try:
-                req = SegmentRequest.model_validate(await json_object(request))
+                req = SegmentRequest.model_validate(await json_object(request, limits.max_json_bytes))
             except ValidationError as exc:
                 raise BadInput(validation_message(exc)) from None
             if not req.embedding_id and not req.image_b64:

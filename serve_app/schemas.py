@@ -1,24 +1,39 @@
 """The request body of POST /v1/generate (JSON, or the same fields as multipart form)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+MAX_COORD = 1_000_000  # pixels; far beyond any image the limits let in
+
+
+def _no_bool(value):
+    """JSON true/false are not numbers here (pydantic's lax mode would read them as 1/0)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Coord = Annotated[float, BeforeValidator(_no_bool),
+                  Field(ge=0, le=MAX_COORD, allow_inf_nan=False)]
+Label = Annotated[Literal[0, 1], BeforeValidator(_no_bool)]
 
 
 class PointPrompt(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    x: float = Field(..., ge=0, description="pixel column in the uploaded image")
-    y: float = Field(..., ge=0, description="pixel row")
-    label: Literal[0, 1] = Field(1, description="1 = on the object, 0 = background")
+    x: Coord = Field(..., description="pixel column in the uploaded image")
+    y: Coord = Field(..., description="pixel row")
+    label: Label = Field(1, description="1 = on the object, 0 = background")
 
 
 class BoxPrompt(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    x_min: float = Field(..., ge=0)
-    y_min: float = Field(..., ge=0)
-    x_max: float = Field(..., ge=0)
-    y_max: float = Field(..., ge=0)
+    x_min: Coord
+    y_min: Coord
+    x_max: Coord
+    y_max: Coord
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -41,15 +56,15 @@ class GenerateRequest(BaseModel):
     box_prompts: list[BoxPrompt] = Field(default_factory=list, max_length=1)
     segmentation_label: str | None = Field(None, max_length=100,
                                            description="what to cut out (text-prompted segmenters)")
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    stream_geometry_every: int = Field(1, ge=1, le=10, description="emit a geometry frame every N steps")
-    stream_colors_every: int = Field(1, ge=1, le=10, description="emit an appearance frame every N steps")
+    seed: Int | None = Field(None, ge=0, le=2**32 - 1)
+    stream_geometry_every: Int = Field(1, ge=1, le=10, description="emit a geometry frame every N steps")
+    stream_colors_every: Int = Field(1, ge=1, le=10, description="emit an appearance frame every N steps")
     fast: bool = Field(False, description="fast mode: the reconstructor's distilled few-step "
                        "sampling without guidance, where the backend has it (SAM 3D Objects)")
-    geometry_steps: int | None = Field(None, ge=1, le=100, description="geometry denoising steps "
+    geometry_steps: Int | None = Field(None, ge=1, le=100, description="geometry denoising steps "
                                        "(default: the deployment's, or its fast-mode value)")
-    appearance_steps: int | None = Field(None, ge=1, le=100, description="appearance denoising steps")
-    face_budget: int = Field(200_000, ge=1_000, le=5_000_000, description="most triangles in "
+    appearance_steps: Int | None = Field(None, ge=1, le=100, description="appearance denoising steps")
+    face_budget: Int = Field(200_000, ge=1_000, le=5_000_000, description="most triangles in "
                              "model.glb; a larger decoded mesh is simplified to this (the full mesh "
                              "is kept as model_full.glb)")
     encoding: str = Field("compact", description="voxel frame encoding: `compact` (default; see "

@@ -104,6 +104,7 @@ class StoreSettings(_Strict):
 
 class LimitsSettings(_Strict):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_json_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # a JSON body (image_b64 is 4/3 of the image)
     max_image_pixels: int = Field(40_000_000, ge=4096)
     max_image_side: int = Field(2048, ge=64)  # larger photos are scaled down on arrival
     allow_image_urls: bool = True
