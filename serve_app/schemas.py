@@ -1,39 +1,42 @@
 """The request body of POST /v1/generate (JSON, or the same fields as multipart form)."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 MAX_COORD = 1_000_000  # pixels; far beyond any image the limits let in
 
 
-def _no_bool(value):
-    """JSON true/false are not numbers here (pydantic's lax mode would read them as 1/0)."""
-    if isinstance(value, bool):
-        raise ValueError("must be a number, not true or false")
-    return value
+class RequestModel(BaseModel):
+    """Unknown fields are errors, and so are JSON true/false where a number is expected
+    (pydantic's lax mode would read them as 1/0). Multipart text such as "7" still parses."""
 
-
-Int = Annotated[int, BeforeValidator(_no_bool)]
-Coord = Annotated[float, BeforeValidator(_no_bool),
-                  Field(ge=0, le=MAX_COORD, allow_inf_nan=False)]
-Label = Annotated[Literal[0, 1], BeforeValidator(_no_bool)]
-
-
-class PointPrompt(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    x: Coord = Field(..., description="pixel column in the uploaded image")
-    y: Coord = Field(..., description="pixel row")
-    label: Label = Field(1, description="1 = on the object, 0 = background")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value, info: ValidationInfo):
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation is not bool:
+            raise ValueError("must be a number, not true or false")
+        return value
 
 
-class BoxPrompt(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    x_min: Coord
-    y_min: Coord
-    x_max: Coord
-    y_max: Coord
+def coord(description: str = ""):
+    return Field(..., ge=0, le=MAX_COORD, allow_inf_nan=False, description=description or None)
+
+
+class PointPrompt(RequestModel):
+    x: float = coord("pixel column in the uploaded image")
+    y: float = coord("pixel row")
+    label: Literal[0, 1] = Field(1, description="1 = on the object, 0 = background")
+
+
+class BoxPrompt(RequestModel):
+    x_min: float = coord()
+    y_min: float = coord()
+    x_max: float = coord()
+    y_max: float = coord()
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -42,10 +45,8 @@ class BoxPrompt(BaseModel):
         return self
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(RequestModel):
     """Give a text `prompt` (text-to-3D) or an image (photo-to-3D), not both."""
-
-    model_config = ConfigDict(extra="forbid")
 
     prompt: str | None = Field(None, max_length=2000, description="text to turn into a 3D object")
     image_b64: str | None = Field(None, description="the photo, base64 (PNG/JPEG/WebP)")
@@ -56,15 +57,15 @@ class GenerateRequest(BaseModel):
     box_prompts: list[BoxPrompt] = Field(default_factory=list, max_length=1)
     segmentation_label: str | None = Field(None, max_length=100,
                                            description="what to cut out (text-prompted segmenters)")
-    seed: Int | None = Field(None, ge=0, le=2**32 - 1)
-    stream_geometry_every: Int = Field(1, ge=1, le=10, description="emit a geometry frame every N steps")
-    stream_colors_every: Int = Field(1, ge=1, le=10, description="emit an appearance frame every N steps")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    stream_geometry_every: int = Field(1, ge=1, le=10, description="emit a geometry frame every N steps")
+    stream_colors_every: int = Field(1, ge=1, le=10, description="emit an appearance frame every N steps")
     fast: bool = Field(False, description="fast mode: the reconstructor's distilled few-step "
                        "sampling without guidance, where the backend has it (SAM 3D Objects)")
-    geometry_steps: Int | None = Field(None, ge=1, le=100, description="geometry denoising steps "
+    geometry_steps: int | None = Field(None, ge=1, le=100, description="geometry denoising steps "
                                        "(default: the deployment's, or its fast-mode value)")
-    appearance_steps: Int | None = Field(None, ge=1, le=100, description="appearance denoising steps")
-    face_budget: Int = Field(200_000, ge=1_000, le=5_000_000, description="most triangles in "
+    appearance_steps: int | None = Field(None, ge=1, le=100, description="appearance denoising steps")
+    face_budget: int = Field(200_000, ge=1_000, le=5_000_000, description="most triangles in "
                              "model.glb; a larger decoded mesh is simplified to this (the full mesh "
                              "is kept as model_full.glb)")
     encoding: str = Field("compact", description="voxel frame encoding: `compact` (default; see "
