@@ -17,7 +17,8 @@ from serve_app.schemas import GenerateRequest
 from serve_app.http_util import (UnsupportedMediaType, error_response, exception_response, form_data,
                                  json_object, media_type, parse_json, validation_message)
 from serve_app.service import GenerateService
-from serve_app.store import ArtifactNotFound, InvalidArtifactRef, content_type
+from serve_app.openapi import errors, install_openapi, ref
+from serve_app.store import CONTENT_TYPES, ArtifactNotFound, InvalidArtifactRef, content_type
 from serve_app.stream_response import WatchedStreamingResponse
 from serve_app.wire import FrameWriter, binary_body, paced
 
@@ -66,6 +67,19 @@ async def parse_generate(request: Request, max_json_bytes: int = 64 * 1024 * 102
     return GenerateRequest.model_validate(fields), image_bytes, masks
 
 
+_STREAM_200 = {"description": "the stream: SSE, or binary records with `Accept: application/octet-stream`",
+               "content": {"text/event-stream": {"schema": {"type": "string"}},
+                           BINARY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
+_ARTIFACT_200 = {"description": "the artifact's bytes", "content": {
+    t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(set(CONTENT_TYPES.values()))}}
+_MULTIPART = {"type": "object", "properties": {
+    "image": {"type": "string", "format": "binary", "description": "the photo"},
+    "mask": {"type": "array", "items": {"type": "string", "format": "binary"},
+             "description": "object mask PNG(s), repeatable"},
+    **{k: {"type": "string", "description": "JSON text, as in the JSON body"} for k in _JSON_LIST_FIELDS},
+}, "additionalProperties": {"type": "string", "description": "any other GenerateRequest field, as text"}}
+
+
 def client_stream_policy(request: Request, honor: bool) -> tuple[float | None, bool]:
     """(deadline in seconds or None for the configured one, whether to cancel on disconnect).
 
@@ -102,10 +116,13 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
     streams: dict[str, FrameWriter] = {}
     app = FastAPI(title="sam3d-serve", version="0.1.0",
                   description="Photo or text → 3D object, streamed as it takes shape.")
+    models = [GenerateRequest]
     if segmenter is not None:
-        from serve_app.routes_segment import build_segment_router
+        from serve_app.routes_segment import SegmentRequest, build_segment_router
 
         app.include_router(build_segment_router(lambda: segmenter, service.settings.limits))
+        models.append(SegmentRequest)
+    install_openapi(app, models)
 
     @app.exception_handler(StageError)
     async def _stage_error(_, exc: StageError):
@@ -121,12 +138,10 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
 
     @app.post("/v1/generate", summary="Photo or text → streamed 3D object",
               description=_GENERATE_DOC, response_class=StreamingResponse,
-              openapi_extra={"requestBody": {"content": {
-                  "application/json": {"schema": GenerateRequest.model_json_schema()},
-                  "multipart/form-data": {"schema": {"type": "object", "properties": {
-                      "image": {"type": "string", "format": "binary"},
-                      "mask": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                  }}}}}})
+              responses={200: _STREAM_200, **errors(400, 413, 415, 422, 500, 501, 503, 504)},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": ref(GenerateRequest)},
+                  "multipart/form-data": {"schema": _MULTIPART}}}})
     async def generate(request: Request):
         deadline_s, watch = client_stream_policy(request, service.settings.honor_client_serve_headers)
         try:
@@ -149,7 +164,7 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
             watch_disconnect=watch,
         )
 
-    @app.post("/v1/streams/{request_id}/keyframe", status_code=202,
+    @app.post("/v1/streams/{request_id}/keyframe", status_code=202, responses=errors(404, 422),
               summary="Ask a running stream for a key frame (resynchronisation)")
     async def keyframe(request_id: str):
         writer = streams.get(request_id)
@@ -159,7 +174,8 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
         writer.request_key()
         return {"request_id": request_id, "key_frame": "next"}
 
-    @app.get("/v1/artifacts/{artifact_id}/{name}", summary="Download an artifact (GLB, splat PLY, mask)")
+    @app.get("/v1/artifacts/{artifact_id}/{name}", summary="Download an artifact (GLB, splat PLY, mask)",
+             response_class=Response, responses={200: _ARTIFACT_200, **errors(400, 404, 422)})
     async def artifact(artifact_id: str, name: str):
         try:
             data = service.store.get(artifact_id, name)

@@ -25,6 +25,7 @@ from deployments.segmenter.base import Box, Point, SegmentPrompt
 from deployments.segmenter.sam3_encoder import image_id
 from serve_app.http_util import exception_response, form_data, json_object, media_type, validation_message
 from serve_app.inputs import b64_bytes, decode_image, decode_mask, fit_image, png_bytes
+from serve_app.openapi import errors, ref
 from serve_app.schemas import RequestModel
 from serve_app.settings import LimitsSettings
 
@@ -80,6 +81,15 @@ def _encodings(payload: bytes) -> dict[str, str]:
     return {t["name"]: t["encoding"] for t in header["tensors"]}
 
 
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_EMBED_200 = {"description": "the embedding payload (binary, metadata in X-Embedding-* headers), or JSON "
+              "with `payload_b64` for `Accept: application/json`",
+              "content": {"application/octet-stream": _BINARY, "application/json": {"schema": {"type": "object"}}}}
+_SEGMENT_200 = {"description": "the mask as base64 PNG, its score and the instances",
+                "content": {"application/json": {"schema": {"type": "object"}}}}
+_ONNX_200 = {"description": "the ONNX click decoder", "content": {"application/octet-stream": _BINARY}}
+
+
 def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSettings | None = None) -> APIRouter:
     limits = limits or LimitsSettings()
     router = APIRouter()
@@ -94,7 +104,12 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
         image, mask, scale = fit_image(rgb, mask, limits.max_image_side)
         return np.ascontiguousarray(image), mask, scale, sent
 
-    @router.post("/v1/embed")
+    @router.post("/v1/embed", responses={200: _EMBED_200, **errors(400, 413, 415, 422, 500, 501, 503, 504)},
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/json": {"schema": {"type": "object", "required": ["image_b64"], "properties": {
+                         "image_b64": {"type": "string"}, "profile": {"type": "string"}}}},
+                     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+                         "image": {"type": "string", "format": "binary"}, "profile": {"type": "string"}}}}}}})
     async def embed(request: Request):
         try:
             profile = request.query_params.get("profile")
@@ -141,7 +156,9 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
         }
         return Response(payload, media_type="application/octet-stream", headers=headers)
 
-    @router.post("/v1/segment")
+    @router.post("/v1/segment", responses={200: _SEGMENT_200, **errors(400, 404, 413, 415, 422, 500, 501, 503, 504)},
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/json": {"schema": ref(SegmentRequest)}}}})
     async def segment(request: Request):
         try:
             try:
@@ -181,7 +198,8 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
         points = [Point(p.x * scale, p.y * scale, p.label) for p in req.points]
         return SegmentPrompt(label=req.label, points=points, box=box, mask=mask)
 
-    @router.get(ONNX_ROUTE)
+    @router.get(ONNX_ROUTE, response_class=Response, responses={200: _ONNX_200, 304: {"description": "not modified (If-None-Match)"},
+                                       **errors(500, 501, 503, 504)})
     async def click_decoder(request: Request):
         try:
             async with onnx_lock:
