@@ -17,6 +17,7 @@ from serve_app.schemas import GenerateRequest
 from serve_app.http_util import (UnsupportedMediaType, error_response, exception_response, form_data,
                                  json_object, media_type, parse_json, validation_message)
 from serve_app.service import GenerateService
+from serve_app.auth import install_auth
 from serve_app.openapi import errors, install_openapi, ref
 from serve_app.store import CONTENT_TYPES, ArtifactNotFound, InvalidArtifactRef, content_type
 from serve_app.stream_response import WatchedStreamingResponse
@@ -123,6 +124,7 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
         app.include_router(build_segment_router(lambda: segmenter, service.settings.limits))
         models.append(SegmentRequest)
     install_openapi(app, models)
+    install_auth(app, service.settings.auth)
 
     @app.exception_handler(StageError)
     async def _stage_error(_, exc: StageError):
@@ -138,7 +140,7 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
 
     @app.post("/v1/generate", summary="Photo or text → streamed 3D object",
               description=_GENERATE_DOC, response_class=StreamingResponse,
-              responses={200: _STREAM_200, **errors(400, 413, 415, 422, 500, 501, 503, 504)},
+              responses={200: _STREAM_200, **errors(400, 401, 413, 415, 422, 429, 500, 501, 503, 504)},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": ref(GenerateRequest)},
                   "multipart/form-data": {"schema": _MULTIPART}}}})
@@ -164,7 +166,7 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
             watch_disconnect=watch,
         )
 
-    @app.post("/v1/streams/{request_id}/keyframe", status_code=202, responses=errors(404, 422),
+    @app.post("/v1/streams/{request_id}/keyframe", status_code=202, responses=errors(401, 404, 422, 429),
               summary="Ask a running stream for a key frame (resynchronisation)")
     async def keyframe(request_id: str):
         writer = streams.get(request_id)

@@ -28,6 +28,7 @@ class ErrorBody(BaseModel):
 
 _REASONS = {
     400: "malformed body: JSON that does not parse or passes a limit, broken multipart",
+    401: "no valid API key (when the deployment requires one)",
     404: "no such resource",
     413: "body larger than the configured limit",
     415: "unsupported Content-Type",

@@ -104,7 +104,7 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
         image, mask, scale = fit_image(rgb, mask, limits.max_image_side)
         return np.ascontiguousarray(image), mask, scale, sent
 
-    @router.post("/v1/embed", responses={200: _EMBED_200, **errors(400, 413, 415, 422, 500, 501, 503, 504)},
+    @router.post("/v1/embed", responses={200: _EMBED_200, **errors(400, 401, 413, 415, 422, 429, 500, 501, 503, 504)},
                  openapi_extra={"requestBody": {"required": True, "content": {
                      "application/json": {"schema": {"type": "object", "required": ["image_b64"], "properties": {
                          "image_b64": {"type": "string"}, "profile": {"type": "string"}}}},
@@ -156,7 +156,7 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
         }
         return Response(payload, media_type="application/octet-stream", headers=headers)
 
-    @router.post("/v1/segment", responses={200: _SEGMENT_200, **errors(400, 404, 413, 415, 422, 500, 501, 503, 504)},
+    @router.post("/v1/segment", responses={200: _SEGMENT_200, **errors(400, 401, 404, 413, 415, 422, 429, 500, 501, 503, 504)},
                  openapi_extra={"requestBody": {"required": True, "content": {
                      "application/json": {"schema": ref(SegmentRequest)}}}})
     async def segment(request: Request):

@@ -132,6 +132,16 @@ class StreamSettings(_Strict):
     compact_zlib_level: int | None = Field(1, ge=0, le=9)
 
 
+class AuthSettings(_Strict):
+    """API keys (serve_app/auth.py): `name:sha256-hex` lines, from a file and/or an env var."""
+
+    enabled: bool = False
+    keys_file: str | None = None  # e.g. a mounted Kubernetes secret
+    keys_env: str | None = "SAM3D_API_KEYS"
+    requests_per_minute: int = Field(60, ge=1, le=100_000)  # per key, per ingress replica
+    max_concurrent_streams: int = Field(4, ge=1, le=1000)  # per key, per ingress replica
+
+
 class TimeoutSettings(_Strict):
     """Per-stage limits, enforced by the ingress whatever the client's headers say."""
 
@@ -154,6 +164,7 @@ class AppSettings(_Strict):
     limits: LimitsSettings = LimitsSettings()
     stream: StreamSettings = StreamSettings()
     timeouts: TimeoutSettings = TimeoutSettings()
+    auth: AuthSettings = AuthSettings()
     # Serve 2.60 lets any client send `x-request-timeout-seconds: 0` and
     # `x-request-disconnect-disabled: ?1`. Off: the ingress applies its own timeouts and
     # cancels on disconnect regardless. On: it follows those headers.
