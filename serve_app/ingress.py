@@ -185,8 +185,10 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
             return error_response(400, "bad_artifact_ref", str(exc))
         except ArtifactNotFound:
             return error_response(404, "not_found", f"no artifact {artifact_id}/{name}")
+        # One request's private result: no shared caches, kept no longer than the store keeps it.
+        ttl = service.settings.store.ttl_s
         return Response(data, media_type=content_type(name),
-                        headers={"Cache-Control": "public, max-age=31536000, immutable"})
+                        headers={"Cache-Control": f"private, max-age={int(ttl) if ttl else 86400}"})
 
     @app.get("/v1/protocol", summary="Protocol version, event types and encodings")
     async def protocol():

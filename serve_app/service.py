@@ -18,7 +18,7 @@ from serve_app.pipeline import Job, StageClients, run_pipeline
 from serve_app.protocol import ENCODINGS, FRAME_EVENTS, make_event
 from serve_app.schemas import GenerateRequest
 from serve_app.settings import AppSettings
-from serve_app.store import ArtifactStore, new_artifact_id
+from serve_app.store import ArtifactStore, Retention, new_artifact_id
 
 log = logging.getLogger("sam3d.service")
 
@@ -28,6 +28,8 @@ class GenerateService:
         self.settings = settings
         self.clients = clients
         self.store = store
+        keep = settings.store
+        self.retention = Retention(store, keep.ttl_s, keep.max_total_bytes, keep.sweep_every_s)
         self._generator_available: bool | None = None
 
     async def text_route_available(self) -> bool:
@@ -107,6 +109,7 @@ class GenerateService:
         the stream never just stops.
         """
         deadline = time.monotonic() + (deadline_s or self.settings.timeouts.request_s)
+        self.retention.tick()
         agen = run_pipeline(job, self.clients)
         held: list[dict] = []
         try:
@@ -116,22 +119,33 @@ class GenerateService:
                     break
         except BaseException:
             await agen.aclose()
+            self._discard(job.request_id)
             raise
 
         async def events():
             seq = held[-1]["seq"] if held else -1
-            for ev in held:
-                yield ev
+            complete = False
             try:
+                for ev in held:  # inside the try: a client gone after these still closes agen
+                    yield ev
                 async for ev in _until_deadline(agen, deadline):
                     seq = ev["seq"]
+                    complete = ev["type"] == "complete"
                     yield ev
             except Exception as exc:  # noqa: BLE001 - every failure must reach the client
                 yield error_event(exc, job.request_id, seq + 1)
             finally:
                 await agen.aclose()
+                if not complete:  # failed, or the client left: nothing of it stays served
+                    self._discard(job.request_id)
 
         return events()
+
+
+    def _discard(self, request_id: str) -> None:
+        """Delete a request's artifacts in a thread, without awaiting (this may run while the
+        stream is being cancelled)."""
+        asyncio.get_running_loop().run_in_executor(None, self.store.delete, request_id)
 
 
 async def _until_deadline(agen: AsyncIterator[dict], deadline: float) -> AsyncIterator[dict]:

@@ -100,6 +100,11 @@ class MeshBakerSettings(_Strict):
 
 class StoreSettings(_Strict):
     url: str = "./artifacts"  # a local folder, or any fsspec URL (s3://bucket/prefix, gs://...)
+    # Retention (serve_app/store.py): older artifacts are not served and get deleted; beyond
+    # the size cap the oldest go first. None switches either off.
+    ttl_s: float | None = Field(24 * 3600, gt=0)
+    max_total_bytes: int | None = Field(None, ge=1024 * 1024)
+    sweep_every_s: float = Field(60, gt=0)
 
 
 class LimitsSettings(_Strict):
