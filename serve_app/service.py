@@ -13,7 +13,7 @@ from deployments.image_generator.unavailable import MESSAGE as NO_GENERATOR
 from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import ReconstructOptions
 from deployments.segmenter.base import Box, Point, SegmentPrompt
-from serve_app import inputs
+from serve_app import inputs, metrics
 from serve_app.pipeline import Job, StageClients, run_pipeline
 from serve_app.protocol import ENCODINGS, FRAME_EVENTS, make_event
 from serve_app.schemas import GenerateRequest
@@ -131,9 +131,12 @@ class GenerateService:
                 async for ev in _until_deadline(agen, deadline):
                     seq = ev["seq"]
                     complete = ev["type"] == "complete"
+                    metrics.stream_event(ev)
                     yield ev
             except Exception as exc:  # noqa: BLE001 - every failure must reach the client
-                yield error_event(exc, job.request_id, seq + 1)
+                ev = error_event(exc, job.request_id, seq + 1)
+                metrics.stream_event(ev)
+                yield ev
             finally:
                 await agen.aclose()
                 if not complete:  # failed, or the client left: nothing of it stays served
