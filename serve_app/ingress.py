@@ -18,6 +18,7 @@ from serve_app.http_util import (UnsupportedMediaType, error_response, exception
                                  json_object, media_type, parse_json, validation_message)
 from serve_app.service import GenerateService
 from serve_app.auth import install_auth
+from serve_app.headers import install_headers
 from serve_app.metrics import MetricsMiddleware
 from serve_app.openapi import errors, install_openapi, ref
 from serve_app.store import CONTENT_TYPES, ArtifactNotFound, InvalidArtifactRef, content_type
@@ -126,6 +127,7 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
         models.append(SegmentRequest)
     install_openapi(app, models)
     install_auth(app, service.settings.auth)
+    install_headers(app, service.settings.cors_allow_origins)
     app.add_middleware(MetricsMiddleware)  # outermost: counts 401/429 too
 
     @app.exception_handler(StageError)

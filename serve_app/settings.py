@@ -170,6 +170,8 @@ class AppSettings(_Strict):
     stream: StreamSettings = StreamSettings()
     timeouts: TimeoutSettings = TimeoutSettings()
     auth: AuthSettings = AuthSettings()
+    # Browser origins allowed to call the API cross-origin (serve_app/headers.py); none by default.
+    cors_allow_origins: list[str] = Field(default_factory=list, max_length=100)
     # Serve 2.60 lets any client send `x-request-timeout-seconds: 0` and
     # `x-request-disconnect-disabled: ?1`. Off: the ingress applies its own timeouts and
     # cancels on disconnect regardless. On: it follows those headers.
