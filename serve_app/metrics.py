@@ -103,7 +103,9 @@ def _route(scope) -> str:
 
 class MetricsMiddleware:
     """Counts and times every HTTP response, and gives each an `x-request-id` header: the
-    stream's id where the route made one (`X-Sam3d-Request-Id`), else a new one."""
+    stream's id where the route made one (`X-Sam3d-Request-Id`), else a new one. A request
+    that arrives with `x-request-id` came through Serve's proxy (or a gateway), which puts
+    that id on the response itself, so none is added then (no second header)."""
 
     def __init__(self, app):
         self.app = app
@@ -112,14 +114,16 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t0, status, sent = time.monotonic(), [500], [0]
+        upstream_id = any(k.lower() == b"x-request-id" for k, _ in scope["headers"])
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                headers = list(message.get("headers", []))
-                rid = next((v for k, v in headers if k.lower() == b"x-sam3d-request-id"), None)
-                headers.append((b"x-request-id", rid or uuid.uuid4().hex.encode()))
-                message = {**message, "headers": headers}
+                if not upstream_id:
+                    headers = list(message.get("headers", []))
+                    rid = next((v for k, v in headers if k.lower() == b"x-sam3d-request-id"), None)
+                    headers.append((b"x-request-id", rid or uuid.uuid4().hex.encode()))
+                    message = {**message, "headers": headers}
             elif message["type"] == "http.response.body":
                 sent[0] += len(message.get("body", b""))
             await send(message)

@@ -110,6 +110,8 @@ class GenerateService:
         """
         deadline = time.monotonic() + (deadline_s or self.settings.timeouts.request_s)
         self.retention.tick()
+        # Under Serve's JSON logs this line also carries Serve's request_id: it links the two ids.
+        log.info("stream %s starting", job.request_id)
         agen = run_pipeline(job, self.clients)
         held: list[dict] = []
         try:

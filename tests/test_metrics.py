@@ -51,3 +51,10 @@ def test_metrics_error_events_counted_by_code(monkeypatch):
     metrics.stream_event({"type": "geometry"})
     assert rec.count("sam3d_stream_outcomes_total", outcome="error", code="stage_timeout") == 1
     assert rec.count("sam3d_stream_outcomes_total") == 1
+
+
+def test_metrics_request_id_from_serve_proxy_is_not_doubled(tmp_path, monkeypatch):
+    """Serve's proxy sets x-request-id on the request and adds it to the response itself."""
+    fresh_recorder(monkeypatch)
+    resp = make_client(tmp_path).get("/healthz", headers={"x-request-id": "from-proxy"})
+    assert "x-request-id" not in resp.headers
