@@ -58,3 +58,14 @@ def test_metrics_request_id_from_serve_proxy_is_not_doubled(tmp_path, monkeypatc
     fresh_recorder(monkeypatch)
     resp = make_client(tmp_path).get("/healthz", headers={"x-request-id": "from-proxy"})
     assert "x-request-id" not in resp.headers
+
+
+def test_metrics_grafana_dashboard_queries_metrics_that_exist():
+    import json
+    import re
+    from pathlib import Path
+
+    dash = json.loads((Path(__file__).parents[1] / "cluster" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"ray_(sam3d_[a-z_]+?)(?:_bucket)?\b", e)}
+    assert used == set(metrics._SPECS)  # Ray exports each as ray_<name>
