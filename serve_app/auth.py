@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import math
 import os
 import secrets
@@ -24,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from serve_app.http_util import send_error
 from serve_app.settings import AuthSettings, ConfigError
 
 OPEN_PREFIXES = ("/v1/artifacts/", "/v1/models/")
@@ -149,31 +149,23 @@ class AuthMiddleware:
         presented = _presented(scope["headers"])
         name = self.keys.identify(presented) if presented else None
         if name is None:
-            return await _error(send, 401, "unauthorized", "send a valid API key as `Authorization: Bearer "
+            return await send_error(send, 401, "unauthorized", "send a valid API key as `Authorization: Bearer "
                                 "<key>` or `X-API-Key: <key>`", {"www-authenticate": "Bearer"})
         wait = self.quota.take_request(name)
         if wait > 0:
-            return await _error(send, 429, "rate_limited", f"API key {name!r} is over its "
+            return await send_error(send, 429, "rate_limited", f"API key {name!r} is over its "
                                 f"{self.quota.per_minute} requests per minute",
                                 {"retry-after": str(max(1, math.ceil(wait)))})
         scope.setdefault("state", {})["api_key"] = name
         if (scope["method"], scope["path"]) != STREAM_ROUTE:
             return await self.app(scope, receive, send)
         if not self.quota.open_stream(name):
-            return await _error(send, 429, "too_many_streams", f"API key {name!r} already has "
+            return await send_error(send, 429, "too_many_streams", f"API key {name!r} already has "
                                 f"{self.quota.streams} streams open", {"retry-after": "5"})
         try:
             await self.app(scope, receive, send)
         finally:
             self.quota.close_stream(name)
-
-
-async def _error(send, status: int, code: str, message: str, headers: dict[str, str]) -> None:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
 
 
 def install_auth(app, settings: AuthSettings) -> None:

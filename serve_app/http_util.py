@@ -49,6 +49,15 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
+async def send_error(send, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    """The same JSON error, sent straight on an ASGI `send` (for middlewares)."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
 def exception_response(exc: BaseException) -> JSONResponse:
     if isinstance(exc, HTTPException) and exc.status_code < 500:
         return error_response(exc.status_code, "bad_input", str(exc.detail))

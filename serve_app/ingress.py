@@ -17,6 +17,7 @@ from serve_app.schemas import GenerateRequest
 from serve_app.http_util import (UnsupportedMediaType, error_response, exception_response, form_data,
                                  json_object, media_type, parse_json, validation_message)
 from serve_app.service import GenerateService
+from serve_app.admission import StreamAdmission
 from serve_app.auth import install_auth
 from serve_app.headers import install_headers
 from serve_app.metrics import MetricsMiddleware
@@ -126,6 +127,8 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
         app.include_router(build_segment_router(lambda: segmenter, service.settings.limits))
         models.append(SegmentRequest)
     install_openapi(app, models)
+    if service.settings.limits.max_active_streams:  # inside auth: a key's quota is checked first
+        app.add_middleware(StreamAdmission, limit=service.settings.limits.max_active_streams)
     install_auth(app, service.settings.auth)
     install_headers(app, service.settings.cors_allow_origins)
     app.add_middleware(MetricsMiddleware)  # outermost: counts 401/429 too

@@ -115,6 +115,8 @@ class LimitsSettings(_Strict):
     allow_image_urls: bool = True
     image_url_timeout_s: float = Field(10.0, gt=0, le=120)  # the whole fetch, redirects included
     image_url_max_redirects: int = Field(3, ge=0, le=10)
+    # Streams one ingress replica admits at once; the next is 503 at once (serve_app/admission.py).
+    max_active_streams: int | None = Field(None, ge=1, le=100_000)
     # image_url reaches public addresses only; these networks are let through as well
     # (local development: ["127.0.0.0/8", "::1/128"]). See serve_app/url_fetch.py.
     image_url_allow_networks: list[IPvAnyNetwork] = Field(default_factory=list, max_length=64)
