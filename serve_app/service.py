@@ -128,9 +128,8 @@ class GenerateService:
             seq = held[-1]["seq"] if held else -1
             complete = False
             try:
-                for ev in held:  # inside the try: a client gone after these still closes agen
-                    yield ev
-                async for ev in _until_deadline(agen, deadline):
+                # The held events inside the try too: a client gone after these still closes agen.
+                async for ev in _chain(held, _until_deadline(agen, deadline)):
                     seq = ev["seq"]
                     complete = ev["type"] == "complete"
                     metrics.stream_event(ev)
@@ -146,11 +145,17 @@ class GenerateService:
 
         return events()
 
-
     def _discard(self, request_id: str) -> None:
         """Delete a request's artifacts in a thread, without awaiting (this may run while the
         stream is being cancelled)."""
         asyncio.get_running_loop().run_in_executor(None, self.store.delete, request_id)
+
+
+async def _chain(first: list[dict], rest: AsyncIterator[dict]) -> AsyncIterator[dict]:
+    for ev in first:
+        yield ev
+    async for ev in rest:
+        yield ev
 
 
 async def _until_deadline(agen: AsyncIterator[dict], deadline: float) -> AsyncIterator[dict]:
