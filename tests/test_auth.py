@@ -112,3 +112,15 @@ async def test_quota_concurrent_streams_is_429_and_freed_when_a_stream_ends():
         await asyncio.sleep(0.05)
         release.set()
         assert (await third).status_code == 200
+
+
+def test_auth_on_in_the_production_config_and_off_locally():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    args = {name: yaml.safe_load((root / name).read_text())["applications"][0]["args"]
+            for name in ("serve_config.yaml", "serve_config.local.yaml")}
+    assert load_settings(args["serve_config.yaml"]).auth.enabled
+    assert not load_settings(args["serve_config.local.yaml"]).auth.enabled
