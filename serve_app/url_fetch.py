@@ -109,11 +109,14 @@ def looks_like_image(head: bytes) -> bool:
     return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
-def _checked_url(text: str, limits: LimitsSettings) -> httpx.URL:
+def _checked_url(text: str, limits: LimitsSettings, base: httpx.URL | None = None) -> httpx.URL:
+    """`text` parsed (against `base`, for a redirect's Location) and checked before any connect."""
     try:
-        url = httpx.URL(text)
+        url = base.join(text) if base is not None else httpx.URL(text)
     except (httpx.InvalidURL, ValueError, TypeError):
         raise BadInput("image_url is not a valid URL") from None
+    if url.port is not None and not 0 < url.port < 65536:
+        raise BadInput("image_url is not a valid URL")
     if url.scheme not in ("http", "https") or not url.host:
         raise BadInput("image_url must be an http(s) or data: URL")
     if url.userinfo:
@@ -144,7 +147,7 @@ async def fetch_image(text: str, limits: LimitsSettings, resolver: Resolver = sy
                 if isinstance(got, bytes):
                     return got
                 try:
-                    url = _checked_url(str(url.join(got)), limits)
+                    url = _checked_url(got, limits, base=url)
                 except BadInput:
                     raise _Unreachable from None
             raise _Unreachable  # too many redirects

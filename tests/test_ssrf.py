@@ -121,11 +121,11 @@ async def test_ssrf_redirect_to_a_refused_address_is_not_followed(only_loopback)
     async with LoopbackServer() as srv:
         for to in (f"http://evil.test:{srv.port}/img.png",        # resolves inside
                    f"http://127.0.0.2:{srv.port}/img.png",        # not an allowed host
-                   "file:///etc/passwd"):
+                   "file:///etc/passwd", "http://[bad", "http://good.test:99999/x"):
             with pytest.raises(BadInput) as info:
                 await fetch_image(f"http://good.test:{srv.port}/redirect?to={to}", limits, resolve)
             assert "could not be fetched" in info.value.message and "evil" not in info.value.message
-        assert srv.connections == 3 and srv.requests[0].startswith("/redirect")
+        assert srv.connections == 5 and srv.requests[0].startswith("/redirect")
     assert set(only_loopback) == {"127.0.0.1"}
 
 
@@ -178,6 +178,7 @@ async def test_ssrf_unresolvable_name_gives_the_same_message():
     ("http://user:pw@127.0.0.1/x.png", "user name"),
     ("ftp://127.0.0.1/x.png", "http"),
     ("http:///x.png", "http"),
+    ("http://127.0.0.1:99999/x.png", "valid URL"),
 ])
 async def test_ssrf_url_shapes_refused(url, needle):
     with pytest.raises(BadInput, match=needle):
