@@ -42,3 +42,18 @@ async def test_admission_refuses_at_once_and_frees_the_slot():
 def test_admission_is_off_unless_configured(tmp_path):
     app = make_client(tmp_path).app
     assert not any(m.cls is StreamAdmission for m in app.user_middleware)
+
+
+def test_admission_local_config_matches_the_reconstructor_capacity():
+    from pathlib import Path
+
+    import yaml
+
+    from serve_app.settings import load_settings
+
+    app = yaml.safe_load((Path(__file__).resolve().parents[1] / "serve_config.local.yaml").read_text())["applications"][0]
+    recon = next(d for d in app["deployments"] if d["name"] == "Reconstructor")
+    ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
+    assert ingress.get("num_replicas", 1) == 1
+    limit = load_settings(app["args"]).limits.max_active_streams
+    assert limit == recon["max_ongoing_requests"] + recon["max_queued_requests"]
