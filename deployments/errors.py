@@ -57,6 +57,21 @@ class QueueTimeout(StageError):
     code = "queue_timeout"
 
 
+class StageUnavailable(StageError):
+    """A stage's replica died or could not be reached mid-request; a retry finds a live one."""
+
+    status = 503
+    code = "stage_unavailable"
+
+
+# Ray's and Serve's errors for a replica, worker or node that went away (matched by name along
+# the class hierarchy, so this module needs no Ray import).
+_UNAVAILABLE = frozenset({
+    "RayActorError", "WorkerCrashedError", "NodeDiedError", "OwnerDiedError", "ObjectLostError",
+    "LocalRayletDiedError", "DeploymentUnavailableError", "ReplicaUnavailableError",
+})
+
+
 def as_stage_error(exc: BaseException) -> StageError | None:
     """Unwrap Ray's error wrappers to the StageError a backend raised, if any."""
     seen = set()
@@ -66,6 +81,9 @@ def as_stage_error(exc: BaseException) -> StageError | None:
             return exc
         if type(exc).__name__ == "BackPressureError":  # ray.serve.exceptions, without importing Ray
             return Busy("the service is at capacity and its queue is full; retry in a few seconds")
+        if any(cls.__name__ in _UNAVAILABLE for cls in type(exc).__mro__):
+            return StageUnavailable("a stage's replica stopped while serving this request; "
+                                    "retry in a few seconds")
         cause = getattr(exc, "cause", None)
         if isinstance(cause, BaseException):
             exc = cause

@@ -29,7 +29,7 @@ class Ingress:
     def __init__(self, prompt_enhancer, image_generator, segmenter, reconstructor, mesh_baker,
                  settings: dict):
         self.settings = load_settings(settings)
-        store = ArtifactStore(self.settings.store.url)
+        store = ArtifactStore(self.settings.store.url, ttl_s=self.settings.store.ttl_s)
         clients = HandleClients(prompt_enhancer, image_generator, segmenter, reconstructor,
                                 mesh_baker, store)
         self.service = GenerateService(self.settings, clients, store)

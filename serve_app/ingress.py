@@ -2,7 +2,6 @@
 with any StageClients; the Serve deployment (serve_app.app) calls it at replica start."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -16,10 +15,16 @@ from serve_app.capabilities import build_capabilities_router
 from serve_app.protocol import (BINARY_MEDIA_TYPE, ENCODINGS, EVENT_FIELDS, EVENT_TYPES,
                                 PROTOCOL_VERSION, STAGES)
 from serve_app.schemas import GenerateRequest
-from serve_app.http_util import error_response, exception_response, json_object, validation_message
+from serve_app.http_util import (UnsupportedMediaType, error_response, exception_response, form_data,
+                                 json_object, media_type, parse_json, validation_message)
 from serve_app.offline_docs import add_offline_docs
 from serve_app.service import GenerateService
-from serve_app.store import ArtifactNotFound, InvalidArtifactRef, content_type
+from serve_app.admission import StreamAdmission
+from serve_app.auth import install_auth
+from serve_app.headers import install_headers
+from serve_app.metrics import MetricsMiddleware
+from serve_app.openapi import errors, install_openapi, ref
+from serve_app.store import CONTENT_TYPES, ArtifactNotFound, InvalidArtifactRef, content_type
 from serve_app.stream_response import WatchedStreamingResponse
 from serve_app.wire import FrameWriter, binary_body, paced
 
@@ -49,16 +54,20 @@ class IsolatedStaticFiles(StaticFiles):
     (onnxruntime-web's threads) must be served with a COEP compatible with the page's."""
 
     async def get_response(self, path: str, scope):
-        response = await super().get_response(path, scope)
+        try:
+            response = await super().get_response(path, scope)
+        except OSError:  # e.g. a name longer than the filesystem allows: not a file we have
+            return error_response(404, "not_found", "no such static file")
         response.headers.update(ISOLATION_HEADERS)
         return response
 
 
-async def parse_generate(request: Request) -> tuple[GenerateRequest, bytes | None, list[bytes]]:
-    ctype = request.headers.get("content-type", "")
+async def parse_generate(request: Request, max_json_bytes: int = 64 * 1024 * 1024
+                         ) -> tuple[GenerateRequest, bytes | None, list[bytes]]:
+    ctype = media_type(request)
     image_bytes, masks = None, []
-    if ctype.startswith("multipart/form-data"):
-        form = await request.form()
+    if ctype == "multipart/form-data":
+        form = await form_data(request)
         fields: dict = {}
         for key, value in form.multi_items():
             if hasattr(value, "read"):
@@ -70,17 +79,27 @@ async def parse_generate(request: Request) -> tuple[GenerateRequest, bytes | Non
                 else:
                     raise BadInput(f"unexpected file field {key!r}; use `image` and `mask`")
             elif key in _JSON_LIST_FIELDS:
-                try:
-                    fields[key] = json.loads(value)
-                except json.JSONDecodeError:
-                    raise BadInput(f"{key} must be JSON text") from None
+                fields[key] = parse_json(value, key)
             elif value != "":
                 fields[key] = value
-    elif ctype.startswith("application/json"):
-        fields = await json_object(request)
+    elif ctype == "application/json":
+        fields = await json_object(request, max_json_bytes)
     else:
-        raise BadInput("send application/json or multipart/form-data")
+        raise UnsupportedMediaType("send application/json or multipart/form-data")
     return GenerateRequest.model_validate(fields), image_bytes, masks
+
+
+_STREAM_200 = {"description": "the stream: SSE, or binary records with `Accept: application/octet-stream`",
+               "content": {"text/event-stream": {"schema": {"type": "string"}},
+                           BINARY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
+_ARTIFACT_200 = {"description": "the artifact's bytes", "content": {
+    t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(set(CONTENT_TYPES.values()))}}
+_MULTIPART = {"type": "object", "properties": {
+    "image": {"type": "string", "format": "binary", "description": "the photo"},
+    "mask": {"type": "array", "items": {"type": "string", "format": "binary"},
+             "description": "object mask PNG(s), repeatable"},
+    **{k: {"type": "string", "description": "JSON text, as in the JSON body"} for k in _JSON_LIST_FIELDS},
+}, "additionalProperties": {"type": "string", "description": "any other GenerateRequest field, as text"}}
 
 
 def client_stream_policy(request: Request, honor: bool) -> tuple[float | None, bool]:
@@ -120,11 +139,19 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
     app = FastAPI(title="sam3d-serve", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Photo or text → 3D object, streamed as it takes shape.")
     add_offline_docs(app)
+    models = [GenerateRequest]
     if segmenter is not None:
-        from serve_app.routes_segment import build_segment_router
+        from serve_app.routes_segment import SegmentRequest, build_segment_router
 
         app.include_router(build_segment_router(lambda: segmenter, service.settings.limits))
+        models.append(SegmentRequest)
     app.include_router(build_capabilities_router(service, segment_routes=segmenter is not None))
+    install_openapi(app, models)
+    if service.settings.limits.max_active_streams:  # inside auth: a key's quota is checked first
+        app.add_middleware(StreamAdmission, limit=service.settings.limits.max_active_streams)
+    install_auth(app, service.settings.auth)
+    install_headers(app, service.settings.cors_allow_origins)
+    app.add_middleware(MetricsMiddleware)  # outermost: counts 401/429 too
 
     @app.exception_handler(StageError)
     async def _stage_error(_, exc: StageError):
@@ -140,16 +167,14 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
 
     @app.post("/v1/generate", summary="Photo or text → streamed 3D object",
               description=_GENERATE_DOC, response_class=StreamingResponse,
-              openapi_extra={"requestBody": {"content": {
-                  "application/json": {"schema": GenerateRequest.model_json_schema()},
-                  "multipart/form-data": {"schema": {"type": "object", "properties": {
-                      "image": {"type": "string", "format": "binary"},
-                      "mask": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                  }}}}}})
+              responses={200: _STREAM_200, **errors(400, 401, 413, 415, 422, 429, 500, 501, 503, 504)},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": ref(GenerateRequest)},
+                  "multipart/form-data": {"schema": _MULTIPART}}}})
     async def generate(request: Request):
         deadline_s, watch = client_stream_policy(request, service.settings.honor_client_serve_headers)
         try:
-            req, image_bytes, masks = await parse_generate(request)
+            req, image_bytes, masks = await parse_generate(request, service.settings.limits.max_json_bytes)
             job = await service.prepare(req, image_bytes=image_bytes, mask_bytes=masks)
             events = await service.start(job, deadline_s=deadline_s)
         except ValidationError as exc:
@@ -168,7 +193,7 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
             watch_disconnect=watch,
         )
 
-    @app.post("/v1/streams/{request_id}/keyframe", status_code=202,
+    @app.post("/v1/streams/{request_id}/keyframe", status_code=202, responses=errors(401, 404, 422, 429),
               summary="Ask a running stream for a key frame (resynchronisation)")
     async def keyframe(request_id: str):
         writer = streams.get(request_id)
@@ -178,7 +203,8 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
         writer.request_key()
         return {"request_id": request_id, "key_frame": "next"}
 
-    @app.get("/v1/artifacts/{artifact_id}/{name}", summary="Download an artifact (GLB, splat PLY, mask)")
+    @app.get("/v1/artifacts/{artifact_id}/{name}", summary="Download an artifact (GLB, splat PLY, mask)",
+             response_class=Response, responses={200: _ARTIFACT_200, **errors(400, 404, 422)})
     async def artifact(artifact_id: str, name: str):
         try:
             data = service.store.get(artifact_id, name)
@@ -186,8 +212,10 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
             return error_response(400, "bad_artifact_ref", str(exc))
         except ArtifactNotFound:
             return error_response(404, "not_found", f"no artifact {artifact_id}/{name}")
+        # One request's private result: no shared caches, kept no longer than the store keeps it.
+        ttl = service.settings.store.ttl_s
         return Response(data, media_type=content_type(name),
-                        headers={"Cache-Control": "public, max-age=31536000, immutable"})
+                        headers={"Cache-Control": f"private, max-age={int(ttl) if ttl else 86400}"})
 
     @app.get("/v1/protocol", summary="Protocol version, event types and encodings")
     async def protocol():

@@ -12,12 +12,12 @@ import binascii
 import io
 import warnings
 
-import httpx
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deployments.errors import BadInput
 from serve_app.settings import LimitsSettings
+from serve_app.url_fetch import fetch_image
 
 # What PIL decodes here without plugins; named in the message for anything else.
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
@@ -131,27 +131,14 @@ def at_size(mask: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
 
 
 async def fetch_url(url: str, limits: LimitsSettings) -> bytes:
-    """http(s) or data: only; no file:// or other schemes, bounded size and time."""
+    """data: inline, http(s) through the SSRF-safe fetcher; no file:// or other schemes."""
     if url.startswith("data:"):
         return b64_bytes(url, "image_url")
     if not url.startswith(("http://", "https://")):
         raise BadInput("image_url must be an http(s) or data: URL")
     if not limits.allow_image_urls:
         raise BadInput("image_url is disabled on this deployment; upload the image instead")
-    try:
-        async with httpx.AsyncClient(timeout=limits.image_url_timeout_s, follow_redirects=True) as client:
-            async with client.stream("GET", url) as resp:
-                if resp.status_code != 200:
-                    raise BadInput(f"image_url answered HTTP {resp.status_code}")
-                chunks, total = [], 0
-                async for chunk in resp.aiter_bytes():
-                    total += len(chunk)
-                    if total > limits.max_upload_bytes:
-                        raise BadInput(f"image_url is larger than {limits.max_upload_bytes} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-    except httpx.HTTPError as exc:
-        raise BadInput(f"image_url could not be fetched: {type(exc).__name__}") from None
+    return await fetch_image(url, limits)
 
 
 def png_bytes(mask: np.ndarray) -> bytes:

@@ -18,27 +18,27 @@ from typing import Any, Callable, Literal
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from deployments.errors import BadInput, StageError, as_stage_error
 from deployments.segmenter.base import Box, Point, SegmentPrompt
 from deployments.segmenter.sam3_encoder import image_id
-from serve_app.http_util import exception_response, json_object, validation_message
+from serve_app.http_util import exception_response, form_data, json_object, media_type, validation_message
 from serve_app.inputs import b64_bytes, decode_image, decode_mask, fit_image, png_bytes
+from serve_app.openapi import errors, ref
+from serve_app.schemas import RequestModel
 from serve_app.settings import LimitsSettings
 
 ONNX_ROUTE = "/v1/models/sam3-click-decoder.onnx"
 
 
-class PointIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    x: float
-    y: float
+class PointIn(RequestModel):
+    x: float = Field(..., allow_inf_nan=False)
+    y: float = Field(..., allow_inf_nan=False)
     label: Literal[0, 1] = Field(1, description="1 object, 0 background")
 
 
-class SegmentRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SegmentRequest(RequestModel):
     embedding_id: str | None = Field(None, max_length=128)
     image_b64: str | None = None
     label: str | None = Field(None, max_length=200)
@@ -81,6 +81,15 @@ def _encodings(payload: bytes) -> dict[str, str]:
     return {t["name"]: t["encoding"] for t in header["tensors"]}
 
 
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_EMBED_200 = {"description": "the embedding payload (binary, metadata in X-Embedding-* headers), or JSON "
+              "with `payload_b64` for `Accept: application/json`",
+              "content": {"application/octet-stream": _BINARY, "application/json": {"schema": {"type": "object"}}}}
+_SEGMENT_200 = {"description": "the mask as base64 PNG, its score and the instances",
+                "content": {"application/json": {"schema": {"type": "object"}}}}
+_ONNX_200 = {"description": "the ONNX click decoder", "content": {"application/octet-stream": _BINARY}}
+
+
 def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSettings | None = None) -> APIRouter:
     limits = limits or LimitsSettings()
     router = APIRouter()
@@ -95,20 +104,24 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
         image, mask, scale = fit_image(rgb, mask, limits.max_image_side)
         return np.ascontiguousarray(image), mask, scale, sent
 
-    @router.post("/v1/embed")
+    @router.post("/v1/embed", responses={200: _EMBED_200, **errors(400, 401, 413, 415, 422, 429, 500, 501, 503, 504)},
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/json": {"schema": {"type": "object", "required": ["image_b64"], "properties": {
+                         "image_b64": {"type": "string"}, "profile": {"type": "string"}}}},
+                     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+                         "image": {"type": "string", "format": "binary"}, "profile": {"type": "string"}}}}}}})
     async def embed(request: Request):
         try:
-            ctype = request.headers.get("content-type", "")
             profile = request.query_params.get("profile")
-            if ctype.startswith("multipart/form-data"):
-                form = await request.form()
+            if media_type(request) == "multipart/form-data":
+                form = await form_data(request)
                 upload = form.get("image")
                 if upload is None or not hasattr(upload, "read"):
                     raise BadInput("multipart field `image` (a file) is required")
                 data = await upload.read()
                 profile = form.get("profile") or profile
             else:
-                body = await json_object(request)
+                body = await json_object(request, limits.max_json_bytes)
                 if not isinstance(body.get("image_b64"), str):
                     raise BadInput("send the image as multipart `image` or JSON `image_b64`")
                 data = b64_bytes(body["image_b64"], "image_b64")
@@ -143,11 +156,13 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
         }
         return Response(payload, media_type="application/octet-stream", headers=headers)
 
-    @router.post("/v1/segment")
+    @router.post("/v1/segment", responses={200: _SEGMENT_200, **errors(400, 401, 404, 413, 415, 422, 429, 500, 501, 503, 504)},
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/json": {"schema": ref(SegmentRequest)}}}})
     async def segment(request: Request):
         try:
             try:
-                req = SegmentRequest.model_validate(await json_object(request))
+                req = SegmentRequest.model_validate(await json_object(request, limits.max_json_bytes))
             except ValidationError as exc:
                 raise BadInput(validation_message(exc)) from None
             if not req.embedding_id and not req.image_b64:
@@ -183,7 +198,8 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
         points = [Point(p.x * scale, p.y * scale, p.label) for p in req.points]
         return SegmentPrompt(label=req.label, points=points, box=box, mask=mask)
 
-    @router.get(ONNX_ROUTE)
+    @router.get(ONNX_ROUTE, response_class=Response, responses={200: _ONNX_200, 304: {"description": "not modified (If-None-Match)"},
+                                       **errors(500, 501, 503, 504)})
     async def click_decoder(request: Request):
         try:
             async with onnx_lock:

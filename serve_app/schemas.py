@@ -3,22 +3,40 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+MAX_COORD = 1_000_000  # pixels; far beyond any image the limits let in
 
 
-class PointPrompt(BaseModel):
+class RequestModel(BaseModel):
+    """Unknown fields are errors, and so are JSON true/false where a number is expected
+    (pydantic's lax mode would read them as 1/0). Multipart text such as "7" still parses."""
+
     model_config = ConfigDict(extra="forbid")
-    x: float = Field(..., ge=0, description="pixel column in the uploaded image")
-    y: float = Field(..., ge=0, description="pixel row")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value, info: ValidationInfo):
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation is not bool:
+            raise ValueError("must be a number, not true or false")
+        return value
+
+
+def coord(description: str = ""):
+    return Field(..., ge=0, le=MAX_COORD, allow_inf_nan=False, description=description or None)
+
+
+class PointPrompt(RequestModel):
+    x: float = coord("pixel column in the uploaded image")
+    y: float = coord("pixel row")
     label: Literal[0, 1] = Field(1, description="1 = on the object, 0 = background")
 
 
-class BoxPrompt(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    x_min: float = Field(..., ge=0)
-    y_min: float = Field(..., ge=0)
-    x_max: float = Field(..., ge=0)
-    y_max: float = Field(..., ge=0)
+class BoxPrompt(RequestModel):
+    x_min: float = coord()
+    y_min: float = coord()
+    x_max: float = coord()
+    y_max: float = coord()
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -27,10 +45,8 @@ class BoxPrompt(BaseModel):
         return self
 
 
-class GenerateRequest(BaseModel):
+class GenerateRequest(RequestModel):
     """Give a text `prompt` (text-to-3D) or an image (photo-to-3D), not both."""
-
-    model_config = ConfigDict(extra="forbid")
 
     prompt: str | None = Field(None, max_length=2000, description="text to turn into a 3D object")
     image_b64: str | None = Field(None, description="the photo, base64 (PNG/JPEG/WebP)")

@@ -13,12 +13,12 @@ from deployments.image_generator.unavailable import MESSAGE as NO_GENERATOR
 from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import ReconstructOptions
 from deployments.segmenter.base import Box, Point, SegmentPrompt
-from serve_app import inputs
+from serve_app import inputs, metrics
 from serve_app.pipeline import Job, StageClients, run_pipeline
 from serve_app.protocol import ENCODINGS, FRAME_EVENTS, make_event
 from serve_app.schemas import GenerateRequest
 from serve_app.settings import AppSettings
-from serve_app.store import ArtifactStore, new_artifact_id
+from serve_app.store import ArtifactStore, Retention, new_artifact_id
 
 log = logging.getLogger("sam3d.service")
 
@@ -28,6 +28,8 @@ class GenerateService:
         self.settings = settings
         self.clients = clients
         self.store = store
+        keep = settings.store
+        self.retention = Retention(store, keep.ttl_s, keep.max_total_bytes, keep.sweep_every_s)
         self._generator_available: bool | None = None
 
     async def text_route_available(self) -> bool:
@@ -111,6 +113,9 @@ class GenerateService:
         the stream never just stops.
         """
         deadline = time.monotonic() + (deadline_s or self.settings.timeouts.request_s)
+        self.retention.tick()
+        # Under Serve's JSON logs this line also carries Serve's request_id: it links the two ids.
+        log.info("stream %s starting", job.request_id)
         agen = run_pipeline(job, self.clients)
         held: list[dict] = []
         try:
@@ -120,22 +125,41 @@ class GenerateService:
                     break
         except BaseException:
             await agen.aclose()
+            self._discard(job.request_id)
             raise
 
         async def events():
             seq = held[-1]["seq"] if held else -1
-            for ev in held:
-                yield ev
+            complete = False
             try:
-                async for ev in _until_deadline(agen, deadline):
+                # The held events inside the try too: a client gone after these still closes agen.
+                async for ev in _chain(held, _until_deadline(agen, deadline)):
                     seq = ev["seq"]
+                    complete = ev["type"] == "complete"
+                    metrics.stream_event(ev)
                     yield ev
             except Exception as exc:  # noqa: BLE001 - every failure must reach the client
-                yield error_event(exc, job.request_id, seq + 1)
+                ev = error_event(exc, job.request_id, seq + 1)
+                metrics.stream_event(ev)
+                yield ev
             finally:
                 await agen.aclose()
+                if not complete:  # failed, or the client left: nothing of it stays served
+                    self._discard(job.request_id)
 
         return events()
+
+    def _discard(self, request_id: str) -> None:
+        """Delete a request's artifacts in a thread, without awaiting (this may run while the
+        stream is being cancelled)."""
+        asyncio.get_running_loop().run_in_executor(None, self.store.delete, request_id)
+
+
+async def _chain(first: list[dict], rest: AsyncIterator[dict]) -> AsyncIterator[dict]:
+    for ev in first:
+        yield ev
+    async for ev in rest:
+        yield ev
 
 
 async def _until_deadline(agen: AsyncIterator[dict], deadline: float) -> AsyncIterator[dict]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError
 
 
 class _Strict(BaseModel):
@@ -112,15 +112,29 @@ class MeshBakerSettings(_Strict):
 
 class StoreSettings(_Strict):
     url: str = "./artifacts"  # a local folder, or any fsspec URL (s3://bucket/prefix, gs://...)
+    # Retention (serve_app/store.py): older artifacts are not served and get deleted; beyond
+    # the size cap the oldest go first. None switches either off.
+    ttl_s: float | None = Field(24 * 3600, gt=0)
+    max_total_bytes: int | None = Field(None, ge=1024 * 1024)
+    sweep_every_s: float = Field(60, gt=0)
 
 
 class LimitsSettings(_Strict):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_json_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # a JSON body (image_b64 is 4/3 of the image)
     max_image_pixels: int = Field(40_000_000, ge=4096)
     max_image_side: int = Field(2048, ge=64)  # larger photos are scaled down on arrival
     min_image_side: int = Field(16, ge=1, le=1024)  # smaller images are refused with this figure
     allow_image_urls: bool = True
-    image_url_timeout_s: float = Field(10.0, gt=0)
+    image_url_timeout_s: float = Field(10.0, gt=0, le=120)  # the whole fetch, redirects included
+    image_url_max_redirects: int = Field(3, ge=0, le=10)
+    # Streams one ingress replica admits at once; the next is 503 at once (serve_app/admission.py).
+    max_active_streams: int | None = Field(None, ge=1, le=100_000)
+    # image_url reaches public addresses only; these networks are let through as well
+    # (local development: ["127.0.0.0/8", "::1/128"]). See serve_app/url_fetch.py.
+    image_url_allow_networks: list[IPvAnyNetwork] = Field(default_factory=list, max_length=64)
+    # When not empty, image_url may only name these hosts (exact, or "*.example.com").
+    image_url_hosts: list[str] = Field(default_factory=list, max_length=256)
 
 
 class StreamSettings(_Strict):
@@ -136,6 +150,16 @@ class StreamSettings(_Strict):
     # half the encode time (bench/results/codec.txt); None sends no compressed frames.
     compact_key_every: int = Field(16, ge=1, le=1000)
     compact_zlib_level: int | None = Field(1, ge=0, le=9)
+
+
+class AuthSettings(_Strict):
+    """API keys (serve_app/auth.py): `name:sha256-hex` lines, from a file and/or an env var."""
+
+    enabled: bool = False
+    keys_file: str | None = None  # e.g. a mounted Kubernetes secret
+    keys_env: str | None = "SAM3D_API_KEYS"
+    requests_per_minute: int = Field(60, ge=1, le=100_000)  # per key, per ingress replica
+    max_concurrent_streams: int = Field(4, ge=1, le=1000)  # per key, per ingress replica
 
 
 class TimeoutSettings(_Strict):
@@ -160,6 +184,9 @@ class AppSettings(_Strict):
     limits: LimitsSettings = LimitsSettings()
     stream: StreamSettings = StreamSettings()
     timeouts: TimeoutSettings = TimeoutSettings()
+    auth: AuthSettings = AuthSettings()
+    # Browser origins allowed to call the API cross-origin (serve_app/headers.py); none by default.
+    cors_allow_origins: list[str] = Field(default_factory=list, max_length=100)
     # Serve 2.60 lets any client send `x-request-timeout-seconds: 0` and
     # `x-request-disconnect-disabled: ?1`. Off: the ingress applies its own timeouts and
     # cancels on disconnect regardless. On: it follows those headers.

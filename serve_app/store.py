@@ -4,11 +4,20 @@ Artifacts live at <root>/<artifact_id>/<name>. Both parts are checked against st
 patterns before any path is built, so no request value reaches the filesystem unchecked.
 Local writes go to a temporary name and are renamed into place (atomic on POSIX); object
 stores make a single put visible atomically by themselves.
+
+Retention: an artifact older than the TTL is neither served nor kept; `sweep` deletes expired
+artifact folders and then the oldest ones until the total fits the size cap; `delete`
+removes the artifacts of a request that failed or whose client left. `Retention.tick`
+runs a sweep in a thread at most every `sweep_every_s`.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import time
 import uuid
+from dataclasses import dataclass
 
 import fsspec
 
@@ -22,6 +31,9 @@ CONTENT_TYPES = {
     "json": "application/json",
     "bin": "application/octet-stream",
 }
+
+
+log = logging.getLogger("sam3d.store")
 
 
 class ArtifactNotFound(KeyError):
@@ -47,9 +59,32 @@ def content_type(name: str) -> str:
     return CONTENT_TYPES[name.rsplit(".", 1)[-1]]
 
 
+def _mtime(info: dict) -> float:
+    """Modification time in epoch seconds from an fsspec info dict (local, S3, GCS spellings)."""
+    for key in ("mtime", "LastModified", "updated", "created"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if hasattr(value, "timestamp"):
+            return value.timestamp()
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            continue
+    return time.time()
+
+
+@dataclass
+class SweepResult:
+    removed: int
+    freed_bytes: int
+    kept_bytes: int
+
+
 class ArtifactStore:
-    def __init__(self, url: str):
+    def __init__(self, url: str, ttl_s: float | None = None):
         self.url = url
+        self.ttl_s = ttl_s
         self.fs, root = fsspec.core.url_to_fs(url)
         self.root = root.rstrip("/")
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
@@ -72,12 +107,76 @@ class ArtifactStore:
             self.fs.pipe_file(path, data)
         return len(data)
 
-    def get(self, artifact_id: str, name: str) -> bytes:
+    def get(self, artifact_id: str, name: str, now: float | None = None) -> bytes:
         path = self._path(artifact_id, name)
         try:
+            if self.ttl_s is not None and (now or time.time()) - _mtime(self.fs.info(path)) > self.ttl_s:
+                raise FileNotFoundError(path)  # expired: the next sweep deletes it
             return self.fs.cat_file(path)
         except FileNotFoundError:
             raise ArtifactNotFound(f"{artifact_id}/{name}") from None
 
+    def delete(self, artifact_id: str) -> None:
+        """Remove every artifact of one request (a failed one, or one whose client left)."""
+        check_ref(artifact_id, "x.bin")
+        try:
+            self.fs.rm(f"{self.root}/{artifact_id}", recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def sweep(self, ttl_s: float | None, max_total_bytes: int | None, now: float | None = None) -> SweepResult:
+        """Delete folders older than `ttl_s`, then the oldest until the rest fit `max_total_bytes`."""
+        now = now or time.time()
+        folders = []  # (newest mtime, bytes, artifact id)
+        for entry in self.fs.ls(self.root, detail=True):
+            aid = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            if not ID_PATTERN.fullmatch(aid):
+                continue
+            files = self.fs.find(entry["name"], detail=True).values()
+            folders.append((max((_mtime(f) for f in files), default=_mtime(entry)),
+                            sum(int(f.get("size") or 0) for f in files), aid))
+        folders.sort()
+        total = sum(size for _, size, _ in folders)
+        removed = freed = 0
+        for mtime, size, aid in folders:
+            expired = ttl_s is not None and now - mtime > ttl_s
+            if not expired and (max_total_bytes is None or total <= max_total_bytes):
+                continue
+            self.delete(aid)
+            removed, freed, total = removed + 1, freed + size, total - size
+        return SweepResult(removed, freed, total)
+
     def exists(self, artifact_id: str, name: str) -> bool:
         return self.fs.exists(self._path(artifact_id, name))
+
+
+class Retention:
+    """Sweeps the store now and then from a caller's event loop, one sweep at a time."""
+
+    def __init__(self, store: ArtifactStore, ttl_s: float | None, max_total_bytes: int | None,
+                 every_s: float, clock=time.monotonic):
+        self.store, self.ttl_s, self.max_total_bytes, self.every_s = store, ttl_s, max_total_bytes, every_s
+        self.clock = clock
+        self._last = -float("inf")
+        self._task: asyncio.Task | None = None
+
+    def tick(self) -> asyncio.Task | None:
+        """Start a sweep in a thread if none ran for `every_s`; returns its task (or None)."""
+        if self.ttl_s is None and self.max_total_bytes is None:
+            return None
+        if (self._task is not None and not self._task.done()) or self.clock() - self._last < self.every_s:
+            return None
+        self._last = self.clock()
+        self._task = asyncio.get_running_loop().create_task(self._sweep())
+        return self._task
+
+    async def _sweep(self) -> SweepResult | None:
+        try:
+            result = await asyncio.to_thread(self.store.sweep, self.ttl_s, self.max_total_bytes)
+        except Exception:  # noqa: BLE001 - a failed sweep must not fail requests; the next one retries
+            log.exception("artifact sweep failed")
+            return None
+        if result.removed:
+            log.info("artifact sweep removed %d folders (%d bytes); %d bytes kept",
+                     result.removed, result.freed_bytes, result.kept_bytes)
+        return result

@@ -78,9 +78,9 @@ def test_bad_json_is_422_with_reason(client, body, needle):
 
 
 def test_wrong_content_type_and_broken_json(client):
-    assert client.post("/v1/generate", content=b"x", headers={"content-type": "text/plain"}).status_code == 422
+    assert client.post("/v1/generate", content=b"x", headers={"content-type": "text/plain"}).status_code == 415
     r = client.post("/v1/generate", content=b"{nope", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and "JSON" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
 
 
 def test_failure_mid_stream_becomes_an_error_event(tmp_path):
