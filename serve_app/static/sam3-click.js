@@ -4,6 +4,8 @@
 // to 4 threads when the page is cross-origin isolated, else on one). Mask selection and upsampling follow deployments/segmenter/onnx_decoder.py, so the browser's
 // mask is the one POST /v1/segment would give for the same prompts.
 
+import { apiFetch } from "./apikey.js";
+
 const ORT_MODULE = new URL("./vendor/onnxruntime-web/ort.wasm.bundle.min.mjs", import.meta.url).href;
 const ORT_WASM = new URL("./vendor/onnxruntime-web/ort-wasm-simd-threaded.wasm", import.meta.url).href;
 
@@ -141,7 +143,7 @@ export class Sam3Clicks {
     this.embedding = null;
     const form = new FormData();
     form.append("image", file, file.name || "photo");
-    const [, res] = await Promise.all([this.loadDecoder(), fetch(new URL("v1/embed", this.base), { method: "POST", body: form })]);
+    const [, res] = await Promise.all([this.loadDecoder(), apiFetch(new URL("v1/embed", this.base), { method: "POST", body: form })]);
     if (!res.ok) throw await errorOf(res);
     const { header, tensors } = await parseEmbedding(await res.arrayBuffer());
     const ort = await loadOrt();

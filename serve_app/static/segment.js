@@ -7,6 +7,7 @@
 
 import { Sam3Clicks } from "./sam3-click.js";
 import { errorOf } from "./stream.js";
+import { apiFetch } from "./apikey.js";
 
 async function fileBase64(file) {
   const bytes = new Uint8Array(await file.arrayBuffer());
@@ -94,7 +95,7 @@ export class Segmentation {
       this._b64 ||= await fileBase64(this.photo.file);
       body.image_b64 = this._b64;
     }
-    const r = await fetch(new URL("v1/segment", this.base), {
+    const r = await apiFetch(new URL("v1/segment", this.base), {
       method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
     });
     if (!r.ok) throw await errorOf(r);

@@ -4,6 +4,7 @@
 // message is attached to its event as `frame_message` (bytes) instead of base64 `frame_data`.
 // No DOM: Node's tests (tests/js/stream.test.mjs) run it on the shared vectors in tests/vectors.
 
+import { apiFetch } from "./apikey.js";
 import {
   BinaryStreamReader, RecordKind, ResyncNeeded, decodeSeedEvent, parseEventPayload, splitFramePayload,
 } from "./voxel-codec.js";
@@ -163,7 +164,7 @@ export { ResyncNeeded };
  * a refusal (4xx/5xx) rejects with HttpError carrying the server's reason.
  */
 export async function startGenerate(form, { binary = true, signal, base = globalThis.document?.baseURI } = {}) {
-  const response = await fetch(new URL("v1/generate", base), {
+  const response = await apiFetch(new URL("v1/generate", base), {
     method: "POST", body: form, signal,
     headers: { Accept: binary ? BINARY_MEDIA_TYPE : "text/event-stream" },
   });
@@ -174,7 +175,7 @@ export async function startGenerate(form, { binary = true, signal, base = global
 /** Ask the running stream for a key frame; resolves to the HTTP status (0: no answer). */
 export async function requestKeyFrame(requestId, base = globalThis.document?.baseURI) {
   try {
-    const r = await fetch(new URL(`v1/streams/${encodeURIComponent(requestId)}/keyframe`, base), { method: "POST" });
+    const r = await apiFetch(new URL(`v1/streams/${encodeURIComponent(requestId)}/keyframe`, base), { method: "POST" });
     return r.status;
   } catch {
     return 0;

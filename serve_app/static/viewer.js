@@ -10,6 +10,7 @@ import { Scene, VIEWS } from "./scene.js";
 import { Segmentation, maskPng } from "./segment.js";
 import { HttpError, ResyncNeeded, decodeFrame, errorOf, readEvents, requestKeyFrame, startGenerate } from "./stream.js";
 import { VoxelStreamDecoder } from "./voxel-codec.js";
+import { apiFetch } from "./apikey.js";
 
 const params = new URLSearchParams(location.search);
 const TEST = params.get("test") === "1";
@@ -41,7 +42,7 @@ async function startPage() {
 
   // ---------------------------------------------------------------- capabilities
   try {
-    const r = await fetch(new URL("v1/capabilities", document.baseURI));
+    const r = await apiFetch(new URL("v1/capabilities", document.baseURI));
     if (!r.ok) throw await errorOf(r);
     state.capabilities = await r.json();
   } catch (err) {
