@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from serve_app.openapi import errors
+
 from deployments.image_generator.unavailable import MESSAGE as NO_GENERATOR
 from serve_app.protocol import ENCODINGS, PROTOCOL_VERSION
 from serve_app.routes_segment import ONNX_ROUTE
@@ -22,7 +24,8 @@ from serve_app.service import GenerateService
 def build_capabilities_router(service: GenerateService, segment_routes: bool) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/v1/capabilities", summary="Backends and routes this deployment offers (for the viewer)")
+    @router.get("/v1/capabilities", summary="Backends and routes this deployment offers (for the viewer)",
+                responses=errors(401, 429))
     async def capabilities() -> dict:
         settings = service.settings
         sam3 = segment_routes and settings.segmenter.backend == "sam3"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -56,6 +57,9 @@ class IsolatedStaticFiles(StaticFiles):
     async def get_response(self, path: str, scope):
         try:
             response = await super().get_response(path, scope)
+        except StarletteHTTPException as exc:  # the JSON error body every route answers with
+            return error_response(exc.status_code, "not_found" if exc.status_code == 404
+                                  else "bad_input", "no such static file")
         except OSError:  # e.g. a name longer than the filesystem allows: not a file we have
             return error_response(404, "not_found", "no such static file")
         response.headers.update(ISOLATION_HEADERS)

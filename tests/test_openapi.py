@@ -19,6 +19,7 @@ EXPECTED = {
     ("post", "/v1/streams/{request_id}/keyframe"): {202, 401, 404, 422, 429},
     ("get", "/v1/artifacts/{artifact_id}/{name}"): {200, 400, 404, 422},
     ("get", "/v1/protocol"): {200},
+    ("get", "/v1/capabilities"): {200, 401, 429},
     ("get", "/healthz"): {200},
 }
 
