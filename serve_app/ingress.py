@@ -98,9 +98,11 @@ async def _registered(streams: dict, request_id: str, writer: FrameWriter, body)
         await body.aclose()
 
 
-def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
+def build_fastapi_app(service: GenerateService, segmenter=None, jobs=None) -> FastAPI:
     """`segmenter`: an object with the Segmenter deployment's async methods (embed,
-    segment, segment_cached, click_decoder_onnx) for the /v1/embed and /v1/segment routes."""
+    segment, segment_cached, click_decoder_onnx) for the /v1/embed and /v1/segment routes.
+    `jobs`: where /v1/jobs keeps its jobs (serve_app.routes_jobs); None: a JobManager in
+    this process, over the service's own stage clients."""
     streams: dict[str, FrameWriter] = {}
     app = FastAPI(title="sam3d-serve", version="0.1.0",
                   description="Photo or text → 3D object, streamed as it takes shape.")
@@ -108,6 +110,11 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
         from serve_app.routes_segment import build_segment_router
 
         app.include_router(build_segment_router(lambda: segmenter, service.settings.limits))
+    from serve_app.jobs import JobManager
+    from serve_app.routes_jobs import build_jobs_router
+
+    app.include_router(build_jobs_router(
+        service, jobs if jobs is not None else JobManager(service.clients, service.store, service.settings)))
 
     @app.exception_handler(StageError)
     async def _stage_error(_, exc: StageError):
