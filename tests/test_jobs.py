@@ -275,3 +275,22 @@ def test_manifest_digest_is_of_the_decoded_image(server, http):
     image = manager._jobs[job_id].job.image
     digest = http.get(f"{base}/v1/jobs/{job_id}").json()["manifest"]["inputs"]["image"]["sha256"]
     assert digest == hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+@pytest.mark.serve
+def test_jobs_through_the_serve_graph(local_app):
+    """The JobManager deployment behind the Ingress: a job outlives its events stream,
+    resumes with Last-Event-ID and leaves its manifest in the store."""
+    base, _ = local_app
+    with httpx.Client(timeout=60) as http:
+        job_id = submit(http, base, {**BODY, "geometry_steps": 4, "appearance_steps": 2})["job_id"]
+        first, _ = read_events(http, base, job_id, stop=lambda e: e["type"] == "geometry")
+        assert http.get(f"{base}/v1/jobs/{job_id}").json()["state"] in ("running", "succeeded")
+        resumed, ids = read_events(http, base, job_id, last_id=first[-1]["seq"])
+        assert resumed[-1]["type"] == "complete" and ids == sorted(ids)
+        assert sum(bool(e.get("key_frame")) for e in resumed) == 1
+        final = wait(http, base, job_id)[-1]
+        assert final["state"] == "succeeded"
+        manifest = http.get(base + final["artifacts"]["manifest.json"]["url"]).json()
+        assert manifest["versions"]["backends"]["reconstructor"] == "inflation"
+        assert http.get(f"{base}/v1/jobs/{'f' * 32}").status_code == 404
