@@ -15,6 +15,7 @@ live events. Subscribers never own the job: closing a subscription leaves it run
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -140,7 +141,7 @@ class JobManager:
             raise QueueFull(f"{self.limits.max_jobs} unfinished jobs are kept (the limit); retry in a while")
         if job.options.seed is None:
             # Pin the seed so the manifest says how to reproduce the job.
-            job.options.seed = int(np.random.default_rng().integers(0, 2**32 - 1))
+            job.options = dataclasses.replace(job.options, seed=int(np.random.default_rng().integers(0, 2**32 - 1)))
         rec = _Record(job=job, fields=fields)
         self._jobs[job.request_id] = rec
         self._waiting.append(job.request_id)
