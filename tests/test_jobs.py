@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import threading
 import time
 
@@ -21,7 +22,8 @@ from serve_app.client import FrameDecoder, iter_job_events, main as client_main,
 from serve_app.ingress import build_fastapi_app
 from serve_app.jobs import JobManager
 from serve_app.local import LocalClients
-from serve_app.protocol import FRAME_EVENTS, SSEParser
+from serve_app.protocol import (BINARY_MEDIA_TYPE, FRAME_EVENTS, BinaryStreamReader, RecordKind,
+                                SSEParser, StreamDecoder, split_frame_payload)
 from serve_app.service import GenerateService
 from serve_app.settings import load_settings
 from serve_app.store import ArtifactStore
@@ -275,6 +277,31 @@ def test_manifest_digest_is_of_the_decoded_image(server, http):
     image = manager._jobs[job_id].job.image
     digest = http.get(f"{base}/v1/jobs/{job_id}").json()["manifest"]["inputs"]["image"]["sha256"]
     assert digest == hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+def test_binary_transport_resumes_with_a_key_frame(server, http):
+    base, _ = server
+    job_id = submit(http, base)["job_id"]
+    wait(http, base, job_id)
+    full, _ = read_events(http, base, job_id)
+    r = http.get(f"{base}/v1/jobs/{job_id}/events", headers={"Accept": BINARY_MEDIA_TYPE,
+                                                             "Last-Event-ID": "2"})
+    assert r.status_code == 200 and r.headers["content-type"] == BINARY_MEDIA_TYPE
+    reader = BinaryStreamReader()
+    records = reader.feed(r.content)
+    events, frames = [], []
+    for kind, payload in records:
+        if kind == RecordKind.FRAME:
+            meta, msg = split_frame_payload(payload)
+            events.append(meta)
+            frames.append(StreamDecoder().decode(msg))
+        else:
+            events.append(json.loads(payload))
+    assert [e["seq"] for e in events if e["type"] not in FRAME_EVENTS] == \
+        [e["seq"] for e in full if e["type"] not in FRAME_EVENTS and e["seq"] > 2]
+    assert len(frames) == 1 and [e for e in events if e["type"] in FRAME_EVENTS][0]["key_frame"]
+    coords, _ = FrameDecoder().decode(next(e for e in full if e.get("key_frame")))
+    np.testing.assert_array_equal(frames[0].coords, coords)
 
 
 class _Cut(httpx.SyncByteStream):
