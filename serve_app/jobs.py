@@ -71,6 +71,7 @@ class _Record:
     error: dict | None = None
     artifacts: dict = field(default_factory=dict)
     manifest: dict | None = None
+    inputs: dict = field(default_factory=dict)  # digests, taken at submit
     events: list[dict] = field(default_factory=list)  # non-frame events, in seq order
     frame: dict | None = None  # the latest geometry/appearance event, with its `_frame`
     last_seq: int = -1
@@ -134,7 +135,7 @@ class JobManager:
     # --- submit, status, cancel -----------------------------------------------------------
     async def submit(self, job: Job, fields: dict) -> dict:
         """Queue a prepared job (serve_app.service.GenerateService.prepare). Raises QueueFull."""
-        self._expire()
+        self._expire(room=1)
         if len(self._waiting) >= self.limits.max_queued:
             raise QueueFull(f"{len(self._waiting)} jobs are already queued (the limit); retry in a while")
         if len(self._jobs) >= self.limits.max_jobs:
@@ -142,7 +143,8 @@ class JobManager:
         if job.options.seed is None:
             # Pin the seed so the manifest says how to reproduce the job.
             job.options = dataclasses.replace(job.options, seed=int(np.random.default_rng().integers(0, 2**32 - 1)))
-        rec = _Record(job=job, fields=fields)
+        rec = _Record(job=job, fields=fields, inputs={
+            "image": _digest(job.image), "mask": _digest(job.seg_prompt.mask), "prompt": job.prompt})
         self._jobs[job.request_id] = rec
         self._waiting.append(job.request_id)
         self._pump()
@@ -209,6 +211,7 @@ class JobManager:
 
     # --- internals ---------------------------------------------------------------------------
     def _get(self, job_id: str) -> _Record:
+        self._expire()
         rec = self._jobs.get(job_id) if ID_PATTERN.fullmatch(job_id or "") else None
         if rec is None:
             raise JobNotFound(f"no job {job_id!r} (unknown, or expired after its TTL)")
@@ -275,6 +278,8 @@ class JobManager:
 
     def _finish(self, rec: _Record, state: str, error: dict | None) -> None:
         self._move(rec, state)
+        # A kept job must not keep its photo (up to 2048² px): only the digests stay.
+        rec.job.image = rec.job.seg_prompt.mask = None
         rec.finished = time.time()
         rec.error = error
         for sub in rec.subscribers:
@@ -287,8 +292,7 @@ class JobManager:
         opts = job.options
         manifest = {
             "job_id": job.request_id, "state": state,
-            "inputs": {"image": _digest(job.image), "mask": _digest(job.seg_prompt.mask),
-                       "prompt": job.prompt},
+            "inputs": rec.inputs,
             "settings": {**rec.fields, "geometry_steps": opts.geometry_steps,
                          "appearance_steps": opts.appearance_steps, "fast": opts.fast,
                          "face_budget": job.bake.face_budget, "encoding": job.encoding},
@@ -303,12 +307,13 @@ class JobManager:
         rec.artifacts = {**rec.artifacts, "manifest.json": {
             "url": f"/v1/artifacts/{job.request_id}/manifest.json", "size_bytes": size}}
 
-    def _expire(self) -> None:
-        """Forget finished jobs past their TTL, then the oldest finished ones over max_jobs."""
+    def _expire(self, room: int = 0) -> None:
+        """Forget finished jobs past their TTL, then the oldest finished ones until `room`
+        more jobs fit under max_jobs."""
         now = time.time()
         done = sorted((r.finished, k) for k, r in self._jobs.items() if r.state in TERMINAL)
         for finished, key in done:
-            if now - finished > self.limits.ttl_s or len(self._jobs) >= self.limits.max_jobs:
+            if now - finished > self.limits.ttl_s or len(self._jobs) + room > self.limits.max_jobs:
                 del self._jobs[key]
 
 

@@ -5,6 +5,7 @@ the embedded backends run with a small grid and a few paced steps.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -20,7 +21,9 @@ from conftest import free_port
 from photos import photo_bytes
 from serve_app.client import FrameDecoder, iter_job_events, main as client_main, submit_job
 from serve_app.ingress import build_fastapi_app
-from serve_app.jobs import JobManager
+from serve_app.inputs import decode_image
+from serve_app.jobs import JobManager, JobNotFound
+from serve_app.schemas import GenerateRequest
 from serve_app.local import LocalClients
 from serve_app.protocol import (BINARY_MEDIA_TYPE, FRAME_EVENTS, BinaryStreamReader, RecordKind,
                                 SSEParser, StreamDecoder, split_frame_payload)
@@ -274,7 +277,8 @@ def test_manifest_digest_is_of_the_decoded_image(server, http):
     base, manager = server
     job_id = submit(http, base, {**BODY, "geometry_steps": 1, "appearance_steps": 1})["job_id"]
     wait(http, base, job_id)
-    image = manager._jobs[job_id].job.image
+    image, _ = decode_image(photo_bytes("coffee"), load_settings({}).limits)  # 600x400: not scaled
+    assert manager._jobs[job_id].job.image is None  # a finished job keeps digests, not the photo
     digest = http.get(f"{base}/v1/jobs/{job_id}").json()["manifest"]["inputs"]["image"]["sha256"]
     assert digest == hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
 
@@ -384,3 +388,33 @@ def test_jobs_through_the_serve_graph(local_app):
         manifest = http.get(base + final["artifacts"]["manifest.json"]["url"]).json()
         assert manifest["versions"]["backends"]["reconstructor"] == "inflation"
         assert http.get(f"{base}/v1/jobs/{'f' * 32}").status_code == 404
+
+
+def test_finished_jobs_expire_after_ttl_and_beyond_max_jobs(tmp_path):
+    settings = load_settings({**SETTINGS, "store": {"url": str(tmp_path)},
+                              "jobs": {"max_running": 1, "max_queued": 4, "max_jobs": 2, "ttl_s": 0.5}})
+    store = ArtifactStore(str(tmp_path))
+    service = GenerateService(settings, LocalClients(settings, store), store)
+    manager = JobManager(service.clients, store, settings)
+    body = GenerateRequest(**BODY, geometry_steps=1, appearance_steps=1)
+
+    async def scenario():
+        async def run_one():
+            job = await service.prepare(body.model_copy())
+            st = await manager.submit(job, {})
+            async for _ in manager.events(st["job_id"]):
+                pass
+            return st["job_id"]
+
+        a, b = await run_one(), await run_one()
+        assert (await manager.status(a))["state"] == "succeeded"
+        c = await run_one()  # a third job fits: the oldest finished one (a) is forgotten
+        with pytest.raises(JobNotFound):
+            await manager.status(a)
+        assert (await manager.status(b))["state"] == (await manager.status(c))["state"] == "succeeded"
+        await asyncio.sleep(0.6)  # past the TTL
+        for job_id in (b, c):
+            with pytest.raises(JobNotFound):
+                await manager.status(job_id)
+
+    asyncio.run(scenario())
