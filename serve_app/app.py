@@ -23,23 +23,56 @@ from serve_app.store import ArtifactStore
 from serve_app.wire import FrameWriter, paced
 
 
+@serve.deployment(name="JobManager", num_replicas=1, max_ongoing_requests=10_000)
+class JobManagerDeployment:
+    """Every job of the app in one place (serve_app/jobs.py), whichever ingress replica took
+    it: jobs run here as asyncio tasks over the same stage handles as /v1/generate. Keep it at
+    one replica; it does no heavy work itself."""
+
+    def __init__(self, prompt_enhancer, image_generator, segmenter, reconstructor, mesh_baker,
+                 settings: dict):
+        from serve_app.jobs import JobManager
+
+        self.settings = load_settings(settings)
+        store = ArtifactStore(self.settings.store.url)
+        clients = HandleClients(prompt_enhancer, image_generator, segmenter, reconstructor,
+                                mesh_baker, store)
+        self.jobs = JobManager(clients, store, self.settings)
+
+    async def submit(self, job, fields: dict) -> dict:
+        return await self.jobs.submit(job, fields)
+
+    async def status(self, job_id: str) -> dict:
+        return await self.jobs.status(job_id)
+
+    async def cancel(self, job_id: str) -> dict:
+        return await self.jobs.cancel(job_id)
+
+    async def events(self, job_id: str, after: int = -1) -> AsyncIterator[dict]:
+        async for ev in self.jobs.events(job_id, after):
+            yield ev
+
+
 @serve.deployment(name="Ingress", max_ongoing_requests=64)
 @serve.ingress()
 class Ingress:
     def __init__(self, prompt_enhancer, image_generator, segmenter, reconstructor, mesh_baker,
-                 settings: dict):
+                 settings: dict, jobs=None):
         self.settings = load_settings(settings)
         store = ArtifactStore(self.settings.store.url, ttl_s=self.settings.store.ttl_s)
         clients = HandleClients(prompt_enhancer, image_generator, segmenter, reconstructor,
                                 mesh_baker, store)
         self.service = GenerateService(self.settings, clients, store)
         self._segmenter = segmenter
+        self._jobs = jobs
 
     def __serve_build_asgi_app__(self):
         from serve_app.ingress import build_fastapi_app
+        from serve_app.routes_jobs import JobsHandleAdapter
         from serve_app.routes_segment import SegmenterHandleAdapter
 
-        return build_fastapi_app(self.service, SegmenterHandleAdapter(self._segmenter))
+        jobs = JobsHandleAdapter(self._jobs) if self._jobs is not None else None
+        return build_fastapi_app(self.service, SegmenterHandleAdapter(self._segmenter), jobs)
 
     async def generate(self, request: dict, image: np.ndarray | None = None) -> AsyncIterator[dict]:
         """The Python API: `handle.options(stream=True).generate.remote({...}, image=array)`.
@@ -67,11 +100,11 @@ def build_app(args: dict | None = None):
     if "://" not in url:
         # Replicas may start in another working directory; pin the folder the operator meant.
         raw["store"]["url"] = os.path.abspath(url)
-    return Ingress.bind(
+    stages = (
         PromptEnhancer.bind(raw["prompt_enhancer"]),
         ImageGenerator.bind(raw["image_generator"]),
         Segmenter.bind(raw["segmenter"]),
         Reconstructor.bind(raw["reconstructor"]),
         MeshBaker.bind(raw["mesh_baker"], raw["store"]),
-        raw,
     )
+    return Ingress.bind(*stages, raw, JobManagerDeployment.bind(*stages, raw))

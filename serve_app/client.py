@@ -3,6 +3,9 @@
     python -m serve_app.client --image photo.jpg --out model.glb
     python -m serve_app.client --image rocket.jpg --box 285,110,345,415
     python -m serve_app.client --prompt "a red vintage car"       (needs an image generator)
+    python -m serve_app.client --image photo.jpg --job            (a job: survives dropped links)
+    python -m serve_app.client --image photo.jpg --detach         (print the job id and exit)
+    python -m serve_app.client --attach JOB_ID --out model.glb    (follow a job from the start)
 """
 from __future__ import annotations
 
@@ -72,6 +75,77 @@ def iter_events(base_url: str, *, image: bytes | None = None, masks: list[bytes]
             client.close()
 
 
+def _raise_for_error(resp: httpx.Response) -> None:
+    try:
+        err = resp.json()["error"]
+    except Exception:  # noqa: BLE001
+        err = {"code": "http", "message": resp.text[:500]}
+    raise GenerateError(resp.status_code, err.get("code", ""), err.get("message", ""))
+
+
+def submit_job(base_url: str, *, image: bytes | None = None, masks: list[bytes] | None = None,
+               client: httpx.Client | None = None, **fields) -> dict:
+    """POST /v1/jobs; returns the job's status (job_id, URLs). Raises GenerateError."""
+    own = client is None
+    client = client or httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0))
+    try:
+        if image is not None:
+            files = [("image", ("image", image, "application/octet-stream"))]
+            files += [("mask", (f"mask{i}.png", m, "image/png")) for i, m in enumerate(masks or [])]
+            resp = client.post(f"{base_url}/v1/jobs", data=_form(fields), files=files)
+        else:
+            resp = client.post(f"{base_url}/v1/jobs", json={k: v for k, v in fields.items() if v is not None})
+        if resp.status_code != 202:
+            _raise_for_error(resp)
+        return resp.json()
+    finally:
+        if own:
+            client.close()
+
+
+def iter_job_events(base_url: str, job_id: str, *, last_event_id: int = -1, retries: int = 20,
+                    retry_wait_s: float = 1.0, timeout: float = 300.0,
+                    client: httpx.Client | None = None) -> Iterator[tuple[float, dict]]:
+    """Yield (arrival time, event) of a job until it ends, reconnecting after a dropped
+    connection with Last-Event-ID = the highest seq seen. After each (re)connection the
+    server sends the missed non-frame events, then one `key_frame` event with the whole
+    current picture: decode from there with a fresh FrameDecoder."""
+    own = client is None
+    client = client or httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0))
+    url = f"{base_url}/v1/jobs/{job_id}/events"
+    failures = 0
+    try:
+        while True:
+            ended = False
+            try:
+                with client.stream("GET", url, headers={"Last-Event-ID": str(last_event_id)}) as resp:
+                    if resp.status_code != 200:
+                        resp.read()
+                        _raise_for_error(resp)
+                    parser = SSEParser()
+                    for chunk in resp.iter_bytes():
+                        now = time.monotonic()
+                        for event in parser.feed(chunk):
+                            failures = 0
+                            last_event_id = max(last_event_id, event["seq"])
+                            ended = event["type"] in ("complete", "error")
+                            yield now, event
+                if ended:
+                    return
+                # Cut cleanly before the final event (a proxy's stream limit): resume. The
+                # job's log keeps its complete/error event, so a resume always reaches it.
+            except httpx.TransportError:
+                pass
+            failures += 1
+            if failures > retries:
+                raise GenerateError(0, "unreachable", f"the events stream of job {job_id} "
+                                    f"dropped {failures} times in a row")
+            time.sleep(retry_wait_s)
+    finally:
+        if own:
+            client.close()
+
+
 class FrameDecoder:
     """Decodes geometry/appearance events of either encoding to (coords, colours).
 
@@ -107,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", type=Path, help="photo to reconstruct")
     src.add_argument("--prompt", help="text to turn into an object (needs an image generator)")
+    src.add_argument("--attach", metavar="JOB_ID", help="follow an existing job (resumes after drops)")
+    ap.add_argument("--job", action="store_true",
+                    help="run as a job (POST /v1/jobs): a dropped connection resumes, not cancels")
+    ap.add_argument("--detach", action="store_true", help="submit a job, print its id and exit")
     ap.add_argument("--mask", type=Path, action="append", default=[], help="object mask PNG (repeatable)")
     ap.add_argument("--click", action="append", default=[], metavar="X,Y[,LABEL]",
                     help="click on the object (label 1) or background (0); repeatable")
@@ -168,8 +246,20 @@ def _run(a: argparse.Namespace) -> int:
     complete = None
     t0 = time.monotonic()
     try:
-        for _, ev in iter_events(a.url, image=image, masks=masks, **fields):
+        if a.attach or a.job or a.detach:
+            job_id = a.attach or submit_job(a.url, image=image, masks=masks, **fields)["job_id"]
+            if a.detach:
+                print(job_id)
+                return 0
+            if not a.quiet:
+                print(f"job {job_id}: {a.url}/v1/jobs/{job_id}", flush=True)
+            events = iter_job_events(a.url, job_id)
+        else:
+            events = iter_events(a.url, image=image, masks=masks, **fields)
+        for _, ev in events:
             kind = ev["type"]
+            if ev.get("key_frame"):
+                decoder = FrameDecoder()  # a resumed stream starts again from a full frame
             detail = ev.get("message", "")
             if kind in FRAME_EVENTS:
                 coords, _ = decoder.decode(ev)

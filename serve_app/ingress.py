@@ -98,7 +98,7 @@ _STREAM_200 = {"description": "the stream: SSE, or binary records with `Accept: 
                            BINARY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
 _ARTIFACT_200 = {"description": "the artifact's bytes", "content": {
     t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(set(CONTENT_TYPES.values()))}}
-_MULTIPART = {"type": "object", "properties": {
+MULTIPART_BODY = {"type": "object", "properties": {
     "image": {"type": "string", "format": "binary", "description": "the photo"},
     "mask": {"type": "array", "items": {"type": "string", "format": "binary"},
              "description": "object mask PNG(s), repeatable"},
@@ -136,9 +136,11 @@ async def _registered(streams: dict, request_id: str, writer: FrameWriter, body)
         await body.aclose()
 
 
-def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
+def build_fastapi_app(service: GenerateService, segmenter=None, jobs=None) -> FastAPI:
     """`segmenter`: an object with the Segmenter deployment's async methods (embed,
-    segment, segment_cached, click_decoder_onnx) for the /v1/embed and /v1/segment routes."""
+    segment, segment_cached, click_decoder_onnx) for the /v1/embed and /v1/segment routes.
+    `jobs`: where /v1/jobs keeps its jobs (serve_app.routes_jobs); None: a JobManager in
+    this process, over the service's own stage clients."""
     streams: dict[str, FrameWriter] = {}
     app = FastAPI(title="sam3d-serve", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Photo or text → 3D object, streamed as it takes shape.")
@@ -150,6 +152,11 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
         app.include_router(build_segment_router(lambda: segmenter, service.settings.limits))
         models.append(SegmentRequest)
     app.include_router(build_capabilities_router(service, segment_routes=segmenter is not None))
+    from serve_app.jobs import JobManager
+    from serve_app.routes_jobs import build_jobs_router
+
+    app.include_router(build_jobs_router(
+        service, jobs if jobs is not None else JobManager(service.clients, service.store, service.settings)))
     install_openapi(app, models)
     if service.settings.limits.max_active_streams:  # inside auth: a key's quota is checked first
         app.add_middleware(StreamAdmission, limit=service.settings.limits.max_active_streams)
@@ -174,7 +181,7 @@ def build_fastapi_app(service: GenerateService, segmenter=None) -> FastAPI:
               responses={200: _STREAM_200, **errors(400, 401, 413, 415, 422, 429, 500, 501, 503, 504)},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": ref(GenerateRequest)},
-                  "multipart/form-data": {"schema": _MULTIPART}}}})
+                  "multipart/form-data": {"schema": MULTIPART_BODY}}}})
     async def generate(request: Request):
         deadline_s, watch = client_stream_policy(request, service.settings.honor_client_serve_headers)
         try:

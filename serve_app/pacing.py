@@ -27,7 +27,10 @@ _END = object()
 
 
 def _is_droppable(ev: dict) -> bool:
-    return ev.get("type") in FRAME_EVENTS and ev.get("step") != ev.get("total_steps")
+    """A frame that a newer one of its stage may replace: never a stage's last frame, nor the
+    key frame that opens a resumed job stream (serve_app/jobs.py)."""
+    return (ev.get("type") in FRAME_EVENTS and ev.get("step") != ev.get("total_steps")
+            and not ev.get("key_frame"))
 
 
 class FramePacer:

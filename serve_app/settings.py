@@ -174,6 +174,15 @@ class TimeoutSettings(_Strict):
     request_s: float = Field(900, gt=0)  # the whole stream
 
 
+class JobSettings(_Strict):
+    """POST /v1/jobs (serve_app/jobs.py): jobs run at once, wait, and are kept."""
+
+    max_running: int = Field(4, ge=1, le=1000)  # jobs whose pipeline runs at once
+    max_queued: int = Field(32, ge=0, le=100_000)  # more waiting jobs → 503 queue_full
+    max_jobs: int = Field(1000, ge=1, le=1_000_000)  # jobs kept, finished ones included
+    ttl_s: float = Field(3600, gt=0)  # a finished job is forgotten this long after it ends
+
+
 class AppSettings(_Strict):
     prompt_enhancer: PromptEnhancerSettings = PromptEnhancerSettings()
     image_generator: ImageGeneratorSettings = ImageGeneratorSettings()
@@ -187,6 +196,7 @@ class AppSettings(_Strict):
     auth: AuthSettings = AuthSettings()
     # Browser origins allowed to call the API cross-origin (serve_app/headers.py); none by default.
     cors_allow_origins: list[str] = Field(default_factory=list, max_length=100)
+    jobs: JobSettings = JobSettings()
     # Serve 2.60 lets any client send `x-request-timeout-seconds: 0` and
     # `x-request-disconnect-disabled: ?1`. Off: the ingress applies its own timeouts and
     # cancels on disconnect regardless. On: it follows those headers.

@@ -20,13 +20,16 @@ def test_config_passes_serve_schema_and_builds(name):
     settings = load_settings(app_cfg.args)
     build_app(app_cfg.args)  # binds the graph without starting it
     names = {d.name for d in app_cfg.deployments}
-    assert names == {"Ingress", "PromptEnhancer", "ImageGenerator", "Segmenter", "Reconstructor", "MeshBaker"}
+    assert names == {"Ingress", "JobManager", "PromptEnhancer", "ImageGenerator", "Segmenter",
+                     "Reconstructor", "MeshBaker"}
+    job_manager = next(d for d in app_cfg.deployments if d.name == "JobManager")
+    assert job_manager.num_replicas == 1  # every job's state lives in one place
     if name == "serve_config.yaml":
         assert settings.segmenter.backend == "sam3" and settings.reconstructor.backend == "sam3d"
         gpu = {d.name: d.ray_actor_options.num_gpus for d in app_cfg.deployments
                if d.ray_actor_options.num_gpus}
         assert gpu["Reconstructor"] == 1 and gpu["Segmenter"] > 0
-        assert all(d.autoscaling_config for d in app_cfg.deployments)
+        assert all(d.autoscaling_config for d in app_cfg.deployments if d.name != "JobManager")
     else:
         assert settings.segmenter.backend == "grabcut" and settings.reconstructor.backend == "inflation"
         cpus = sum(d.ray_actor_options.num_cpus for d in app_cfg.deployments)

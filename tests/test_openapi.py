@@ -20,6 +20,10 @@ EXPECTED = {
     ("get", "/v1/artifacts/{artifact_id}/{name}"): {200, 400, 404, 422},
     ("get", "/v1/protocol"): {200},
     ("get", "/v1/capabilities"): {200, 401, 429},
+    ("post", "/v1/jobs"): {202, 400, 401, 413, 415, 422, 429, 500, 501, 503, 504},
+    ("get", "/v1/jobs/{job_id}"): {200, 401, 404, 422, 429},
+    ("delete", "/v1/jobs/{job_id}"): {200, 401, 404, 422, 429},
+    ("get", "/v1/jobs/{job_id}/events"): {200, 400, 401, 404, 422, 429},
     ("get", "/healthz"): {200},
 }
 

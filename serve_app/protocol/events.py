@@ -45,8 +45,10 @@ COMMON_FIELDS = ("type", "request_id", "seq", "stage", "step", "total_steps", "p
 # their encoding (see seed_codec / compact codec) in addition.
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "loading": ("message",),
-    "geometry": ("encoding", "voxel_count", "grid_size"),
-    "appearance": ("encoding", "voxel_count", "grid_size"),
+    # `key_frame: true` marks the frame a resumed job stream (GET /v1/jobs/{id}/events)
+    # sends after the missed events: the whole current picture, whatever its seq.
+    "geometry": ("encoding", "voxel_count", "grid_size", "key_frame"),
+    "appearance": ("encoding", "voxel_count", "grid_size", "key_frame"),
     "mesh_preview": (
         "vertices_data", "faces_data", "vertex_colors_data",
         "vertex_count", "face_count", "bounds_min", "bounds_max",
@@ -72,14 +74,17 @@ def make_event(type_: str, *, stage: str, step: int = 0, total_steps: int = 0, *
     return {"type": type_, "stage": stage, "step": int(step), "total_steps": int(total_steps), **fields}
 
 
-def format_sse(event: dict) -> bytes:
-    """One SSE message: `event:` names the type, `id:` is seq, `data:` the whole JSON object.
+def format_sse(event: dict, event_id: int | None = None) -> bytes:
+    """One SSE message: `event:` names the type, `id:` is seq (or `event_id`: a resumed job's
+    key frame repeats an older seq but must not move the client's Last-Event-ID back),
+    `data:` the whole JSON object.
 
     The type is also inside the JSON so clients that read only `data:` lines (like the
     seed's frontend) still see it.
     """
     data = json.dumps(event, separators=(",", ":"))
-    return f"event: {event['type']}\nid: {event.get('seq', 0)}\ndata: {data}\n\n".encode()
+    sse_id = event.get("seq", 0) if event_id is None else event_id
+    return f"event: {event['type']}\nid: {sse_id}\ndata: {data}\n\n".encode()
 
 
 def parse_sse(text: str) -> list[dict]:
