@@ -46,6 +46,7 @@ ap.add_argument("--steps", type=int, default=25)
 ap.add_argument("--target-voxels", type=int, default=30_000)
 ap.add_argument("--tiny", action="store_true", help="1-block transformers (dry run of the code paths)")
 ap.add_argument("--cpu", action="store_true", help="tiny dry run on the CPU (bench/sam3d_cpu_dryrun.py)")
+ap.add_argument("--quick", action="store_true", help="cadence 1, compile off and upstream only")
 ap.add_argument("--deadline", type=float, default=520.0, help="skip remaining runs after this many s")
 ARGS = ap.parse_args()
 ARGS.tiny = ARGS.tiny or ARGS.cpu
@@ -383,19 +384,25 @@ def main():
     log("warm-up", R["warm_up_s"], "s")
     ours("first_request_after_warm_up", 5)
     c1 = ours("ours_cadence1", 1)
-    ours_noise = list(drawn)
     reference[0] = seen.get("local_occupancy")
     ours_slat = seen.get("slat_voxels")
-    c5 = ours("ours_cadence5", 5)
-    last = ours("ours_last_frame_only", ARGS.steps)
-    ours("ours_fast", 1, fast=True)
+    c5 = last = None
+    if not ARGS.quick:
+        c5 = ours("ours_cadence5", 5)
+        last = ours("ours_last_frame_only", ARGS.steps)
+        ours("ours_fast", 1, fast=True)
     # Each lever switched from its default on its own, at cadence 1.
     levers = {"compile_off": {"compile_geometry": False},
               "previews_by_decoder_fp16": {"preview_colors": "decoder"},
               "previews_by_decoder_fp32": {"preview_colors": "decoder", "preview_dtype": "float32"}}
+    eager_noise, eager_slat = [], None
     for tag, update in levers.items():
+        if ARGS.quick and tag != "compile_off":
+            continue
         with_settings(**update)
         ours("lever_" + tag, 1)
+        if tag == "compile_off":  # upstream's run() is eager: it gets this run's noise
+            eager_noise, eager_slat = list(drawn), seen.get("slat_voxels")
     eager_occ = occupancies.get("lever_compile_off")
     with_settings(compile_geometry=False)  # upstream's run() as upstream has it: eager
     R["levers_image_to_glb_s"] = {"defaults": c1 and c1["image_to_glb_s"], **{
@@ -411,10 +418,10 @@ def main():
 
     up = {}
     for tag in ("upstream_run_1st", "upstream_run_2nd"):
-        if c1 is None or time.perf_counter() - T0 > ARGS.deadline:
+        if not eager_noise or time.perf_counter() - T0 > ARGS.deadline:
             R[tag] = {"skipped": "deadline"}
             continue
-        queue = [clone(n) for n in ours_noise]
+        queue = [clone(n) for n in eager_noise]
         for gen in ("ss_generator", "slat_generator"):
             p.models[gen]._generate_noise = lambda shape, device, q=queue: q.pop(0)
         reset_peak()
@@ -444,7 +451,7 @@ def main():
               "gaussians": int(out["gs"].get_xyz.shape[0]) if out.get("gs") is not None else None,
               "occupancy_iou_vs_ours_eager": iou(up_occ, eager_occ),
               "occupancy_iou_vs_ours_default": iou(up_occ, reference[0]),
-              "same_slat_voxels": int(out["coords"].shape[0]) == ours_slat,
+              "same_slat_voxels_as_ours_eager": int(out["coords"].shape[0]) == eager_slat,
               "noise_left_unused": len(queue), "peak_gpu_gib": peak_gib()}
         R[tag] = up
         log(tag, json.dumps(up))
@@ -470,7 +477,7 @@ def main():
                                      if c1 and last else None),
         "occupancy_iou_vs_upstream": up.get("occupancy_iou_vs_ours_eager"),
         "occupancy_iou_compiled_vs_upstream": up.get("occupancy_iou_vs_ours_default"),
-        "same_slat_voxels_as_upstream": up.get("same_slat_voxels"),
+        "same_slat_voxels_as_upstream": up.get("same_slat_voxels_as_ours_eager"),
         "active_voxels": ours_slat, "mesh_faces": c1 and c1["mesh_faces_decoded"],
         "mesh_faces_glb": c1 and c1["mesh_faces_glb"], "splat_gaussians": c1 and c1["splat_gaussians"],
         "upstream_mesh_faces": up.get("mesh_faces"), "upstream_gaussians": up.get("gaussians"),
