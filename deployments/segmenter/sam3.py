@@ -94,8 +94,11 @@ class Sam3Segmenter:
         profile = profile or self.settings.embedding_profile
         if profile not in embedding_codec.PROFILES:
             raise BadInput(f"unknown embedding profile {profile!r}; one of {sorted(embedding_codec.PROFILES)}")
+        # On a GPU the features are quantised there and only u8 codes come to the host; on the CPU numpy's
+        # float32 path is the faster one (bench/results/sam3_payload.txt).
+        on_gpu = self.models.device.type == "cuda"
         return embedding_codec.encode(
-            embedding.click_features(),
+            embedding.click_tensors() if on_gpu else embedding.click_features(),
             embedding_id=embedding.embedding_id,
             original_size=embedding.original_size,
             input_size=self.input_size,

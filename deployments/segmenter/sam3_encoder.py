@@ -41,6 +41,10 @@ class ImageEmbedding:
             for name in ("image_embed", "high_res_feats_0", "high_res_feats_1")
         }
 
+    def click_tensors(self) -> dict:
+        """The three decoder inputs as held (device, dtype): the codec quantises them where they live."""
+        return {name: getattr(self, name) for name in ("image_embed", "high_res_feats_0", "high_res_feats_1")}
+
     def shapes(self) -> dict[str, list[int]]:
         return {
             name: list(getattr(self, name).shape)
