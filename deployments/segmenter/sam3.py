@@ -64,9 +64,13 @@ class Sam3Segmenter:
         return image_id(check_image(image))
 
     def encode_batch(self, images: list[np.ndarray], ids: list[str] | None = None) -> list[ImageEmbedding]:
-        """The batched encoder entry point (the deployment's @serve.batch method calls this). No caching."""
+        """The batched encoder entry point (the deployment's @serve.batch method calls this). No caching.
+
+        ids: the images' content ids, which the deployment computes where the cache needs them, in a worker
+        thread before batching; only when None are they hashed here.
+        """
         images = [check_image(im) for im in images]
-        out = encode_images(self.models, images, ids)
+        out = encode_images(self.models, images, ids if ids is not None else [image_id(im) for im in images])
         with self._count_lock:
             self.images_encoded += len(images)
             self.encoder_batches += 1
