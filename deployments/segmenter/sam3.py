@@ -33,6 +33,7 @@ from .sam3_encoder import (
     encode_images,
     image_id,
 )
+from .sam3_compile import compiled_vit
 from .sam3_loading import Sam3Models, load_sam3_models
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ class Sam3Segmenter:
         """settings: serve_app.settings.Sam3Settings. `models` skips loading (benchmarks, tests)."""
         self.settings = settings
         self.models = models if models is not None else load_sam3_models(settings)
+        if self.models.vit is None:  # compiled and warmed up here, before the replica reports healthy
+            self.models.vit = compiled_vit(self.models, settings)
         self.cache: EmbeddingCache[ImageEmbedding] = EmbeddingCache(settings.embedding_cache_mb * 1024 * 1024)
         self.images_encoded = 0
         self.encoder_batches = 0
@@ -243,6 +246,7 @@ class Sam3Segmenter:
             "device": str(m.device),
             "dtype": str(m.dtype).replace("torch.", ""),
             "input_size": self.input_size,
+            "compiled_vit": None if m.vit is None else {"batch_sizes": list(m.vit.buckets), "warmup_s": m.vit.warmup_s},
             "text_prompts": m.tokenizer is not None,
             "images_encoded": self.images_encoded,
             "encoder_batches": self.encoder_batches,

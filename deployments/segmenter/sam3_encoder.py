@@ -154,7 +154,7 @@ def encode_images(models: Sam3Models, images: list[np.ndarray], ids: list[str]) 
     patch = models.detector.config.vision_config.backbone_config.patch_size
     with torch.inference_mode():
         px = pixel_values(models, images)
-        hidden = models.detector.vision_encoder.backbone(px).last_hidden_state  # B x g*g x C
+        hidden = models.run_vit(px)  # B x g*g x C
         grid = px.shape[-1] // patch
         spatial = hidden.reshape(hidden.shape[0], grid, grid, hidden.shape[-1]).permute(0, 3, 1, 2).contiguous()
         feats_0, feats_1, embed = tracker_features(models, spatial)
