@@ -46,6 +46,13 @@ def test_compiled_is_off_by_default_on_cpu_and_warmed_up_when_on(pair):
     assert eager.models.vit is None and eager.describe()["compiled_vit"] is None
     assert compiled.models.vit.buckets == (1, 2, 4)
     assert compiled.describe()["compiled_vit"]["warmup_s"] > 0  # compiled in the constructor
+    # Requests of any batch size and image size after the warm-up compile nothing more.
+    from torch._dynamo.utils import counters
+
+    compiled_frames = counters["stats"]["unique_graphs"]
+    compiled.encode_batch([photo(224, 224, 3), photo(60, 50, 4), photo(224, 224, 5)], ["a", "b", "c"])
+    compiled.encode_batch([photo(224, 224, 6)], ["d"])
+    assert counters["stats"]["unique_graphs"] == compiled_frames
 
 
 PROMPTS = [

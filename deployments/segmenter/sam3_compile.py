@@ -56,6 +56,7 @@ class CompiledVit:
     def __call__(self, px):
         import torch
 
+        px = px.contiguous()  # the layout compiled for; another layout would recompile
         n = px.shape[0]
         b = self.bucket(n)
         if b != n:

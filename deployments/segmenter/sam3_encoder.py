@@ -103,7 +103,7 @@ def pixel_values(models: Sam3Models, images: list[np.ndarray]):
         t = torch.from_numpy(host)
         if device.type == "cuda":
             t = t.pin_memory()
-        x = t.to(device, non_blocking=device.type == "cuda").permute(0, 3, 1, 2).float()
+        x = t.to(device, non_blocking=device.type == "cuda").permute(0, 3, 1, 2).contiguous().float()
     else:
         batch = []
         for t in _upload(images, device):
