@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import platform
@@ -49,7 +50,7 @@ def _stub_ray_serve_if_missing() -> bool:
     """→ True when the real ray.serve imports. Otherwise install a stub with the decorators the segmenter
     package applies at import time (none of them is exercised here)."""
     try:
-        import ray.serve  # noqa: F401
+        importlib.import_module("ray.serve")
         return True
     except Exception:  # noqa: BLE001 - not installed, or broken: the encoder bench does not need it
         pass
@@ -84,9 +85,9 @@ def _stub_ray_serve_if_missing() -> bool:
 
     serve = types.ModuleType("ray.serve")
     serve.deployment, serve.batch, serve.multiplexed, serve.get_replica_context = deployment, batch, multiplexed, get_replica_context
-    ray = sys.modules.get("ray") or types.ModuleType("ray")
-    ray.serve = serve
-    sys.modules["ray"], sys.modules["ray.serve"] = ray, serve
+    ray_module = sys.modules.get("ray") or types.ModuleType("ray")
+    ray_module.serve = serve
+    sys.modules["ray"], sys.modules["ray.serve"] = ray_module, serve
     return False
 
 
