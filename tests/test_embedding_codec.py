@@ -170,3 +170,18 @@ def test_torch_tensors_encode_as_numpy_arrays_do(profile):
         c = x.reshape(x.shape[1], -1)
         tol = float((c.std(1) / 10 + (c.max(1) - c.min(1)) / 255).max()) + 1e-6
         assert np.abs(out_np[name] - out_t[name]).max() <= tol, name
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_are_quantised_on_the_gpu_as_on_the_host():
+    """GPU: the server's path (bf16 features quantised on the device) against numpy's, full-size shapes."""
+    import torch
+
+    feats = {k: torch.from_numpy(v).to("cuda", torch.bfloat16) for k, v in features().items()}
+    host = {k: v.float().cpu().numpy() for k, v in feats.items()}
+    _, h_gpu, out_gpu = roundtrip(feats, "compact")
+    _, h_cpu, out_cpu = roundtrip(host, "compact")
+    for name, x in host.items():
+        c = x.reshape(x.shape[1], -1)
+        tol = float((c.std(1) / 10 + (c.max(1) - c.min(1)) / 255).max()) + 1e-6
+        assert np.abs(out_gpu[name] - out_cpu[name]).max() <= tol, name
