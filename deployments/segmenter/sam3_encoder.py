@@ -99,11 +99,12 @@ def pixel_values(models: Sam3Models, images: list[np.ndarray]):
     spec, device = models.pixels, models.device
     side = (spec.size, spec.size)
     if all(im.shape[:2] == side for im in images):
-        host = np.stack(images)
-        t = torch.from_numpy(host)
-        if device.type == "cuda":
-            t = t.pin_memory()
-        x = t.to(device, non_blocking=device.type == "cuda").permute(0, 3, 1, 2).contiguous().float()
+        pinned = device.type == "cuda"
+        host = torch.empty((len(images), *side, 3), dtype=torch.uint8, pin_memory=pinned)
+        buf = host.numpy()
+        for i, image in enumerate(images):  # straight into the (pinned) upload buffer: one host copy
+            buf[i] = image
+        x = host.to(device, non_blocking=pinned).permute(0, 3, 1, 2).contiguous().float()
     else:
         batch = []
         for t in _upload(images, device):
