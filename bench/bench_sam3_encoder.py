@@ -1,25 +1,42 @@
-"""SAM 3 image encoder on a GPU: latency, batched throughput with and without @serve.batch, peak memory,
-browser payload size and fidelity, click-decoder latency. Full-size model at random initialisation
-(transformers' Sam3Config defaults: ViT-L/14 at 1008 px, 72x72 tokens, FPN 256 channels).
+"""SAM 3 image encoder on a GPU, lever by lever (issue 16): encode p50 at batch 1, images/s at batch 8 and
+16 (batches formed by the caller) and through @serve.batch at concurrency 32, peak memory, first-request
+latency after a replica's start, and the browser payload's build time, bytes and mask fidelity.
 
-    python bench/bench_sam3_encoder.py                      # CUDA, bf16, full size
-    python bench/bench_sam3_encoder.py --tiny --device cpu  # a smoke run of the same code on the CPU
+Full-size model at random initialisation (transformers' Sam3VideoConfig defaults: ViT-L/14 at 1008 px),
+bf16. Levers, each measured on its own in the same run:
+- before:   the previous encode path, reproduced here (an upload and an antialiased resize per image even
+            when it is already 1008², a blake2b hash per image on the encoder thread, per-image copies);
+- hot_path: today's encode path (one pinned uint8 upload per batch, no identity resize, ids hashed before
+            batching, no copies at batch 1), eager;
+- sdpa_cudnn / sdpa_flash: hot_path with SDPA restricted to one kernel (CUDA only);
+- compile_<mode>: hot_path with the ViT under torch.compile, padded to batch buckets, compiled at start.
+The payload: the previous codec (float64 statistics, zlib default strategy, from float32 host copies)
+against today's (quantised on the device, float32 statistics, Huffman-only deflate).
 
-The @serve.batch runs drive the real Segmenter deployment class in this process: its `_embedding` method
-(cache, in-flight sharing, then the @serve.batch encoder) with a Serve replica context installed, as in a
-replica; "without @serve.batch" is the same method with no replica context, which encodes each request on
-its own in a thread. No Ray cluster is started (the GPU machine has none).
+    python bench/bench_sam3_encoder.py --json-out bench/results/sam3_encoder_h200.json   # CUDA, full size
+    python bench/bench_sam3_encoder.py --tiny --cpu                                       # a dry run
+
+On the H200 one run stays under 10 minutes with the defaults (one compile mode, buckets 1..16); add modes
+with --compile-modes in a run of their own if needed.
+
+Ray Serve is optional: without it, `ray.serve` is stubbed so the deployment module imports, and the
+"serve_batch" figures come from an asyncio stand-in with @serve.batch's rule (a batch closes when full or
+`batch_wait_timeout_s` after its first request); the report says which one ran. The previous version of
+this script (ONNX decoder, prompt latencies) is bench/bench_sam3_encoder_v1.py.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import platform
 import statistics
 import sys
 import time
+import types
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +45,67 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+
+def _stub_ray_serve_if_missing() -> bool:
+    """→ True when the real ray.serve imports. Otherwise install a stub with the decorators the segmenter
+    package applies at import time (none of them is exercised here)."""
+    try:
+        importlib.import_module("ray.serve")
+        return True
+    except Exception:  # noqa: BLE001 - not installed, or broken: the encoder bench does not need it
+        pass
+
+    class _Batch:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def set_max_batch_size(self, n):
+            pass
+
+        def set_batch_wait_timeout_s(self, s):
+            pass
+
+        def __get__(self, obj, cls=None):
+            return self if obj is None else types.MethodType(self.fn, obj)
+
+    def deployment(*args, **kwargs):
+        def wrap(cls):
+            cls.func_or_class = cls
+            return cls
+        return wrap(args[0]) if args and callable(args[0]) else wrap
+
+    def batch(*args, **kwargs):
+        return _Batch(args[0]) if args and callable(args[0]) else _Batch
+
+    def multiplexed(*args, **kwargs):
+        return args[0] if args and callable(args[0]) else (lambda f: f)
+
+    def get_replica_context():
+        raise RuntimeError("no replica (stubbed ray.serve)")
+
+    serve = types.ModuleType("ray.serve")
+    serve.deployment, serve.batch, serve.multiplexed, serve.get_replica_context = deployment, batch, multiplexed, get_replica_context
+    ray_module = sys.modules.get("ray") or types.ModuleType("ray")
+    ray_module.serve = serve
+    sys.modules["ray"], sys.modules["ray.serve"] = ray_module, serve
+    return False
+
+
+REAL_SERVE = _stub_ray_serve_if_missing()
+
 import torch  # noqa: E402
 
-from deployments.segmenter import Segmenter  # noqa: E402
-from deployments.segmenter.base import Point, SegmentPrompt  # noqa: E402
+from deployments.segmenter import embedding_codec  # noqa: E402
 from deployments.segmenter.sam3 import Sam3Segmenter  # noqa: E402
-from deployments.segmenter.sam3_encoder import pixel_values  # noqa: E402
+from deployments.segmenter.sam3_compile import CompiledVit, batch_buckets  # noqa: E402
+from deployments.segmenter.sam3_encoder import ImageEmbedding, image_id, tracker_features  # noqa: E402
 from deployments.segmenter.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
 from deployments.segmenter.sam3_loading import random_init_models  # noqa: E402
-from deployments.segmenter.sam3_testing import tiny_tokenizer, tiny_video_config  # noqa: E402
+from deployments.segmenter.sam3_testing import tiny_video_config  # noqa: E402
 from serve_app.settings import Sam3Settings  # noqa: E402
 
+
+# ---------------------------------------------------------------------------------------------- helpers
 
 def sync(device):
     if device.type == "cuda":
@@ -59,7 +126,7 @@ def timed(fn, device, warmup=3, iters=20):
 
 
 def ms(times):
-    return {"median_ms": round(1000 * statistics.median(times), 2), "p90_ms": round(1000 * np.quantile(times, 0.9), 2)}
+    return {"p50_ms": round(1000 * statistics.median(times), 2), "p90_ms": round(1000 * float(np.quantile(times, 0.9)), 2)}
 
 
 def peak_mb(device, fn):
@@ -73,227 +140,294 @@ def peak_mb(device, fn):
     return round(torch.cuda.max_memory_allocated() / 2**20)
 
 
-def install_replica_context(deployment, max_ongoing: int):
-    """What a Serve replica sets before user code runs; @serve.batch reads it."""
-    from ray.serve import context
-    from ray.serve._private.common import DeploymentID, ReplicaID
-    from ray.serve._private.config import DeploymentConfig
-
-    context._set_internal_replica_context(
-        replica_id=ReplicaID("bench-replica", DeploymentID("Segmenter", "bench")),
-        servable_object=deployment,
-        _deployment_config=DeploymentConfig(max_ongoing_requests=max_ongoing),
-        rank=None,
-        world_size=1,
-    )
-
-
-def clear_replica_context():
-    from ray.serve import context
-
-    context._INTERNAL_REPLICA_CONTEXT = None
-
-
-async def serving_run(deployment, images, concurrency: int, batched: bool, max_batch: int, wait_s: float):
-    """Requests for distinct images, `concurrency` in flight; → images/s and per-request latency.
-
-    All runs share one event loop: a @serve.batch queue lives on the loop that first used it.
-    """
-    sizes = []
-    real = deployment.backend.encode_batch
-
-    def counting(batch, ids=None):
-        sizes.append(len(batch))
-        return real(batch, ids)
-
-    deployment.backend.encode_batch = counting
-    if batched:
-        install_replica_context(deployment, max_ongoing=max(16, concurrency))
-        deployment._encode_batched.set_max_batch_size(max_batch)
-        deployment._encode_batched.set_batch_wait_timeout_s(wait_s)
-    sem = asyncio.Semaphore(concurrency)
-    lat = []
-
-    async def one(img):
-        async with sem:
-            t = time.perf_counter()
-            await deployment._embedding(img)
-            # Done when the result exists: CUDA runs asynchronously, so wait (without holding a thread of
-            # the pool the deployment uses) for the work queued so far, this request's included.
-            if torch.cuda.is_available():
-                done = torch.cuda.Event()
-                done.record()
-                while not done.query():
-                    await asyncio.sleep(0.001)
-            lat.append(time.perf_counter() - t)
-
-    try:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(img) for img in images))
-        wall = time.perf_counter() - t0
-    finally:
-        clear_replica_context()
-        deployment.backend.encode_batch = real
-    return {
-        "images_per_s": round(len(images) / wall, 2),
-        "mean_batch": round(float(np.mean(sizes)), 2),
-        "latency": ms(lat),
-    }
-
-
-async def serving_runs(deployment, images, concurrency: int, wait_s: float) -> dict:
-    async def no_announce(_embedding_id):  # Serve's multiplexed routing needs a controller; none here
-        return None
-
-    deployment._announce = no_announce
-    await serving_run(deployment, images[:8], concurrency, False, 1, 0.0)  # warm-up
-    out = {"without_serve_batch": await serving_run(deployment, images, concurrency, False, 1, 0.0)}
-    print("serving without", json.dumps(out["without_serve_batch"]), flush=True)
-    for mb in (1, 2, 4, 8):
-        out[f"serve_batch_max_{mb}"] = await serving_run(deployment, images, concurrency, True, mb, wait_s)
-        print("serving with max", mb, json.dumps(out[f"serve_batch_max_{mb}"]), flush=True)
-    key = f"serve_batch_max_8_concurrency_{2 * concurrency}"
-    out[key] = await serving_run(deployment, images, 2 * concurrency, True, 8, wait_s)
-    print("serving", key, json.dumps(out[key]), flush=True)
-    return out
-
-
 def fresh_images(n, size, seed):
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
 
 
+# ------------------------------------------------------------------------ the previous path, reproduced
+
+def encode_before(models, images):
+    """The encode path before issue 16: hash, per-image upload + resize, contiguous + clone per tensor."""
+    import torch.nn.functional as F
+
+    ids = [image_id(im) for im in images]
+    spec, device = models.pixels, models.device
+    with torch.inference_mode():
+        batch = []
+        for image in images:
+            t = torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=True).permute(2, 0, 1)[None].float()
+            t = F.interpolate(t, size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=True)
+            batch.append(t.round_().clamp_(0, 255))
+        x = torch.cat(batch) / 255.0
+        mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
+        px = ((x - mean) / std).to(models.dtype)
+        hidden = models.detector.vision_encoder.backbone(px).last_hidden_state
+        grid = px.shape[-1] // models.detector.config.vision_config.backbone_config.patch_size
+        spatial = hidden.reshape(hidden.shape[0], grid, grid, hidden.shape[-1]).permute(0, 3, 1, 2)
+        f0, f1, emb = tracker_features(models, spatial)
+        return [ImageEmbedding(ids[i], image.shape[:2], spatial[i:i + 1].contiguous().clone(), emb[i:i + 1].clone(),
+                               f0[i:i + 1].clone(), f1[i:i + 1].clone()) for i, image in enumerate(images)]
+
+
+def payload_before(emb: ImageEmbedding, input_size: int) -> bytes:
+    """The previous codec: float32 host copies, float64 statistics, zlib's default strategy."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_sam3_payload import stats64
+
+    with stats64():
+        return embedding_codec.encode(emb.click_features(), embedding_id=emb.embedding_id, original_size=emb.original_size,
+                                      input_size=input_size, profile="compact", zlib_strategy=zlib.Z_DEFAULT_STRATEGY)
+
+
+# ---------------------------------------------------------------------------------------- @serve.batch
+
+async def serve_batch_run(encode, images, concurrency, max_batch, wait_s):
+    """Distinct images, `concurrency` in flight; each request hashes its image in a thread (as the
+    deployment does), then joins a batch. The real @serve.batch when Ray Serve imports, else a stand-in."""
+    sizes, lat = [], []
+
+    def run(batch_items):
+        sizes.append(len(batch_items))
+        ids, ims = zip(*batch_items)
+        return encode(list(ims), list(ids))
+
+    if REAL_SERVE:
+        from ray import serve
+
+        class Host:
+            @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=wait_s)
+            async def go(self, items):
+                return await asyncio.to_thread(run, items)
+
+        host = Host()
+        install_replica_context(host, max(16, concurrency))
+        submit = host.go
+    else:
+        queue: list = []
+        flush_task = None
+
+        async def flush():
+            await asyncio.sleep(wait_s)
+            await take()
+
+        async def take():
+            nonlocal flush_task, queue
+            if flush_task is not None and flush_task is not asyncio.current_task():
+                flush_task.cancel()
+            items, queue, flush_task = queue[:max_batch], queue[max_batch:], None
+            if not items:
+                return
+            if queue:
+                flush_task = asyncio.ensure_future(flush())
+            out = await asyncio.to_thread(run, [it for it, _ in items])
+            for (_, fut), res in zip(items, out):
+                fut.set_result(res)
+
+        async def submit(item):
+            nonlocal flush_task
+            fut = asyncio.get_running_loop().create_future()
+            queue.append((item, fut))
+            if len(queue) >= max_batch:
+                asyncio.ensure_future(take())
+            elif flush_task is None:
+                flush_task = asyncio.ensure_future(flush())
+            return await fut
+
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(img):
+        async with sem:
+            t = time.perf_counter()
+            key = await asyncio.to_thread(image_id, img)
+            await submit((key, img))
+            if torch.cuda.is_available():
+                done = torch.cuda.Event()
+                done.record()
+                while not done.query():
+                    await asyncio.sleep(0.0005)
+            lat.append(time.perf_counter() - t)
+
+    await asyncio.gather(*(one(im) for im in images[:max_batch]))  # warm-up
+    sizes.clear(), lat.clear()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(im) for im in images))
+    wall = time.perf_counter() - t0
+    return {"images_per_s": round(len(images) / wall, 2), "mean_batch": round(float(np.mean(sizes)), 2),
+            "latency": ms(lat), "real_serve_batch": REAL_SERVE}
+
+
+def install_replica_context(host, max_ongoing: int):
+    """What a Serve replica sets before user code runs; @serve.batch reads it (real Ray Serve only)."""
+    from ray.serve import context
+    from ray.serve._private.common import DeploymentID, ReplicaID
+    from ray.serve._private.config import DeploymentConfig
+
+    context._set_internal_replica_context(
+        replica_id=ReplicaID("bench-replica", DeploymentID("Segmenter", "bench")), servable_object=host,
+        _deployment_config=DeploymentConfig(max_ongoing_requests=max_ongoing), rank=None, world_size=1)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+def measure_lever(name, encode, size, device, args, report):
+    """encode(images, ids) → embeddings. Batch 1 latency, batch 8/16 throughput and peak, @serve.batch."""
+    out = {}
+    img = fresh_images(1, size, 0)[0]
+    out["encode_bs1"] = ms(timed(lambda: encode([img], ["bs1"]), device, iters=args.iters))
+    for bs in (8, 16):
+        batch, ids = fresh_images(bs, size, bs), [f"b{i}" for i in range(bs)]
+        times = timed(lambda: encode(batch, ids), device, warmup=2, iters=max(3, args.iters // 2))
+        out[f"direct_bs{bs}"] = {"images_per_s": round(bs / statistics.median(times), 2),
+                                 "batch_ms": round(1000 * statistics.median(times), 2),
+                                 "peak_mb": peak_mb(device, lambda: encode(batch, ids))}
+    images = fresh_images(args.requests, size, 100)
+    out["serve_batch"] = asyncio.run(serve_batch_run(encode, images, args.concurrency, args.serve_max_batch, args.wait_s))
+    out["serve_batch"].update(max_batch=args.serve_max_batch, concurrency=args.concurrency)
+    report["levers"][name] = out
+    print("lever", name, json.dumps(out), flush=True)
+
+
+def first_request(settings, models, size, device):
+    """A replica's start (constructor: compilation and warm-up when on) and its first /v1/embed."""
+    models.vit = None
+    sync(device)
+    t0 = time.perf_counter()
+    backend = Sam3Segmenter(settings, models=models)
+    sync(device)
+    t1 = time.perf_counter()
+    emb = backend.embed(fresh_images(1, size, 4242)[0])
+    backend.embedding_payload(emb)
+    sync(device)
+    t2 = time.perf_counter()
+    return backend, {"constructor_s": round(t1 - t0, 2), "first_embed_request_ms": round(1000 * (t2 - t1), 1)}
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--tiny", action="store_true", help="tiny config (CPU smoke run)")
+    ap.add_argument("--cpu", action="store_true", help="run on the CPU in float32 (with --tiny: a dry run)")
+    ap.add_argument("--tiny", action="store_true", help="the tiny test config instead of the full-size model")
     ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--requests", type=int, default=64)
-    ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--skip-onnx", action="store_true")
+    ap.add_argument("--requests", type=int, default=128)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--serve-max-batch", type=int, default=8)
+    ap.add_argument("--wait-s", type=float, default=0.01)
+    ap.add_argument("--compile-modes", default="default",
+                    help="comma-separated torch.compile modes to measure ('' for none), e.g. "
+                         "default,max-autotune-no-cudagraphs (autotuning takes minutes per batch size)")
+    ap.add_argument("--max-batch", type=int, default=16, help="the replica's max_batch_size: compiled buckets 1, 2, 4 .. this")
+    ap.add_argument("--skip-sdpa", action="store_true", help="skip the SDPA-kernel levers")
+    ap.add_argument("--compile-backend", default=None, help="default: inductor on CUDA, aot_eager on the CPU")
+    ap.add_argument("--standin", action="store_true", help="the asyncio @serve.batch stand-in even with Ray Serve")
+    ap.add_argument("--skip-fidelity", action="store_true")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
+    global REAL_SERVE
+    REAL_SERVE = REAL_SERVE and not args.standin
+    device_name, dtype = ("cpu", "float32") if args.cpu else ("cuda", "bfloat16")
+    compile_backend = args.compile_backend or ("aot_eager" if args.cpu else "inductor")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-
-    report: dict = {"args": vars(args)}
     import transformers
 
-    report["env"] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor(),
-    }
+    report: dict = {"args": vars(args), "levers": {}}
+    report["env"] = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+                     "device": torch.cuda.get_device_name() if device_name == "cuda" else platform.processor() or "cpu",
+                     "ray_serve": REAL_SERVE}
     print("env", json.dumps(report["env"]), flush=True)
 
     from transformers import Sam3VideoConfig
 
     config = tiny_video_config() if args.tiny else Sam3VideoConfig()
     t = time.perf_counter()
-    models = random_init_models(config, device=args.device, dtype=args.dtype)
-    models.tokenizer = tiny_tokenizer()  # random text encoder: any valid ids time the same
+    models = random_init_models(config, device=device_name, dtype=dtype)
     device = models.device
     sync(device)
-    vit = config.detector_config.vision_config.backbone_config
-    n_det = sum(p.numel() for p in models.detector.parameters())
-    n_trk = sum(p.numel() for n, p in models.tracker.named_parameters() if not n.startswith("vision_encoder.backbone"))
-    report["model"] = {
-        "build_s": round(time.perf_counter() - t, 1),
-        "image_size": vit.image_size,
-        "patch_size": vit.patch_size,
-        "vit_hidden": vit.hidden_size,
-        "vit_layers": vit.num_hidden_layers,
-        "fpn_channels": config.detector_config.vision_config.fpn_hidden_size,
-        "params_detector_M": round(n_det / 1e6, 1),
-        "params_tracker_extra_M": round(n_trk / 1e6, 1),
-        "dtype": str(models.dtype),
-        "weights_mb": round(torch.cuda.memory_allocated() / 2**20) if device.type == "cuda" else None,
-    }
-    print("model", json.dumps(report["model"]), flush=True)
-
-    settings = Sam3Settings(device=args.device, dtype=args.dtype, embedding_cache_mb=0, score_threshold=0.0,
-                            onnx_cache_dir=str(ROOT / "build" / "onnx"))
-    backend = Sam3Segmenter(settings, models=models)
     size = models.pixels.size
-    img = fresh_images(1, size, 0)[0]
-    emb = backend.encode_batch([img])[0]
-    report["features"] = {k: v for k, v in emb.shapes().items()}
-    print("features", json.dumps(report["features"]), flush=True)
+    report["model"] = {"build_s": round(time.perf_counter() - t, 1), "image_size": size, "dtype": str(models.dtype),
+                       "weights_mb": round(torch.cuda.memory_allocated() / 2**20) if device.type == "cuda" else None}
+    print("model", json.dumps(report["model"]), flush=True)
+    base = dict(device=device_name, dtype=dtype, embedding_cache_mb=64, score_threshold=0.0, max_batch_size=args.max_batch)
 
-    # 1. latency per image at the native resolution (ViT alone; the whole encode: upload, resize/normalise,
-    #    ViT, tracker neck); 2. throughput at batch sizes 1..8 with batches formed by the caller.
-    with torch.inference_mode():
-        px = pixel_values(models, [img])
-        vit_only = timed(lambda: models.detector.vision_encoder.backbone(px), device, iters=args.iters)
-    photo = np.random.default_rng(1).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
-    report["latency_bs1"] = {
-        "vit_only": ms(vit_only),
-        "encode": ms(timed(lambda: backend.encode_batch([img]), device, iters=args.iters)),
-        "encode_1920x1080": ms(timed(lambda: backend.encode_batch([photo]), device, iters=args.iters)),
+    # Eager: replica start and first request, then the levers that need no compilation.
+    backend, report["first_request_eager"] = first_request(Sam3Settings(**base, compile="off"), models, size, device)
+    print("first_request_eager", json.dumps(report["first_request_eager"]), flush=True)
+    hot = backend.encode_batch
+    measure_lever("before", lambda ims, ids: encode_before(models, ims), size, device, args, report)
+    measure_lever("hot_path", hot, size, device, args, report)
+    if device.type == "cuda" and not args.skip_sdpa:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        for label, kernel in (("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa_flash", SDPBackend.FLASH_ATTENTION)):
+            def with_kernel(ims, ids, kernel=kernel):
+                with sdpa_kernel([kernel]):
+                    return hot(ims, ids)
+            try:
+                measure_lever(label, with_kernel, size, device, args, report)
+            except Exception as exc:  # noqa: BLE001 - a kernel this model's attention cannot use
+                report["levers"][label] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+                print("lever", label, "failed:", report["levers"][label]["error"], flush=True)
+
+    # The browser payload, before and now, on one full-size embedding; fidelity of today's payload.
+    emb = backend.encode_batch(fresh_images(1, size, 7), ["payload"])[0]
+    report["payload"] = {
+        "before": {**ms(timed(lambda: payload_before(emb, size), torch.device("cpu"), warmup=1, iters=5)),
+                   "bytes": len(payload_before(emb, size))},
+        "now": {**ms(timed(lambda: backend.embedding_payload(emb), device, warmup=1, iters=5)),
+                "bytes": len(backend.embedding_payload(emb))},
     }
-    print("latency_bs1", json.dumps(report["latency_bs1"]), flush=True)
-    report["direct_batches"] = {}
-    for bs in (1, 2, 4, 8):
-        batch = fresh_images(bs, size, bs)
-        times = timed(lambda: backend.encode_batch(batch), device, warmup=2, iters=max(5, args.iters // 2))
-        peak = peak_mb(device, lambda: backend.encode_batch(batch))
-        report["direct_batches"][bs] = {
-            "images_per_s": round(bs / statistics.median(times), 2),
-            "batch_ms": round(1000 * statistics.median(times), 2),
-            "peak_mb": peak,
-        }
-        print("direct", bs, json.dumps(report["direct_batches"][bs]), flush=True)
+    if not args.skip_fidelity:
+        import copy
 
-    # 3. serving: distinct images, `concurrency` requests in flight, through the deployment's code path.
-    deployment = Segmenter.func_or_class({"backend": "grabcut"})
-    deployment.backend = backend  # the random full-size SAM 3 (no weights to load)
-    images = fresh_images(args.requests, size, 100)
-    report["serving"] = asyncio.run(serving_runs(deployment, images, args.concurrency, settings.batch_wait_timeout_s))
+        from deployments.segmenter.sam3_fidelity import agreement, decode_masks
 
-    # 4. browser payload: bytes and codec fidelity with the full-size decoder (fp32 copy of the tracker).
-    fid_img = fresh_images(1, size, 7)[0]
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    fid_img[: size // 2, : size // 2] = (200, 30, 30)
-    fid_img = (fid_img * 0.3 + 255 * 0.7 * np.stack([xx, yy, 0.5 + 0.5 * np.sin(9 * xx)], -1)).astype(np.uint8)
-    fid_emb = backend.encode_batch([fid_img])[0]
-    feats = fid_emb.click_features()
-    import copy
+        tracker32 = copy.deepcopy(models.tracker).float()
+        feats = emb.click_features()
+        prompts = random_prompts(size, count=32, seed=1)
+        reference = decode_masks(tracker32, feats, prompts)
+        for key, data in (("now", backend.embedding_payload(emb)), ("before", payload_before(emb, size))):
+            report["payload"][key].update(agreement(reference, decode_masks(tracker32, embedding_codec.decode(data)[1], prompts)))
+        report["payload"]["codec_fidelity_numpy_path"] = codec_fidelity(tracker32, feats, size, "compact", prompts)
+        del tracker32
+    print("payload", json.dumps(report["payload"]), flush=True)
 
-    tracker32 = copy.deepcopy(models.tracker).float()
-    report["payload"] = {}
-    prompts = random_prompts(size, count=32, seed=1)
-    for profile in ("fp16", "int8", "compact"):
-        payload = backend.embedding_payload(fid_emb, profile)  # device → host copy, quantise, deflate
-        r = codec_fidelity(tracker32, feats, size, profile, prompts)
-        r["payload_ms"] = ms(timed(lambda: backend.embedding_payload(fid_emb, profile), torch.device("cpu"), warmup=1, iters=3))
-        r["payload_bytes"] = len(payload)
-        report["payload"][profile] = r
-        print("payload", profile, json.dumps(r), flush=True)
-    del tracker32
+    # Compiled ViT, one mode at a time (dynamo's caches reset in between).
+    for mode in [m for m in args.compile_modes.split(",") if m]:
+        torch._dynamo.reset()
+        name = f"compile_{mode}" if compile_backend == "inductor" else f"compile_{compile_backend}"
+        settings = Sam3Settings(**base, compile="on", compile_mode=mode, compile_backend=compile_backend)
+        try:
+            backend_c, report[f"first_request_{name}"] = first_request(settings, models, size, device)
+        except Exception as exc:  # noqa: BLE001
+            report["levers"][name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            print("lever", name, "failed:", report["levers"][name]["error"], flush=True)
+            continue
+        report[f"first_request_{name}"]["buckets"] = list(batch_buckets(settings.max_batch_size))
+        print(f"first_request_{name}", json.dumps(report[f"first_request_{name}"]), flush=True)
+        measure_lever(name, backend_c.encode_batch, size, device, args, report)
+        models.vit = None
+        if compile_backend != "inductor":
+            break  # the mode only matters to inductor
+    assert CompiledVit  # imported for readers: the compiled path is sam3_compile.CompiledVit
 
-    # 5. prompts on a cached embedding (server side), and the ONNX click decoder with onnxruntime (CPU).
-    cached = backend.encode_batch([img])[0]
-    click = SegmentPrompt(points=[Point(size * 0.4, size * 0.5, 1)])
-    report["prompt_ms"] = {
-        "click_torch": ms(timed(lambda: backend.segment_with_embedding(cached, click), device, iters=args.iters)),
-        "text_detector_heads": ms(timed(lambda: backend.segment_with_embedding(cached, SegmentPrompt(label="mug")), device, iters=args.iters)),
-    }
-    print("prompt_ms", json.dumps(report["prompt_ms"]), flush=True)
-    if not args.skip_onnx:
-        from deployments.segmenter.onnx_decoder import OnnxClickDecoder, prompt_arrays
-
-        t = time.perf_counter()
-        path = backend.click_decoder_path()
-        dec = OnnxClickDecoder(path)
-        coords, labels = prompt_arrays([(size * 0.4, size * 0.5, 1)], None, (size, size), size)
-        ort_times = timed(lambda: dec(feats, coords, labels), torch.device("cpu"), warmup=2, iters=10)
-        report["onnx"] = {"export_s": round(time.perf_counter() - t, 1), "file_bytes": path.stat().st_size,
-                          "ort_cpu_click": ms(ort_times), "ort_threads": os.cpu_count()}
-        print("onnx", json.dumps(report["onnx"]), flush=True)
     if device.type == "cuda":
         report["peak_mb_total"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    before = report["levers"]["before"]
+    lines = [f"{'lever':36s} {'bs1 p50 ms':>10s} {'x':>5s} {'bs8 img/s':>9s} {'bs16 img/s':>10s} {'serve img/s':>11s} {'x':>5s} {'peak MB':>8s}"]
+    for name, r in report["levers"].items():
+        if "error" in r:
+            lines.append(f"{name:36s} error: {r['error'][:80]}")
+            continue
+        lines.append(f"{name:36s} {r['encode_bs1']['p50_ms']:10.2f} {before['encode_bs1']['p50_ms'] / r['encode_bs1']['p50_ms']:5.2f} "
+                     f"{r['direct_bs8']['images_per_s']:9.2f} {r['direct_bs16']['images_per_s']:10.2f} "
+                     f"{r['serve_batch']['images_per_s']:11.2f} {r['serve_batch']['images_per_s'] / before['serve_batch']['images_per_s']:5.2f} "
+                     f"{str(r['direct_bs16']['peak_mb']):>8s}")
+    p = report["payload"]
+    lines.append(f"payload compact: before {p['before']['p50_ms']} ms {p['before']['bytes']} B, now {p['now']['p50_ms']} ms "
+                 f"{p['now']['bytes']} B ({p['before']['p50_ms'] / p['now']['p50_ms']:.2f}x)")
+    print("\n".join(lines))
+    report["table"] = lines
     print("REPORT " + json.dumps(report), flush=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2))

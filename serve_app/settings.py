@@ -58,6 +58,11 @@ class Sam3Settings(_Strict):
     # Browser payload of POST /v1/embed (deployments/segmenter/embedding_codec.py): compact ≈ 3.3-4 MB.
     embedding_profile: Literal["compact", "int8", "fp16", "fp32"] = "compact"
     onnx_cache_dir: str | None = None  # where the click decoder is exported once; default: the temp dir
+    # torch.compile of the ViT (deployments/segmenter/sam3_compile.py), padded to the batch sizes 1, 2, 4, ...
+    # max_batch_size and compiled in the replica's constructor. "auto": on CUDA only.
+    compile: Literal["auto", "on", "off"] = "auto"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    compile_backend: Literal["inductor", "aot_eager"] = "inductor"  # aot_eager: fast to build (CPU tests)
 
 
 class SegmenterSettings(_Strict):

@@ -154,3 +154,34 @@ def test_compact_payload_keeps_masks_of_the_full_size_model():
     result = codec_fidelity(tracker, feats, size, "compact", random_prompts(size, count=32))
     print("codec fidelity, full-size random model:", result)
     assert result["bytes"] <= GOAL_BYTES and result["pixel_agreement"] >= 0.98
+
+
+@pytest.mark.parametrize("profile", ["int8", "compact", "fp16"])
+def test_torch_tensors_encode_as_numpy_arrays_do(profile):
+    """The server hands the codec its tensors (quantised where they live); the payload matches numpy's."""
+    torch = pytest.importorskip("torch")
+    feats = features(SMALL, seed=3)
+    _, h_np, out_np = roundtrip(feats, profile)
+    _, h_t, out_t = roundtrip({k: torch.from_numpy(v) for k, v in feats.items()}, profile)
+    assert [t["shape"] for t in h_np["tensors"]] == [t["shape"] for t in h_t["tensors"]]
+    for name, x in feats.items():
+        # torch and numpy sum in different orders: lo/step agree to float32 rounding, a code may move by one
+        # step (at most std/10 or the channel's range/255 in these profiles).
+        c = x.reshape(x.shape[1], -1)
+        tol = float((c.std(1) / 10 + (c.max(1) - c.min(1)) / 255).max()) + 1e-6
+        assert np.abs(out_np[name] - out_t[name]).max() <= tol, name
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_are_quantised_on_the_gpu_as_on_the_host():
+    """GPU: the server's path (bf16 features quantised on the device) against numpy's, full-size shapes."""
+    import torch
+
+    feats = {k: torch.from_numpy(v).to("cuda", torch.bfloat16) for k, v in features().items()}
+    host = {k: v.float().cpu().numpy() for k, v in feats.items()}
+    _, h_gpu, out_gpu = roundtrip(feats, "compact")
+    _, h_cpu, out_cpu = roundtrip(host, "compact")
+    for name, x in host.items():
+        c = x.reshape(x.shape[1], -1)
+        tol = float((c.std(1) / 10 + (c.max(1) - c.min(1)) / 255).max()) + 1e-6
+        assert np.abs(out_gpu[name] - out_cpu[name]).max() <= tol, name

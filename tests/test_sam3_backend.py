@@ -253,3 +253,43 @@ def test_bf16_on_cuda(ckpt):
     assert gpu.models.dtype in (torch.bfloat16, torch.float16)
     for prompt in PROMPTS.values():
         assert gpu.segment(photo(), prompt).mask.shape == (120, 160)
+
+
+def _pixel_values_reference(m, images):
+    """The preprocessing as transformers' image processor does it, image by image, always resizing."""
+    import torch.nn.functional as F
+
+    out = []
+    for image in images:
+        t = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()
+        t = F.interpolate(t, size=(m.pixels.size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        out.append(t.round_().clamp_(0, 255))
+    mean = torch.tensor(m.pixels.mean).view(1, 3, 1, 1)
+    std = torch.tensor(m.pixels.std).view(1, 3, 1, 1)
+    return ((torch.cat(out) / 255.0 - mean) / std).to(m.dtype)
+
+
+def test_preprocessing_uploads_once_and_skips_the_identity_resize(seg):
+    """Already model-sized images (no resize), other sizes and read-only arrays all give the reference pixels."""
+    m = seg.models
+    s = m.pixels.size
+    native = [photo(s, s, seed=2), photo(s, s, seed=3)]
+    mixed = [photo(s, s, seed=4), photo(90, 70, seed=5)]
+    mixed[1].setflags(write=False)  # as arrays from Ray's object store arrive
+    for images in (native, mixed, [native[0]]):
+        assert torch.equal(pixel_values(m, images), _pixel_values_reference(m, images))
+
+
+def test_encode_batch_hashes_only_without_ids(seg, monkeypatch):
+    """With ids (the deployment's path) the encoder thread hashes nothing; a batch of one is not copied."""
+    from deployments.segmenter import sam3 as sam3_module
+
+    calls = []
+    monkeypatch.setattr(sam3_module, "image_id", lambda im: calls.append(1) or "x")
+    img = photo(seed=6)
+    emb = seg.encode_batch([img], ["given"])[0]
+    assert calls == [] and emb.embedding_id == "given"
+    assert seg.encode_batch([img])[0].embedding_id == "x" and calls == [1]
+    pair = seg.encode_batch([img, photo(seed=7)], ["a", "b"])
+    torch.testing.assert_close(pair[0].image_embed, emb.image_embed, rtol=1e-4, atol=1e-5)
+    assert pair[0].image_embed.untyped_storage().data_ptr() != pair[1].image_embed.untyped_storage().data_ptr()

@@ -59,6 +59,10 @@ PROFILES: dict[str, Profile] = {
     "compact": Profile({n: TensorSpec("u8", sigma_steps=14.0) for n in TENSOR_NAMES}, zlib=True, max_bytes=4_000_000),
 }
 DEFAULT_PROFILE = "compact"
+# Huffman-only deflate: the u8 codes are noise-like, so LZ77 matching (zlib's default) finds almost nothing
+# and costs most of the time; Huffman-only is 2-3x faster and, with memLevel 9's larger blocks, no larger
+# (bench/results/sam3_payload.txt). Still a standard zlib stream: readers need no change.
+ZLIB_STRATEGY = zlib.Z_HUFFMAN_ONLY
 _RETRY_SCALE = 0.8  # sigma_steps multiplier for each new try over the byte budget
 _MAX_RETRIES = 4
 
@@ -71,27 +75,57 @@ def _align(n: int, to: int = 8) -> int:
     return (n + to - 1) // to * to
 
 
-def _ranges(x2d: np.ndarray, spec: TensorSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Per channel (rows of x2d): (lo, step) of the 256 levels."""
-    mn, mx = x2d.min(axis=1), x2d.max(axis=1)
+def _ranges(x2d, spec: TensorSpec):
+    """Per channel (rows of x2d, a float32 numpy array or torch tensor): (lo, step) of the 256 levels.
+
+    Statistics in float32: numpy and torch both sum pairwise/in blocks, so 83 k values per channel lose
+    nothing that matters at a step of std/14, and float64 copies cost more than the quantisation itself.
+    """
+    if isinstance(x2d, np.ndarray):
+        mn, mx = x2d.min(axis=1), x2d.max(axis=1)
+        if spec.sigma_steps:
+            step = np.maximum(np.maximum(x2d.std(axis=1) / spec.sigma_steps, (mx - mn) / 255.0), 1e-12)
+            lo = np.minimum(np.maximum(x2d.mean(axis=1) - 127.5 * step, mx - 255.0 * step), mn)
+            return lo.astype(np.float32), step.astype(np.float32)
+        lo, hi = (mn, mx) if spec.clip <= 0 else np.quantile(x2d, [spec.clip, 1.0 - spec.clip], axis=1)
+        return lo.astype(np.float32), (np.maximum(hi - lo, 1e-12) / 255.0).astype(np.float32)
+    import torch
+
+    mn, mx = torch.aminmax(x2d, dim=1)
     if spec.sigma_steps:
-        step = np.maximum(np.maximum(x2d.std(axis=1) / spec.sigma_steps, (mx - mn) / 255.0), 1e-12)
-        lo = np.clip(x2d.mean(axis=1) - 127.5 * step, mx - 255.0 * step, mn)
+        std, mean = torch.std_mean(x2d, dim=1, correction=0)
+        step = torch.clamp(torch.maximum(std / spec.sigma_steps, (mx - mn) / 255.0), min=1e-12)
+        lo = torch.minimum(torch.maximum(mean - 127.5 * step, mx - 255.0 * step), mn)
         return lo, step
-    lo, hi = (mn, mx) if spec.clip <= 0 else np.quantile(x2d, [spec.clip, 1.0 - spec.clip], axis=1)
-    return lo, np.maximum(hi - lo, 1e-12) / 255.0
+    if spec.clip > 0:
+        q = torch.tensor([spec.clip, 1.0 - spec.clip], device=x2d.device, dtype=x2d.dtype)
+        mn, mx = torch.quantile(x2d, q, dim=1)
+    return mn, torch.clamp(mx - mn, min=1e-12) / 255.0
 
 
-def quantize(x: np.ndarray, spec: TensorSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-channel (axis 1) affine u8 quantisation of a 1xCx... array → (codes, lo, step)."""
+def quantize(x, spec: TensorSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel (axis 1) affine u8 quantisation of a 1xCx... array → (codes, lo, step) as numpy arrays.
+
+    x: a numpy array or a torch tensor; a tensor is quantised where it lives (on the GPU only the u8 codes
+    cross to the host, a quarter of the float32 bytes).
+    """
     if x.ndim < 2 or x.shape[0] != 1:
-        raise CodecError(f"expected a 1xCx... array, got shape {x.shape}")
-    x2d = np.asarray(x, dtype=np.float32).reshape(x.shape[1], -1)
-    lo, step = _ranges(x2d.astype(np.float64), spec)
-    lo, step = lo.astype(np.float32), step.astype(np.float32)
-    codes = np.rint((x2d - lo[:, None]) / step[:, None])
-    np.clip(codes, 0, 255, out=codes)
-    return codes.astype(np.uint8).reshape(-1), lo, step
+        raise CodecError(f"expected a 1xCx... array, got shape {tuple(x.shape)}")
+    if isinstance(x, np.ndarray):
+        x2d = np.asarray(x, dtype=np.float32).reshape(x.shape[1], -1)
+        lo, step = _ranges(x2d, spec)
+        codes = x2d - lo[:, None]
+        codes /= step[:, None]
+        np.rint(codes, out=codes)
+        np.clip(codes, 0, 255, out=codes)
+        return codes.astype(np.uint8).reshape(-1), lo, step
+    import torch
+
+    with torch.inference_mode():
+        x2d = x.detach().reshape(x.shape[1], -1).float()
+        lo, step = _ranges(x2d, spec)
+        codes = ((x2d - lo[:, None]) / step[:, None]).round_().clamp_(0, 255).to(torch.uint8)
+        return codes.reshape(-1).cpu().numpy(), lo.cpu().numpy(), step.cpu().numpy()
 
 
 def dequantize(codes: np.ndarray, lo: np.ndarray, step: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -107,11 +141,14 @@ def encode(
     input_size: int,
     profile: str = DEFAULT_PROFILE,
     zlib_level: int = 1,
+    zlib_strategy: int = ZLIB_STRATEGY,
     max_bytes: int | None = None,
 ) -> bytes:
-    """tensors: name → 1xCxHxW float array (the three click-decoder inputs). Returns the payload bytes.
+    """tensors: name → 1xCxHxW float array (the three click-decoder inputs), numpy or torch (quantised on
+    its device). Returns the payload bytes.
 
     max_bytes overrides the profile's byte budget (which only sigma-rule tensors can be fitted to).
+    zlib_strategy: any zlib strategy gives a standard deflate stream (readers are unaffected).
     """
     if profile not in PROFILES:
         raise CodecError(f"unknown embedding profile {profile!r}; one of {sorted(PROFILES)}")
@@ -120,7 +157,7 @@ def encode(
     specs = dict(chosen.tensors)
     meta = {"embedding_id": embedding_id, "original_size": original_size, "input_size": input_size, "profile": profile}
     for _ in range(_MAX_RETRIES + 1):
-        data = _encode_once(tensors, specs, chosen.zlib, zlib_level, meta)
+        data = _encode_once(tensors, specs, chosen.zlib, (zlib_level, zlib_strategy), meta)
         coarser = {n: replace(s, sigma_steps=s.sigma_steps * _RETRY_SCALE) for n, s in specs.items() if s.sigma_steps}
         if budget is None or len(data) <= budget or not coarser:
             break
@@ -128,7 +165,7 @@ def encode(
     return data
 
 
-def _encode_once(tensors, specs, use_zlib: bool, zlib_level: int, meta: dict) -> bytes:
+def _encode_once(tensors, specs, use_zlib: bool, deflate: tuple[int, int], meta: dict) -> bytes:
     sections: list[bytes] = []
     entries = []
     offset = 0
@@ -144,11 +181,11 @@ def _encode_once(tensors, specs, use_zlib: bool, zlib_level: int, meta: dict) ->
     for name in TENSOR_NAMES:
         if name not in tensors:
             raise CodecError(f"missing tensor {name!r}")
-        x = np.ascontiguousarray(tensors[name], dtype=np.float32)
+        x = tensors[name]
         spec = specs[name]
-        entry = {"name": name, "shape": list(x.shape), "encoding": spec.encoding}
+        entry = {"name": name, "shape": [int(d) for d in x.shape], "encoding": spec.encoding}
         if spec.encoding in ("f32", "f16"):
-            blob = x.astype(np.float16 if spec.encoding == "f16" else np.float32).tobytes()
+            blob = _host_float32(x).astype(np.float16 if spec.encoding == "f16" else np.float32).tobytes()
             entry.update(offset=add(blob), nbytes=len(blob))
         elif spec.encoding == "u8":
             codes, lo, step = quantize(x, spec)
@@ -161,7 +198,9 @@ def _encode_once(tensors, specs, use_zlib: bool, zlib_level: int, meta: dict) ->
     body = b"".join(sections)
     flags = 0
     if use_zlib:
-        packed = zlib.compress(body, zlib_level)
+        level, strategy = deflate
+        z = zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
+        packed = z.compress(body) + z.flush()
         if len(packed) < len(body):
             body, flags = packed, FLAG_ZLIB
     h, w = meta["original_size"]
@@ -178,6 +217,12 @@ def _encode_once(tensors, specs, use_zlib: bool, zlib_level: int, meta: dict) ->
     hjson = json.dumps(header, separators=(",", ":")).encode()
     hjson += b" " * (_align(len(hjson)) - len(hjson))
     return _PREFIX.pack(MAGIC, VERSION, flags, len(hjson), len(body)) + hjson + body
+
+
+def _host_float32(x) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return np.ascontiguousarray(x, dtype=np.float32)
+    return x.detach().float().cpu().numpy()
 
 
 def read_header(data: bytes) -> tuple[dict, int, int]:

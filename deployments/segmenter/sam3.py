@@ -33,6 +33,7 @@ from .sam3_encoder import (
     encode_images,
     image_id,
 )
+from .sam3_compile import compiled_vit
 from .sam3_loading import Sam3Models, load_sam3_models
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ class Sam3Segmenter:
         """settings: serve_app.settings.Sam3Settings. `models` skips loading (benchmarks, tests)."""
         self.settings = settings
         self.models = models if models is not None else load_sam3_models(settings)
+        if self.models.vit is None:  # compiled and warmed up here, before the replica reports healthy
+            self.models.vit = compiled_vit(self.models, settings)
         self.cache: EmbeddingCache[ImageEmbedding] = EmbeddingCache(settings.embedding_cache_mb * 1024 * 1024)
         self.images_encoded = 0
         self.encoder_batches = 0
@@ -64,9 +67,13 @@ class Sam3Segmenter:
         return image_id(check_image(image))
 
     def encode_batch(self, images: list[np.ndarray], ids: list[str] | None = None) -> list[ImageEmbedding]:
-        """The batched encoder entry point (the deployment's @serve.batch method calls this). No caching."""
+        """The batched encoder entry point (the deployment's @serve.batch method calls this). No caching.
+
+        ids: the images' content ids, which the deployment computes where the cache needs them, in a worker
+        thread before batching; only when None are they hashed here.
+        """
         images = [check_image(im) for im in images]
-        out = encode_images(self.models, images, ids)
+        out = encode_images(self.models, images, ids if ids is not None else [image_id(im) for im in images])
         with self._count_lock:
             self.images_encoded += len(images)
             self.encoder_batches += 1
@@ -94,8 +101,11 @@ class Sam3Segmenter:
         profile = profile or self.settings.embedding_profile
         if profile not in embedding_codec.PROFILES:
             raise BadInput(f"unknown embedding profile {profile!r}; one of {sorted(embedding_codec.PROFILES)}")
+        # On a GPU the features are quantised there and only u8 codes come to the host; on the CPU numpy's
+        # float32 path is the faster one (bench/results/sam3_payload.txt).
+        on_gpu = self.models.device.type == "cuda"
         return embedding_codec.encode(
-            embedding.click_features(),
+            embedding.click_tensors() if on_gpu else embedding.click_features(),
             embedding_id=embedding.embedding_id,
             original_size=embedding.original_size,
             input_size=self.input_size,
@@ -236,6 +246,7 @@ class Sam3Segmenter:
             "device": str(m.device),
             "dtype": str(m.dtype).replace("torch.", ""),
             "input_size": self.input_size,
+            "compiled_vit": None if m.vit is None else {"batch_sizes": list(m.vit.buckets), "warmup_s": m.vit.warmup_s},
             "text_prompts": m.tokenizer is not None,
             "images_encoded": self.images_encoded,
             "encoder_batches": self.encoder_batches,

@@ -41,6 +41,10 @@ class ImageEmbedding:
             for name in ("image_embed", "high_res_feats_0", "high_res_feats_1")
         }
 
+    def click_tensors(self) -> dict:
+        """The three decoder inputs as held (device, dtype): the codec quantises them where they live."""
+        return {name: getattr(self, name) for name in ("image_embed", "high_res_feats_0", "high_res_feats_1")}
+
     def shapes(self) -> dict[str, list[int]]:
         return {
             name: list(getattr(self, name).shape)
@@ -64,27 +68,53 @@ def image_id(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def _upload(images: list[np.ndarray], device):
+    """One host→device copy for the whole batch: the uint8 pixels packed into one (pinned, on CUDA) buffer.
+    → one HxWx3 uint8 view per image, on the device."""
+    import torch
+
+    sizes = [im.size for im in images]
+    pinned = device.type == "cuda"
+    host = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=pinned)
+    flat, start = host.numpy(), 0
+    for image, n in zip(images, sizes):
+        flat[start : start + n] = np.asarray(image).reshape(-1)  # read-only arrays (object store) are fine
+        start += n
+    dev = host.to(device, non_blocking=pinned)
+    return [part.view(im.shape) for part, im in zip(torch.split(dev, sizes), images)]
+
+
 def pixel_values(models: Sam3Models, images: list[np.ndarray]):
     """uint8 RGB images of any sizes → Bx3xSxS normalised tensor on the model's device.
 
     As the transformers Sam3 image processor does it (its torchvision backend is not a dependency here):
     bilinear antialiased resize of the uint8 image to SxS ignoring the aspect ratio, rounded to whole
-    levels, then scaled to [0, 1] and normalised with the checkpoint's mean/std. Runs on the device.
+    levels, then scaled to [0, 1] and normalised with the checkpoint's mean/std. One upload per batch
+    (uint8, pinned on CUDA); everything after it runs on the device. An image already SxS is not resized
+    (an SxS → SxS resize is the identity); a batch of such images is one stacked tensor from the start.
     """
     import torch
     import torch.nn.functional as F
 
     spec, device = models.pixels, models.device
-    batch = []
-    for image in images:
-        host = np.ascontiguousarray(image)
-        if not host.flags.writeable:  # arrays from Ray's object store are read-only
-            host = host.copy()
-        t = torch.from_numpy(host).to(device, non_blocking=True)
-        t = t.permute(2, 0, 1)[None].float()
-        t = F.interpolate(t, size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=True)
-        batch.append(t.round_().clamp_(0, 255))  # torchvision resizes uint8 images to uint8
-    x = torch.cat(batch) / 255.0
+    side = (spec.size, spec.size)
+    if all(im.shape[:2] == side for im in images):
+        pinned = device.type == "cuda"
+        host = torch.empty((len(images), *side, 3), dtype=torch.uint8, pin_memory=pinned)
+        buf = host.numpy()
+        for i, image in enumerate(images):  # straight into the (pinned) upload buffer: one host copy
+            buf[i] = image
+        x = host.to(device, non_blocking=pinned).permute(0, 3, 1, 2).contiguous().float()
+    else:
+        batch = []
+        for t in _upload(images, device):
+            t = t.permute(2, 0, 1)[None].float()
+            if tuple(t.shape[-2:]) != side:
+                t = F.interpolate(t, size=side, mode="bilinear", align_corners=False, antialias=True)
+                t = t.round_().clamp_(0, 255)  # torchvision resizes uint8 images to uint8
+            batch.append(t)
+        x = torch.cat(batch)
+    x = x / 255.0
     mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
     return ((x - mean) / std).to(models.dtype)
@@ -110,30 +140,37 @@ def detector_vision_embeds(models: Sam3Models, spatial):
     )
 
 
-def encode_images(models: Sam3Models, images: list[np.ndarray], ids: list[str] | None = None) -> list[ImageEmbedding]:
-    """One batched ViT pass for all images; each result owns its own (cloned) tensors."""
+def encode_images(models: Sam3Models, images: list[np.ndarray], ids: list[str]) -> list[ImageEmbedding]:
+    """One batched ViT pass for all images (ids: their content ids, hashed by the caller, off this thread).
+
+    Each result owns its tensors: a batch of one keeps the outputs as they are (no copy); in a larger batch
+    each image's slices are copied once, so that a cached embedding does not hold its batch-mates' memory.
+    """
     import torch
 
     if not images:
         return []
-    ids = ids or [image_id(im) for im in images]
+    if len(ids) != len(images):
+        raise ValueError("one id per image")
     patch = models.detector.config.vision_config.backbone_config.patch_size
     with torch.inference_mode():
         px = pixel_values(models, images)
-        hidden = models.detector.vision_encoder.backbone(px).last_hidden_state  # B x g*g x C
+        hidden = models.run_vit(px)  # B x g*g x C
         grid = px.shape[-1] // patch
-        spatial = hidden.reshape(hidden.shape[0], grid, grid, hidden.shape[-1]).permute(0, 3, 1, 2)
+        spatial = hidden.reshape(hidden.shape[0], grid, grid, hidden.shape[-1]).permute(0, 3, 1, 2).contiguous()
         feats_0, feats_1, embed = tracker_features(models, spatial)
-        out = []
-        for i, image in enumerate(images):
-            out.append(
-                ImageEmbedding(
-                    embedding_id=ids[i],
-                    original_size=(int(image.shape[0]), int(image.shape[1])),
-                    backbone=spatial[i : i + 1].contiguous().clone(),
-                    image_embed=embed[i : i + 1].clone(),
-                    high_res_feats_0=feats_0[i : i + 1].clone(),
-                    high_res_feats_1=feats_1[i : i + 1].clone(),
-                )
+        if len(images) == 1:
+            own = lambda t, i: t  # noqa: E731 - the whole batch is this image's
+        else:
+            own = lambda t, i: t[i : i + 1].clone()  # noqa: E731
+        return [
+            ImageEmbedding(
+                embedding_id=ids[i],
+                original_size=(int(image.shape[0]), int(image.shape[1])),
+                backbone=own(spatial, i),
+                image_embed=own(embed, i),
+                high_res_feats_0=own(feats_0, i),
+                high_res_feats_1=own(feats_1, i),
             )
-    return out
+            for i, image in enumerate(images)
+        ]

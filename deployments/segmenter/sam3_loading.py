@@ -56,6 +56,13 @@ class Sam3Models:
     dtype: Any  # torch.dtype
     source: str
     notes: list[str] = field(default_factory=list)
+    vit: Any = None  # px -> ViT last_hidden_state when compiled (sam3_compile.CompiledVit); None: eager
+
+    def run_vit(self, px):
+        """B x 3 x S x S → B x g*g x C: the ViT, compiled if it was."""
+        if self.vit is not None:
+            return self.vit(px)
+        return self.detector.vision_encoder.backbone(px).last_hidden_state
 
     @property
     def input_size(self) -> int:
