@@ -271,6 +271,9 @@ try {
   const before = await page.evaluate(() => window.viewer.state.masks.length);
   await clickPhoto(page, CUP);
   const exifSeg = await waitMasks(page, before + 1);
+  if (sam3) {  // on a loaded machine the mask can come back before the embedding is kept
+    await page.waitForFunction(() => window.viewer.segmentation.sam3?.embedding, null, { timeout: TIMEOUT_MS });
+  }
   const onPhoto = await page.evaluate((cup) => {
     const s = window.viewer.segmentation;
     // GrabCut: the mask holds the clicked pixel. SAM 3: the server embedded the upright photo.
