@@ -82,3 +82,39 @@ def test_rayservice_layout():
     paths = [args["image_generator"]["local_dir"], args["segmenter"]["sam3"]["local_dir"],
              args["reconstructor"]["sam3d"]["checkpoint_dir"]]
     assert all(p.startswith("/models/") for p in paths)
+
+
+def _launcher() -> dict:
+    return yaml.safe_load((ROOT / "cluster" / "aws-launcher.yaml").read_text())
+
+
+def test_aws_launcher_passes_rays_cluster_schema():
+    import ray.autoscaler
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    config = _launcher()
+    jsonschema.validate(config, schema)
+    # What `ray up` runs first: AWS defaults filled in, then the schema plus Ray's own checks.
+    validate_config(prepare_config(config))
+
+
+def test_aws_launcher_layout():
+    config = _launcher()
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
+    for name in ("gpu-h100", "gpu-h200"):
+        assert types[name]["min_workers"] == 0
+        assert types[name]["resources"]["GPU"] >= 1
+        assert types[name]["resources"]["accelerator_type:H100"] == 1  # what serve_config asks
+    assert "-v /models:/models:ro" in config["docker"]["run_options"]
+
+
+def test_aws_launcher_schema_rejects_a_misspelt_key():
+    import ray.autoscaler
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    config = _launcher()
+    config["available_node_types"]["gpu-h100"]["min_worker"] = 0
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(config, schema)
