@@ -40,6 +40,7 @@ MODELS_PVC = "sam3d-models"  # ReadOnlyMany volume holding /models/{sam3,sam-3d-
 REDIS_ADDRESS = f"redis.{NAMESPACE}.svc.cluster.local:6379"
 
 DASHBOARD_AGENT_PORT = 52365  # KubeRay's default agent port; the health endpoints live there
+POOL_LABEL = "sam3d.io/pool"  # Ray node label; CPU replicas stay off nodes labelled gpu
 SERVE_PORT = 8000             # http_options.port in serve_config.yaml
 # GPU feature discovery's `nvidia.com/gpu.product` labels (check: kubectl get nodes -L nvidia.com/gpu.product).
 GPU_PRODUCTS = {"h100": "NVIDIA-H100-80GB-HBM3", "h200": "NVIDIA-H200"}
@@ -148,6 +149,8 @@ def _gpu_group(product: str) -> dict:
         node_selector={"nvidia.com/gpu.product": label},
         tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
     return {"groupName": f"gpu-{product}", "replicas": 0, "minReplicas": 0, "maxReplicas": 16,
+            # serve_config.yaml's CPU deployments select `sam3d.io/pool != gpu`.
+            "labels": {POOL_LABEL: "gpu"},
             "rayStartParams": start_params, "template": pod}
 
 
@@ -182,7 +185,7 @@ def build_manifest(serve_config_text: str) -> dict:
                 },
                 "workerGroupSpecs": [
                     {"groupName": "cpu", "replicas": 2, "minReplicas": 2, "maxReplicas": 8,
-                     "rayStartParams": {}, "template": _pod(cpu_worker)},
+                     "labels": {POOL_LABEL: "cpu"}, "rayStartParams": {}, "template": _pod(cpu_worker)},
                     _gpu_group("h100"),
                     _gpu_group("h200"),
                 ],

@@ -19,23 +19,27 @@ import time
 from pathlib import Path
 
 import ray
+import yaml
 from ray import serve
 from ray.cluster_utils import Cluster
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
 
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import free_port, local_config  # noqa: E402
 from photos import photo_bytes  # noqa: E402
 from serve_app.client import iter_events  # noqa: E402
 
 # Serve spreads replicas over nodes, so without a constraint a CPU replica (the Ingress
-# relaying the stream) lands on the GPU node and dies with it. GPU nodes carry a label and the
-# CPU deployments select nodes without it (cluster/README.md: "Keeping CPU replicas off GPUs").
+# relaying the stream) lands on the GPU node and dies with it. GPU nodes carry a label and
+# serve_config.yaml's CPU deployments select nodes without it, as in cluster/.
 POOL_LABEL = "sam3d.io/pool"
 GPU_NODE = {"num_cpus": 1, "num_gpus": 1, "resources": {"accelerator_type:H100": 1},
             "labels": {POOL_LABEL: "gpu"}}
-OFF_GPU = {"num_cpus": 0.05, "label_selector": {POOL_LABEL: "!gpu"}}
+PRODUCTION = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]
+SELECTORS = {d["name"]: d["ray_actor_options"].get("label_selector")
+             for d in PRODUCTION["deployments"]}
 ON_GPU = {"Reconstructor": {"num_cpus": 0.25, "num_gpus": 0.5, "accelerator_type": "H100"},
           "Segmenter": {"num_cpus": 0.25, "num_gpus": 0.5, "accelerator_type": "H100"}}
 
@@ -45,7 +49,11 @@ def test_config(store: str) -> dict:
     cfg = local_config(store, geometry_steps=30, appearance_steps=6, min_step_s=0.1)
     app = cfg["applications"][0]
     for d in app["deployments"]:
-        d["ray_actor_options"] = ON_GPU.get(d["name"], OFF_GPU)
+        d["ray_actor_options"] = ON_GPU.get(d["name"], {"num_cpus": 0.05})
+        # The embedded ImageGenerator (backend none) is a CPU stub: placed like the CPU ones.
+        selector = SELECTORS.get(d["name"]) or (d["name"] == "ImageGenerator" and SELECTORS["Ingress"])
+        if selector:
+            d["ray_actor_options"]["label_selector"] = selector
         d.pop("graceful_shutdown_timeout_s", None)
     return {"applications": [app]}
 
