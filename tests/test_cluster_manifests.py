@@ -171,3 +171,19 @@ def test_kaolin_stand_in_checks_like_kaolin():
     assert not check_tensor(x, shape=(2, 4), throw=False)
     with pytest.raises(ValueError, match="dtype"):
         check_tensor(x, dtype=torch.int64)
+
+
+def test_cpu_replicas_select_nodes_the_gpu_groups_are_not():
+    app = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]
+    selectors = {d["name"]: d["ray_actor_options"].get("label_selector") for d in app["deployments"]}
+    for name in ("Ingress", "PromptEnhancer", "MeshBaker"):
+        assert selectors[name] == {generate_rayservice.POOL_LABEL: "!gpu"}, name
+    for name in ("Reconstructor", "Segmenter", "ImageGenerator"):
+        assert selectors[name] is None, name
+    groups = _manifest()["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    labels = {g["groupName"]: g["labels"][generate_rayservice.POOL_LABEL] for g in groups}
+    assert labels == {"cpu": "cpu", "gpu-h100": "gpu", "gpu-h200": "gpu"}
+    launcher = _launcher()["available_node_types"]
+    assert {n: t.get("labels", {}).get(generate_rayservice.POOL_LABEL)
+            for n, t in launcher.items()} == {"head": None, "cpu": "cpu",
+                                              "gpu-h100": "gpu", "gpu-h200": "gpu"}
