@@ -1,0 +1,146 @@
+"""A three-node Ray on one machine running the embedded graph with the production layout.
+
+Run by tests/test_cluster_multinode.py in its own process (its own Ray, never the session's).
+Prints one JSON line of observations on stdout; the test asserts on them.
+
+Nodes: a head with no CPU (like cluster/rayservice.yaml's), a CPU worker, and a "GPU" worker
+advertising a fake GPU and `accelerator_type:H100`. Reconstructor and Segmenter ask for
+`num_gpus` and `accelerator_type: H100` as serve_config.yaml does (fractions, so both fit the
+one fake GPU). The GPU node is removed mid-stream and a fresh one added, as the autoscaler
+would replace a lost node.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import ray
+import yaml
+from ray import serve
+from ray.cluster_utils import Cluster
+from ray.serve.context import _get_global_client
+from ray.serve.schema import ServeDeploySchema
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import free_port, local_config  # noqa: E402
+from photos import photo_bytes  # noqa: E402
+from serve_app.client import iter_events  # noqa: E402
+
+# Serve spreads replicas over nodes, so without a constraint a CPU replica (the Ingress
+# relaying the stream) lands on the GPU node and dies with it. GPU nodes carry a label and
+# serve_config.yaml's CPU deployments select nodes without it, as in cluster/.
+POOL_LABEL = "sam3d.io/pool"
+GPU_NODE = {"num_cpus": 1, "num_gpus": 1, "resources": {"accelerator_type:H100": 1},
+            "labels": {POOL_LABEL: "gpu"}}
+PRODUCTION = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]
+SELECTORS = {d["name"]: d["ray_actor_options"].get("label_selector")
+             for d in PRODUCTION["deployments"]}
+ON_GPU = {"Reconstructor": {"num_cpus": 0.25, "num_gpus": 0.5, "accelerator_type": "H100"},
+          "Segmenter": {"num_cpus": 0.25, "num_gpus": 0.5, "accelerator_type": "H100"}}
+
+
+def test_config(store: str) -> dict:
+    """serve_config.local.yaml's embedded backends with serve_config.yaml's GPU placement."""
+    cfg = local_config(store, geometry_steps=30, appearance_steps=6, min_step_s=0.1)
+    app = cfg["applications"][0]
+    for d in app["deployments"]:
+        d["ray_actor_options"] = ON_GPU.get(d["name"], {"num_cpus": 0.05})
+        # The embedded ImageGenerator (backend none) is a CPU stub: placed like the CPU ones.
+        selector = SELECTORS.get(d["name"]) or (d["name"] == "ImageGenerator" and SELECTORS["Ingress"])
+        if selector:
+            d["ray_actor_options"]["label_selector"] = selector
+        d.pop("graceful_shutdown_timeout_s", None)
+    return {"applications": [app]}
+
+
+def placement() -> dict[str, list[str]]:
+    """Deployment name → node ids of its live replicas (from the GCS actor table)."""
+    out: dict[str, list[str]] = {}
+    for actor in ray._private.state.actors(actor_state_name="ALIVE").values():
+        cls = actor.get("ActorClassName", "")
+        if cls.startswith("ServeReplica:"):
+            out.setdefault(cls.rsplit(":", 1)[1], []).append(actor["Address"]["NodeID"])
+    return out
+
+
+def wait_running(timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        app = serve.status().applications.get("sam3d")
+        if app is not None and app.status == "RUNNING":
+            return time.monotonic() - start
+        time.sleep(0.25)
+    raise TimeoutError(f"app not RUNNING after {timeout} s: {serve.status().applications}")
+
+
+def stream(url: str, on_first_frame=None) -> list[str]:
+    """The stream's event types, repeats collapsed; an error event adds its code."""
+    types: list[str] = []
+    for _, event in iter_events(url, image=photo_bytes("coffee"), timeout=60):
+        if not types or types[-1] != event["type"]:
+            types.append(event["type"])
+        if event["type"] == "geometry" and on_first_frame is not None:
+            on_first_frame()
+            on_first_frame = None
+        if event["type"] == "error":
+            types.append(event.get("code", ""))
+    return types
+
+
+def main() -> int:
+    t0 = time.monotonic()
+    obs: dict = {}
+    cluster = Cluster(initialize_head=True, connect=True,
+                      head_node_args={"num_cpus": 0, "include_dashboard": False})
+    obs["start_s"] = round(time.monotonic() - t0, 1)
+    try:
+        print(json.dumps(run(cluster, obs)))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+    return 0
+
+
+def run(cluster: Cluster, obs: dict) -> dict:
+    t0 = time.monotonic()
+    cpu_node = cluster.add_node(num_cpus=2)
+    gpu_node = cluster.add_node(**GPU_NODE)
+    cluster.wait_for_nodes()
+    port = free_port()
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as store:
+        schema = ServeDeploySchema.model_validate(test_config(store))
+        _get_global_client().deploy_apps(schema, _blocking=False)
+        obs["deploy_s"] = round(wait_running(60), 1)
+        obs["nodes"] = {"head": cluster.head_node.node_id, "cpu": cpu_node.node_id,
+                        "gpu": gpu_node.node_id}
+        obs["placement"] = placement()
+        obs["first"] = stream(url)
+
+        # Mid-stream: the GPU node goes away under the running reconstruction.
+        removed = threading.Event()
+
+        def remove_gpu_node():
+            threading.Thread(target=lambda: (cluster.remove_node(gpu_node, allow_graceful=False),
+                                             removed.set()), daemon=True).start()
+
+        obs["interrupted"] = stream(url, on_first_frame=remove_gpu_node)
+        removed.wait(30)
+        # A replacement node, as the autoscaler would start one.
+        new_gpu = cluster.add_node(**GPU_NODE)
+        obs["new_gpu"] = new_gpu.node_id
+        obs["after"] = stream(url)
+        obs["placement_after"] = placement()
+    obs["total_s"] = round(time.monotonic() - t0 + obs["start_s"], 1)
+    return obs
+
+
+if __name__ == "__main__":
+    sys.exit(main())
