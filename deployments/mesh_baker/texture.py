@@ -44,6 +44,13 @@ def unwrap(mesh: MeshData, size: int, padding: int = 2):
     pack.padding = padding
     pack.bilinear = True
     atlas.generate(charts, pack)
+    for _ in range(4):  # charts must share one atlas (one texture); shrink them until they do
+        if atlas.atlas_count <= 1:
+            break
+        pack.texels_per_unit = atlas.texels_per_unit * 0.8
+        atlas.generate(charts, pack)
+    if atlas.atlas_count > 1:
+        raise RuntimeError(f"xatlas spread the charts over {atlas.atlas_count} atlases")
     vmap, faces, uvs = atlas[0]
     return vmap, faces.astype(np.int64), uvs.astype(np.float64)
 
