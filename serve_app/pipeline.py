@@ -192,8 +192,14 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
         # The reconstructor has returned: the GPU is already free for the next request.
         t = time.monotonic()
         yield p.stamp(make_event("loading", stage="store", message="baking the texture"))
-        size = await _within(clients.bake_texture(recon, job.request_id, job.bake),
-                             to.mesh_baker_s, "texture baker")
+        try:
+            size = await _within(clients.bake_texture(recon, job.request_id, job.bake),
+                                 to.mesh_baker_s, "texture baker")
+        except Exception:  # an optional extra: its failure must not lose the finished artifacts
+            log.exception("request %s: texture bake failed", job.request_id)
+            size = None
+            yield p.stamp(make_event("loading", stage="store", message="the texture bake failed; "
+                                     "the other artifacts are complete"))
         timings["texture_baker"] = time.monotonic() - t
         if size is not None:
             name = "model_textured.glb"

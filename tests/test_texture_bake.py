@@ -144,3 +144,16 @@ def test_texture_ready_comes_after_glb_ready_and_before_complete(tmp_path):
     evs = events_of(client.post("/v1/generate", **_photo_form(face_budget=2000)))
     assert "texture_ready" not in [e["type"] for e in evs]
     assert "model_textured.glb" not in evs[-1]["artifacts"]
+
+
+def test_a_failed_texture_bake_keeps_the_finished_artifacts(tmp_path):
+    class Failing(DecodedClients):
+        async def bake_texture(self, recon, artifact_id, options):
+            raise RuntimeError("xatlas exploded at /srv/secret")
+
+    evs = events_of(make_client(tmp_path, Failing).post(
+        "/v1/generate", **_photo_form(texture=True, face_budget=2000)))
+    assert evs[-1]["type"] == "complete" and "model.glb" in evs[-1]["artifacts"]
+    assert "model_textured.glb" not in evs[-1]["artifacts"]
+    note = next(e for e in evs if e["type"] == "loading" and "texture bake failed" in e.get("message", ""))
+    assert "secret" not in note["message"]
