@@ -266,7 +266,7 @@ def _run(a: argparse.Namespace) -> int:
                 detail = f"{len(coords):,} voxels"
             elif kind == "mesh_preview":
                 detail = f"{ev['vertex_count']:,} vertices, {ev['face_count']:,} faces"
-            elif kind == "glb_ready":
+            elif kind in ("glb_ready", "texture_ready"):
                 detail = f"{ev['size_bytes']:,} bytes"
             elif kind == "error":
                 print(f"error ({ev['code']}): {ev['message']}", file=sys.stderr)

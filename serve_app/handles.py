@@ -46,6 +46,9 @@ class HandleClients:
     async def bake(self, recon: Reconstruction, artifact_id: str, options: BakeOptions):
         return await self.mesh_baker.bake.remote(recon, artifact_id, options)
 
+    async def bake_texture(self, recon: Reconstruction, artifact_id: str, options: BakeOptions):
+        return await self.mesh_baker.bake_texture.remote(recon, artifact_id, options)
+
     async def put_artifact(self, artifact_id: str, name: str, data: bytes) -> int:
         return self.store.put(artifact_id, name, data)
 

@@ -41,7 +41,8 @@ _GENERATE_DOC = """Stream a 3D object taking shape, as Server-Sent Events.
 Send JSON (`application/json`) with the fields of `GenerateRequest`, or
 `multipart/form-data` with the photo as file `image`, optional mask files `mask`
 (repeatable), and the other fields as form fields (`point_prompts` and `box_prompts` as
-JSON text). Events: loading, geometry, appearance, mesh_preview, glb_ready, complete, error.
+JSON text). Events: loading, geometry, appearance, mesh_preview, glb_ready,
+texture_ready (with `texture`), complete, error.
 With `Accept: application/octet-stream` the same events come as binary length-prefixed
 records (docs/frame-format.md) instead of SSE.
 """

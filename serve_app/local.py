@@ -42,5 +42,8 @@ class LocalClients:
     async def bake(self, recon, artifact_id, options):
         return await asyncio.to_thread(self.baker.bake, recon, artifact_id, options)
 
+    async def bake_texture(self, recon, artifact_id, options):
+        return await asyncio.to_thread(self.baker.bake_texture, recon, artifact_id, options)
+
     async def put_artifact(self, artifact_id, name, data):
         return self.store.put(artifact_id, name, data)

@@ -55,6 +55,7 @@ class StageClients(Protocol):
     def reconstruct(self, image: np.ndarray, mask: np.ndarray,
                     options: ReconstructOptions) -> AsyncIterator: ...
     async def bake(self, recon: Reconstruction, artifact_id: str, options: BakeOptions): ...
+    async def bake_texture(self, recon: Reconstruction, artifact_id: str, options: BakeOptions): ...
     async def put_artifact(self, artifact_id: str, name: str, data: bytes) -> int: ...
 
 
@@ -187,6 +188,25 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
     yield p.stamp(make_event("glb_ready", stage="store", step=1, total_steps=1, artifact="model.glb",
                              url=f"{base}/model.glb", size_bytes=baked.artifacts["model.glb"]))
     artifacts = {name: {"url": f"{base}/{name}", "size_bytes": size} for name, size in baked.artifacts.items()}
+    if job.bake.texture and recon.mesh is not None:
+        # The reconstructor has returned: the GPU is already free for the next request.
+        t = time.monotonic()
+        yield p.stamp(make_event("loading", stage="store", message="baking the texture"))
+        try:
+            size = await _within(clients.bake_texture(recon, job.request_id, job.bake),
+                                 to.mesh_baker_s, "texture baker")
+        except Exception:  # an optional extra: its failure must not lose the finished artifacts
+            log.exception("request %s: texture bake failed", job.request_id)
+            size = None
+            yield p.stamp(make_event("loading", stage="store", message="the texture bake failed; "
+                                     "the other artifacts are complete"))
+        timings["texture_baker"] = time.monotonic() - t
+        if size is not None:
+            name = "model_textured.glb"
+            artifacts[name] = {"url": f"{base}/{name}", "size_bytes": size}
+            yield p.stamp(make_event("texture_ready", stage="store", step=1, total_steps=1,
+                                     artifact=name, url=f"{base}/{name}", size_bytes=size,
+                                     texture_size=job.bake.texture_size))
     extra = {"pose": recon.pose.as_dict()} if recon.pose is not None else {}
     if baked.model:
         extra["model"] = baked.model

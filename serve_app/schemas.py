@@ -70,6 +70,12 @@ class GenerateRequest(RequestModel):
     face_budget: int = Field(200_000, ge=1_000, le=5_000_000, description="most triangles in "
                              "model.glb; a larger decoded mesh is simplified to this (the full mesh "
                              "is kept as model_full.glb)")
+    texture: bool = Field(False, description="also bake `model_textured.glb`: model.glb's mesh "
+                          "UV-unwrapped (xatlas) with a texture baked on the CPU from the full mesh's "
+                          "colours, announced by a `texture_ready` event before `complete`. Only for "
+                          "backends that decode a mesh (SAM 3D Objects); the embedded backend ignores it")
+    texture_size: int = Field(2048, ge=512, le=4096, description="width and height of the baked "
+                              "texture in texels (with `texture`)")
     encoding: str = Field("compact", description="voxel frame encoding: `compact` (default; see "
                           "docs/frame-format.md) or `seed` (the seed app's 6 bytes per voxel)")
 

@@ -101,7 +101,8 @@ class GenerateService:
         return Job(request_id=new_artifact_id(), prompt=req.prompt, image=image,
                    seg_prompt=seg_prompt, options=options, encoding=req.encoding,
                    timeouts=self.settings.timeouts,
-                   bake=BakeOptions(face_budget=req.face_budget), input_size=input_size,
+                   bake=BakeOptions(face_budget=req.face_budget, texture=req.texture,
+                                     texture_size=req.texture_size), input_size=input_size,
                    mask_as_given=mask is not None and not (req.refine_mask or req.point_prompts
                                                            or req.box_prompts))
 

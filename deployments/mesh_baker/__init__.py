@@ -25,3 +25,7 @@ class MeshBaker:
     async def bake(self, recon: Reconstruction, artifact_id: str,
                    options: BakeOptions | None = None) -> BakeResult:
         return await asyncio.to_thread(self.backend.bake, recon, artifact_id, options)
+
+    async def bake_texture(self, recon: Reconstruction, artifact_id: str,
+                           options: BakeOptions) -> int | None:
+        return await asyncio.to_thread(self.backend.bake_texture, recon, artifact_id, options)

@@ -18,7 +18,7 @@ from serve_app.settings import MeshBakerSettings
 from serve_app.store import ArtifactStore
 
 from ..reconstructor.base import Reconstruction
-from . import assets
+from . import assets, texture
 from .splat import splat_ply_bytes
 
 
@@ -26,6 +26,8 @@ from .splat import splat_ply_bytes
 class BakeOptions:
     """Per-request bake choices (validated in the request schema)."""
     face_budget: int = 200_000  # faces in model.glb; the full mesh goes to model_full.glb
+    texture: bool = False  # also bake model_textured.glb (decoded meshes only; see texture.py)
+    texture_size: int = 2048  # its texture's width and height in texels
 
 
 @dataclass
@@ -125,6 +127,18 @@ class MeshBakerBackend:
                 "gaussians": gaussian_count, "compression": "EXT_meshopt_compression"}
         return BakeResult(preview=preview, artifacts=sizes, vertex_count=len(model.vertices),
                           face_count=len(model.faces), model=info)
+
+    def bake_texture(self, recon: Reconstruction, artifact_id: str,
+                     options: BakeOptions) -> int | None:
+        """``model_textured.glb`` (size in bytes): model.glb's mesh UV-unwrapped, its texture
+        baked from the full mesh's colours. None for reconstructions without a decoded mesh
+        (the embedded backend's marching-cubes mesh has nothing finer to bake from)."""
+        if recon.mesh is None or not len(recon.mesh.faces):
+            return None
+        full = assets.posed_mesh(recon.mesh, recon.pose)
+        model = assets.decimate(full, options.face_budget)  # deterministic: model.glb's mesh
+        glb = texture.bake_texture(model, full, options.texture_size)
+        return self.store.put(artifact_id, "model_textured.glb", glb)
 
     def _preview(self, n, vol, color_at, verts, faces, colors) -> dict:
         """The seed's mesh_preview fields; coarser marching cubes when the mesh is large."""

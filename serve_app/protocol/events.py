@@ -24,6 +24,7 @@ EVENT_TYPES = (
     "appearance",
     "mesh_preview",
     "glb_ready",
+    "texture_ready",
     "complete",
     "error",
 )
@@ -54,6 +55,9 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
         "vertex_count", "face_count", "bounds_min", "bounds_max",
     ),
     "glb_ready": ("artifact", "url", "size_bytes"),
+    # Only when the request asked for `texture` and the backend decodes a mesh: after
+    # glb_ready, before complete; artifact = model_textured.glb (also in complete's artifacts).
+    "texture_ready": ("artifact", "url", "size_bytes", "texture_size"),
     # `pose` and `model` only from backends that decode their own assets (SAM 3D Objects):
     # pose = {rotation_wxyz, translation, scale, convention}; model = {source, faces,
     # faces_full, vertices, gaussians, compression}.

@@ -195,6 +195,12 @@ async function startPage() {
     const sizes = ev.artifacts || {};
     $("dl-glb-size").textContent = sizes["model.glb"] ? fmtBytes(sizes["model.glb"].size_bytes) : "";
     $("dl-ply-size").textContent = sizes["splat.ply"] ? fmtBytes(sizes["splat.ply"].size_bytes) : "";
+    const textured = sizes["model_textured.glb"];
+    $("dl-tex-item").hidden = !textured;
+    if (textured) {
+      $("dl-tex").href = url(textured.url);
+      $("dl-tex-size").textContent = fmtBytes(textured.size_bytes);
+    }
     const timings = Object.entries(ev.timings || {}).map(([k, v]) => `${k.replace("_", " ")} ${v.toFixed(2)} s`);
     $("timings").textContent = `done in ${ev.t.toFixed(1)} s${timings.length ? ` · ${timings.join(" · ")}` : ""}`;
     $("downloads").hidden = false;
@@ -222,6 +228,7 @@ async function startPage() {
         detail = `mesh preview unusable: ${err.message}`;
       }
     } else if (ev.type === "glb_ready") detail = `GLB ${fmtBytes(ev.size_bytes)}`;
+    else if (ev.type === "texture_ready") detail = `textured GLB ${fmtBytes(ev.size_bytes)}`;
     else if (ev.type === "complete") detail = onComplete(ev);
     else if (ev.type === "error") {
       run.phase = "error";
