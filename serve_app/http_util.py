@@ -31,6 +31,8 @@ MAX_FORM_FIELDS = 64
 MAX_FORM_FILES = 16
 MAX_FIELD_BYTES = 1024 * 1024
 
+RETRY_AFTER_S = 5  # seconds a 503 answer (and a retryable error event) asks a client to wait
+
 
 # Input errors all carry the code `bad_input`; the status tells which kind.
 class UnsupportedMediaType(BadInput):
@@ -66,7 +68,7 @@ def exception_response(exc: BaseException) -> JSONResponse:
         log.exception("request failed", exc_info=exc)
         return error_response(500, "internal", "internal error")
     return error_response(err.status, err.code, err.message,
-                          {"Retry-After": "5"} if err.status == 503 else None)
+                          {"Retry-After": str(RETRY_AFTER_S)} if err.status == 503 else None)
 
 
 def validation_message(exc: ValidationError) -> str:

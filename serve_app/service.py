@@ -14,6 +14,7 @@ from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import ReconstructOptions
 from deployments.segmenter.base import Box, Point, SegmentPrompt
 from serve_app import inputs, metrics
+from serve_app.http_util import RETRY_AFTER_S
 from serve_app.pipeline import Job, StageClients, run_pipeline
 from serve_app.protocol import ENCODINGS, FRAME_EVENTS, make_event
 from serve_app.schemas import GenerateRequest
@@ -187,6 +188,8 @@ def error_event(exc: BaseException, request_id: str, seq: int) -> dict:
     else:
         code, message = err.code, err.message
     ev = make_event("error", stage="request", code=code, message=message)
+    if err is not None and err.status == 503:  # the same request may succeed shortly
+        ev["retry_after_s"] = RETRY_AFTER_S
     ev.update(request_id=request_id, seq=seq, progress=0.0, t=0.0)
     return ev
 

@@ -51,4 +51,4 @@ def test_failures_baker_death_mid_stream_is_an_error_event_with_a_code(tmp_path)
     evs = events_of(make_client(tmp_path, BakerDied).post(
         "/v1/generate", files=[("image", ("c.png", photo_bytes("coffee")))]))
     assert evs[-1]["type"] == "error" and evs[-1]["code"] == "stage_unavailable"
-    assert "retry" in evs[-1]["message"]
+    assert "retry" in evs[-1]["message"] and evs[-1]["retry_after_s"] == 5

@@ -63,7 +63,9 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     # faces_full, vertices, gaussians, compression}.
     "complete": ("artifacts", "model_glb_url", "gaussian_splat_url", "mask_url",
                  "coalesced_frames", "timings", "pose", "model"),
-    "error": ("code", "message"),
+    # retry_after_s: only where sending the same request again may succeed (a replica died,
+    # the queue was full), as the Retry-After header of a 503 answer says.
+    "error": ("code", "message", "retry_after_s"),
 }
 
 FRAME_EVENTS = ("geometry", "appearance")
