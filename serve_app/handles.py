@@ -35,7 +35,11 @@ class HandleClients:
 
     async def reconstruct(self, image: np.ndarray, mask: np.ndarray,
                           options: ReconstructOptions) -> AsyncIterator:
-        gen = self.reconstructor.options(stream=True).stream.remote(image, mask, options)
+        import ray
+
+        # Our actor id, so the reconstructor stops if this replica dies mid-stream.
+        caller = ray.get_runtime_context().get_actor_id()
+        gen = self.reconstructor.options(stream=True).stream.remote(image, mask, options, caller)
         try:
             async for item in gen:
                 yield item

@@ -75,8 +75,6 @@ def ingress_fault_app(ray_serve, tmp_path_factory):
     return ray_serve + "/ingressfault"
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 10): when the Ingress replica dies, the "
-                   "Reconstructor runs the orphaned stream to its end; measured here: all 300 steps")
 def test_ingress_killed_mid_stream_stops_the_reconstruction(ingress_fault_app):
     from ray import serve
 

@@ -26,6 +26,21 @@ def make_backend(settings: ReconstructorSettings) -> ReconstructorBackend:
     raise ValueError(f"unknown reconstructor backend {settings.backend!r}")
 
 
+async def _cancel_when_gone(actor_id: str, task: asyncio.Task, period_s: float = 0.5) -> None:
+    """Cancel `task` once the actor `actor_id` is dead (checked in the GCS every period_s)."""
+    from ray._private.state import actors
+
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            state = (await asyncio.to_thread(actors, actor_id=actor_id)).get("State")
+        except Exception:  # noqa: BLE001 - the GCS unreachable: keep serving, check again
+            continue
+        if state == "DEAD":
+            task.cancel()
+            return
+
+
 @serve.deployment(name="Reconstructor", max_ongoing_requests=1)
 class Reconstructor:
     def __init__(self, settings: dict | None = None):
@@ -36,10 +51,14 @@ class Reconstructor:
         self.completed = 0
 
     async def stream(self, image: np.ndarray, mask: np.ndarray,
-                     options: ReconstructOptions) -> AsyncIterator[StreamItem]:
+                     options: ReconstructOptions, caller: str | None = None
+                     ) -> AsyncIterator[StreamItem]:
         # Async generator all the way down: Serve cancels it on client disconnect and the
-        # backend stops at its next step boundary.
+        # backend stops at its next step boundary. Serve does not when the calling replica
+        # (ingress or job manager, `caller`: its actor id) dies, so a watcher does.
         self.active += 1
+        watcher = (asyncio.create_task(_cancel_when_gone(caller, asyncio.current_task()))
+                   if caller else None)
         try:
             async for item in self.backend.stream(image, mask, options):
                 yield item
@@ -49,6 +68,8 @@ class Reconstructor:
             raise
         finally:
             self.active -= 1
+            if watcher is not None:
+                watcher.cancel()
 
     def describe(self) -> dict:
         return {"backend": self.backend.name, "grid_size": self.settings.grid_size}
