@@ -81,6 +81,14 @@ def deploy_config(cfg: dict) -> None:
     _get_global_client().deploy_apps(schema, _blocking=True)
 
 
+def undeploy(name: str) -> None:
+    """Remove an app deployed by deploy_config, so later deploys do not bring it back."""
+    from ray import serve
+
+    _DEPLOYED.pop(name, None)
+    serve.delete(name)
+
+
 @pytest.fixture(scope="session")
 def local_app(ray_serve, tmp_path_factory):
     """The local config's graph running under Serve; returns (base_url, store_dir)."""

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import ray
 
-from conftest import deploy_config
+from conftest import deploy_config, undeploy
 from photos import photo_bytes
 from serve_app.client import iter_events
 from test_stream_robustness import long_app_config
@@ -21,7 +21,8 @@ pytestmark = pytest.mark.serve
 @pytest.fixture(scope="module")
 def fault_app(ray_serve, tmp_path_factory):
     deploy_config(long_app_config(str(tmp_path_factory.mktemp("fault_store")), "fault", "/fault"))
-    return ray_serve + "/fault"
+    yield ray_serve + "/fault"
+    undeploy("fault")  # its replicas would otherwise load the rest of the session
 
 
 def replica_actors(app: str, deployment: str) -> list[str]:
@@ -72,7 +73,8 @@ def test_reconstructor_killed_mid_stream_is_an_error_event_then_service_recovers
 def ingress_fault_app(ray_serve, tmp_path_factory):
     store = str(tmp_path_factory.mktemp("ingress_fault_store"))
     deploy_config(long_app_config(store, "ingressfault", "/ingressfault", slots=2))
-    return ray_serve + "/ingressfault"
+    yield ray_serve + "/ingressfault"
+    undeploy("ingressfault")
 
 
 def test_ingress_killed_mid_stream_stops_the_reconstruction(ingress_fault_app):
