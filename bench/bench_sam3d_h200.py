@@ -483,6 +483,7 @@ def main():
         "upstream_mesh_faces": up.get("mesh_faces"), "upstream_gaussians": up.get("gaussians"),
         "peak_gpu_gib": max(x for x in (c1 and c1["peak_gpu_gib"], up.get("peak_gpu_gib"), 0) if x),
     }
+    R.update({k: v for k, v in R["summary"].items() if k not in R})  # the figures at top level too
     log("summary", json.dumps(R["summary"]))
 
 
