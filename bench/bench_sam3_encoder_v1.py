@@ -38,24 +38,7 @@ from deployments.segmenter.sam3_fidelity import codec_fidelity, random_prompts  
 from deployments.segmenter.sam3_loading import random_init_models  # noqa: E402
 from deployments.segmenter.sam3_testing import tiny_tokenizer, tiny_video_config  # noqa: E402
 from serve_app.settings import Sam3Settings  # noqa: E402
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device, warmup=3, iters=20):
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return times
+from bench_sam3_encoder import sync, timed  # noqa: E402  (one copy of the timing helpers)
 
 
 def ms(times):
