@@ -367,8 +367,9 @@ def main():
         save()
         return r
 
-    blocks = [b for m in p.models["ss_generator"].reverse_fn.backbone.children()
-              if isinstance(m, torch.nn.ModuleList) for b in m]
+    from deployments.reconstructor.sam3d_levers import transformer_blocks
+
+    blocks = transformer_blocks(p.models["ss_generator"].reverse_fn.backbone)
     R["compiled_blocks"] = model.compiled_blocks
 
     def with_settings(**update):

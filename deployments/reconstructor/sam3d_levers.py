@@ -14,11 +14,16 @@ import numpy as np
 import torch
 
 
+def transformer_blocks(module) -> list:
+    """The members of `module`'s top-level ModuleLists (a DiT's blocks)."""
+    return [b for m in module.children() if isinstance(m, torch.nn.ModuleList) for b in m]
+
+
 def compile_blocks(module, **compile_kwargs) -> int:
     """torch.compile each transformer block of `module` (the members of its top-level
     ModuleLists) in place; returns how many. Compiling the whole stage-1 backbone breaks
     dynamo on upstream's numpy time embedding; its blocks have fixed shapes and compile."""
-    blocks = [b for m in module.children() if isinstance(m, torch.nn.ModuleList) for b in m]
+    blocks = transformer_blocks(module)
     for block in blocks:
         block.compile(**compile_kwargs)
     return len(blocks)
