@@ -96,6 +96,11 @@ class Sam3dSettings(_Strict):
     # refreshed by the Gaussian decoder every `preview_refit_every` previews ("decoder": the
     # decoder at every preview), which runs in `preview_dtype`.
     compile_geometry: bool = True
+    # torch.compile mode for the compiled blocks: "reduce-overhead" adds CUDA graphs (the
+    # geometry stage's shapes are fixed).
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
+    # The appearance flow transformer's blocks too (token counts vary per request: dynamic shapes).
+    compile_appearance: bool = False
     warm_up: bool = True  # one synthetic request at start, before the replica reports healthy
     preview_colors: Literal["latent", "decoder"] = "latent"
     preview_refit_every: int = Field(5, ge=1, le=100)
