@@ -171,6 +171,16 @@ def encode_before(models, images):
                                f0[i:i + 1].clone(), f1[i:i + 1].clone()) for i, image in enumerate(images)]
 
 
+def one_deflate_thread(fn):
+    """fn() with the payload's deflate in one piece (the codec compresses 1 MiB chunks on threads)."""
+    saved = embedding_codec.PARALLEL_CHUNK
+    embedding_codec.PARALLEL_CHUNK = 1 << 40
+    try:
+        return fn()
+    finally:
+        embedding_codec.PARALLEL_CHUNK = saved
+
+
 def payload_before(emb: ImageEmbedding, input_size: int) -> bytes:
     """The previous codec: float32 host copies, float64 statistics, zlib's default strategy."""
     sys.path.insert(0, str(ROOT / "bench"))
@@ -376,6 +386,9 @@ def main():
                    "bytes": len(payload_before(emb, size))},
         "now": {**ms(timed(lambda: backend.embedding_payload(emb), device, warmup=1, iters=5)),
                 "bytes": len(backend.embedding_payload(emb))},
+        "one_deflate_thread": one_deflate_thread(lambda: {
+            **ms(timed(lambda: backend.embedding_payload(emb), device, warmup=1, iters=5)),
+            "bytes": len(backend.embedding_payload(emb))}),
     }
     if not args.skip_fidelity:
         import copy
