@@ -314,6 +314,44 @@ def first_request(settings, models, size, device):
     return backend, {"constructor_s": round(t1 - t0, 2), "first_embed_request_ms": round(1000 * (t2 - t1), 1)}
 
 
+def fp8_lever(args, base, bf16_backend, models, size, device, compile_backend, report):
+    """The ViT's linears in FP8 (vit_fp8), compiled in the first --compile-modes mode (eager if none),
+    and its agreement with the bf16 model: backbone relative error and click-mask IoU on random points.
+    Last, because it changes the shared model in place."""
+    from deployments.segmenter.base import Point, SegmentPrompt
+
+    images = fresh_images(4, size, 77)
+    rng = np.random.default_rng(5)
+    prompts = [SegmentPrompt(points=[Point(int(x), int(y), 1)]) for x, y in rng.integers(0, size, (8, 2))]
+    ref = [bf16_backend.encode_batch([im], [f"r{i}"])[0] for i, im in enumerate(images)]
+    ref_masks = [[bf16_backend.segment_with_embedding(e, p).mask for p in prompts] for e in ref]
+    mode = next((m for m in args.compile_modes.split(",") if m), None)
+    torch._dynamo.reset()
+    settings = Sam3Settings(**base, vit_fp8=True, compile="on" if mode else "off",
+                            **({"compile_mode": mode, "compile_backend": compile_backend} if mode else {}))
+    name = f"fp8_compile_{mode}" if mode else "fp8_eager"
+    try:
+        backend, report[f"first_request_{name}"] = first_request(settings, models, size, device)
+    except Exception as exc:  # noqa: BLE001 - e.g. a GPU without FP8
+        report["levers"][name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        print("lever", name, "failed:", report["levers"][name]["error"], flush=True)
+        return
+    measure_lever(name, backend.encode_batch, size, device, args, report)
+    rel, ious = [], []
+    for i, (im, e0) in enumerate(zip(images, ref)):
+        e1 = backend.encode_batch([im], [f"f{i}"])[0]
+        a, b = e0.backbone.float(), e1.backbone.float()
+        rel.append(float((b - a).norm() / a.norm()))
+        for p, m0 in zip(prompts, ref_masks[i]):
+            m1 = backend.segment_with_embedding(e1, p).mask
+            union = int((m0 | m1).sum())
+            ious.append(1.0 if union == 0 else int((m0 & m1).sum()) / union)
+    report["levers"][name]["agreement_vs_bf16"] = {
+        "backbone_rel_error_mean": round(float(np.mean(rel)), 4), "mask_iou_mean": round(float(np.mean(ious)), 4),
+        "mask_iou_min": round(float(np.min(ious)), 4), "masks": len(ious), "random_weights": True}
+    print("fp8 agreement", json.dumps(report["levers"][name]["agreement_vs_bf16"]), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu", action="store_true", help="run on the CPU in float32 (with --tiny: a dry run)")
@@ -328,6 +366,7 @@ def main():
                          "default,max-autotune-no-cudagraphs (autotuning takes minutes per batch size)")
     ap.add_argument("--max-batch", type=int, default=16, help="the replica's max_batch_size: compiled buckets 1, 2, 4 .. this")
     ap.add_argument("--skip-sdpa", action="store_true", help="skip the SDPA-kernel levers")
+    ap.add_argument("--fp8", action="store_true", help="also the FP8-linear ViT (last: it changes the model)")
     ap.add_argument("--compile-backend", default=None, help="default: inductor on CUDA, aot_eager on the CPU")
     ap.add_argument("--standin", action="store_true", help="the asyncio @serve.batch stand-in even with Ray Serve")
     ap.add_argument("--skip-fidelity", action="store_true")
@@ -423,6 +462,8 @@ def main():
         if compile_backend != "inductor":
             break  # the mode only matters to inductor
     assert CompiledVit  # imported for readers: the compiled path is sam3_compile.CompiledVit
+    if args.fp8:
+        fp8_lever(args, base, backend, models, size, device, compile_backend, report)
 
     if device.type == "cuda":
         report["peak_mb_total"] = round(torch.cuda.max_memory_allocated() / 2**20)

@@ -63,6 +63,9 @@ class Sam3Settings(_Strict):
     compile: Literal["auto", "on", "off"] = "auto"
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     compile_backend: Literal["inductor", "aot_eager"] = "inductor"  # aot_eager: fast to build (CPU tests)
+    # The ViT's linear layers in FP8 with per-row scales (deployments/segmenter/fp8_linear.py);
+    # needs compute capability 8.9+ (Ada, Hopper). Off: bf16 as trained.
+    vit_fp8: bool = False
 
 
 class SegmenterSettings(_Strict):

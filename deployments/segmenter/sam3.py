@@ -33,6 +33,7 @@ from .sam3_encoder import (
     encode_images,
     image_id,
 )
+from .fp8_linear import fp8_problem, use_fp8_linears
 from .sam3_compile import compiled_vit
 from .sam3_loading import Sam3Models, load_sam3_models
 
@@ -47,6 +48,11 @@ class Sam3Segmenter:
         """settings: serve_app.settings.Sam3Settings. `models` skips loading (benchmarks, tests)."""
         self.settings = settings
         self.models = models if models is not None else load_sam3_models(settings)
+        if settings.vit_fp8:
+            problem = fp8_problem(self.models.device)
+            if problem:
+                raise ModelUnavailable(f"segmenter.sam3.vit_fp8 is on, but {problem}")
+            use_fp8_linears(self.models.detector.vision_encoder.backbone)
         if self.models.vit is None:  # compiled and warmed up here, before the replica reports healthy
             self.models.vit = compiled_vit(self.models, settings)
         self.cache: EmbeddingCache[ImageEmbedding] = EmbeddingCache(settings.embedding_cache_mb * 1024 * 1024)
