@@ -286,7 +286,7 @@ def measure_lever(name, encode, size, device, args, report):
     out = {}
     img = fresh_images(1, size, 0)[0]
     out["encode_bs1"] = ms(timed(lambda: encode([img], ["bs1"]), device, iters=args.iters))
-    for bs in (8, 16):
+    for bs in args.batch_sizes:
         batch, ids = fresh_images(bs, size, bs), [f"b{i}" for i in range(bs)]
         times = timed(lambda: encode(batch, ids), device, warmup=2, iters=max(3, args.iters // 2))
         out[f"direct_bs{bs}"] = {"images_per_s": round(bs / statistics.median(times), 2),
@@ -366,12 +366,14 @@ def main():
                          "default,max-autotune-no-cudagraphs (autotuning takes minutes per batch size)")
     ap.add_argument("--max-batch", type=int, default=16, help="the replica's max_batch_size: compiled buckets 1, 2, 4 .. this")
     ap.add_argument("--skip-sdpa", action="store_true", help="skip the SDPA-kernel levers")
+    ap.add_argument("--batches", default="8,16", help="batch sizes measured directly (each one a compiled shape)")
     ap.add_argument("--fp8", action="store_true", help="also the FP8-linear ViT (last: it changes the model)")
     ap.add_argument("--compile-backend", default=None, help="default: inductor on CUDA, aot_eager on the CPU")
     ap.add_argument("--standin", action="store_true", help="the asyncio @serve.batch stand-in even with Ray Serve")
     ap.add_argument("--skip-fidelity", action="store_true")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
+    args.batch_sizes = [int(b) for b in args.batches.split(",") if b]
     global REAL_SERVE
     REAL_SERVE = REAL_SERVE and not args.standin
     device_name, dtype = ("cpu", "float32") if args.cpu else ("cuda", "bfloat16")
@@ -468,15 +470,18 @@ def main():
     if device.type == "cuda":
         report["peak_mb_total"] = round(torch.cuda.max_memory_allocated() / 2**20)
     before = report["levers"]["before"]
-    lines = [f"{'lever':36s} {'bs1 p50 ms':>10s} {'x':>5s} {'bs8 img/s':>9s} {'bs16 img/s':>10s} {'serve img/s':>11s} {'x':>5s} {'peak MB':>8s}"]
+    bss = args.batch_sizes
+    lines = [f"{'lever':36s} {'bs1 p50 ms':>10s} {'x':>5s} " + " ".join(f"{f'bs{b} img/s':>10s}" for b in bss)
+             + f" {'serve img/s':>11s} {'x':>5s} {'peak MB':>8s}"]
     for name, r in report["levers"].items():
         if "error" in r:
             lines.append(f"{name:36s} error: {r['error'][:80]}")
             continue
+        peak = r.get(f"direct_bs{bss[-1]}", {}).get("peak_mb") if bss else None
         lines.append(f"{name:36s} {r['encode_bs1']['p50_ms']:10.2f} {before['encode_bs1']['p50_ms'] / r['encode_bs1']['p50_ms']:5.2f} "
-                     f"{r['direct_bs8']['images_per_s']:9.2f} {r['direct_bs16']['images_per_s']:10.2f} "
-                     f"{r['serve_batch']['images_per_s']:11.2f} {r['serve_batch']['images_per_s'] / before['serve_batch']['images_per_s']:5.2f} "
-                     f"{str(r['direct_bs16']['peak_mb']):>8s}")
+                     + " ".join(f"{r[f'direct_bs{b}']['images_per_s']:10.2f}" for b in bss)
+                     + f" {r['serve_batch']['images_per_s']:11.2f} {r['serve_batch']['images_per_s'] / before['serve_batch']['images_per_s']:5.2f} "
+                     f"{str(peak):>8s}")
     p = report["payload"]
     lines.append(f"payload compact: before {p['before']['p50_ms']} ms {p['before']['bytes']} B, now {p['now']['p50_ms']} ms "
                  f"{p['now']['bytes']} B ({p['before']['p50_ms'] / p['now']['p50_ms']:.2f}x)")
