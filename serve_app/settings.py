@@ -61,7 +61,9 @@ class Sam3Settings(_Strict):
     # torch.compile of the ViT (deployments/segmenter/sam3_compile.py), padded to the batch sizes 1, 2, 4, ...
     # max_batch_size and compiled in the replica's constructor. "auto": on CUDA only.
     compile: Literal["auto", "on", "off"] = "auto"
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # No CUDA-graph modes ("reduce-overhead", "max-autotune"): their graphs are recorded per thread
+    # and broke under the encoder's concurrent callers on the H200 (docs/sam3.md).
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     compile_backend: Literal["inductor", "aot_eager"] = "inductor"  # aot_eager: fast to build (CPU tests)
     # The ViT's linear layers in FP8 with per-row scales (deployments/segmenter/fp8_linear.py);
     # needs compute capability 8.9+ (Ada, Hopper). Off: bf16 as trained.
