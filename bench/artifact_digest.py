@@ -19,8 +19,8 @@ import yaml
 from serve_app.local import LocalClients
 from serve_app.schemas import GenerateRequest
 from serve_app.service import GenerateService
-from serve_app.settings import load_settings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import load_settings
+from sam3d_common.store import ArtifactStore
 from serve_app.wire import FrameWriter
 from tests.photos import ROCKET_BOX, photo_bytes
 

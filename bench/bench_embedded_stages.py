@@ -24,7 +24,7 @@ from deployments.reconstructor.inflation import relax  # noqa: E402
 from deployments.segmenter import grabcut  # noqa: E402
 from deployments.segmenter.base import Box, SegmentPrompt  # noqa: E402
 from photos import ROCKET_BOX, photo_array  # noqa: E402
-from serve_app.settings import GrabCutSettings  # noqa: E402
+from sam3d_common.settings import GrabCutSettings  # noqa: E402
 
 PROMPTS = {"coffee": SegmentPrompt(), "chelsea": SegmentPrompt(), "astronaut": SegmentPrompt(),
            "rocket": SegmentPrompt(box=Box(**ROCKET_BOX))}

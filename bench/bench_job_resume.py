@@ -32,8 +32,8 @@ from serve_app.jobs import JobManager  # noqa: E402
 from serve_app.local import LocalClients  # noqa: E402
 from serve_app.protocol import SSEParser  # noqa: E402
 from serve_app.service import GenerateService  # noqa: E402
-from serve_app.settings import load_settings  # noqa: E402
-from serve_app.store import ArtifactStore  # noqa: E402
+from sam3d_common.settings import load_settings  # noqa: E402
+from sam3d_common.store import ArtifactStore  # noqa: E402
 
 SETTINGS = {
     "reconstructor": {"grid_size": 64, "inflation": {"geometry_steps": 30, "appearance_steps": 30,

@@ -40,8 +40,8 @@ from serve_app.client import iter_events  # noqa: E402
 from serve_app.local import LocalClients  # noqa: E402
 from serve_app.schemas import GenerateRequest  # noqa: E402
 from serve_app.service import GenerateService  # noqa: E402
-from serve_app.settings import GrabCutSettings, load_settings  # noqa: E402
-from serve_app.store import ArtifactStore  # noqa: E402
+from sam3d_common.settings import GrabCutSettings, load_settings  # noqa: E402
+from sam3d_common.store import ArtifactStore  # noqa: E402
 from serve_app.wire import FrameWriter, paced  # noqa: E402
 
 PHOTOS = {"coffee": {}, "chelsea": {}, "astronaut": {}, "rocket": {"box_prompts": [ROCKET_BOX]}}

@@ -102,7 +102,7 @@ from deployments.segmenter.sam3_encoder import ImageEmbedding, image_id, tracker
 from deployments.segmenter.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
 from deployments.segmenter.sam3_loading import random_init_models  # noqa: E402
 from deployments.segmenter.sam3_testing import tiny_video_config  # noqa: E402
-from serve_app.settings import Sam3Settings  # noqa: E402
+from sam3d_common.settings import Sam3Settings  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- helpers

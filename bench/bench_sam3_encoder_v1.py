@@ -37,7 +37,7 @@ from deployments.segmenter.sam3_encoder import pixel_values  # noqa: E402
 from deployments.segmenter.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
 from deployments.segmenter.sam3_loading import random_init_models  # noqa: E402
 from deployments.segmenter.sam3_testing import tiny_tokenizer, tiny_video_config  # noqa: E402
-from serve_app.settings import Sam3Settings  # noqa: E402
+from sam3d_common.settings import Sam3Settings  # noqa: E402
 from bench_sam3_encoder import sync, timed  # noqa: E402  (one copy of the timing helpers)
 
 

@@ -221,8 +221,8 @@ def main():
     from deployments.reconstructor.base import ReconstructOptions, Reconstruction, StepFrame
     from deployments.reconstructor.sam3d import Sam3dReconstructor
     from deployments.reconstructor.sam3d_upstream import UpstreamModel, import_pipeline
-    from serve_app.settings import MeshBakerSettings, Sam3dSettings
-    from serve_app.store import ArtifactStore
+    from sam3d_common.settings import MeshBakerSettings, Sam3dSettings
+    from sam3d_common.store import ArtifactStore
     from skimage import data as skdata
 
     image = skdata.coffee()  # 400x600 RGB

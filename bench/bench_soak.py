@@ -26,8 +26,8 @@ from serve_app.ingress import build_fastapi_app  # noqa: E402
 from serve_app.local import LocalClients  # noqa: E402
 from serve_app.protocol import parse_sse  # noqa: E402
 from serve_app.service import GenerateService  # noqa: E402
-from serve_app.settings import load_settings  # noqa: E402
-from serve_app.store import ArtifactStore  # noqa: E402
+from sam3d_common.settings import load_settings  # noqa: E402
+from sam3d_common.store import ArtifactStore  # noqa: E402
 
 SMALL = {"reconstructor": {"grid_size": 32, "inflation": {"geometry_steps": 3, "appearance_steps": 2}},
          "segmenter": {"grabcut": {"max_side": 160, "iterations": 2}}}

@@ -38,7 +38,7 @@ from bench_codec import frames_30k  # noqa: E402
 from meshopt_glb import meshopt_glb, sphere  # noqa: E402
 from photos import DATA  # noqa: E402
 from serve_app.protocol import StreamEncoder  # noqa: E402
-from serve_app.store import ArtifactStore  # noqa: E402
+from sam3d_common.store import ArtifactStore  # noqa: E402
 
 BENCH_ID = "0000000000000000000000000000beef"
 

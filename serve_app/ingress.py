@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
-from deployments.errors import BadInput, StageError
+from sam3d_common.errors import BadInput, StageError
 from serve_app.capabilities import build_capabilities_router
 from serve_app.protocol import (BINARY_MEDIA_TYPE, ENCODINGS, EVENT_FIELDS, EVENT_TYPES,
                                 PROTOCOL_VERSION, STAGES)
@@ -25,7 +25,7 @@ from serve_app.auth import install_auth
 from serve_app.headers import install_headers
 from serve_app.metrics import MetricsMiddleware
 from serve_app.openapi import errors, install_openapi, ref
-from serve_app.store import CONTENT_TYPES, ArtifactNotFound, InvalidArtifactRef, content_type
+from sam3d_common.store import CONTENT_TYPES, ArtifactNotFound, InvalidArtifactRef, content_type
 from serve_app.stream_response import WatchedStreamingResponse
 from serve_app.wire import FrameWriter, binary_body, paced
 

@@ -28,12 +28,12 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from deployments.errors import Busy, StageError, StageTimeout
+from sam3d_common.errors import Busy, StageError, StageTimeout
 from serve_app.pipeline import Job, StageClients, run_pipeline
 from serve_app.protocol import FRAME_EVENTS, PROTOCOL_VERSION
 from serve_app.service import error_event
-from serve_app.settings import AppSettings
-from serve_app.store import ID_PATTERN, ArtifactStore
+from sam3d_common.settings import AppSettings
+from sam3d_common.store import ID_PATTERN, ArtifactStore
 
 log = logging.getLogger("sam3d.jobs")
 

@@ -15,13 +15,13 @@ from typing import AsyncIterator, Awaitable, Protocol
 
 import numpy as np
 
-from deployments.errors import BadInput, QueueTimeout, StageTimeout
+from sam3d_common.errors import BadInput, QueueTimeout, StageTimeout
 from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import Reconstruction, ReconstructOptions, StepFrame
 from deployments.segmenter.base import SegmentPrompt, SegmentResult
 from serve_app.inputs import at_size, png_bytes
 from serve_app.protocol import make_event
-from serve_app.settings import TimeoutSettings
+from sam3d_common.settings import TimeoutSettings
 
 log = logging.getLogger("sam3d.pipeline")
 

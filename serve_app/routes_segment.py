@@ -20,14 +20,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field, ValidationError
 
-from deployments.errors import BadInput, StageError, as_stage_error
+from sam3d_common.errors import BadInput, StageError, as_stage_error
 from deployments.segmenter.base import Box, Point, SegmentPrompt
 from deployments.segmenter.sam3_encoder import image_id
 from serve_app.http_util import exception_response, form_data, json_object, media_type, validation_message
 from serve_app.inputs import b64_bytes, decode_image, decode_mask, fit_image, png_bytes
 from serve_app.openapi import errors, ref
 from serve_app.schemas import RequestModel
-from serve_app.settings import LimitsSettings
+from sam3d_common.settings import LimitsSettings
 
 ONNX_ROUTE = "/v1/models/sam3-click-decoder.onnx"
 

@@ -8,7 +8,7 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from deployments.errors import BadInput, NotConfigured, StageError, StageTimeout, as_stage_error
+from sam3d_common.errors import BadInput, NotConfigured, StageError, StageTimeout, as_stage_error
 from deployments.image_generator.unavailable import MESSAGE as NO_GENERATOR
 from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import ReconstructOptions
@@ -18,8 +18,8 @@ from serve_app.http_util import RETRY_AFTER_S
 from serve_app.pipeline import Job, StageClients, run_pipeline
 from serve_app.protocol import ENCODINGS, FRAME_EVENTS, make_event
 from serve_app.schemas import GenerateRequest
-from serve_app.settings import AppSettings
-from serve_app.store import ArtifactStore, Retention, new_artifact_id
+from sam3d_common.settings import AppSettings
+from sam3d_common.store import ArtifactStore, Retention, new_artifact_id
 
 log = logging.getLogger("sam3d.service")
 

@@ -6,7 +6,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.app import build_app
-from serve_app.settings import ConfigError, load_settings
+from sam3d_common.settings import ConfigError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def test_bad_value_names_the_key():
 def test_production_replicas_fail_at_start_naming_what_is_missing():
     """serve_config.yaml's real-model stages, built as their replicas would be on a machine
     without the weights: each says what is missing, where it looked, and how to get it."""
-    from deployments.errors import ModelUnavailable
+    from sam3d_common.errors import ModelUnavailable
     from deployments.image_generator import make_backend as make_generator
     from deployments.reconstructor import make_backend as make_reconstructor
     from deployments.segmenter import make_backend as make_segmenter

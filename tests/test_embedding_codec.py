@@ -124,7 +124,7 @@ def test_compact_payload_keeps_masks_of_the_tiny_model(tmp_path):
     from deployments.segmenter.sam3 import Sam3Segmenter
     from deployments.segmenter.sam3_fidelity import codec_fidelity, random_prompts
     from deployments.segmenter.sam3_testing import write_tiny_checkpoint
-    from serve_app.settings import Sam3Settings
+    from sam3d_common.settings import Sam3Settings
 
     seg = Sam3Segmenter(Sam3Settings(local_dir=str(write_tiny_checkpoint(tmp_path / "tiny")), device="cpu"))
     feats = seg.embed(_synthetic_image(300)).click_features()

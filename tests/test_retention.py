@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from deployments.errors import BadInput
+from sam3d_common.errors import BadInput
 from photos import photo_bytes
 from serve_app.local import LocalClients
 from serve_app.schemas import GenerateRequest
 from serve_app.service import GenerateService
-from serve_app.settings import load_settings
-from serve_app.store import ArtifactNotFound, ArtifactStore, Retention
+from sam3d_common.settings import load_settings
+from sam3d_common.store import ArtifactNotFound, ArtifactStore, Retention
 from test_routes import FAST, events_of, make_client
 
 

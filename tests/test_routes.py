@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from deployments.errors import BadInput
+from sam3d_common.errors import BadInput
 from photos import photo_bytes, png
 from serve_app.ingress import build_fastapi_app
 from serve_app.local import LocalClients
 from serve_app.protocol import parse_sse
 from serve_app.service import GenerateService
-from serve_app.settings import load_settings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import load_settings
+from sam3d_common.store import ArtifactStore
 
 FAST = {"reconstructor": {"grid_size": 32, "inflation": {"geometry_steps": 3, "appearance_steps": 2}},
         "segmenter": {"grabcut": {"max_side": 160, "iterations": 2}}}

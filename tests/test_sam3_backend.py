@@ -13,14 +13,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from deployments.errors import BadInput, ModelUnavailable, NotConfigured  # noqa: E402
+from sam3d_common.errors import BadInput, ModelUnavailable, NotConfigured  # noqa: E402
 from deployments.segmenter import Segmenter  # noqa: E402
 from deployments.segmenter.base import Box, Point, SegmentPrompt  # noqa: E402
 from deployments.segmenter.embedding_cache import EmbeddingCache  # noqa: E402
 from deployments.segmenter.sam3 import Sam3Segmenter  # noqa: E402
 from deployments.segmenter.sam3_encoder import detector_vision_embeds, pixel_values  # noqa: E402
 from deployments.segmenter.sam3_testing import write_tiny_checkpoint  # noqa: E402
-from serve_app.settings import Sam3Settings  # noqa: E402
+from sam3d_common.settings import Sam3Settings  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deployments.errors import BadInput, ModelUnavailable
-from deployments.torch_device import resolve_device_dtype
-from serve_app.settings import ImageGeneratorSettings
+from sam3d_common.errors import BadInput, ModelUnavailable
+from sam3d_common.torch_device import resolve_device_dtype
+from sam3d_common.settings import ImageGeneratorSettings
 
 log = logging.getLogger(__name__)
 

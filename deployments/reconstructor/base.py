@@ -7,7 +7,7 @@ from typing import AsyncIterator, Protocol, Union
 import numpy as np
 from scipy import ndimage
 
-from serve_app.protocol import VoxelFrame
+from sam3d_common.frames import VoxelFrame
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ from typing import Protocol
 import numpy as np
 import yaml
 
-from deployments.errors import BadInput, ModelUnavailable, StageError
-from serve_app.protocol import VoxelFrame
-from serve_app.settings import Sam3dSettings
+from sam3d_common.errors import BadInput, ModelUnavailable, StageError
+from sam3d_common.frames import VoxelFrame
+from sam3d_common.settings import Sam3dSettings
 
 from .base import ReconstructOptions, Reconstruction, StepFrame, shell, should_emit
 from .sam3d_grid import ViewMapping, fill_colors, map_to_view, view_from_local

@@ -13,8 +13,8 @@ import logging
 import numpy as np
 from ray import serve
 
-from deployments.errors import NotConfigured
-from serve_app.settings import SegmenterSettings
+from sam3d_common.errors import NotConfigured
+from sam3d_common.settings import SegmenterSettings
 
 from .base import Box, Point, SegmentPrompt, SegmentResult, SegmenterBackend
 from .embedding_cache import EmbeddingNotFound

@@ -44,5 +44,5 @@ class SegmenterBackend(Protocol):
     name: str
 
     def segment(self, image: np.ndarray, prompt: SegmentPrompt) -> SegmentResult:
-        """image: HxWx3 uint8 RGB. Raises deployments.errors.BadInput when nothing is found."""
+        """image: HxWx3 uint8 RGB. Raises sam3d_common.errors.BadInput when nothing is found."""
         ...

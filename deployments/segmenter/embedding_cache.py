@@ -5,7 +5,7 @@ import threading
 from collections import OrderedDict
 from typing import Generic, Protocol, TypeVar
 
-from deployments.errors import StageError
+from sam3d_common.errors import StageError
 
 
 class EmbeddingNotFound(StageError):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deployments.errors import BadInput, ModelUnavailable
+from sam3d_common.errors import BadInput, ModelUnavailable
 
 from . import embedding_codec
 from .base import Box, Point, SegmentPrompt, SegmentResult
@@ -44,7 +44,7 @@ class Sam3Segmenter:
     name = "sam3"
 
     def __init__(self, settings, models: Sam3Models | None = None):
-        """settings: serve_app.settings.Sam3Settings. `models` skips loading (benchmarks, tests)."""
+        """settings: sam3d_common.settings.Sam3Settings. `models` skips loading (benchmarks, tests)."""
         self.settings = settings
         self.models = models if models is not None else load_sam3_models(settings)
         if self.models.vit is None:  # compiled and warmed up here, before the replica reports healthy

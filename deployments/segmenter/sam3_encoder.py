@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deployments.errors import BadInput
+from sam3d_common.errors import BadInput
 
 from .sam3_loading import Sam3Models
 

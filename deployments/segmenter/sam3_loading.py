@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deployments.errors import ModelUnavailable
-from deployments.torch_device import resolve_device_dtype
+from sam3d_common.errors import ModelUnavailable
+from sam3d_common.torch_device import resolve_device_dtype
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def finish(detector, tracker, tokenizer, pixels, device, dtype, source, notes=No
 
 
 def load_sam3_models(settings) -> Sam3Models:
-    """settings: serve_app.settings.Sam3Settings. Loads once; call from the replica's constructor."""
+    """settings: sam3d_common.settings.Sam3Settings. Loads once; call from the replica's constructor."""
     _, AutoConfig, AutoTokenizer, Sam3Model, _, Sam3TrackerModel = _import_transformers()
     device, dtype = resolve_device_dtype(
         settings.device, settings.dtype, "segmenter.sam3",

@@ -21,7 +21,7 @@ from .events import (
     make_event,
     parse_sse,
 )
-from .frames import MAX_GRID_SIZE, VoxelFrame
+from sam3d_common.frames import MAX_GRID_SIZE, VoxelFrame
 
 ENCODINGS = ("seed", "compact")
 

@@ -10,7 +10,7 @@ import base64
 
 import numpy as np
 
-from .frames import VoxelFrame
+from sam3d_common.frames import VoxelFrame
 
 ENCODING_NAME = "binary_uint8_xyzrgb"
 

@@ -117,7 +117,7 @@ class MeshBakerSettings(_Strict):
 
 class StoreSettings(_Strict):
     url: str = "./artifacts"  # a local folder, or any fsspec URL (s3://bucket/prefix, gs://...)
-    # Retention (serve_app/store.py): older artifacts are not served and get deleted; beyond
+    # Retention (sam3d_common/store.py): older artifacts are not served and get deleted; beyond
     # the size cap the oldest go first. None switches either off.
     ttl_s: float | None = Field(24 * 3600, gt=0)
     max_total_bytes: int | None = Field(None, ge=1024 * 1024)
