@@ -99,9 +99,8 @@ from deployments.segmenter import embedding_codec  # noqa: E402
 from deployments.segmenter.sam3 import Sam3Segmenter  # noqa: E402
 from deployments.segmenter.sam3_compile import CompiledVit, batch_buckets  # noqa: E402
 from deployments.segmenter.sam3_encoder import ImageEmbedding, image_id, tracker_features  # noqa: E402
-from deployments.segmenter.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
-from deployments.segmenter.sam3_loading import random_init_models  # noqa: E402
-from deployments.segmenter.sam3_testing import tiny_video_config  # noqa: E402
+from tests.support.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
+from tests.support.sam3_testing import random_init_models, tiny_video_config  # noqa: E402
 from sam3d_common.settings import Sam3Settings  # noqa: E402
 
 
@@ -380,7 +379,7 @@ def main():
     if not args.skip_fidelity:
         import copy
 
-        from deployments.segmenter.sam3_fidelity import agreement, decode_masks
+        from tests.support.sam3_fidelity import agreement, decode_masks
 
         tracker32 = copy.deepcopy(models.tracker).float()
         feats = emb.click_features()

@@ -34,9 +34,8 @@ from deployments.segmenter import Segmenter  # noqa: E402
 from deployments.segmenter.base import Point, SegmentPrompt  # noqa: E402
 from deployments.segmenter.sam3 import Sam3Segmenter  # noqa: E402
 from deployments.segmenter.sam3_encoder import pixel_values  # noqa: E402
-from deployments.segmenter.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
-from deployments.segmenter.sam3_loading import random_init_models  # noqa: E402
-from deployments.segmenter.sam3_testing import tiny_tokenizer, tiny_video_config  # noqa: E402
+from tests.support.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
+from tests.support.sam3_testing import random_init_models, tiny_tokenizer, tiny_video_config  # noqa: E402
 from sam3d_common.settings import Sam3Settings  # noqa: E402
 from bench_sam3_encoder import sync, timed  # noqa: E402  (one copy of the timing helpers)
 
@@ -265,7 +264,8 @@ def main():
     }
     print("prompt_ms", json.dumps(report["prompt_ms"]), flush=True)
     if not args.skip_onnx:
-        from deployments.segmenter.onnx_decoder import OnnxClickDecoder, prompt_arrays
+        from deployments.segmenter.onnx_decoder import prompt_arrays
+        from tests.support.onnx_click_decoder import OnnxClickDecoder
 
         t = time.perf_counter()
         path = backend.click_decoder_path()

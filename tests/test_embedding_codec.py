@@ -122,8 +122,8 @@ def test_compact_payload_keeps_masks_of_the_tiny_model(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from deployments.segmenter.sam3 import Sam3Segmenter
-    from deployments.segmenter.sam3_fidelity import codec_fidelity, random_prompts
-    from deployments.segmenter.sam3_testing import write_tiny_checkpoint
+    from tests.support.sam3_fidelity import codec_fidelity, random_prompts
+    from tests.support.sam3_testing import write_tiny_checkpoint
     from sam3d_common.settings import Sam3Settings
 
     seg = Sam3Segmenter(Sam3Settings(local_dir=str(write_tiny_checkpoint(tmp_path / "tiny")), device="cpu"))
@@ -140,7 +140,7 @@ def test_compact_payload_keeps_masks_of_the_full_size_model():
     import torch
     from transformers import Sam3TrackerConfig, Sam3TrackerModel
 
-    from deployments.segmenter.sam3_fidelity import codec_fidelity, random_prompts
+    from tests.support.sam3_fidelity import codec_fidelity, random_prompts
 
     torch.manual_seed(0)
     with torch.device("cuda"):

@@ -19,7 +19,7 @@ from deployments.segmenter.base import Box, Point, SegmentPrompt  # noqa: E402
 from deployments.segmenter.embedding_cache import EmbeddingCache  # noqa: E402
 from deployments.segmenter.sam3 import Sam3Segmenter  # noqa: E402
 from deployments.segmenter.sam3_encoder import detector_vision_embeds, pixel_values  # noqa: E402
-from deployments.segmenter.sam3_testing import write_tiny_checkpoint  # noqa: E402
+from tests.support.sam3_testing import write_tiny_checkpoint  # noqa: E402
 from sam3d_common.settings import Sam3Settings  # noqa: E402
 
 

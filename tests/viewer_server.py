@@ -39,7 +39,7 @@ FAST = {"reconstructor": {"grid_size": 48, "inflation": {"geometry_steps": 8, "a
 def build(store_dir: Path, sam3: bool):
     args = {**FAST, "store": {"url": str(store_dir)}}
     if sam3:
-        from deployments.segmenter.sam3_testing import write_tiny_checkpoint
+        from tests.support.sam3_testing import write_tiny_checkpoint
 
         ckpt = write_tiny_checkpoint(store_dir / "sam3_tiny", seed=9)
         args["segmenter"] = {"backend": "sam3", "sam3": {

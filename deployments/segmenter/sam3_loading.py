@@ -223,21 +223,3 @@ def load_sam3_models(settings) -> Sam3Models:
     pixels = read_pixel_spec(source, local, int(config.detector_config.vision_config.backbone_config.image_size))
     log.info("SAM 3 loaded from %s on %s/%s", source, device, dtype)
     return finish(detector, tracker, tokenizer, pixels, device, dtype, source, notes)
-
-
-def random_init_models(video_config, device: str = "cpu", dtype: str = "float32", seed: int = 0) -> Sam3Models:
-    """Randomly initialised detector + tracker from a Sam3VideoConfig (benchmarks; no weights needed).
-
-    The tracker's backbone is replaced by the detector's, exactly as with loaded weights.
-    """
-    import torch
-    from transformers import Sam3Model, Sam3TrackerModel
-
-    torch.manual_seed(seed)
-    dev, dt = resolve_device_dtype(device, dtype, "segmenter.sam3")
-    with torch.device(dev):  # initialise on the device: 840 M parameters initialise slowly on a CPU
-        detector = Sam3Model(video_config.detector_config)
-        tracker = Sam3TrackerModel(tracker_config_from(video_config))
-    tracker.vision_encoder.backbone = detector.vision_encoder.backbone
-    size = int(video_config.detector_config.vision_config.backbone_config.image_size)
-    return finish(detector, tracker, None, PixelSpec(size=size), dev, dt, "random-init", ["random weights"])
