@@ -95,10 +95,10 @@ REAL_SERVE = _stub_ray_serve_if_missing()
 
 import torch  # noqa: E402
 
-from deployments.segmenter import embedding_codec  # noqa: E402
-from deployments.segmenter.sam3 import Sam3Segmenter  # noqa: E402
-from deployments.segmenter.sam3_compile import CompiledVit, batch_buckets  # noqa: E402
-from deployments.segmenter.sam3_encoder import ImageEmbedding, image_id, tracker_features  # noqa: E402
+from deployments.segmenter.sam3 import embedding_codec  # noqa: E402
+from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
+from deployments.segmenter.sam3.compile import CompiledVit, batch_buckets  # noqa: E402
+from deployments.segmenter.sam3.encoder import ImageEmbedding, image_id, tracker_features  # noqa: E402
 from tests.support.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
 from tests.support.sam3_testing import random_init_models, tiny_video_config  # noqa: E402
 from sam3d_common.settings import Sam3Settings  # noqa: E402

@@ -32,8 +32,8 @@ import torch  # noqa: E402
 
 from deployments.segmenter import Segmenter  # noqa: E402
 from deployments.segmenter.base import Point, SegmentPrompt  # noqa: E402
-from deployments.segmenter.sam3 import Sam3Segmenter  # noqa: E402
-from deployments.segmenter.sam3_encoder import pixel_values  # noqa: E402
+from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
+from deployments.segmenter.sam3.encoder import pixel_values  # noqa: E402
 from tests.support.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
 from tests.support.sam3_testing import random_init_models, tiny_tokenizer, tiny_video_config  # noqa: E402
 from sam3d_common.settings import Sam3Settings  # noqa: E402
@@ -264,7 +264,7 @@ def main():
     }
     print("prompt_ms", json.dumps(report["prompt_ms"]), flush=True)
     if not args.skip_onnx:
-        from deployments.segmenter.onnx_decoder import prompt_arrays
+        from deployments.segmenter.sam3.onnx_decoder import prompt_arrays
         from tests.support.onnx_click_decoder import OnnxClickDecoder
 
         t = time.perf_counter()

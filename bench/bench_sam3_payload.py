@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deployments.segmenter import embedding_codec as codec  # noqa: E402
+from deployments.segmenter.sam3 import embedding_codec as codec  # noqa: E402
 
 FULL = {"image_embed": (1, 256, 72, 72), "high_res_feats_0": (1, 32, 288, 288), "high_res_feats_1": (1, 64, 144, 144)}
 

@@ -52,7 +52,7 @@ def full_size_decoder(path: Path) -> Path:
     import transformers.models.sam3_tracker.modeling_sam3_tracker as tracker_modules
     from transformers import Sam3TrackerConfig
 
-    from deployments.segmenter.onnx_decoder import export_click_decoder
+    from deployments.segmenter.sam3.onnx_decoder import export_click_decoder
 
     torch.manual_seed(0)
     cfg = Sam3TrackerConfig()

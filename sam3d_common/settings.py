@@ -55,10 +55,10 @@ class Sam3Settings(_Strict):
     batch_wait_timeout_s: float = Field(0.01, ge=0)
     embedding_cache_mb: int = Field(512, ge=0)  # per replica, on the model's device; 0 disables the cache
     max_instances: int = Field(10, ge=1, le=100)  # text prompts: instances returned at most
-    # Browser payload of POST /v1/embed (deployments/segmenter/embedding_codec.py): compact ≈ 3.3-4 MB.
+    # Browser payload of POST /v1/embed (deployments/segmenter/sam3/embedding_codec.py): compact ≈ 3.3-4 MB.
     embedding_profile: Literal["compact", "int8", "fp16", "fp32"] = "compact"
     onnx_cache_dir: str | None = None  # where the click decoder is exported once; default: the temp dir
-    # torch.compile of the ViT (deployments/segmenter/sam3_compile.py), padded to the batch sizes 1, 2, 4, ...
+    # torch.compile of the ViT (deployments/segmenter/sam3/compile.py), padded to the batch sizes 1, 2, 4, ...
     # max_batch_size and compiled in the replica's constructor. "auto": on CUDA only.
     compile: Literal["auto", "on", "off"] = "auto"
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"

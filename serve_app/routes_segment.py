@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError
 
 from sam3d_common.errors import BadInput, StageError, as_stage_error
 from deployments.segmenter.base import Box, Point, SegmentPrompt
-from deployments.segmenter.sam3_encoder import image_id
+from deployments.segmenter.sam3.encoder import image_id
 from serve_app.http_util import exception_response, form_data, json_object, media_type, validation_message
 from serve_app.inputs import b64_bytes, decode_image, decode_mask, fit_image, png_bytes
 from serve_app.openapi import errors, ref
@@ -75,7 +75,7 @@ class SegmenterHandleAdapter:
 
 
 def _encodings(payload: bytes) -> dict[str, str]:
-    from deployments.segmenter.embedding_codec import read_header
+    from deployments.segmenter.sam3.embedding_codec import read_header
 
     header, _, _ = read_header(payload)
     return {t["name"]: t["encoding"] for t in header["tensors"]}

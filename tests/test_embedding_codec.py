@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deployments.segmenter import embedding_codec as codec
+from deployments.segmenter.sam3 import embedding_codec as codec
 
 FULL = {"image_embed": (1, 256, 72, 72), "high_res_feats_0": (1, 32, 288, 288), "high_res_feats_1": (1, 64, 144, 144)}
 GOAL_BYTES = 4_000_000
@@ -121,7 +121,7 @@ def test_compact_payload_keeps_masks_of_the_tiny_model(tmp_path):
     """CPU: the tiny random SAM 3 end to end (its own encoder, decoder and feature sizes)."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from deployments.segmenter.sam3 import Sam3Segmenter
+    from deployments.segmenter.sam3.backend import Sam3Segmenter
     from tests.support.sam3_fidelity import codec_fidelity, random_prompts
     from tests.support.sam3_testing import write_tiny_checkpoint
     from sam3d_common.settings import Sam3Settings

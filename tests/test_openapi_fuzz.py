@@ -13,7 +13,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from sam3d_common.errors import NotConfigured
-from deployments.segmenter.embedding_cache import EmbeddingNotFound
+from deployments.segmenter.sam3.embedding_cache import EmbeddingNotFound
 from serve_app.ingress import build_fastapi_app
 from serve_app.local import LocalClients
 from serve_app.service import GenerateService

@@ -12,8 +12,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from deployments.segmenter.base import Box, Point, SegmentPrompt  # noqa: E402
-from deployments.segmenter.sam3 import Sam3Segmenter  # noqa: E402
-from deployments.segmenter.sam3_compile import batch_buckets, compile_wanted  # noqa: E402
+from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
+from deployments.segmenter.sam3.compile import batch_buckets, compile_wanted  # noqa: E402
 from tests.support.sam3_testing import write_tiny_checkpoint  # noqa: E402
 from sam3d_common.settings import Sam3Settings  # noqa: E402
 

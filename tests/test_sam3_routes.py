@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from deployments.segmenter import Segmenter  # noqa: E402
-from deployments.segmenter.embedding_codec import decode  # noqa: E402
+from deployments.segmenter.sam3.embedding_codec import decode  # noqa: E402
 from tests.support.sam3_testing import write_tiny_checkpoint  # noqa: E402
 from serve_app.routes_segment import ONNX_ROUTE, build_segment_router  # noqa: E402
 from sam3d_common.settings import LimitsSettings  # noqa: E402

@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 
 from conftest import deploy_config  # noqa: E402
 from deployments.segmenter.base import Box, Point, SegmentPrompt  # noqa: E402
-from deployments.segmenter.embedding_codec import decode  # noqa: E402
+from deployments.segmenter.sam3.embedding_codec import decode  # noqa: E402
 from tests.support.sam3_testing import write_tiny_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.serve

@@ -17,7 +17,7 @@ from sam3d_common.errors import NotConfigured
 from sam3d_common.settings import SegmenterSettings
 
 from .base import Box, Point, SegmentPrompt, SegmentResult, SegmenterBackend
-from .embedding_cache import EmbeddingNotFound
+from .sam3.embedding_cache import EmbeddingNotFound
 
 __all__ = [
     "Segmenter",
@@ -38,7 +38,7 @@ def make_backend(settings: SegmenterSettings) -> SegmenterBackend:
 
         return GrabCutSegmenter(settings.grabcut)
     if settings.backend == "sam3":
-        from .sam3 import Sam3Segmenter
+        from .sam3.backend import Sam3Segmenter
 
         return Sam3Segmenter(settings.sam3)
     raise ValueError(f"unknown segmenter backend {settings.backend!r}")
@@ -70,7 +70,7 @@ class Segmenter:
         if sam is None:
             # A thread keeps the replica's event loop free for health checks while OpenCV/torch run.
             return await asyncio.to_thread(self.backend.segment, image, prompt)
-        from .sam3 import check_prompt, mask_only
+        from .sam3.backend import check_prompt, mask_only
 
         check_prompt(prompt, image.shape[:2])  # before spending an encoder pass on a bad prompt
         if mask_only(prompt):

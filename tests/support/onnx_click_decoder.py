@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from deployments.segmenter.onnx_decoder import OUTPUT_NAMES
+from deployments.segmenter.sam3.onnx_decoder import OUTPUT_NAMES
 
 
 class OnnxClickDecoder:

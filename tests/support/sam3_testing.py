@@ -10,7 +10,7 @@ import copy
 import json
 from pathlib import Path
 
-from deployments.segmenter.sam3_loading import PixelSpec, Sam3Models, finish, tracker_config_from
+from deployments.segmenter.sam3.loading import PixelSpec, Sam3Models, finish, tracker_config_from
 from sam3d_common.torch_device import resolve_device_dtype
 
 TINY_IMAGE = 224  # 16x16 patches of 14 px

@@ -23,18 +23,18 @@ import numpy as np
 from sam3d_common.errors import BadInput, ModelUnavailable
 
 from . import embedding_codec
-from .base import Box, Point, SegmentPrompt, SegmentResult
+from ..base import Box, Point, SegmentPrompt, SegmentResult
 from .embedding_cache import EmbeddingCache
 from .onnx_decoder import EXPORT_VERSION, LazyExport
-from .sam3_encoder import (
+from .encoder import (
     ImageEmbedding,
     check_image,
     detector_vision_embeds,
     encode_images,
     image_id,
 )
-from .sam3_compile import compiled_vit
-from .sam3_loading import Sam3Models, load_sam3_models
+from .compile import compiled_vit
+from .loading import Sam3Models, load_sam3_models
 
 log = logging.getLogger(__name__)
 MASK_LOGIT_SCALE = 10.0  # a user's binary mask enters the decoder as logits of ±this

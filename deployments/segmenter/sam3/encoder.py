@@ -8,7 +8,7 @@ import numpy as np
 
 from sam3d_common.errors import BadInput
 
-from .sam3_loading import Sam3Models
+from .loading import Sam3Models
 
 
 @dataclass
