@@ -10,7 +10,7 @@
    colour changes), per zlib level; the seed encoder for reference.
 4. JavaScript decode time under Node (bench/bench_codec_decode.mjs) of the same frames.
 
-    python bench/bench_codec.py [--reps 50] [--out bench/results/codec.txt]
+    python -m bench.bench_codec [--reps 50] [--out bench/results/codec.txt]
 
 All figures come from the one run that prints them; nothing here is asserted.
 """
@@ -24,7 +24,6 @@ import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from serve_app.protocol import (VoxelFrame, encode_event_fields, format_sse, make_event,  # noqa: E402
                                 pack_frame_event, seed_codec, stream_header)

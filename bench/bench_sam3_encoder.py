@@ -13,8 +13,8 @@ bf16. Levers, each measured on its own in the same run:
 The payload: the previous codec (float64 statistics, zlib default strategy, from float32 host copies)
 against today's (quantised on the device, float32 statistics, Huffman-only deflate).
 
-    python bench/bench_sam3_encoder.py --json-out bench/results/sam3_encoder_h200.json   # CUDA, full size
-    python bench/bench_sam3_encoder.py --tiny --cpu                                       # a dry run
+    python -m bench.bench_sam3_encoder --json-out bench/results/sam3_encoder_h200.json   # CUDA, full size
+    python -m bench.bench_sam3_encoder --tiny --cpu                                       # a dry run
 
 On the H200 one run stays under 10 minutes with the defaults (one compile mode, buckets 1..16); add modes
 with --compile-modes in a run of their own if needed.
@@ -41,8 +41,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
@@ -172,8 +170,7 @@ def encode_before(models, images):
 
 def payload_before(emb: ImageEmbedding, input_size: int) -> bytes:
     """The previous codec: float32 host copies, float64 statistics, zlib's default strategy."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    from bench_sam3_payload import stats64
+    from bench.bench_sam3_payload import stats64
 
     with stats64():
         return embedding_codec.encode(emb.click_features(), embedding_id=emb.embedding_id, original_size=emb.original_size,

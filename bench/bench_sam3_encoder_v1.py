@@ -2,8 +2,8 @@
 browser payload size and fidelity, click-decoder latency. Full-size model at random initialisation
 (transformers' Sam3Config defaults: ViT-L/14 at 1008 px, 72x72 tokens, FPN 256 channels).
 
-    python bench/bench_sam3_encoder.py                      # CUDA, bf16, full size
-    python bench/bench_sam3_encoder.py --tiny --device cpu  # a smoke run of the same code on the CPU
+    python -m bench.bench_sam3_encoder                      # CUDA, bf16, full size
+    python -m bench.bench_sam3_encoder --tiny --device cpu  # a smoke run of the same code on the CPU
 
 The @serve.batch runs drive the real Segmenter deployment class in this process: its `_embedding` method
 (cache, in-flight sharing, then the @serve.batch encoder) with a Serve replica context installed, as in a
@@ -18,14 +18,12 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import torch  # noqa: E402
@@ -37,7 +35,7 @@ from deployments.segmenter.sam3.encoder import pixel_values  # noqa: E402
 from tests.support.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
 from tests.support.sam3_testing import random_init_models, tiny_tokenizer, tiny_video_config  # noqa: E402
 from sam3d_common.settings import Sam3Settings  # noqa: E402
-from bench_sam3_encoder import sync, timed  # noqa: E402  (one copy of the timing helpers)
+from bench.bench_sam3_encoder import sync, timed  # noqa: E402  (one copy of the timing helpers)
 
 
 def ms(times):
