@@ -20,7 +20,7 @@ from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import Reconstruction, ReconstructOptions, StepFrame
 from deployments.segmenter.base import SegmentPrompt, SegmentResult
 from serve_app.inputs import at_size, png_bytes
-from serve_app.protocol import make_event
+from serve_app.protocol import Encoding, make_event
 from sam3d_common.settings import TimeoutSettings
 
 log = logging.getLogger("sam3d.pipeline")
@@ -39,7 +39,7 @@ class Job:
     image: np.ndarray | None
     seg_prompt: SegmentPrompt
     options: ReconstructOptions
-    encoding: str = "seed"
+    encoding: Encoding = "compact"
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     bake: BakeOptions = field(default_factory=BakeOptions)
     # The user's mask (seg_prompt.mask) is the object: the segmenter stage is skipped.

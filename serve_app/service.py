@@ -16,7 +16,7 @@ from deployments.segmenter.base import Box, Point, SegmentPrompt
 from serve_app import inputs, metrics
 from serve_app.http_util import RETRY_AFTER_S
 from serve_app.pipeline import Job, StageClients, run_pipeline
-from serve_app.protocol import ENCODINGS, FRAME_EVENTS, make_event
+from serve_app.protocol import FRAME_EVENTS, make_event
 from serve_app.schemas import GenerateRequest
 from sam3d_common.settings import AppSettings
 from sam3d_common.store import ArtifactStore, Retention, new_artifact_id
@@ -44,8 +44,6 @@ class GenerateService:
                       image_array: np.ndarray | None = None) -> Job:
         """Validate everything that can be validated before the stream starts (→ 4xx)."""
         limits = self.settings.limits
-        if req.encoding not in ENCODINGS:
-            raise BadInput(f"unknown encoding {req.encoding!r}; choose one of {', '.join(ENCODINGS)}")
         given = sum(x is not None for x in (image_bytes, req.image_b64, req.image_url, image_array))
         if given > 1:
             raise BadInput("give one image: an upload, image_b64, image_url or an array")

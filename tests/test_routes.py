@@ -137,3 +137,26 @@ def test_per_request_steps_reach_the_reconstructor(client):
     assert {e["total_steps"] for e in geo} == {5} and geo[-1]["step"] == 5
     assert {e["total_steps"] for e in app} == {4} and app[-1]["step"] == 4
     assert evs[-1]["type"] == "complete" and "pose" not in evs[-1]  # the embedded backend has none
+
+
+@pytest.mark.parametrize("name", ["full", "seed"])
+def test_full_encoding_and_its_former_name_seed(client, name):
+    """`full` (6 bytes a voxel, every frame whole) is also accepted as `seed`, its former name,
+    in JSON and in multipart forms."""
+    photo = photo_bytes("coffee")
+    evs = events_of(client.post("/v1/generate", json={"image_b64": base64.b64encode(photo).decode(),
+                                                      "encoding": name}))
+    frames = [e for e in evs if e["type"] in ("geometry", "appearance")]
+    assert frames and {e["encoding"] for e in frames} == {"binary_uint8_xyzrgb"}
+    evs = events_of(client.post("/v1/generate", files=[("image", ("c.png", photo))], data={"encoding": name}))
+    assert {e["encoding"] for e in evs if e["type"] == "geometry"} == {"binary_uint8_xyzrgb"}
+
+
+def test_encoding_is_one_type_with_one_default():
+    from serve_app.pipeline import Job
+    from serve_app.schemas import GenerateRequest
+
+    assert GenerateRequest().encoding == Job.__dataclass_fields__["encoding"].default == "compact"
+    assert GenerateRequest(encoding="seed").encoding == "full"
+    schema = GenerateRequest.model_json_schema()["properties"]["encoding"]
+    assert schema["enum"] == ["full", "compact"] and schema["default"] == "compact"
