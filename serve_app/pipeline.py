@@ -8,6 +8,7 @@ stream writer encodes them for the wire in the request's encoding.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -38,8 +39,9 @@ class Job:
     prompt: str | None
     image: np.ndarray | None
     seg_prompt: SegmentPrompt
-    options: ReconstructOptions
+    options: ReconstructOptions  # its seed is left unset: the reconstructor gets `seed` below
     encoding: Encoding = "compact"
+    seed: int | None = None  # the request's seed, for every stage that samples (generator, reconstructor)
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     bake: BakeOptions = field(default_factory=BakeOptions)
     # The user's mask (seg_prompt.mask) is the object: the segmenter stage is skipped.
@@ -139,7 +141,7 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
         yield p.stamp(make_event("loading", stage="image_generator", message=enhanced.image_prompt,
                                  segmentation_label=seg_prompt.label))
         t = time.monotonic()
-        image = await _within(clients.generate_image(enhanced.image_prompt, job.options.seed),
+        image = await _within(clients.generate_image(enhanced.image_prompt, job.seed),
                               to.image_generator_s, "image generator")
         timings["image_generator"] = time.monotonic() - t
 
@@ -168,7 +170,7 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
 
     t = time.monotonic()
     recon = None
-    async for item in _timed_stream(clients.reconstruct(image, mask, job.options), to.queue_s, to.step_s):
+    async for item in _timed_stream(clients.reconstruct(image, mask, dataclasses.replace(job.options, seed=job.seed)), to.queue_s, to.step_s):
         if isinstance(item, StepFrame):
             ev = make_event(item.stage, stage=item.stage, step=item.step, total_steps=item.total_steps)
             ev["_frame"] = item.frame

@@ -93,12 +93,12 @@ class GenerateService:
                  if (b := (req.box_prompts[0] if req.box_prompts else None)) else None),
             mask=mask,
         )
-        options = ReconstructOptions(seed=req.seed, geometry_every=req.stream_geometry_every,
+        options = ReconstructOptions(geometry_every=req.stream_geometry_every,
                                      colors_every=req.stream_colors_every, fast=req.fast,
                                      geometry_steps=req.geometry_steps,
                                      appearance_steps=req.appearance_steps)
         return Job(request_id=new_artifact_id(), prompt=req.prompt, image=image,
-                   seg_prompt=seg_prompt, options=options, encoding=req.encoding,
+                   seg_prompt=seg_prompt, options=options, encoding=req.encoding, seed=req.seed,
                    timeouts=self.settings.timeouts,
                    bake=BakeOptions(face_budget=req.face_budget, texture=req.texture,
                                      texture_size=req.texture_size), input_size=input_size,

@@ -160,3 +160,26 @@ def test_encoding_is_one_type_with_one_default():
     assert GenerateRequest(encoding="seed").encoding == "full"
     schema = GenerateRequest.model_json_schema()["properties"]["encoding"]
     assert schema["enum"] == ["full", "compact"] and schema["default"] == "compact"
+
+
+def test_the_request_seed_reaches_the_generator_and_the_reconstructor(tmp_path):
+    """One field, Job.seed: the image generator gets it directly, the reconstructor in its options."""
+    from photos import photo_array
+
+    seen = {}
+
+    class Seeded(LocalClients):
+        async def describe_image_generator(self):
+            return {"backend": "stub", "available": True}
+
+        async def generate_image(self, prompt, seed):
+            seen["generator"] = seed
+            return photo_array("coffee")
+
+        def reconstruct(self, image, mask, options):
+            seen["reconstructor"] = options.seed
+            return super().reconstruct(image, mask, options)
+
+    c = make_client(tmp_path, Seeded)
+    assert events_of(c.post("/v1/generate", json={"prompt": "a mug", "seed": 11}))[-1]["type"] == "complete"
+    assert seen == {"generator": 11, "reconstructor": 11}
