@@ -12,7 +12,7 @@ from sam3d_common.errors import BadInput, NotConfigured, StageError, StageTimeou
 from deployments.image_generator.unavailable import MESSAGE as NO_GENERATOR
 from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import ReconstructOptions
-from deployments.segmenter.base import Box, Point, SegmentPrompt
+from deployments.segmenter.base import Box, Point, SegmentPrompt, check_clicks_inside
 from serve_app import inputs, metrics
 from serve_app.http_util import RETRY_AFTER_S
 from serve_app.pipeline import Job, StageClients, run_pipeline
@@ -79,9 +79,7 @@ class GenerateService:
         if image is not None:
             h, w = image.shape[:2]
             input_size = (w, h)
-            for p in req.point_prompts:
-                if p.x >= w or p.y >= h:
-                    raise BadInput(f"click ({p.x}, {p.y}) lies outside the {w}x{h} image")
+            check_clicks_inside(req.point_prompts, (h, w))
             for b in req.box_prompts:
                 if b.x_min >= w or b.y_min >= h:
                     raise BadInput(f"box starts outside the {w}x{h} image")

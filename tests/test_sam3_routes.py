@@ -151,6 +151,8 @@ def test_large_photos_are_scaled_and_masks_come_back_at_the_sent_size(sam3):
         ({"points": [{"x": 1, "y": 1}]}, 422, "bad_input"),
         ({"image_b64": "***", "label": "cup"}, 422, "bad_input"),
         ({"embedding_id": "x", "points": [{"x": 1, "y": 1, "label": 7}]}, 422, "bad_input"),
+        # The shared PointPrompt type: negative coordinates fail in the schema, before any lookup.
+        ({"embedding_id": "0" * 32, "points": [{"x": -1, "y": 1}]}, 422, "bad_input"),
         ({"embedding_id": "x", "unknown": 1}, 422, "bad_input"),
         ({"embedding_id": "x", "box": [1, 2]}, 422, "bad_input"),
     ],

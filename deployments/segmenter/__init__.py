@@ -71,12 +71,14 @@ class Segmenter:
             # A thread keeps the replica's event loop free for health checks while OpenCV/torch run.
             return await asyncio.to_thread(self.backend.segment, image, prompt)
         from .sam3.backend import check_prompt, mask_only
+        from .sam3.encoder import check_image
 
-        check_prompt(prompt, image.shape[:2])  # before spending an encoder pass on a bad prompt
+        check_prompt(prompt, image.shape[:2])  # once, before spending an encoder pass on a bad prompt
         if mask_only(prompt):
-            return await asyncio.to_thread(sam.segment, image, prompt)
+            check_image(image)
+            return sam.given_mask(prompt)
         embedding, _ = await self._embedding(image)
-        return await asyncio.to_thread(sam.segment_with_embedding, embedding, prompt)
+        return await asyncio.to_thread(sam.answer, embedding, prompt)
 
     def describe(self) -> dict:
         describe = getattr(self.backend, "describe", None)

@@ -6,6 +6,8 @@ from typing import Protocol
 
 import numpy as np
 
+from sam3d_common.errors import BadInput
+
 
 @dataclass(frozen=True)
 class Point:
@@ -30,6 +32,14 @@ class SegmentPrompt:
     points: list[Point] = field(default_factory=list)
     box: Box | None = None
     mask: np.ndarray | None = None  # HxW bool, a user mask to use or refine
+
+
+def check_clicks_inside(points, size: tuple[int, int]) -> None:
+    """Raises BadInput for a click (anything with .x, .y) outside an image of size (h, w)."""
+    h, w = size
+    for p in points:
+        if not (0 <= p.x < w and 0 <= p.y < h):
+            raise BadInput(f"click ({p.x:g}, {p.y:g}) lies outside the {w}x{h} image")
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 from sam3d_common.errors import BadInput, ModelUnavailable
 
 from . import embedding_codec
-from ..base import Box, Point, SegmentPrompt, SegmentResult
+from ..base import Box, Point, SegmentPrompt, SegmentResult, check_clicks_inside
 from .embedding_cache import EmbeddingCache
 from .onnx_decoder import EXPORT_VERSION, LazyExport
 from .encoder import (
@@ -118,13 +118,21 @@ class Sam3Segmenter:
         check_image(image)
         check_prompt(prompt, image.shape[:2])
         if mask_only(prompt):
-            return SegmentResult(mask=prompt.mask.astype(bool), score=1.0, backend=self.name)
-        return self.segment_with_embedding(self.embed(image), prompt)
+            return self.given_mask(prompt)
+        return self.answer(self.embed(image), prompt)
 
     def segment_with_embedding(self, embedding: ImageEmbedding, prompt: SegmentPrompt) -> SegmentResult:
         check_prompt(prompt, embedding.original_size)
+        return self.answer(embedding, prompt)
+
+    def given_mask(self, prompt: SegmentPrompt) -> SegmentResult:
+        """The answer to a prompt that is only a mask (see mask_only): that mask."""
+        return SegmentResult(mask=prompt.mask.astype(bool), score=1.0, backend=self.name)
+
+    def answer(self, embedding: ImageEmbedding, prompt: SegmentPrompt) -> SegmentResult:
+        """A prompt that check_prompt has accepted for the embedding's image."""
         if mask_only(prompt):
-            return SegmentResult(mask=prompt.mask.astype(bool), score=1.0, backend=self.name)
+            return self.given_mask(prompt)
         label = (prompt.label or "").strip()
         if prompt.points or (prompt.box is not None and not label):
             return self._interactive(embedding, prompt.points, prompt.box, prompt.mask)
@@ -266,8 +274,7 @@ def check_prompt(prompt: SegmentPrompt, size: tuple[int, int]) -> None:
     for p in prompt.points:
         if p.label not in (0, 1):
             raise BadInput(f"click labels are 1 (object) or 0 (background), got {p.label!r}")
-        if not (0 <= p.x < w and 0 <= p.y < h):
-            raise BadInput(f"click ({p.x:g}, {p.y:g}) lies outside the {w}x{h} image")
+    check_clicks_inside(prompt.points, size)
     if prompt.points and not any(p.label == 1 for p in prompt.points):
         raise BadInput("at least one click must mark the object (label 1)")
     b = prompt.box
