@@ -8,7 +8,7 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from sam3d_common.errors import BadInput, NotConfigured, StageError, StageTimeout, as_stage_error
+from sam3d_common.errors import BadInput, NotConfigured, StageError, as_stage_error
 from deployments.image_generator.unavailable import MESSAGE as NO_GENERATOR
 from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import ReconstructOptions
@@ -18,6 +18,7 @@ from serve_app.http_util import RETRY_AFTER_S
 from serve_app.pipeline import Job, StageClients, run_pipeline
 from serve_app.protocol import FRAME_EVENTS, make_event
 from serve_app.schemas import GenerateRequest
+from serve_app.time_limits import until_deadline
 from sam3d_common.settings import AppSettings
 from sam3d_common.store import ArtifactStore, Retention, new_artifact_id
 
@@ -117,7 +118,7 @@ class GenerateService:
         agen = run_pipeline(job, self.clients)
         held: list[dict] = []
         try:
-            async for ev in _until_deadline(agen, deadline):
+            async for ev in until_deadline(agen, deadline):
                 held.append(ev)
                 if not self.settings.stream.hold_headers_for_first_frame or ev["type"] in FRAME_EVENTS:
                     break
@@ -131,7 +132,7 @@ class GenerateService:
             complete = False
             try:
                 # The held events inside the try too: a client gone after these still closes agen.
-                async for ev in _chain(held, _until_deadline(agen, deadline)):
+                async for ev in _chain(held, until_deadline(agen, deadline)):
                     seq = ev["seq"]
                     complete = ev["type"] == "complete"
                     metrics.stream_event(ev)
@@ -157,22 +158,6 @@ async def _chain(first: list[dict], rest: AsyncIterator[dict]) -> AsyncIterator[
     for ev in first:
         yield ev
     async for ev in rest:
-        yield ev
-
-
-async def _until_deadline(agen: AsyncIterator[dict], deadline: float) -> AsyncIterator[dict]:
-    """Items of `agen` until the deadline, then StageTimeout. Works per item so the timeout
-    is raised inside this generator, never into whatever task happens to iterate it."""
-    while True:
-        left = deadline - time.monotonic()
-        try:
-            if left <= 0:
-                raise asyncio.TimeoutError
-            ev = await asyncio.wait_for(agen.__anext__(), left)
-        except StopAsyncIteration:
-            return
-        except asyncio.TimeoutError:
-            raise StageTimeout("the request exceeded its time limit") from None
         yield ev
 
 
