@@ -21,6 +21,7 @@ from typing import Any
 
 from sam3d_common.errors import ModelUnavailable
 from sam3d_common.torch_device import resolve_device_dtype
+from sam3d_common.weights import local_weights
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +84,10 @@ def _import_transformers():
 
 def _source(model_id: str, local_dir: str | None) -> tuple[str, bool]:
     if local_dir:
-        path = Path(local_dir).expanduser()
-        if not (path / "config.json").is_file():
-            what = "does not exist" if not path.exists() else "holds no config.json"
-            raise ModelUnavailable(
-                f"SAM 3 weights not found: segmenter.sam3.local_dir={str(path)!r} {what}. It must hold the "
-                f"files of the hub repository {model_id!r} (config.json, model.safetensors, tokenizer files). "
-                + _GATED_HINT.format(model_id=model_id)
-            )
+        path = local_weights(
+            local_dir, "config.json", "segmenter.sam3.local_dir", "SAM 3 weights",
+            f"it must hold the files of the hub repository {model_id!r} (config.json, model.safetensors, "
+            "tokenizer files). " + _GATED_HINT.format(model_id=model_id))
         return str(path), True
     return model_id, False
 
