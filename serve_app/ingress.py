@@ -234,7 +234,7 @@ def build_fastapi_app(service: GenerateService, segmenter=None, jobs=None) -> Fa
         return {"version": PROTOCOL_VERSION, "event_types": list(EVENT_TYPES), "stages": list(STAGES),
                 "event_fields": EVENT_FIELDS, "encodings": list(ENCODINGS)}
 
-    @app.get("/healthz", summary="Liveness and the configured backends")
+    @app.get("/healthz", summary="Liveness: the ingress answers (the backends: GET /v1/capabilities)")
     async def healthz():
         return {"status": "ok", "protocol_version": PROTOCOL_VERSION}
 

@@ -67,10 +67,6 @@ class StepFrame:
     total_steps: int
     frame: VoxelFrame
 
-    @property
-    def is_last(self) -> bool:
-        return self.step == self.total_steps
-
 
 @dataclass
 class Reconstruction:

@@ -14,7 +14,6 @@ from .binary_transport import (MEDIA_TYPE as BINARY_MEDIA_TYPE, BinaryStreamRead
 from .compact_codec import (CompactFrameEncoder, FrameFormatError, ResyncNeeded, StreamDecoder,
                             StreamEncoder, encode_event_fields)
 from .events import (
-    COMMON_FIELDS,
     EVENT_FIELDS,
     EVENT_TYPES,
     FRAME_EVENTS,
@@ -77,7 +76,7 @@ def frame_encoder(encoding: str, **options):
 
 
 __all__ = [
-    "COMMON_FIELDS", "EVENT_FIELDS", "EVENT_TYPES", "FRAME_EVENTS", "PROTOCOL_VERSION",
+    "EVENT_FIELDS", "EVENT_TYPES", "FRAME_EVENTS", "PROTOCOL_VERSION",
     "STAGES", "SSEParser", "format_sse", "make_event", "parse_sse", "MAX_GRID_SIZE",
     "VoxelFrame", "ENCODINGS", "ENCODING_ALIASES", "Encoding", "encode_frame", "full_codec",
     "compact_codec", "frame_encoder", "CompactFrameEncoder", "FrameFormatError", "ResyncNeeded",

@@ -72,11 +72,6 @@ class EmbeddingCache(Generic[V]):
                 self.evictions += 1
             return True
 
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._bytes = 0
-
     @property
     def nbytes(self) -> int:
         return self._bytes
