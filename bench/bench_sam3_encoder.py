@@ -285,12 +285,12 @@ def measure_lever(name, encode, size, device, args, report):
     print("lever", name, json.dumps(out), flush=True)
 
 
-def first_request(settings, models, size, device):
+def first_request(settings, models, size, device, max_batch):
     """A replica's start (constructor: compilation and warm-up when on) and its first /v1/embed."""
     models.vit = None
     sync(device)
     t0 = time.perf_counter()
-    backend = Sam3Segmenter(settings, models=models)
+    backend = Sam3Segmenter(settings, models=models, max_batch_size=max_batch)
     sync(device)
     t1 = time.perf_counter()
     emb = backend.embed(fresh_images(1, size, 4242)[0])
@@ -344,10 +344,10 @@ def main():
     report["model"] = {"build_s": round(time.perf_counter() - t, 1), "image_size": size, "dtype": str(models.dtype),
                        "weights_mb": round(torch.cuda.memory_allocated() / 2**20) if device.type == "cuda" else None}
     print("model", json.dumps(report["model"]), flush=True)
-    base = dict(device=device_name, dtype=dtype, embedding_cache_mb=64, score_threshold=0.0, max_batch_size=args.max_batch)
+    base = dict(device=device_name, dtype=dtype, embedding_cache_mb=64, score_threshold=0.0)
 
     # Eager: replica start and first request, then the levers that need no compilation.
-    backend, report["first_request_eager"] = first_request(Sam3Settings(**base, compile="off"), models, size, device)
+    backend, report["first_request_eager"] = first_request(Sam3Settings(**base, compile="off"), models, size, device, args.max_batch)
     print("first_request_eager", json.dumps(report["first_request_eager"]), flush=True)
     hot = backend.encode_batch
     measure_lever("before", lambda ims, ids: encode_before(models, ims), size, device, args, report)
@@ -394,12 +394,12 @@ def main():
         name = f"compile_{mode}" if compile_backend == "inductor" else f"compile_{compile_backend}"
         settings = Sam3Settings(**base, compile="on", compile_mode=mode, compile_backend=compile_backend)
         try:
-            backend_c, report[f"first_request_{name}"] = first_request(settings, models, size, device)
+            backend_c, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
         except Exception as exc:  # noqa: BLE001
             report["levers"][name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             print("lever", name, "failed:", report["levers"][name]["error"], flush=True)
             continue
-        report[f"first_request_{name}"]["buckets"] = list(batch_buckets(settings.max_batch_size))
+        report[f"first_request_{name}"]["buckets"] = list(batch_buckets(args.max_batch))
         print(f"first_request_{name}", json.dumps(report[f"first_request_{name}"]), flush=True)
         measure_lever(name, backend_c.encode_batch, size, device, args, report)
         models.vit = None

@@ -34,7 +34,7 @@ from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
 from deployments.segmenter.sam3.encoder import pixel_values  # noqa: E402
 from tests.support.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
 from tests.support.sam3_testing import random_init_models, tiny_tokenizer, tiny_video_config  # noqa: E402
-from sam3d_common.settings import Sam3Settings  # noqa: E402
+from sam3d_common.settings import EncoderBatching, Sam3Settings  # noqa: E402
 from bench.bench_sam3_encoder import sync, timed  # noqa: E402  (one copy of the timing helpers)
 
 
@@ -230,7 +230,7 @@ def main():
     deployment = Segmenter.func_or_class({"backend": "grabcut"})
     deployment.backend = backend  # the random full-size SAM 3 (no weights to load)
     images = fresh_images(args.requests, size, 100)
-    report["serving"] = asyncio.run(serving_runs(deployment, images, args.concurrency, settings.batch_wait_timeout_s))
+    report["serving"] = asyncio.run(serving_runs(deployment, images, args.concurrency, EncoderBatching().batch_wait_timeout_s))
 
     # 4. browser payload: bytes and codec fidelity with the full-size decoder (fp32 copy of the tracker).
     fid_img = fresh_images(1, size, 7)[0]

@@ -51,18 +51,26 @@ class Sam3Settings(_Strict):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     score_threshold: float = Field(0.5, ge=0, le=1)
-    max_batch_size: int = Field(8, ge=1, le=64)  # images per @serve.batch encoder call
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
     embedding_cache_mb: int = Field(512, ge=0)  # per replica, on the model's device; 0 disables the cache
     max_instances: int = Field(10, ge=1, le=100)  # text prompts: instances returned at most
     # Browser payload of POST /v1/embed (deployments/segmenter/sam3/embedding_codec.py): compact ≈ 3.3-4 MB.
     embedding_profile: Literal["compact", "int8", "fp16", "fp32"] = "compact"
     onnx_cache_dir: str | None = None  # where the click decoder is exported once; default: the temp dir
     # torch.compile of the ViT (deployments/segmenter/sam3/compile.py), padded to the batch sizes 1, 2, 4, ...
-    # max_batch_size and compiled in the replica's constructor. "auto": on CUDA only.
+    # EncoderBatching.max_batch_size and compiled before the replica serves. "auto": on CUDA only.
     compile: Literal["auto", "on", "off"] = "auto"
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     compile_backend: Literal["inductor", "aot_eager"] = "inductor"  # aot_eager: fast to build (CPU tests)
+
+
+class EncoderBatching(_Strict):
+    """The Segmenter deployment's `user_config` (Serve calls `reconfigure` with it at start and
+    whenever it changes, without a restart): how @serve.batch groups images for one SAM 3
+    encoder pass. The deployment's max_ongoing_requests must be ≥ max_batch_size, or a batch
+    could never fill; the replica checks this and refuses the config otherwise."""
+
+    max_batch_size: int = Field(8, ge=1, le=64)  # images per encoder call
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
 
 
 class SegmenterSettings(_Strict):

@@ -26,14 +26,14 @@ def handle(ray_serve, tmp_path_factory):
 
     ckpt = write_tiny_checkpoint(tmp_path_factory.mktemp("sam3_tiny"), seed=13)
     args = {"backend": "sam3", "sam3": {"local_dir": str(ckpt), "device": "cpu", "score_threshold": 0.0,
-                                        "max_batch_size": 4, "batch_wait_timeout_s": 0.5,
                                         "onnx_cache_dir": str(tmp_path_factory.mktemp("onnx"))}}
     deploy_config({"applications": [{
         "name": APP,
         "route_prefix": "/sam3_test",
         "import_path": "deployments.segmenter:build_segmenter_app",
         "args": args,
-        "deployments": [{"name": "Segmenter", "ray_actor_options": {"num_cpus": 0}}],
+        "deployments": [{"name": "Segmenter", "ray_actor_options": {"num_cpus": 0},
+                         "user_config": {"max_batch_size": 4, "batch_wait_timeout_s": 0.5}}],
     }]})
     return serve.get_deployment_handle("Segmenter", app_name=APP)
 

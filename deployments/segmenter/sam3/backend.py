@@ -33,7 +33,7 @@ from .encoder import (
     encode_images,
     image_id,
 )
-from .compile import compiled_vit
+from .compile import batch_buckets, compiled_vit
 from .loading import Sam3Models, load_sam3_models
 
 log = logging.getLogger(__name__)
@@ -43,18 +43,25 @@ MASK_LOGIT_SCALE = 10.0  # a user's binary mask enters the decoder as logits of 
 class Sam3Segmenter:
     name = "sam3"
 
-    def __init__(self, settings, models: Sam3Models | None = None):
-        """settings: sam3d_common.settings.Sam3Settings. `models` skips loading (benchmarks, tests)."""
+    def __init__(self, settings, models: Sam3Models | None = None, max_batch_size: int = 8):
+        """settings: sam3d_common.settings.Sam3Settings. `models` skips loading (benchmarks, tests).
+        max_batch_size: the largest encoder batch (EncoderBatching), for the compiled ViT."""
         self.settings = settings
         self.models = models if models is not None else load_sam3_models(settings)
         if self.models.vit is None:  # compiled and warmed up here, before the replica reports healthy
-            self.models.vit = compiled_vit(self.models, settings)
+            self.models.vit = compiled_vit(self.models, settings, max_batch_size)
         self.cache: EmbeddingCache[ImageEmbedding] = EmbeddingCache(settings.embedding_cache_mb * 1024 * 1024)
         self.images_encoded = 0
         self.encoder_batches = 0
         self._count_lock = threading.Lock()
         self._onnx: LazyExport | None = None
         self._onnx_lock = threading.Lock()
+
+    def set_max_batch_size(self, n: int) -> None:
+        """Encoder batches of up to n images from now on: the compiled ViT compiles what it lacks."""
+        vit = self.models.vit
+        if vit is not None and hasattr(vit, "set_buckets"):
+            vit.set_buckets(batch_buckets(n), self.models.pixels.size, self.models.device, self.models.dtype)
 
     # ---- embeddings -------------------------------------------------------------------------------
 
