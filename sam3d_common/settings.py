@@ -53,7 +53,8 @@ class Sam3Settings(_Strict):
     score_threshold: float = Field(0.5, ge=0, le=1)
     embedding_cache_mb: int = Field(512, ge=0)  # per replica, on the model's device; 0 disables the cache
     max_instances: int = Field(10, ge=1, le=100)  # text prompts: instances returned at most
-    # Browser payload of POST /v1/embed (deployments/segmenter/sam3/embedding_codec.py): compact ≈ 3.3-4 MB.
+    # Browser payload of POST /v1/embed (deployments/segmenter/sam3/embedding_codec.py); sizes and
+    # fidelity of each profile: docs/sam3-embedding-format.md.
     embedding_profile: Literal["compact", "int8", "fp16", "fp32"] = "compact"
     onnx_cache_dir: str | None = None  # where the click decoder is exported once; default: the temp dir
     # torch.compile of the ViT (deployments/segmenter/sam3/compile.py), padded to the batch sizes 1, 2, 4, ...
@@ -159,8 +160,8 @@ class StreamSettings(_Strict):
     max_bytes_per_s: int = Field(1_000_000, ge=1000)
     # Headers wait for the reconstructor's first frame, so a full queue is a real 503.
     hold_headers_for_first_frame: bool = True
-    # compact encoding: a key frame every N frames; zlib level 1 is ~6 % larger than 6 at
-    # half the encode time (bench/results/codec.txt); None sends no compressed frames.
+    # compact encoding: a key frame every N frames, and the zlib level of its bodies (None sends
+    # none compressed); why level 1 is the default: the codec figures in README (Benchmarks).
     compact_key_every: int = Field(16, ge=1, le=1000)
     compact_zlib_level: int | None = Field(1, ge=0, le=9)
 

@@ -1,7 +1,7 @@
 """Speed levers around upstream's SAM 3D generators, each behind a Sam3dSettings switch.
 
 - `compile_blocks`: the geometry flow transformer's blocks compiled with torch.compile at
-  start (the warm-up request pays for it), the largest gain measured on the H200.
+  start (the warm-up request pays for it; its measured gain: docs/sam3d.md).
 - `LatentColors`: an appearance preview without the Gaussian decoder. At the first preview of
   a run (and every `refit_every`-th after) the decoder runs and a least-squares affine map from
   each voxel's 8 latent channels to its decoded colour is fitted; previews in between apply
