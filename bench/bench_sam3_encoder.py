@@ -13,8 +13,8 @@ bf16. Levers, each measured on its own in the same run:
 The payload: the previous codec (float64 statistics, zlib default strategy, from float32 host copies)
 against today's (quantised on the device, float32 statistics, Huffman-only deflate).
 
-    python bench/bench_sam3_encoder.py --json-out bench/results/sam3_encoder_h200.json   # CUDA, full size
-    python bench/bench_sam3_encoder.py --tiny --cpu                                       # a dry run
+    python -m bench.bench_sam3_encoder --json-out bench/results/sam3_encoder_h200.json   # CUDA, full size
+    python -m bench.bench_sam3_encoder --tiny --cpu                                       # a dry run
 
 On the H200 one run stays under 10 minutes with the defaults (one compile mode, buckets 1..16); add modes
 with --compile-modes in a run of their own if needed.
@@ -41,8 +41,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
@@ -95,14 +93,13 @@ REAL_SERVE = _stub_ray_serve_if_missing()
 
 import torch  # noqa: E402
 
-from deployments.segmenter import embedding_codec  # noqa: E402
-from deployments.segmenter.sam3 import Sam3Segmenter  # noqa: E402
-from deployments.segmenter.sam3_compile import CompiledVit, batch_buckets  # noqa: E402
-from deployments.segmenter.sam3_encoder import ImageEmbedding, image_id, tracker_features  # noqa: E402
-from deployments.segmenter.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
-from deployments.segmenter.sam3_loading import random_init_models  # noqa: E402
-from deployments.segmenter.sam3_testing import tiny_video_config  # noqa: E402
-from serve_app.settings import Sam3Settings  # noqa: E402
+from deployments.segmenter.sam3 import embedding_codec  # noqa: E402
+from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
+from deployments.segmenter.sam3.compile import CompiledVit, batch_buckets  # noqa: E402
+from deployments.segmenter.sam3.encoder import ImageEmbedding, image_id, tracker_features  # noqa: E402
+from tests.support.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
+from tests.support.sam3_testing import random_init_models, tiny_video_config  # noqa: E402
+from sam3d_common.settings import Sam3Settings  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -183,8 +180,7 @@ def one_deflate_thread(fn):
 
 def payload_before(emb: ImageEmbedding, input_size: int) -> bytes:
     """The previous codec: float32 host copies, float64 statistics, zlib's default strategy."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    from bench_sam3_payload import stats64
+    from bench.bench_sam3_payload import stats64
 
     with stats64():
         return embedding_codec.encode(emb.click_features(), embedding_id=emb.embedding_id, original_size=emb.original_size,
@@ -299,12 +295,12 @@ def measure_lever(name, encode, size, device, args, report):
     print("lever", name, json.dumps(out), flush=True)
 
 
-def first_request(settings, models, size, device):
+def first_request(settings, models, size, device, max_batch):
     """A replica's start (constructor: compilation and warm-up when on) and its first /v1/embed."""
     models.vit = None
     sync(device)
     t0 = time.perf_counter()
-    backend = Sam3Segmenter(settings, models=models)
+    backend = Sam3Segmenter(settings, models=models, max_batch_size=max_batch)
     sync(device)
     t1 = time.perf_counter()
     emb = backend.embed(fresh_images(1, size, 4242)[0])
@@ -331,7 +327,7 @@ def fp8_lever(args, base, bf16_backend, models, size, device, compile_backend, r
                             **({"compile_mode": mode, "compile_backend": compile_backend} if mode else {}))
     name = f"fp8_compile_{mode}" if mode else "fp8_eager"
     try:
-        backend, report[f"first_request_{name}"] = first_request(settings, models, size, device)
+        backend, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
     except Exception as exc:  # noqa: BLE001 - e.g. a GPU without FP8
         report["levers"][name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         print("lever", name, "failed:", report["levers"][name]["error"], flush=True)
@@ -399,10 +395,10 @@ def main():
     report["model"] = {"build_s": round(time.perf_counter() - t, 1), "image_size": size, "dtype": str(models.dtype),
                        "weights_mb": round(torch.cuda.memory_allocated() / 2**20) if device.type == "cuda" else None}
     print("model", json.dumps(report["model"]), flush=True)
-    base = dict(device=device_name, dtype=dtype, embedding_cache_mb=64, score_threshold=0.0, max_batch_size=args.max_batch)
+    base = dict(device=device_name, dtype=dtype, embedding_cache_mb=64, score_threshold=0.0)
 
     # Eager: replica start and first request, then the levers that need no compilation.
-    backend, report["first_request_eager"] = first_request(Sam3Settings(**base, compile="off"), models, size, device)
+    backend, report["first_request_eager"] = first_request(Sam3Settings(**base, compile="off"), models, size, device, args.max_batch)
     print("first_request_eager", json.dumps(report["first_request_eager"]), flush=True)
     hot = backend.encode_batch
     measure_lever("before", lambda ims, ids: encode_before(models, ims), size, device, args, report)
@@ -434,7 +430,7 @@ def main():
     if not args.skip_fidelity:
         import copy
 
-        from deployments.segmenter.sam3_fidelity import agreement, decode_masks
+        from tests.support.sam3_fidelity import agreement, decode_masks
 
         tracker32 = copy.deepcopy(models.tracker).float()
         feats = emb.click_features()
@@ -452,12 +448,12 @@ def main():
         name = f"compile_{mode}" if compile_backend == "inductor" else f"compile_{compile_backend}"
         settings = Sam3Settings(**base, compile="on", compile_mode=mode, compile_backend=compile_backend)
         try:
-            backend_c, report[f"first_request_{name}"] = first_request(settings, models, size, device)
+            backend_c, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
         except Exception as exc:  # noqa: BLE001
             report["levers"][name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             print("lever", name, "failed:", report["levers"][name]["error"], flush=True)
             continue
-        report[f"first_request_{name}"]["buckets"] = list(batch_buckets(settings.max_batch_size))
+        report[f"first_request_{name}"]["buckets"] = list(batch_buckets(args.max_batch))
         print(f"first_request_{name}", json.dumps(report[f"first_request_{name}"]), flush=True)
         measure_lever(name, backend_c.encode_batch, size, device, args, report)
         models.vit = None

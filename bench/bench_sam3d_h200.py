@@ -18,7 +18,7 @@ last-frame-only, plus fast mode; (b) upstream's `run()` (mesh + Gaussians decode
 noise our run drew, and the two compared: stage-1 occupancy IoU and stage-2 voxel count.
 
 On the GPU machine, from the repo root with .sam3d carried:
-    . .sam3d/setup.sh && python3 bench/bench_sam3d_h200.py --out $OUT
+    . .sam3d/setup.sh && python -m bench.bench_sam3d_h200 --out $OUT
 Output: $OUT/sam3d_h200.json (copy to bench/results/).
 """
 from __future__ import annotations
@@ -38,7 +38,6 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -84,8 +83,7 @@ import torch  # noqa: E402
 CUDA = torch.cuda.is_available() and not ARGS.cpu
 CPU_MODE = None
 if ARGS.cpu:
-    sys.path.insert(0, str(ROOT / "bench"))
-    import sam3d_cpu_dryrun
+    from bench import sam3d_cpu_dryrun
 
     CPU_MODE = sam3d_cpu_dryrun.install()
 R["gpu"] = torch.cuda.get_device_name(0) if CUDA else "cpu"
@@ -222,8 +220,8 @@ def main():
     from deployments.reconstructor.base import ReconstructOptions, Reconstruction, StepFrame
     from deployments.reconstructor.sam3d import Sam3dReconstructor
     from deployments.reconstructor.sam3d_upstream import UpstreamModel, import_pipeline
-    from serve_app.settings import MeshBakerSettings, Sam3dSettings
-    from serve_app.store import ArtifactStore
+    from sam3d_common.settings import MeshBakerSettings, Sam3dSettings
+    from sam3d_common.store import ArtifactStore
     from skimage import data as skdata
 
     image = skdata.coffee()  # 400x600 RGB

@@ -15,7 +15,6 @@ live events. Subscribers never own the job: closing a subscription leaves it run
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
 import logging
@@ -28,12 +27,12 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from deployments.errors import Busy, StageError, StageTimeout
+from sam3d_common.errors import Busy, StageError, StageTimeout
 from serve_app.pipeline import Job, StageClients, run_pipeline
 from serve_app.protocol import FRAME_EVENTS, PROTOCOL_VERSION
 from serve_app.service import error_event
-from serve_app.settings import AppSettings
-from serve_app.store import ID_PATTERN, ArtifactStore
+from sam3d_common.settings import AppSettings
+from sam3d_common.store import ID_PATTERN, ArtifactStore
 
 log = logging.getLogger("sam3d.jobs")
 
@@ -140,9 +139,9 @@ class JobManager:
             raise QueueFull(f"{len(self._waiting)} jobs are already queued (the limit); retry in a while")
         if len(self._jobs) >= self.limits.max_jobs:
             raise QueueFull(f"{self.limits.max_jobs} unfinished jobs are kept (the limit); retry in a while")
-        if job.options.seed is None:
+        if job.seed is None:
             # Pin the seed so the manifest says how to reproduce the job.
-            job.options = dataclasses.replace(job.options, seed=int(np.random.default_rng().integers(0, 2**32 - 1)))
+            job.seed = int(np.random.default_rng().integers(0, 2**32 - 1))
         rec = _Record(job=job, fields=fields, inputs={
             "image": _digest(job.image), "mask": _digest(job.seg_prompt.mask), "prompt": job.prompt})
         self._jobs[job.request_id] = rec
@@ -297,7 +296,7 @@ class JobManager:
                          "appearance_steps": opts.appearance_steps, "fast": opts.fast,
                          "face_budget": job.bake.face_budget,
                          "texture": job.bake.texture, "texture_size": job.bake.texture_size, "encoding": job.encoding},
-            "seed": opts.seed, "versions": _versions(self.settings),
+            "seed": job.seed, "versions": _versions(self.settings),
             "timings": {"queued_s": round((rec.started or time.time()) - rec.created, 4),
                         "run_s": round(time.time() - (rec.started or time.time()), 4),
                         "stages": (complete or {}).get("timings", {})},

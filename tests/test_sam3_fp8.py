@@ -13,10 +13,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from deployments.segmenter.base import Point, SegmentPrompt  # noqa: E402
-from deployments.segmenter.fp8_linear import Fp8Linear, fp8_problem, use_fp8_linears  # noqa: E402
-from deployments.segmenter.sam3 import Sam3Segmenter  # noqa: E402
-from deployments.segmenter.sam3_testing import write_tiny_checkpoint  # noqa: E402
-from serve_app.settings import Sam3Settings  # noqa: E402
+from deployments.segmenter.sam3.fp8_linear import Fp8Linear, fp8_problem, use_fp8_linears  # noqa: E402
+from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
+from tests.support.sam3_testing import write_tiny_checkpoint  # noqa: E402
+from sam3d_common.settings import Sam3Settings  # noqa: E402
 
 pytestmark = pytest.mark.skipif(fp8_problem(torch.device("cpu")) is not None,
                                 reason="this PyTorch has no float8 matrix multiply")

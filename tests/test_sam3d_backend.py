@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from deployments.errors import BadInput, ModelUnavailable, StageError
+from sam3d_common.errors import BadInput, ModelUnavailable, StageError
 from deployments.reconstructor.base import (GaussianData, MeshData, Pose, ReconstructOptions,
                                            Reconstruction, StepFrame)
 from deployments.reconstructor.sam3d import (CHECKPOINT_FILES, Sam3dReconstructor,
@@ -23,7 +23,7 @@ from deployments.reconstructor.sam3d import (CHECKPOINT_FILES, Sam3dReconstructo
 from deployments.reconstructor.sam3d_grid import (fill_colors, map_to_view, quaternion_to_matrix,
                                                   surface, view_from_local, voxel_colors)
 from deployments.reconstructor.sam3d_upstream import unsafe_targets
-from serve_app.settings import Sam3dSettings
+from sam3d_common.settings import Sam3dSettings
 
 M = 64  # the model's local grid
 
@@ -351,7 +351,7 @@ async def test_bad_masks_are_refused_before_any_model_work():
 
 def test_factory_with_missing_weights_is_model_unavailable(tmp_path):
     from deployments.reconstructor import make_backend
-    from serve_app.settings import ReconstructorSettings
+    from sam3d_common.settings import ReconstructorSettings
 
     with pytest.raises(ModelUnavailable, match="checkpoint folder not found"):
         make_backend(ReconstructorSettings(

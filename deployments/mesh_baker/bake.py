@@ -14,9 +14,9 @@ import trimesh
 from scipy import ndimage
 from skimage import measure
 
-from deployments.errors import BadInput
-from serve_app.settings import MeshBakerSettings
-from serve_app.store import ArtifactStore
+from sam3d_common.errors import BadInput
+from sam3d_common.settings import MeshBakerSettings
+from sam3d_common.store import ArtifactStore
 
 from ..reconstructor.base import Reconstruction
 from . import assets, texture

@@ -30,9 +30,10 @@ from typing import Protocol
 import numpy as np
 import yaml
 
-from deployments.errors import BadInput, ModelUnavailable, StageError
-from serve_app.protocol import VoxelFrame
-from serve_app.settings import Sam3dSettings
+from sam3d_common.errors import BadInput, ModelUnavailable, StageError
+from sam3d_common.frames import VoxelFrame
+from sam3d_common.settings import Sam3dSettings
+from sam3d_common.weights import hub_snapshot
 
 from .base import ReconstructOptions, Reconstruction, StepFrame, shell, should_emit
 from .sam3d_grid import ViewMapping, fill_colors, map_to_view, view_from_local
@@ -97,24 +98,6 @@ def missing_files(folder: Path) -> list[str]:
     return [name for name in required_files(folder) if not (folder / name).is_file()]
 
 
-def hub_cache_checkpoints(model_id: str) -> Path:
-    """`checkpoints/` of the cached hub snapshot (refs/main, else the newest), or where it would be."""
-    try:
-        from huggingface_hub import constants
-
-        cache = Path(constants.HF_HUB_CACHE)
-    except Exception:  # noqa: BLE001 - huggingface_hub is optional here
-        cache = Path.home() / ".cache" / "huggingface" / "hub"
-    repo = cache / f"models--{model_id.replace('/', '--')}"
-    ref = repo / "refs" / "main"
-    if ref.is_file():
-        return repo / "snapshots" / ref.read_text().strip() / "checkpoints"
-    snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime)
-    if snapshots:
-        return snapshots[-1] / "checkpoints"
-    return repo / "snapshots" / "<revision>" / "checkpoints"
-
-
 def download_hint(model_id: str) -> str:
     return (f"The weights are gated at hub id {model_id}: request access on its model page, "
             "log in (`hf auth login`, or set HF_TOKEN), then run "
@@ -130,7 +113,7 @@ def startup_problems(settings: Sam3dSettings) -> tuple[Path, list[str]]:
         folder = Path(settings.checkpoint_dir).expanduser()
         where = f"reconstructor.sam3d.checkpoint_dir {str(folder)!r}"
     else:
-        folder = hub_cache_checkpoints(settings.model_id)
+        folder = hub_snapshot(settings.model_id) / "checkpoints"
         where = (f"the Hugging Face cache {str(folder)!r} (reconstructor.sam3d.checkpoint_dir "
                  "is not set)")
     problems = []

@@ -2,7 +2,8 @@
 
 - `compile_blocks`: a flow transformer's blocks compiled with torch.compile at start (the
   warm-up request pays for it): the geometry stage's by default, the appearance stage's
-  (sparse, a token count per request, so dynamic shapes) behind `compile_appearance`.
+  (sparse, a token count per request, so dynamic shapes) behind `compile_appearance`
+  (measured gains: docs/sam3d.md).
 - `LatentColors`: an appearance preview without the Gaussian decoder. At the first preview of
   a run (and every `refit_every`-th after) the decoder runs and a least-squares affine map from
   each voxel's 8 latent channels to its decoded colour is fitted; previews in between apply

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from deployments.errors import ModelUnavailable
-from serve_app.settings import Sam3dSettings
+from sam3d_common.errors import ModelUnavailable
+from sam3d_common.settings import Sam3dSettings
 
 # Class roots a checkpoint folder's YAML may instantiate; anything else is refused at start.
 ALLOWED_TARGET_ROOTS = ("sam3d_objects.", "torchvision.transforms.", "moge.model.")

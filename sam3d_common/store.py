@@ -146,9 +146,6 @@ class ArtifactStore:
             removed, freed, total = removed + 1, freed + size, total - size
         return SweepResult(removed, freed, total)
 
-    def exists(self, artifact_id: str, name: str) -> bool:
-        return self.fs.exists(self._path(artifact_id, name))
-
 
 class Retention:
     """Sweeps the store now and then from a caller's event loop, one sweep at a time."""
