@@ -25,7 +25,7 @@ from serve_app.auth import install_auth
 from serve_app.headers import install_headers
 from serve_app.metrics import MetricsMiddleware
 from serve_app.openapi import errors, install_openapi, ref
-from serve_app.store import CONTENT_TYPES, ArtifactNotFound, InvalidArtifactRef, content_type
+from serve_app.store import CONTENT_TYPES, ArtifactNotFound, ArtifactPending, InvalidArtifactRef, content_type
 from serve_app.stream_response import WatchedStreamingResponse
 from serve_app.wire import FrameWriter, binary_body, paced
 
@@ -222,6 +222,9 @@ def build_fastapi_app(service: GenerateService, segmenter=None, jobs=None) -> Fa
             data = service.store.get(artifact_id, name)
         except InvalidArtifactRef as exc:
             return error_response(400, "bad_artifact_ref", str(exc))
+        except ArtifactPending:
+            return error_response(404, "not_found", f"no artifact {artifact_id}/{name} yet: a job's "
+                                  "artifacts appear when it has succeeded")
         except ArtifactNotFound:
             return error_response(404, "not_found", f"no artifact {artifact_id}/{name}")
         # One request's private result: no shared caches, kept no longer than the store keeps it.

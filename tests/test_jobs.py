@@ -22,6 +22,7 @@ from photos import photo_bytes
 from serve_app.client import FrameDecoder
 from serve_app.ingress import build_fastapi_app
 from serve_app.inputs import decode_image
+from serve_app.job_store import SqliteJobStore
 from serve_app.jobs import JobManager, JobNotFound
 from serve_app.schemas import GenerateRequest
 from serve_app.local import LocalClients
@@ -185,7 +186,10 @@ def test_resume_gives_missed_events_then_a_key_frame_of_the_live_voxels(server, 
     dec = FrameDecoder()
     last = [dec.decode(e) for e in resumed if e["type"] in FRAME_EVENTS][-1]
     np.testing.assert_array_equal(last[0], list(by_seq.values())[-1][0])
-    assert manager._jobs[job_id].frame["seq"] == max(by_seq)
+    # The store keeps the latest frame (and only that one) once the job has ended.
+    _, stored = asyncio.run(SqliteJobStore(manager.store.path).events(job_id))
+    assert stored["seq"] == max(by_seq)
+    np.testing.assert_array_equal(stored["_frame"].coords, by_seq[max(by_seq)][0])
 
 
 def test_closing_the_events_stream_does_not_cancel(server, http):
@@ -278,7 +282,7 @@ def test_manifest_digest_is_of_the_decoded_image(server, http):
     job_id = submit(http, base, {**BODY, "geometry_steps": 1, "appearance_steps": 1})["job_id"]
     wait(http, base, job_id)
     image, _ = decode_image(photo_bytes("coffee"), load_settings({}).limits)  # 600x400: not scaled
-    assert manager._jobs[job_id].job.image is None  # a finished job keeps digests, not the photo
+    assert job_id not in manager._live  # a finished job keeps digests in the store, not the photo
     digest = http.get(f"{base}/v1/jobs/{job_id}").json()["manifest"]["inputs"]["image"]["sha256"]
     assert digest == hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
 
