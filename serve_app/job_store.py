@@ -130,7 +130,7 @@ class JobStore(ABC):
 def open_job_store(url: str | None, artifact_url: str, *, prefix: str = "sam3d:jobs:",
                    ttl_s: float | None = None) -> JobStore:
     """`url` None: SQLite `jobs.sqlite3` in the artifact folder (which must then be local);
-    `sqlite:///path/file.db`; `redis://host:port/db` or `rediss://`."""
+    `sqlite:///relative.db` or `sqlite:////absolute.db`; `redis://host:port/db` or `rediss://`."""
     if url is None:
         if "://" in artifact_url and not artifact_url.startswith("file://"):
             raise StoreConfigError("jobs.store_url must be set (a redis:// URL) when the artifact store "
@@ -138,7 +138,8 @@ def open_job_store(url: str | None, artifact_url: str, *, prefix: str = "sam3d:j
         folder = artifact_url.removeprefix("file://")
         return SqliteJobStore(os.path.join(folder, "jobs.sqlite3"))
     if url.startswith("sqlite:///"):
-        return SqliteJobStore(url.removeprefix("sqlite://"))
+        # As SQLAlchemy spells it: sqlite:///relative/file.db, sqlite:////absolute/file.db
+        return SqliteJobStore(url.removeprefix("sqlite:///"))
     if url.startswith(("redis://", "rediss://", "unix://")):
         from serve_app.job_store_redis import RedisJobStore
 

@@ -187,7 +187,7 @@ class JobSettings(_Strict):
     max_jobs: int = Field(1000, ge=1, le=1_000_000)  # jobs kept, finished ones included
     ttl_s: float = Field(3600, gt=0)  # a finished job and its artifacts go this long after it ends
     # Where jobs are kept (serve_app/job_store.py): None is a SQLite file, jobs.sqlite3, in the
-    # artifact folder (which must then be local); or sqlite:///path/file.db; or a Redis URL,
+    # artifact folder (which must then be local); or sqlite:////abs/path.db; or a Redis URL,
     # redis://host:6379/0 (rediss:// for TLS), shared by every replica.
     store_url: str | None = Field(None, pattern=r"^(sqlite:///|rediss?://|unix://)")
     store_prefix: str = Field("sam3d:jobs:", min_length=1, max_length=100)  # Redis key prefix
