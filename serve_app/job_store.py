@@ -36,7 +36,8 @@ UNFINISHED = (QUEUED, RUNNING)
 
 # One job's record. Values are JSON-able; `state` and `owner` are plain strings.
 RECORD_FIELDS = ("job_id", "state", "owner", "created", "started", "finished", "stage", "progress",
-                 "last_seq", "encoding", "seed", "error", "artifacts", "manifest", "inputs", "fields")
+                 "last_seq", "encoding", "seed", "error", "artifacts", "manifest", "inputs", "fields",
+                 "cancel_requested")
 
 
 class StoreConfigError(ValueError):
@@ -152,7 +153,8 @@ _JSON = {"seed", "error", "artifacts", "manifest", "inputs", "fields"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, state TEXT NOT NULL, owner TEXT,
     created REAL, started REAL, finished REAL, stage TEXT, progress REAL, last_seq INTEGER,
-    encoding TEXT, seed TEXT, error TEXT, artifacts TEXT, manifest TEXT, inputs TEXT, fields TEXT);
+    encoding TEXT, seed TEXT, error TEXT, artifacts TEXT, manifest TEXT, inputs TEXT, fields TEXT,
+    cancel_requested INTEGER);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, finished);
 CREATE TABLE IF NOT EXISTS events (job_id TEXT NOT NULL, seq INTEGER NOT NULL, event TEXT NOT NULL,
     PRIMARY KEY (job_id, seq));

@@ -181,8 +181,14 @@ class JobManager:
                 live.task.cancel()
             await asyncio.gather(live.task, return_exceptions=True)
         elif live is None and rec["state"] in UNFINISHED:
-            # Run by another manager: cancelled in the store; that manager stops it (_maintain).
-            await self._end_elsewhere(rec, CANCELLED, JobCancelled("cancelled by the client"))
+            seen = (await self.store.owners()).get(rec["owner"])
+            if seen is None or time.time() - seen > self.limits.owner_lease_s:  # its manager died
+                await self._end_elsewhere(rec, CANCELLED, JobCancelled("cancelled by the client"))
+            else:  # run by another manager, which stops it within a maintenance round (_maintain)
+                await self.store.update(job_id, {"cancel_requested": True}, expect=UNFINISHED)
+                end = time.monotonic() + self.limits.owner_lease_s
+                while time.monotonic() < end and (await self._get(job_id))["state"] in UNFINISHED:
+                    await asyncio.sleep(self.limits.poll_s)
         return await self.status(job_id)
 
     # --- events ------------------------------------------------------------------------------
@@ -403,9 +409,13 @@ class JobManager:
                 await self._reap()
                 for job_id, live in list(self._live.items()):
                     rec = await self.store.get(job_id)
-                    if live.finishing or (rec is not None and rec["state"] not in TERMINAL):
+                    if live.finishing or (rec is not None and rec["state"] not in TERMINAL
+                                          and not rec["cancel_requested"]):
                         continue
-                    live.ended_elsewhere = True  # e.g. cancelled through another manager
+                    if rec is not None and rec["state"] not in TERMINAL:
+                        await self.cancel(job_id)  # asked through another manager
+                        continue
+                    live.ended_elsewhere = True  # ended by a reaper that took this manager for dead
                     if live.task is not None:
                         live.task.cancel()
                     elif job_id in self._waiting:
