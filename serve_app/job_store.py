@@ -129,7 +129,7 @@ class JobStore(ABC):
 
 
 def open_job_store(url: str | None, artifact_url: str, *, prefix: str = "sam3d:jobs:",
-                   ttl_s: float | None = None) -> JobStore:
+                   ttl_s: float | None = None, password_env: str | None = None) -> JobStore:
     """`url` None: SQLite `jobs.sqlite3` in the artifact folder (which must then be local);
     `sqlite:///relative.db` or `sqlite:////absolute.db`; `redis://host:port/db` or `rediss://`."""
     if url is None:
@@ -144,7 +144,10 @@ def open_job_store(url: str | None, artifact_url: str, *, prefix: str = "sam3d:j
     if url.startswith(("redis://", "rediss://", "unix://")):
         from serve_app.job_store_redis import RedisJobStore
 
-        return RedisJobStore(url, prefix=prefix, key_ttl_s=ttl_s)
+        password = os.environ.get(password_env) if password_env else None
+        if password_env and not password:
+            raise StoreConfigError(f"jobs.store_password_env names {password_env}, which is not set")
+        return RedisJobStore(url, prefix=prefix, key_ttl_s=ttl_s, password=password)
     raise StoreConfigError(f"jobs.store_url {url!r}: use sqlite:///path/file.db or redis://host:port/db")
 
 

@@ -41,11 +41,12 @@ return 1
 
 
 class RedisJobStore(JobStore):
-    def __init__(self, url: str, prefix: str = "sam3d:jobs:", key_ttl_s: float | None = None):
+    def __init__(self, url: str, prefix: str = "sam3d:jobs:", key_ttl_s: float | None = None,
+                 password: str | None = None):
         self.url = url
         self.prefix = prefix
         self.key_ttl_s = key_ttl_s
-        self.r = aioredis.from_url(url, decode_responses=False)
+        self.r = aioredis.from_url(url, decode_responses=False, **({"password": password} if password else {}))
         self._update = self.r.register_script(_UPDATE)
 
     def _k(self, kind: str, job_id: str = "") -> str:

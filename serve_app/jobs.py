@@ -254,7 +254,8 @@ class JobManager:
             return
         if self.store is None:
             self.store = open_job_store(self.limits.store_url, self.artifacts.url,
-                                        prefix=self.limits.store_prefix, ttl_s=self.limits.ttl_s)
+                                        prefix=self.limits.store_prefix, ttl_s=self.limits.ttl_s,
+                                        password_env=self.limits.store_password_env)
         self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
         await self.store.heartbeat(self.owner, time.time())
 

@@ -191,6 +191,7 @@ class JobSettings(_Strict):
     # redis://host:6379/0 (rediss:// for TLS), shared by every replica.
     store_url: str | None = Field(None, pattern=r"^(sqlite:///|rediss?://|unix://)")
     store_prefix: str = Field("sam3d:jobs:", min_length=1, max_length=100)  # Redis key prefix
+    store_password_env: str | None = None  # env var holding the Redis password (a mounted secret)
     # A manager's jobs are failed as `interrupted` once its heartbeat is this old (it died).
     owner_lease_s: float = Field(10, gt=0, le=3600)
     # The latest voxel frame is written to the store at most this often (and at each stage's end).
