@@ -157,7 +157,8 @@ def build_fastapi_app(service: GenerateService, segmenter=None, jobs=None) -> Fa
     from serve_app.routes_jobs import build_jobs_router
 
     app.include_router(build_jobs_router(
-        service, jobs if jobs is not None else JobManager(service.clients, service.store, service.settings)))
+        service, jobs if jobs is not None else JobManager(service.clients, service.store, service.settings),
+        streams))
     install_openapi(app, models)
     if service.settings.limits.max_active_streams:  # inside auth: a key's quota is checked first
         app.add_middleware(StreamAdmission, limit=service.settings.limits.max_active_streams)

@@ -8,7 +8,8 @@ import { PhotoPanel } from "./photo.js";
 import { Progress } from "./progress.js";
 import { Scene, VIEWS } from "./scene.js";
 import { Segmentation, maskPng } from "./segment.js";
-import { HttpError, ResyncNeeded, decodeFrame, errorOf, readEvents, requestKeyFrame, startGenerate } from "./stream.js";
+import { HttpError, ResyncNeeded, decodeFrame, errorOf, requestKeyFrame } from "./stream.js";
+import { cancelJob, jobEvents, submitJob } from "./job-stream.js";
 import { VoxelStreamDecoder } from "./voxel-codec.js";
 import { apiFetch } from "./apikey.js";
 
@@ -16,6 +17,8 @@ const params = new URLSearchParams(location.search);
 const TEST = params.get("test") === "1";
 const DROP_FRAME = TEST && params.has("drop_frame") ? Number(params.get("drop_frame")) : null;
 const BINARY = params.get("transport") !== "sse";
+// Tests: close the job's events connection once after this many events (a network drop).
+const DROP_CONNECTION = TEST && params.has("drop_connection") ? Number(params.get("drop_connection")) : null;
 
 const fmtBytes = (n) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MB` : `${Math.max(1, Math.round(n / 1024))} kB`);
 const $ = (id) => document.getElementById(id);
@@ -26,6 +29,7 @@ function freshRun() {
     requestId: null, progress: 0, events: 0, eventCounts: {}, framesDecoded: 0,
     voxelCountsDrawn: [], resyncs: 0, keyFrameRequests: [], decodeErrors: 0, droppedForTest: null,
     error: null, complete: null, glbTriangles: 0, splats: 0, artifactErrors: [],
+    job: null, resumes: 0, nonFrameSeqs: [],
   };
 }
 
@@ -214,6 +218,7 @@ async function startPage() {
     run.events++;
     run.eventCounts[ev.type] = (run.eventCounts[ev.type] || 0) + 1;
     run.requestId ||= ev.request_id;
+    if (ev.type !== "geometry" && ev.type !== "appearance") run.nonFrameSeqs.push(ev.seq);
     if (typeof ev.progress === "number" && ev.progress >= run.progress) {
       run.progress = ev.progress;
       progress.setOverall(ev.progress);
@@ -286,10 +291,19 @@ async function startPage() {
     controller = new AbortController();
     try {
       const form = await buildForm(textPrompt);
-      const { response, requestId } = await startGenerate(form, { binary: BINARY, signal: controller.signal });
-      run.requestId = requestId;
+      // A job, not /v1/generate: a dropped connection resumes with Last-Event-ID (job-stream.js).
+      run.job = await submitJob(form, { signal: controller.signal });
+      run.requestId = run.job.job_id;
       progress.stage("request", 0, 0, "accepted, waiting for the first stage…");
-      for await (const ev of readEvents(response, { onSkip: (s) => progress.log(`skipped: ${s}`) })) await onEvent(ev);
+      const events = jobEvents(run.job, {
+        binary: BINARY, signal: controller.signal, dropAfter: DROP_CONNECTION,
+        onSkip: (s) => progress.log(`skipped: ${s}`),
+        onResume: (last, attempt, reason) => {
+          run.resumes++;
+          progress.log(`connection lost (${reason}); resuming after event ${last} (attempt ${attempt})`);
+        },
+      });
+      for await (const ev of events) await onEvent(ev);
       if (run.phase === "streaming") {
         run.phase = "error";
         run.error = { code: "incomplete", message: "the stream ended without a `complete` event" };
@@ -318,7 +332,11 @@ async function startPage() {
 
   $("generate").addEventListener("click", () => generate());
   $("generate-text").addEventListener("click", () => $("prompt").value.trim() && generate($("prompt").value.trim()));
-  $("cancel").addEventListener("click", () => controller && controller.abort());
+  $("cancel").addEventListener("click", () => {
+    if (!controller) return;
+    controller.abort();
+    if (state.run.job) cancelJob(state.run.job); // the job outlives the connection: stop it too
+  });
   state.phase = "ready";
   if (TEST) window.viewer = { state, scene, segmentation, panel, setView };
 }
