@@ -311,9 +311,10 @@ class JobManager:
             async for ev in agen:
                 if time.monotonic() > deadline:
                     raise StageTimeout("the job exceeded its time limit")
-                await self._record(live, ev)
                 if ev["type"] == "complete":
-                    complete = ev
+                    complete = ev  # sent once the artifacts are served (_finish)
+                    continue
+                await self._record(live, ev)
             state = SUCCEEDED
         except asyncio.CancelledError:
             state = CANCELLED if live.cancel_reason else FAILED
@@ -356,6 +357,9 @@ class JobManager:
             except Exception:  # noqa: BLE001 - a manifest is no reason to lose the job's artifacts
                 log.exception("job %s: could not write its manifest", job_id)
             await asyncio.to_thread(self.artifacts.commit, job_id)
+            if complete is not None:  # a client that sees `complete` can fetch every artifact
+                complete["artifacts"] = artifacts
+                await self._record(live, complete)
         else:  # nothing of a job that did not succeed is ever served
             await asyncio.to_thread(self.artifacts.delete, job_id)
         error = None
