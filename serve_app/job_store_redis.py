@@ -17,6 +17,7 @@ so its artifacts are deleted too.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Iterable
 
@@ -99,7 +100,7 @@ class RedisJobStore(JobStore):
             await p.execute()
 
     async def set_frame(self, job_id: str, ev: dict) -> None:
-        meta, voxels = frame_parts(ev)
+        meta, voxels = await asyncio.to_thread(frame_parts, ev)
         async with self.r.pipeline(transaction=True) as p:
             p.hset(self._k("frame", job_id), mapping={"meta": meta, "voxels": voxels})
             await self._progress(p, job_id, ev)

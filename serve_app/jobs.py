@@ -29,12 +29,12 @@ import logging
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import numpy as np
 
 from deployments.errors import Busy, StageError, StageTimeout
+from serve_app.job_live import Live as _Live, Subscriber as _Subscriber
 from serve_app.job_manifest import build_manifest, inputs_of
 from serve_app.job_store import (CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, UNFINISHED,
                                  JobStore, open_job_store)
@@ -71,45 +71,6 @@ class QueueFull(Busy):
     """More jobs wait than `jobs.max_queued`, or `jobs.max_jobs` unfinished jobs are kept."""
 
     code = "queue_full"
-
-
-class _Subscriber:
-    """Events for one reader: unsent non-final frames of a stage are replaced by newer ones,
-    so a slow reader costs at most one pending frame per stage."""
-
-    def __init__(self):
-        self.queue: deque = deque()
-        self.ready = asyncio.Event()
-
-    def put(self, ev: dict | None) -> None:
-        if ev is not None and ev["type"] in FRAME_EVENTS and ev["step"] != ev["total_steps"]:
-            self.queue = deque(q for q in self.queue
-                               if q is None or q["stage"] != ev["stage"] or q["type"] not in FRAME_EVENTS)
-        self.queue.append(ev)
-        self.ready.set()
-
-    async def get(self) -> dict | None:
-        while not self.queue:
-            self.ready.clear()
-            await self.ready.wait()
-        return self.queue.popleft()
-
-
-@dataclass
-class _Live:
-    """A job queued or running in this manager: what only memory holds."""
-
-    job: Job
-    record: dict  # as created in the store (created, inputs, fields)
-    state: str = QUEUED
-    frame: dict | None = None  # the latest geometry/appearance event, with its `_frame`
-    frame_stored: float = -float("inf")  # monotonic time the store last got a frame
-    frame_stored_seq: int = -1
-    subscribers: list[_Subscriber] = field(default_factory=list)
-    task: asyncio.Task | None = None
-    cancel_reason: str | None = None
-    ended_elsewhere: bool = False  # its end was recorded by another manager (or a reaper)
-    finishing: bool = False  # its task records its end: nothing may cancel it now
 
 
 class JobManager:
