@@ -342,12 +342,13 @@ class JobManager:
         self._live.pop(live.job.request_id, None)
 
     async def _end_elsewhere(self, rec: dict, state: str, exc: StageError) -> None:
-        """End a job this manager does not run: its error event, then its state."""
+        """End a job this manager does not run (its manager died): the error event first, so a
+        reader that sees the final state finds it in the log, then the state."""
         ev = error_event(exc, rec["job_id"], (rec["last_seq"] if rec["last_seq"] is not None else -1) + 1)
+        await self.store.append_event(rec["job_id"], ev)
         if await self.store.update(rec["job_id"], {"state": state, "finished": time.time(),
                                                    "error": {"code": ev["code"], "message": ev["message"]}},
                                    expect=(rec["state"],)):
-            await self.store.append_event(rec["job_id"], ev)
             await asyncio.to_thread(self.artifacts.delete, rec["job_id"])
 
     async def _reap(self) -> None:
