@@ -34,18 +34,23 @@ const pause = (ms, signal) => new Promise((resolve) => {
  * The job's events, in order, across reconnections, until `complete` or `error`.
  * A refusal (4xx/5xx answer) throws HttpError; a dropped connection is retried up to
  * `retries` times in a row (backoff `backoffMs` × attempt), each reported to
- * `onResume(lastSeq, attempt, reason)`. `signal` aborts for good. `dropAfter` (tests):
- * close the first connection once that many events have arrived, as a network drop would.
+ * `onResume(lastSeq, attempt, reason)`. `signal` aborts for good. `control.reconnect()`
+ * (set here) reconnects at once, e.g. to get a key frame after a lost one. `dropAfter`
+ * (tests): close the first connection once that many events have arrived, as a drop would.
  */
 export async function* jobEvents(job, {
   binary = true, signal, base = globalThis.document?.baseURI, retries = 8, backoffMs = 400,
-  onResume = () => {}, onSkip = () => {}, dropAfter = null,
+  onResume = () => {}, onSkip = () => {}, dropAfter = null, control = {},
 } = {}) {
   let last = null;
   let attempt = 0;
   let received = 0;
+  let asked = false;
   for (;;) {
     const conn = new AbortController();
+    control.reconnect = () => {
+      asked = true;
+    };
     const abort = () => conn.abort();
     signal?.addEventListener("abort", abort, { once: true });
     let reason = "the stream ended before the job did";
@@ -60,9 +65,12 @@ export async function* jobEvents(job, {
         if (last === null || ev.seq > last) last = ev.seq;
         yield ev;
         if (FINAL.has(ev.type)) return;
+        // What was read but not yet handed over is dropped: the next connection replays it.
+        if (asked) break;
         if (dropAfter !== null && ++received === dropAfter) {
           dropAfter = null;
-          conn.abort(); // the next read fails as a dropped connection does
+          reason = "dropped on purpose (test)";
+          break;
         }
       }
     } catch (err) {
@@ -71,6 +79,11 @@ export async function* jobEvents(job, {
       reason = err.message || String(err);
     } finally {
       signal?.removeEventListener("abort", abort);
+      conn.abort(); // close this connection (a no-op once it has ended)
+    }
+    if (asked) { // a reconnection asked for: no pause, not a failure
+      asked = false;
+      continue;
     }
     if (++attempt > retries) throw new Error(`the connection to job ${job.job_id} failed ${retries} times: ${reason}`);
     onResume(last, attempt, reason);

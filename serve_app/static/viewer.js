@@ -8,7 +8,7 @@ import { PhotoPanel } from "./photo.js";
 import { Progress } from "./progress.js";
 import { Scene, VIEWS } from "./scene.js";
 import { Segmentation, maskPng } from "./segment.js";
-import { HttpError, ResyncNeeded, decodeFrame, errorOf, requestKeyFrame } from "./stream.js";
+import { HttpError, ResyncNeeded, decodeFrame, errorOf } from "./stream.js";
 import { cancelJob, jobEvents, submitJob } from "./job-stream.js";
 import { VoxelStreamDecoder } from "./voxel-codec.js";
 import { apiFetch } from "./apikey.js";
@@ -27,7 +27,7 @@ function freshRun() {
   return {
     phase: "idle", // idle · streaming · complete · error · stopped
     requestId: null, progress: 0, events: 0, eventCounts: {}, framesDecoded: 0,
-    voxelCountsDrawn: [], resyncs: 0, keyFrameRequests: [], decodeErrors: 0, droppedForTest: null,
+    voxelCountsDrawn: [], resyncs: 0, decodeErrors: 0, droppedForTest: null,
     error: null, complete: null, glbTriangles: 0, splats: 0, artifactErrors: [],
     job: null, resumes: 0, nonFrameSeqs: [],
   };
@@ -135,6 +135,7 @@ async function startPage() {
   let controller = null;
   let decoder = null;
   let keyFrameAsked = false;
+  let jobControl = {};
 
   async function resync(reason) {
     const run = state.run;
@@ -142,7 +143,8 @@ async function startPage() {
     keyFrameAsked = true;
     run.resyncs++;
     progress.log(`resync: ${reason}; asking for a key frame`);
-    run.keyFrameRequests.push(await requestKeyFrame(run.requestId));
+    // The job's events URL with Last-Event-ID starts with a key frame (job-stream.js).
+    jobControl.reconnect?.();
   }
 
   async function onFrame(ev) {
@@ -296,7 +298,7 @@ async function startPage() {
       run.requestId = run.job.job_id;
       progress.stage("request", 0, 0, "accepted, waiting for the first stage…");
       const events = jobEvents(run.job, {
-        binary: BINARY, signal: controller.signal, dropAfter: DROP_CONNECTION,
+        binary: BINARY, signal: controller.signal, dropAfter: DROP_CONNECTION, control: (jobControl = {}),
         onSkip: (s) => progress.log(`skipped: ${s}`),
         onResume: (last, attempt, reason) => {
           run.resumes++;
