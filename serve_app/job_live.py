@@ -46,5 +46,6 @@ class Live:
     subscribers: list[Subscriber] = field(default_factory=list)
     task: asyncio.Task | None = None
     cancel_reason: str | None = None
+    begun: bool = False  # its task has started (a task cancelled before that never runs its cleanup)
     ended_elsewhere: bool = False  # its end was recorded by another manager (or a reaper)
     finishing: bool = False  # its task records its end: nothing may cancel it now

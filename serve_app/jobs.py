@@ -139,7 +139,8 @@ class JobManager:
         elif live is not None and live.task is not None:
             if not live.finishing:
                 live.cancel_reason = "cancelled by the client"
-                live.task.cancel()
+                if live.begun:
+                    live.task.cancel()
             await asyncio.gather(live.task, return_exceptions=True)
         elif live is None and rec["state"] in UNFINISHED:
             seen = (await self.store.owners()).get(rec["owner"])
@@ -261,7 +262,10 @@ class JobManager:
         job = live.job
         state, error, complete = FAILED, None, None
         agen = None
+        live.begun = True
         try:
+            if live.cancel_reason:  # cancelled before the task first ran
+                raise asyncio.CancelledError
             live.record["started"] = time.time()
             if not await self.store.update(job.request_id, {"state": RUNNING, "started": live.record["started"]},
                                            expect=(QUEUED,)):

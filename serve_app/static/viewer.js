@@ -19,6 +19,8 @@ const DROP_FRAME = TEST && params.has("drop_frame") ? Number(params.get("drop_fr
 const BINARY = params.get("transport") !== "sse";
 // Tests: close the job's events connection once after this many events (a network drop).
 const DROP_CONNECTION = TEST && params.has("drop_connection") ? Number(params.get("drop_connection")) : null;
+// Tests: this many geometry and appearance steps, so a run lasts long enough to interrupt.
+const STEPS = TEST && params.has("steps") ? params.get("steps") : null;
 
 const fmtBytes = (n) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MB` : `${Math.max(1, Math.round(n / 1024))} kB`);
 const $ = (id) => document.getElementById(id);
@@ -293,6 +295,7 @@ async function startPage() {
     controller = new AbortController();
     try {
       const form = await buildForm(textPrompt);
+      if (STEPS) for (const k of ["geometry_steps", "appearance_steps"]) form.append(k, STEPS);
       // A job, not /v1/generate: a dropped connection resumes with Last-Event-ID (job-stream.js).
       run.job = await submitJob(form, { signal: controller.signal });
       run.requestId = run.job.job_id;
@@ -337,7 +340,9 @@ async function startPage() {
   $("cancel").addEventListener("click", () => {
     if (!controller) return;
     controller.abort();
-    if (state.run.job) cancelJob(state.run.job); // the job outlives the connection: stop it too
+    const run = state.run;
+    // The job outlives the connection: stop it too.
+    if (run.job) cancelJob(run.job).then((status) => { run.cancelStatus = status; });
   });
   state.phase = "ready";
   if (TEST) window.viewer = { state, scene, segmentation, panel, setView };

@@ -254,7 +254,7 @@ try {
 
   // 5. A lost frame is recovered through a key frame; Stop ends a run.
   await page.close();
-  page = await open(context, `${base}/?test=1&drop_frame=3&drop_connection=5`, errors);
+  page = await open(context, `${base}/?test=1&drop_frame=3&drop_connection=8&steps=30`, errors);
   await choosePhoto(page, photoPath);
   await clickPhoto(page, CUP); // SAM 3 needs a prompt; GrabCut would take the border as background
   await waitMasks(page, 1);
@@ -276,14 +276,14 @@ try {
   await page.click("#cancel");
   await page.waitForFunction(() => window.viewer.state.run.phase !== "streaming", null, { timeout: TIMEOUT_MS });
   const stopped = await page.evaluate(() => ({ phase: window.viewer.state.run.phase, generateEnabled: !document.getElementById("generate").disabled,
-    job: window.viewer.state.run.job.job_id }));
+    job: window.viewer.state.run.job.job_id, steps: window.viewer.state.run.eventCounts }));
   let jobState = null;
   for (let i = 0; i < 100 && !["cancelled", "succeeded", "failed"].includes(jobState); i++) {
     jobState = (await (await fetch(`${base}/v1/jobs/${stopped.job}`)).json()).state;
     await new Promise((r) => setTimeout(r, 100));
   }
   check("stop_ends_the_run", stopped.phase === "stopped" && stopped.generateEnabled && jobState === "cancelled",
-    { ...stopped, jobState });
+    { ...stopped, jobState, cancelStatus: await page.evaluate(() => window.viewer.state.run.cancelStatus) });
 
   // 6. A phone photo stored sideways with EXIF orientation 6 shows upright; a click lands on the cup.
   await choosePhoto(page, exifPath);
