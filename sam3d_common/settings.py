@@ -204,7 +204,18 @@ class JobSettings(_Strict):
     max_running: int = Field(4, ge=1, le=1000)  # jobs whose pipeline runs at once
     max_queued: int = Field(32, ge=0, le=100_000)  # more waiting jobs → 503 queue_full
     max_jobs: int = Field(1000, ge=1, le=1_000_000)  # jobs kept, finished ones included
-    ttl_s: float = Field(3600, gt=0)  # a finished job is forgotten this long after it ends
+    ttl_s: float = Field(3600, gt=0)  # a finished job and its artifacts go this long after it ends
+    # Where jobs are kept (serve_app/job_store.py): None is a SQLite file, jobs.sqlite3, in the
+    # artifact folder (which must then be local); or sqlite:////abs/path.db; or a Redis URL,
+    # redis://host:6379/0 (rediss:// for TLS), shared by every replica.
+    store_url: str | None = Field(None, pattern=r"^(sqlite:///|rediss?://|unix://)")
+    store_prefix: str = Field("sam3d:jobs:", min_length=1, max_length=100)  # Redis key prefix
+    store_password_env: str | None = None  # env var holding the Redis password (a mounted secret)
+    # A manager's jobs are failed as `interrupted` once its heartbeat is this old (it died).
+    owner_lease_s: float = Field(10, gt=0, le=3600)
+    # The latest voxel frame is written to the store at most this often (and at each stage's end).
+    frame_store_every_s: float = Field(0.5, ge=0, le=60)
+    poll_s: float = Field(0.25, gt=0, le=60)  # events of a job run by another manager: store polling
 
 
 class AppSettings(_Strict):

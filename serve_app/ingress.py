@@ -25,7 +25,7 @@ from serve_app.auth import install_auth
 from serve_app.headers import install_headers
 from serve_app.metrics import MetricsMiddleware
 from serve_app.openapi import errors, install_openapi, ref
-from sam3d_common.store import CONTENT_TYPES, ArtifactNotFound, InvalidArtifactRef, content_type
+from sam3d_common.store import CONTENT_TYPES, ArtifactNotFound, ArtifactPending, InvalidArtifactRef, content_type
 from serve_app.stream_response import WatchedStreamingResponse
 from serve_app.wire import FrameWriter, binary_body, paced
 
@@ -123,7 +123,8 @@ def build_fastapi_app(service: GenerateService, segmenter=None, jobs=None) -> Fa
     from serve_app.routes_jobs import build_jobs_router
 
     app.include_router(build_jobs_router(
-        service, jobs if jobs is not None else JobManager(service.clients, service.store, service.settings)))
+        service, jobs if jobs is not None else JobManager(service.clients, service.store, service.settings),
+        streams))
     install_openapi(app, models)
     if service.settings.limits.max_active_streams:  # inside auth: a key's quota is checked first
         app.add_middleware(StreamAdmission, limit=service.settings.limits.max_active_streams)
@@ -188,6 +189,9 @@ def build_fastapi_app(service: GenerateService, segmenter=None, jobs=None) -> Fa
             data = service.store.get(artifact_id, name)
         except InvalidArtifactRef as exc:
             return error_response(400, "bad_artifact_ref", str(exc))
+        except ArtifactPending:
+            return error_response(404, "not_found", f"no artifact {artifact_id}/{name} yet: a job's "
+                                  "artifacts appear when it has succeeded")
         except ArtifactNotFound:
             return error_response(404, "not_found", f"no artifact {artifact_id}/{name}")
         # One request's private result: no shared caches, kept no longer than the store keeps it.
