@@ -36,7 +36,7 @@ from sam3d_common.settings import Sam3dSettings
 from sam3d_common.weights import hub_snapshot
 
 from .base import ReconstructOptions, Reconstruction, StepFrame, shell, should_emit
-from .sam3d_grid import ViewMapping, fill_colors, map_to_view, view_from_local
+from .sam3d_grid import ViewMapping, color_order, map_to_view, view_from_local
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,7 @@ class Sam3dReconstructor:
             geometry, mapping = final
             view_shell = await self._call(self._start_appearance, run, geometry, mapping)
             colors = None
+            order: dict = {}  # the per-run colour gather (sam3d_grid.color_order), built once
             for k in range(1, appearance_steps + 1):
                 step = self._gpu(self._appearance_step, run,
                                  should_emit(k, appearance_steps, options.colors_every))
@@ -218,7 +219,7 @@ class Sam3dReconstructor:
                     yield StepFrame("appearance", k - 1, appearance_steps, frame)
                 preview = await step
                 pending = None if preview is None else self._cpu(
-                    self._appearance_frame, geometry.occupancy, mapping, view_shell, preview)
+                    self._appearance_frame, geometry.occupancy, mapping, view_shell, preview, order)
             step = self._gpu(run.finish)  # the final decode overlaps the last frame's build
             colors, frame = await pending
             yield StepFrame("appearance", appearance_steps, appearance_steps, frame)
@@ -253,7 +254,13 @@ class Sam3dReconstructor:
         return (preview, mapping), VoxelFrame.from_occupancy(shell(mapping.occupancy))
 
     def _appearance_frame(self, local_occ: np.ndarray, mapping: ViewMapping,
-                          view_shell: np.ndarray, preview):
-        local_colors = fill_colors(local_occ, preview.coords, preview.colors)
-        colors = mapping.sample(local_colors)
+                          view_shell: np.ndarray, preview, order: dict):
+        """Colours by one gather: which preview voxel colours each view cell depends only on
+        the run's voxels, so it is worked out at the first frame (`order` caches it)."""
+        colors = np.zeros(mapping.source.shape + (3,), np.uint8)
+        if len(preview.coords):
+            if order.get("coords") is not preview.coords:
+                order["coords"] = preview.coords
+                order["rows"] = color_order(local_occ.shape[0], preview.coords, mapping.source)
+            colors[mapping.source >= 0] = preview.colors[order["rows"]]
         return colors, VoxelFrame.from_occupancy(view_shell, colors)
