@@ -47,6 +47,7 @@ ap.add_argument("--target-voxels", type=int, default=30_000)
 ap.add_argument("--tiny", action="store_true", help="1-block transformers (dry run of the code paths)")
 ap.add_argument("--cpu", action="store_true", help="tiny dry run on the CPU (bench/sam3d_cpu_dryrun.py)")
 ap.add_argument("--quick", action="store_true", help="no cadence-5 run and no decoder-preview levers")
+ap.add_argument("--levers", default="", help="comma-separated lever names to run (default: all)")
 ap.add_argument("--deadline", type=float, default=520.0, help="skip remaining runs after this many s")
 ARGS = ap.parse_args()
 ARGS.tiny = ARGS.tiny or ARGS.cpu
@@ -498,13 +499,15 @@ def main():
         save()
 
     levers = {"compile_off": None,
+              "preview_refit_every_12": {"preview_refit_every": 12},
               "device_context": {},
               "compile_reduce_overhead": {"compile_mode": "reduce-overhead"},
               "compile_appearance": {"compile_appearance": True},
               "previews_by_decoder_fp16": {"preview_colors": "decoder"},
               "previews_by_decoder_fp32": {"preview_colors": "decoder", "preview_dtype": "float32"}}
     for tag, update in levers.items():
-        if update is None or (ARGS.quick and tag.startswith("previews")):
+        if update is None or (ARGS.quick and tag.startswith("previews")) or (
+                ARGS.levers and tag not in ARGS.levers.split(",")):
             continue
         try:
             with_settings(**update)
