@@ -168,6 +168,16 @@ def encode_before(models, images):
                                f0[i:i + 1].clone(), f1[i:i + 1].clone()) for i, image in enumerate(images)]
 
 
+def one_deflate_thread(fn):
+    """fn() with the payload's deflate in one piece (the codec compresses 1 MiB chunks on threads)."""
+    saved = embedding_codec.PARALLEL_CHUNK
+    embedding_codec.PARALLEL_CHUNK = 1 << 40
+    try:
+        return fn()
+    finally:
+        embedding_codec.PARALLEL_CHUNK = saved
+
+
 def payload_before(emb: ImageEmbedding, input_size: int) -> bytes:
     """The previous codec: float32 host copies, float64 statistics, zlib's default strategy."""
     from bench.bench_sam3_payload import stats64
@@ -272,7 +282,7 @@ def measure_lever(name, encode, size, device, args, report):
     out = {}
     img = fresh_images(1, size, 0)[0]
     out["encode_bs1"] = ms(timed(lambda: encode([img], ["bs1"]), device, iters=args.iters))
-    for bs in (8, 16):
+    for bs in args.batch_sizes:
         batch, ids = fresh_images(bs, size, bs), [f"b{i}" for i in range(bs)]
         times = timed(lambda: encode(batch, ids), device, warmup=2, iters=max(3, args.iters // 2))
         out[f"direct_bs{bs}"] = {"images_per_s": round(bs / statistics.median(times), 2),
@@ -300,6 +310,44 @@ def first_request(settings, models, size, device, max_batch):
     return backend, {"constructor_s": round(t1 - t0, 2), "first_embed_request_ms": round(1000 * (t2 - t1), 1)}
 
 
+def fp8_lever(args, base, bf16_backend, models, size, device, compile_backend, report):
+    """The ViT's linears in FP8 (vit_fp8), compiled in the first --compile-modes mode (eager if none),
+    and its agreement with the bf16 model: backbone relative error and click-mask IoU on random points.
+    Last, because it changes the shared model in place."""
+    from deployments.segmenter.base import Point, SegmentPrompt
+
+    images = fresh_images(4, size, 77)
+    rng = np.random.default_rng(5)
+    prompts = [SegmentPrompt(points=[Point(int(x), int(y), 1)]) for x, y in rng.integers(0, size, (8, 2))]
+    ref = [bf16_backend.encode_batch([im], [f"r{i}"])[0] for i, im in enumerate(images)]
+    ref_masks = [[bf16_backend.segment_with_embedding(e, p).mask for p in prompts] for e in ref]
+    mode = next((m for m in args.compile_modes.split(",") if m), None)
+    torch._dynamo.reset()
+    settings = Sam3Settings(**base, vit_fp8=True, compile="on" if mode else "off",
+                            **({"compile_mode": mode, "compile_backend": compile_backend} if mode else {}))
+    name = f"fp8_compile_{mode}" if mode else "fp8_eager"
+    try:
+        backend, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
+    except Exception as exc:  # noqa: BLE001 - e.g. a GPU without FP8
+        report["levers"][name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        print("lever", name, "failed:", report["levers"][name]["error"], flush=True)
+        return
+    measure_lever(name, backend.encode_batch, size, device, args, report)
+    rel, ious = [], []
+    for i, (im, e0) in enumerate(zip(images, ref)):
+        e1 = backend.encode_batch([im], [f"f{i}"])[0]
+        a, b = e0.backbone.float(), e1.backbone.float()
+        rel.append(float((b - a).norm() / a.norm()))
+        for p, m0 in zip(prompts, ref_masks[i]):
+            m1 = backend.segment_with_embedding(e1, p).mask
+            union = int((m0 | m1).sum())
+            ious.append(1.0 if union == 0 else int((m0 & m1).sum()) / union)
+    report["levers"][name]["agreement_vs_bf16"] = {
+        "backbone_rel_error_mean": round(float(np.mean(rel)), 4), "mask_iou_mean": round(float(np.mean(ious)), 4),
+        "mask_iou_min": round(float(np.min(ious)), 4), "masks": len(ious), "random_weights": True}
+    print("fp8 agreement", json.dumps(report["levers"][name]["agreement_vs_bf16"]), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu", action="store_true", help="run on the CPU in float32 (with --tiny: a dry run)")
@@ -314,11 +362,14 @@ def main():
                          "default,max-autotune-no-cudagraphs (autotuning takes minutes per batch size)")
     ap.add_argument("--max-batch", type=int, default=16, help="the replica's max_batch_size: compiled buckets 1, 2, 4 .. this")
     ap.add_argument("--skip-sdpa", action="store_true", help="skip the SDPA-kernel levers")
+    ap.add_argument("--batches", default="8,16", help="batch sizes measured directly (each one a compiled shape)")
+    ap.add_argument("--fp8", action="store_true", help="also the FP8-linear ViT (last: it changes the model)")
     ap.add_argument("--compile-backend", default=None, help="default: inductor on CUDA, aot_eager on the CPU")
     ap.add_argument("--standin", action="store_true", help="the asyncio @serve.batch stand-in even with Ray Serve")
     ap.add_argument("--skip-fidelity", action="store_true")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
+    args.batch_sizes = [int(b) for b in args.batches.split(",") if b]
     global REAL_SERVE
     REAL_SERVE = REAL_SERVE and not args.standin
     device_name, dtype = ("cpu", "float32") if args.cpu else ("cuda", "bfloat16")
@@ -372,6 +423,9 @@ def main():
                    "bytes": len(payload_before(emb, size))},
         "now": {**ms(timed(lambda: backend.embedding_payload(emb), device, warmup=1, iters=5)),
                 "bytes": len(backend.embedding_payload(emb))},
+        "one_deflate_thread": one_deflate_thread(lambda: {
+            **ms(timed(lambda: backend.embedding_payload(emb), device, warmup=1, iters=5)),
+            "bytes": len(backend.embedding_payload(emb))}),
     }
     if not args.skip_fidelity:
         import copy
@@ -406,19 +460,24 @@ def main():
         if compile_backend != "inductor":
             break  # the mode only matters to inductor
     assert CompiledVit  # imported for readers: the compiled path is sam3_compile.CompiledVit
+    if args.fp8:
+        fp8_lever(args, base, backend, models, size, device, compile_backend, report)
 
     if device.type == "cuda":
         report["peak_mb_total"] = round(torch.cuda.max_memory_allocated() / 2**20)
     before = report["levers"]["before"]
-    lines = [f"{'lever':36s} {'bs1 p50 ms':>10s} {'x':>5s} {'bs8 img/s':>9s} {'bs16 img/s':>10s} {'serve img/s':>11s} {'x':>5s} {'peak MB':>8s}"]
+    bss = args.batch_sizes
+    lines = [f"{'lever':36s} {'bs1 p50 ms':>10s} {'x':>5s} " + " ".join(f"{f'bs{b} img/s':>10s}" for b in bss)
+             + f" {'serve img/s':>11s} {'x':>5s} {'peak MB':>8s}"]
     for name, r in report["levers"].items():
         if "error" in r:
             lines.append(f"{name:36s} error: {r['error'][:80]}")
             continue
+        peak = r.get(f"direct_bs{bss[-1]}", {}).get("peak_mb") if bss else None
         lines.append(f"{name:36s} {r['encode_bs1']['p50_ms']:10.2f} {before['encode_bs1']['p50_ms'] / r['encode_bs1']['p50_ms']:5.2f} "
-                     f"{r['direct_bs8']['images_per_s']:9.2f} {r['direct_bs16']['images_per_s']:10.2f} "
-                     f"{r['serve_batch']['images_per_s']:11.2f} {r['serve_batch']['images_per_s'] / before['serve_batch']['images_per_s']:5.2f} "
-                     f"{str(r['direct_bs16']['peak_mb']):>8s}")
+                     + " ".join(f"{r[f'direct_bs{b}']['images_per_s']:10.2f}" for b in bss)
+                     + f" {r['serve_batch']['images_per_s']:11.2f} {r['serve_batch']['images_per_s'] / before['serve_batch']['images_per_s']:5.2f} "
+                     f"{str(peak):>8s}")
     p = report["payload"]
     lines.append(f"payload compact: before {p['before']['p50_ms']} ms {p['before']['bytes']} B, now {p['now']['p50_ms']} ms "
                  f"{p['now']['bytes']} B ({p['before']['p50_ms'] / p['now']['p50_ms']:.2f}x)")

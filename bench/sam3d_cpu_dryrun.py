@@ -54,4 +54,15 @@ def install() -> type:
     from deployments.reconstructor import sam3d_upstream
 
     sam3d_upstream.cuda_problem = lambda: None
+    real_import = sam3d_upstream.import_pipeline
+
+    def import_pipeline():  # upstream's import-time set_attention_backend() needs a GPU's name
+        real = torch.cuda.is_available, torch.cuda.get_device_name
+        torch.cuda.is_available, torch.cuda.get_device_name = (lambda: True), (lambda *a: "CPU dry run")
+        try:
+            return real_import()
+        finally:
+            torch.cuda.is_available, torch.cuda.get_device_name = real
+
+    sam3d_upstream.import_pipeline = import_pipeline
     return CudaToCpu

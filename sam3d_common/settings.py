@@ -60,8 +60,13 @@ class Sam3Settings(_Strict):
     # torch.compile of the ViT (deployments/segmenter/sam3/compile.py), padded to the batch sizes 1, 2, 4, ...
     # EncoderBatching.max_batch_size and compiled before the replica serves. "auto": on CUDA only.
     compile: Literal["auto", "on", "off"] = "auto"
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # No CUDA-graph modes ("reduce-overhead", "max-autotune"): their graphs are recorded per thread
+    # and broke under the encoder's concurrent callers on the H200 (docs/sam3.md).
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     compile_backend: Literal["inductor", "aot_eager"] = "inductor"  # aot_eager: fast to build (CPU tests)
+    # The ViT's linear layers in FP8 with per-row scales (deployments/segmenter/sam3/fp8_linear.py);
+    # needs compute capability 8.9+ (Ada, Hopper). Off: bf16 as trained.
+    vit_fp8: bool = False
 
 
 class EncoderBatching(_Strict):
@@ -105,6 +110,11 @@ class Sam3dSettings(_Strict):
     # refreshed by the Gaussian decoder every `preview_refit_every` previews ("decoder": the
     # decoder at every preview), which runs in `preview_dtype`.
     compile_geometry: bool = True
+    # torch.compile mode for the compiled blocks: "reduce-overhead" adds CUDA graphs (the
+    # geometry stage's shapes are fixed).
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
+    # The appearance flow transformer's blocks too (token counts vary per request: dynamic shapes).
+    compile_appearance: bool = False
     warm_up: bool = True  # one synthetic request at start, before the replica reports healthy
     preview_colors: Literal["latent", "decoder"] = "latent"
     preview_refit_every: int = Field(5, ge=1, le=100)

@@ -8,6 +8,11 @@ bench/results/sam3_encoder_*.txt) use the full-size model: 32-layer ViT at 1008 
 """
 from __future__ import annotations
 
+import hashlib
+import shutil
+import subprocess
+import zlib
+
 import numpy as np
 import pytest
 
@@ -185,3 +190,29 @@ def test_cuda_tensors_are_quantised_on_the_gpu_as_on_the_host():
         c = x.reshape(x.shape[1], -1)
         tol = float((c.std(1) / 10 + (c.max(1) - c.min(1)) / 255).max()) + 1e-6
         assert np.abs(out_gpu[name] - out_cpu[name]).max() <= tol, name
+
+
+@pytest.mark.parametrize("level,strategy", [(1, zlib.Z_HUFFMAN_ONLY), (1, zlib.Z_DEFAULT_STRATEGY),
+                                            (-1, zlib.Z_DEFAULT_STRATEGY), (9, zlib.Z_FILTERED)])
+def test_parallel_zlib_stream_is_one_standard_stream(tmp_path, level, strategy):
+    """Chunks compressed on threads concatenate into one zlib stream that zlib and the
+    browser's DecompressionStream("deflate") (here Node's) read back exactly."""
+    from deployments.segmenter.sam3.embedding_codec import PARALLEL_CHUNK, zlib_stream
+
+    rng = np.random.default_rng(7)
+    body = (rng.normal(size=3 * PARALLEL_CHUNK + 12345) * 9 + 128).clip(0, 255).astype(np.uint8).tobytes()
+    packed = zlib_stream(body, level, strategy)
+    assert zlib.decompress(packed) == body
+    single = zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
+    assert len(packed) <= 1.01 * len(single.compress(body) + single.flush())
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    (tmp_path / "p.bin").write_bytes(packed)
+    script = ("const fs=require('fs');const b=fs.readFileSync(process.argv[1]);"
+              "new Response(new Blob([b]).stream().pipeThrough(new DecompressionStream('deflate')))"
+              ".arrayBuffer().then(a=>{const h=require('crypto').createHash('sha256');"
+              "h.update(Buffer.from(a));console.log(h.digest('hex'));});")
+    out = subprocess.run([node, "-e", script, str(tmp_path / "p.bin")], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.strip()
+    assert out == hashlib.sha256(body).hexdigest()

@@ -34,6 +34,7 @@ from .encoder import (
     image_id,
 )
 from .compile import batch_buckets, compiled_vit
+from .fp8_linear import fp8_problem, use_fp8_linears
 from .loading import Sam3Models, load_sam3_models
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ class Sam3Segmenter:
         max_batch_size: the largest encoder batch (EncoderBatching), for the compiled ViT."""
         self.settings = settings
         self.models = models if models is not None else load_sam3_models(settings)
+        if settings.vit_fp8:
+            problem = fp8_problem(self.models.device)
+            if problem:
+                raise ModelUnavailable(f"segmenter.sam3.vit_fp8 is on, but {problem}")
+            use_fp8_linears(self.models.detector.vision_encoder.backbone)
         if self.models.vit is None:  # compiled and warmed up here, before the replica reports healthy
             self.models.vit = compiled_vit(self.models, settings, max_batch_size)
         self.cache: EmbeddingCache[ImageEmbedding] = EmbeddingCache(settings.embedding_cache_mb * 1024 * 1024)
