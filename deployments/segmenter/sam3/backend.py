@@ -34,7 +34,6 @@ from .encoder import (
     image_id,
 )
 from .compile import batch_buckets, compiled_vit
-from .fp8_linear import fp8_problem, use_fp8_linears
 from .loading import Sam3Models, load_sam3_models
 
 log = logging.getLogger(__name__)
@@ -50,6 +49,8 @@ class Sam3Segmenter:
         self.settings = settings
         self.models = models if models is not None else load_sam3_models(settings)
         if settings.vit_fp8:
+            from .fp8_linear import fp8_problem, use_fp8_linears  # torch at import: only when asked for
+
             problem = fp8_problem(self.models.device)
             if problem:
                 raise ModelUnavailable(f"segmenter.sam3.vit_fp8 is on, but {problem}")
