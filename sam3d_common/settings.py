@@ -64,7 +64,7 @@ class Sam3Settings(_Strict):
     # and broke under the encoder's concurrent callers on the H200 (docs/sam3.md).
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     compile_backend: Literal["inductor", "aot_eager"] = "inductor"  # aot_eager: fast to build (CPU tests)
-    # The ViT's linear layers in FP8 with per-row scales (deployments/segmenter/fp8_linear.py);
+    # The ViT's linear layers in FP8 with per-row scales (deployments/segmenter/sam3/fp8_linear.py);
     # needs compute capability 8.9+ (Ada, Hopper). Off: bf16 as trained.
     vit_fp8: bool = False
 

@@ -315,7 +315,7 @@ c = TestClient(build_fastapi_app(GenerateService(s, LocalClients(s, store), stor
 r = c.post("/v1/generate", files=[("image", ("c.png", photo_bytes("coffee")))])
 assert r.status_code == 200 and "event: complete" in r.text, r.text[-500:]
 from deployments import image_generator, segmenter
-from serve_app import settings as S
+from sam3d_common import settings as S
 for make, cfg in ((segmenter.make_backend, S.SegmenterSettings(backend="sam3")),
                   (image_generator.make_backend, S.ImageGeneratorSettings(backend="diffusers"))):
     try:
