@@ -19,6 +19,7 @@ from deployments.errors import BadInput, QueueTimeout, StageTimeout
 from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import Reconstruction, ReconstructOptions, StepFrame
 from deployments.segmenter.base import SegmentPrompt, SegmentResult
+from serve_app import metrics
 from serve_app.inputs import at_size, png_bytes
 from serve_app.protocol import make_event
 from serve_app.settings import TimeoutSettings
@@ -168,8 +169,10 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
 
     t = time.monotonic()
     recon = None
+    steps = metrics.StepMeter()
     async for item in _timed_stream(clients.reconstruct(image, mask, job.options), to.queue_s, to.step_s):
         if isinstance(item, StepFrame):
+            steps.frame(item.stage, item.step, item.total_steps)
             ev = make_event(item.stage, stage=item.stage, step=item.step, total_steps=item.total_steps)
             ev["_frame"] = item.frame
             yield p.stamp(ev)

@@ -125,24 +125,28 @@ class GenerateService:
                 held.append(ev)
                 if not self.settings.stream.hold_headers_for_first_frame or ev["type"] in FRAME_EVENTS:
                     break
-        except BaseException:
+        except BaseException as exc:
             await agen.aclose()
             self._discard(job.request_id)
+            if isinstance(exc, Exception):  # not a cancellation (client gone)
+                _count_error(exc, held[-1]["stage"] if held else "request")
             raise
 
         async def events():
             seq = held[-1]["seq"] if held else -1
+            stage = held[-1]["stage"] if held else "request"
             complete = False
             try:
                 # The held events inside the try too: a client gone after these still closes agen.
                 async for ev in _chain(held, _until_deadline(agen, deadline)):
-                    seq = ev["seq"]
+                    seq, stage = ev["seq"], ev["stage"]
                     complete = ev["type"] == "complete"
                     metrics.stream_event(ev)
                     yield ev
             except Exception as exc:  # noqa: BLE001 - every failure must reach the client
                 ev = error_event(exc, job.request_id, seq + 1)
                 metrics.stream_event(ev)
+                metrics.stage_error(stage, ev["code"])
                 yield ev
             finally:
                 await agen.aclose()
@@ -178,6 +182,13 @@ async def _until_deadline(agen: AsyncIterator[dict], deadline: float) -> AsyncIt
         except asyncio.TimeoutError:
             raise StageTimeout("the request exceeded its time limit") from None
         yield ev
+
+
+def _count_error(exc: BaseException, stage: str) -> None:
+    """A failure before the stream's headers: counted by the stage it hit (the stage of the
+    last event the pipeline made) and its code; bad input counts too (code bad_input)."""
+    err = as_stage_error(exc)
+    metrics.stage_error(stage, err.code if err is not None else "internal")
 
 
 def error_event(exc: BaseException, request_id: str, seq: int) -> dict:

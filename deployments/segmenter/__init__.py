@@ -14,6 +14,7 @@ import numpy as np
 from ray import serve
 
 from deployments.errors import NotConfigured
+from serve_app import metrics
 from serve_app.settings import SegmenterSettings
 
 from .base import Box, Point, SegmentPrompt, SegmentResult, SegmenterBackend
@@ -62,10 +63,14 @@ class Segmenter:
         sam = self.settings.sam3
         self._encode_batched.set_max_batch_size(sam.max_batch_size)
         self._encode_batched.set_batch_wait_timeout_s(sam.batch_wait_timeout_s)
+        metrics.gpu_memory("Segmenter")
 
     # ---- the graph's interface ----------------------------------------------------------------------
 
-    async def segment(self, image: np.ndarray, prompt: SegmentPrompt) -> SegmentResult:
+    async def segment(self, image: np.ndarray, prompt: SegmentPrompt,
+                      sent_at: float | None = None) -> SegmentResult:
+        """`sent_at`: the caller's time.time() when it sent the call (queue-wait metric)."""
+        metrics.queue_wait("segmenter", sent_at)
         sam = self._sam3_or_none()
         if sam is None:
             # A thread keeps the replica's event loop free for health checks while OpenCV/torch run.
@@ -81,6 +86,10 @@ class Segmenter:
     def describe(self) -> dict:
         describe = getattr(self.backend, "describe", None)
         return describe() if callable(describe) else {"backend": self.backend.name}
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: also refreshes the GPU memory gauges."""
+        metrics.gpu_memory("Segmenter")
 
     # ---- SAM 3 only: embeddings for the browser -----------------------------------------------------
 
