@@ -99,9 +99,8 @@ class _RayMetrics:
                                                   tag_keys=tags)
 
     def record(self, name: str, value: float, tags: dict[str, str]) -> None:
-        metric = self._m[name]
-        kind = _SPECS[name][0]
-        {"counter": metric.inc, "gauge": metric.set, "histogram": metric.observe}[kind](value, tags=tags)
+        method = {"counter": "inc", "gauge": "set", "histogram": "observe"}[_SPECS[name][0]]
+        getattr(self._m[name], method)(value, tags=tags)
 
 
 _sink = None

@@ -225,3 +225,11 @@ def test_metrics_gpu_memory_reads_the_real_device(monkeypatch):
     assert metrics.gpu_memory("Reconstructor") >= 1
     got = {dict(t)["kind"]: v for t, v in rec.gauge("sam3d_gpu_memory_bytes", device="0").items()}
     assert got["allocated"] >= x.numel() and got["reserved"] >= got["allocated"]
+
+
+@pytest.mark.serve
+def test_metrics_every_metric_records_through_rays_api(ray_serve):
+    """What replicas use: each metric made and recorded with Ray's metrics API, all its tags set."""
+    sink = metrics._RayMetrics()
+    for name, (_, _, tags) in metrics._SPECS.items():
+        sink.record(name, 1.0, {t: "x" for t in tags})
