@@ -45,6 +45,14 @@ def test_gpu_deployments_land_only_on_the_gpu_node(observed):
     assert observed["first"][-1] == "complete"
 
 
+def test_concurrent_streams_add_a_reconstructor_replica_and_idleness_removes_it(observed):
+    assert observed["autoscale_streams"] == ["complete", "complete"]
+    assert observed["autoscale_peak"] == 2  # max_replicas of the test's policy
+    assert observed["autoscale_peak_nodes"] == [observed["nodes"]["gpu"]]  # on the GPU node only
+    assert observed["replicas_idle"] == 1  # back to min_replicas once idle
+    assert observed["scaled_down_s"] < 30
+
+
 def test_losing_the_gpu_node_mid_stream_ends_that_stream_with_an_error(observed):
     interrupted = observed["interrupted"]
     assert "geometry" in interrupted and "complete" not in interrupted
