@@ -110,12 +110,13 @@ def stream(url: str, on_first_frame=None, **fields) -> list[str]:
 
 
 def autoscale(url: str, obs: dict) -> None:
-    """Two concurrent long streams on one Reconstructor replica (one request each): Serve adds
-    a second replica; once idle, it removes it again."""
+    """Three concurrent long streams on one Reconstructor replica (one request each): Serve adds
+    a second replica (max_replicas 2); once idle, it removes it again. The third stream keeps
+    the load up until the second replica has started, however slowly this machine starts it."""
     t0 = time.monotonic()
     results: list[list[str]] = []
     threads = [threading.Thread(target=lambda: results.append(stream(url, **LONG_STREAM)))
-               for _ in range(2)]
+               for _ in range(3)]
     for t in threads:
         t.start()
     peak, peak_nodes = 1, []
