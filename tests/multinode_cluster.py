@@ -135,6 +135,7 @@ def autoscale(url: str, obs: dict) -> None:
         time.sleep(0.25)
     obs["scaled_down_s"] = round(time.monotonic() - t1, 1)
     obs["replicas_idle"] = len(placement().get("Reconstructor", []))
+    obs["autoscale_s"] = round(time.monotonic() - t0, 1)
 
 
 def main() -> int:
