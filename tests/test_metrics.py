@@ -145,8 +145,6 @@ def test_metrics_queue_wait_recorded_by_each_stage_replica(tmp_path, monkeypatch
     import asyncio
     import time
 
-    import numpy as np
-
     from deployments.mesh_baker import MeshBaker
     from deployments.reconstructor import Reconstruction, ReconstructOptions, Reconstructor
     from deployments.segmenter import Segmenter, SegmentPrompt
@@ -172,7 +170,6 @@ def test_metrics_queue_wait_recorded_by_each_stage_replica(tmp_path, monkeypatch
     assert [len(w) for w in waits.values()] == [1, 1, 1]
     assert 0.5 <= waits["segmenter"][0] < 5 and 1.0 <= waits["reconstructor"][0] < 6
     assert 2.0 <= waits["mesh_baker"][0] < 7
-    assert np.isfinite(sum(sum(w) for w in waits.values()))
 
 
 def test_metrics_gpu_memory_only_where_torch_has_cuda(monkeypatch):
