@@ -10,7 +10,8 @@ graph) they go to an in-memory `Recorder` that tests can read.
     sam3d_http_response_bytes_total{route}              body bytes sent (streams included)
     sam3d_stage_seconds{stage}                          per stage of completed requests
     sam3d_stream_outcomes_total{outcome,code}           complete, or error with its code
-    sam3d_stage_errors_total{stage,code}                failures by the stage they hit and their code
+    sam3d_stage_errors_total{stage,code}                failures by the stage running (as in stage_seconds;
+                                                        "request" before the first) and their code
                                                         (before a stream: the HTTP error; during: the event)
     sam3d_queue_wait_seconds{stage}                     from a stage call leaving its caller to the
                                                         replica starting it (segmenter, reconstructor,

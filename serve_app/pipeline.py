@@ -47,6 +47,8 @@ class Job:
     mask_as_given: bool = False
     # (width, height) of the photo as sent; per-pixel artifacts (mask.png) come back at it.
     input_size: tuple[int, int] | None = None
+    # The stage running now (as in sam3d_stage_seconds), so a failure is counted against it.
+    stage: str = "request"
 
 
 class StageClients(Protocol):
@@ -132,6 +134,7 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
 
     if text_route:
         t = time.monotonic()
+        job.stage = "prompt_enhancer"
         yield p.stamp(make_event("loading", stage="prompt_enhancer", message="enhancing the prompt"))
         enhanced = await _within(clients.enhance(job.prompt), to.prompt_enhancer_s, "prompt enhancer")
         timings["prompt_enhancer"] = time.monotonic() - t
@@ -140,11 +143,13 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
         yield p.stamp(make_event("loading", stage="image_generator", message=enhanced.image_prompt,
                                  segmentation_label=seg_prompt.label))
         t = time.monotonic()
+        job.stage = "image_generator"
         image = await _within(clients.generate_image(enhanced.image_prompt, job.options.seed),
                               to.image_generator_s, "image generator")
         timings["image_generator"] = time.monotonic() - t
 
     t = time.monotonic()
+    job.stage = "segmenter"
     yield p.stamp(make_event("loading", stage="segmenter", message="finding the object",
                              image_width=int(image.shape[1]), image_height=int(image.shape[0])))
     if job.mask_as_given and seg_prompt.mask is not None:
@@ -169,6 +174,7 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
 
     t = time.monotonic()
     recon = None
+    job.stage = "reconstructor"
     steps = metrics.StepMeter()
     async for item in _timed_stream(clients.reconstruct(image, mask, job.options), to.queue_s, to.step_s):
         if isinstance(item, StepFrame):
@@ -183,6 +189,7 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
     timings["reconstructor"] = time.monotonic() - t
 
     t = time.monotonic()
+    job.stage = "mesh_baker"
     yield p.stamp(make_event("loading", stage="mesh_baker", message="meshing"))
     baked = await _within(clients.bake(recon, job.request_id, job.bake), to.mesh_baker_s, "mesh baker")
     timings["mesh_baker"] = time.monotonic() - t

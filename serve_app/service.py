@@ -129,24 +129,23 @@ class GenerateService:
             await agen.aclose()
             self._discard(job.request_id)
             if isinstance(exc, Exception):  # not a cancellation (client gone)
-                _count_error(exc, held[-1]["stage"] if held else "request")
+                _count_error(exc, job.stage)
             raise
 
         async def events():
             seq = held[-1]["seq"] if held else -1
-            stage = held[-1]["stage"] if held else "request"
             complete = False
             try:
                 # The held events inside the try too: a client gone after these still closes agen.
                 async for ev in _chain(held, _until_deadline(agen, deadline)):
-                    seq, stage = ev["seq"], ev["stage"]
+                    seq = ev["seq"]
                     complete = ev["type"] == "complete"
                     metrics.stream_event(ev)
                     yield ev
             except Exception as exc:  # noqa: BLE001 - every failure must reach the client
                 ev = error_event(exc, job.request_id, seq + 1)
                 metrics.stream_event(ev)
-                metrics.stage_error(stage, ev["code"])
+                metrics.stage_error(job.stage, ev["code"])
                 yield ev
             finally:
                 await agen.aclose()
@@ -185,8 +184,8 @@ async def _until_deadline(agen: AsyncIterator[dict], deadline: float) -> AsyncIt
 
 
 def _count_error(exc: BaseException, stage: str) -> None:
-    """A failure before the stream's headers: counted by the stage it hit (the stage of the
-    last event the pipeline made) and its code; bad input counts too (code bad_input)."""
+    """A failure before the stream's headers: counted by the stage it hit and its code; bad
+    input found by a stage counts too (code bad_input)."""
     err = as_stage_error(exc)
     metrics.stage_error(stage, err.code if err is not None else "internal")
 
