@@ -23,7 +23,7 @@ from serve_app.service import GenerateService
 from serve_app.admission import StreamAdmission
 from serve_app.auth import install_auth
 from serve_app.headers import install_headers
-from serve_app.metrics import MetricsMiddleware
+from sam3d_common.metrics import MetricsMiddleware
 from serve_app.openapi import errors, install_openapi, ref
 from sam3d_common.store import CONTENT_TYPES, ArtifactNotFound, ArtifactPending, InvalidArtifactRef, content_type
 from serve_app.stream_response import WatchedStreamingResponse
