@@ -187,13 +187,13 @@ def _count_grabcut(monkeypatch):
     from deployments.segmenter import graphcut
 
     calls = []
-    real = graphcut.cut
+    real = graphcut.MinCut.solve
 
     def counting(*args):
         calls.append(1)
         return real(*args)
 
-    monkeypatch.setattr(graphcut, "cut", counting)
+    monkeypatch.setattr(graphcut.MinCut, "solve", counting)
     return calls
 
 

@@ -23,6 +23,7 @@ import maxflow
 import numpy as np
 
 COMPONENTS = 5
+LEARN_STRIDE = 2  # refine_edge relearns the mixtures from every 2nd pixel each way
 # (dy, dx) of the neighbour each n-link weight plane pairs a pixel with: left, up-left, up, up-right.
 _OFFSETS = ((0, -1), (-1, -1), (-1, 0), (-1, 1))
 
@@ -59,7 +60,9 @@ class Mixture:
                                              2 * inv[0, 2], 2 * inv[1, 2], 0, 0, 0, 0])
             weights[6:9, k] = inv @ mu
             offset[k] = -0.5 * mu @ inv @ mu - 0.5 * np.log(np.linalg.det(self.covs[k]))
-        return feats @ weights + offset
+        # einsum, not @: a BLAS product of this shape starts threads, which on two busy cores
+        # spend 10x the time waiting for each other.
+        return np.einsum("nf,fk->nk", feats, weights) + offset
 
     def neg_log(self, feats: np.ndarray) -> np.ndarray:
         """-log Σ_k coef_k·density_k per pixel: the cost of giving the pixel to this side."""
@@ -123,40 +126,67 @@ def neighbour_weights(bgr: np.ndarray, gamma: float) -> list[np.ndarray]:
     return planes
 
 
+class MinCut:
+    """Minimum cuts over the pixels `free` (H,W bool) of one grid; every other pixel keeps its
+    label in `labels` and pulls its free neighbours towards it.
+
+    The graph is built once; each solve() sets new data costs and starts from the previous
+    solve's flow (max-flow's residual graph stays valid when only terminal capacities change),
+    so GrabCut's later iterations, whose costs move a little, cost a fraction of the first."""
+
+    def __init__(self, labels: np.ndarray, planes: list[np.ndarray], free: np.ndarray):
+        h, w = labels.shape
+        self.free = free
+        self.fixed_fg = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+        ids = np.full((h, w), -1, np.int64)
+        n = self.n = int(free.sum())
+        ids[free] = np.arange(n)
+        # Separating a free pixel from a fixed neighbour costs the link's weight, paid on the
+        # free pixel's terminal link towards the neighbour's side.
+        self.pull_src, self.pull_snk = np.zeros(n), np.zeros(n)
+        ei, ej, ew = [], [], []
+        for (dy, dx), plane in zip(_OFFSETS, planes):
+            ys, xs = slice(-dy, h), slice(max(0, -dx), w - max(0, dx))
+            ys2, xs2 = slice(ys.start + dy, h + dy), slice(xs.start + dx, xs.stop + dx)
+            a, b, wt = ids[ys, xs], ids[ys2, xs2], plane[ys, xs]
+            both = (a >= 0) & (b >= 0)
+            ei.append(a[both]), ej.append(b[both]), ew.append(wt[both])
+            for mine, other, other_fg in ((a, b, self.fixed_fg[ys2, xs2]), (b, a, self.fixed_fg[ys, xs])):
+                one = (mine >= 0) & (other < 0)
+                self.pull_src += np.bincount(mine[one & other_fg], wt[one & other_fg], n)
+                self.pull_snk += np.bincount(mine[one & ~other_fg], wt[one & ~other_fg], n)
+        ei, ej, ew = np.concatenate(ei), np.concatenate(ej), np.concatenate(ew)
+        self.graph = maxflow.Graph[float](max(1, n), max(1, len(ei)))
+        self.nodes = self.graph.add_nodes(n)
+        self.graph.add_edges(self.nodes[ei], self.nodes[ej], ew, ew)
+        self.costs = None
+
+    def solve(self, src: np.ndarray, snk: np.ndarray) -> np.ndarray:
+        """src/snk: (H,W) cost of each free pixel being background / object (read on `free`).
+        Returns (H,W) bool, True = object."""
+        out = self.fixed_fg.copy()
+        if self.n == 0:
+            return out
+        costs = (src[self.free] + self.pull_src, snk[self.free] + self.pull_snk)
+        if self.costs is None:
+            add_src, add_snk = costs
+        else:
+            # Only the difference between the two capacities matters to the cut; lift both
+            # changes by the same amount so neither is negative.
+            add_src, add_snk = costs[0] - self.costs[0], costs[1] - self.costs[1]
+            lift = np.maximum(0.0, -np.minimum(add_src, add_snk))
+            add_src, add_snk = add_src + lift, add_snk + lift
+        self.costs = costs
+        self.graph.add_grid_tedges(self.nodes, add_src, add_snk)
+        self.graph.maxflow()
+        out[self.free] = ~self.graph.get_grid_segments(self.nodes)
+        return out
+
+
 def cut(labels: np.ndarray, src: np.ndarray, snk: np.ndarray, planes: list[np.ndarray],
         free: np.ndarray) -> np.ndarray:
-    """Minimum cut over the pixels `free` (H,W bool); every other pixel keeps its label and
-    pulls its free neighbours towards it. src/snk: (H,W) cost of a free pixel being background /
-    object. Returns (H,W) bool, True = object."""
-    h, w = labels.shape
-    fixed_fg = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
-    ids = np.full((h, w), -1, np.int64)
-    n = int(free.sum())
-    ids[free] = np.arange(n)
-    to_src, to_snk = src[free].astype(np.float64), snk[free].astype(np.float64)
-    ei, ej, ew = [], [], []
-    for (dy, dx), plane in zip(_OFFSETS, planes):
-        ys, xs = slice(-dy, h), slice(max(0, -dx), w - max(0, dx))
-        ys2, xs2 = slice(ys.start + dy, h + dy), slice(xs.start + dx, xs.stop + dx)
-        a, b, wt = ids[ys, xs], ids[ys2, xs2], plane[ys, xs]
-        both = (a >= 0) & (b >= 0)
-        ei.append(a[both]), ej.append(b[both]), ew.append(wt[both])
-        # A free pixel beside a fixed one: separating them costs wt, paid on the free pixel's t-link.
-        for mine, other, other_fg in ((a, b, fixed_fg[ys2, xs2]), (b, a, fixed_fg[ys, xs])):
-            one = (mine >= 0) & (other < 0)
-            to_src += np.bincount(mine[one & other_fg], wt[one & other_fg], n)
-            to_snk += np.bincount(mine[one & ~other_fg], wt[one & ~other_fg], n)
-    out = fixed_fg.copy()
-    if n == 0:
-        return out
-    ei, ej, ew = np.concatenate(ei), np.concatenate(ej), np.concatenate(ew)
-    g = maxflow.Graph[float](n, len(ei))
-    nodes = g.add_nodes(n)
-    g.add_edges(nodes[ei], nodes[ej], ew, ew)
-    g.add_grid_tedges(nodes, to_src, to_snk)
-    g.maxflow()
-    out[free] = ~g.get_grid_segments(nodes)
-    return out
+    """One minimum cut (MinCut built and solved once)."""
+    return MinCut(labels, planes, free).solve(src, snk)
 
 
 def iterate(bgr: np.ndarray, labels: np.ndarray, gamma: float, iterations: int,
@@ -176,10 +206,10 @@ def iterate(bgr: np.ndarray, labels: np.ndarray, gamma: float, iterations: int,
     free = (labels == cv2.GC_PR_BGD) | (labels == cv2.GC_PR_FGD)
     fg = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
     done = 0
+    mincut = MinCut(labels, planes, free)
     for _ in range(iterations):
         bgd, fgd = relearn(pixels, fg.ravel(), bgd, fgd)
-        current = np.where(free, np.where(fg, cv2.GC_PR_FGD, cv2.GC_PR_BGD), labels).astype(np.uint8)
-        new = cut(current, bgd.neg_log(pixels).reshape(h, w), fgd.neg_log(pixels).reshape(h, w), planes, free)
+        new = mincut.solve(bgd.neg_log(pixels).reshape(h, w), fgd.neg_log(pixels).reshape(h, w))
         done += 1
         stable = np.count_nonzero(new != fg) <= stable_fraction * new.size
         fg = new
@@ -199,10 +229,12 @@ def refine_edge(bgr: np.ndarray, labels: np.ndarray, rough: np.ndarray, bgd: Mix
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * band + 1, 2 * band + 1))
     u8 = rough.astype(np.uint8)
     edge = (cv2.dilate(u8, kernel) != cv2.erode(u8, kernel)) & maybe
-    pixels = colour_features(bgr)
     fg_now = (current == cv2.GC_FGD) | (current == cv2.GC_PR_FGD)
-    bgd, fgd = relearn(pixels, fg_now.ravel(), bgd, fgd)
+    # The mixtures learn from every LEARN_STRIDE-th pixel each way: as many colours as the
+    # coarse copy has, but unblurred.
+    sub = (slice(None, None, LEARN_STRIDE),) * 2
+    bgd, fgd = relearn(colour_features(bgr[sub]), fg_now[sub].ravel(), bgd, fgd)
     src, snk = np.zeros((h, w)), np.zeros((h, w))
-    x = pixels[edge.ravel()]
+    x = colour_features(bgr[edge][None])
     src[edge], snk[edge] = bgd.neg_log(x), fgd.neg_log(x)
     return cut(current, src, snk, neighbour_weights(bgr, gamma), edge)
