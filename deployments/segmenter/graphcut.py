@@ -29,11 +29,11 @@ _OFFSETS = ((0, -1), (-1, -1), (-1, 0), (-1, 1))
 
 
 def colour_features(bgr: np.ndarray) -> np.ndarray:
-    """(N, 10) per pixel: the six products of its B, G, R, the three values, and 1. A Gaussian's
-    Mahalanobis distance is linear in these, so one matrix product scores every component."""
-    x = bgr.reshape(-1, 3).astype(np.float64)
-    b, g, r = x.T
-    return np.stack([b * b, g * g, r * r, b * g, b * r, g * r, b, g, r, np.ones_like(b)], axis=1)
+    """(10, N): per pixel the six products of its B, G, R, the three values, and 1. A Gaussian's
+    Mahalanobis distance is linear in these, so one product scores every component. Features
+    run along rows so that every per-pixel operation below works on contiguous arrays."""
+    b, g, r = bgr.reshape(-1, 3).T.astype(np.float64)
+    return np.stack([b * b, g * g, r * r, b * g, b * r, g * r, b, g, r, np.ones_like(b)])
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Mixture:
         return cls(m[:5].copy(), m[5:20].reshape(5, 3).copy(), m[20:65].reshape(5, 3, 3).copy())
 
     def log_components(self, feats: np.ndarray) -> np.ndarray:
-        """(N, K) log(det^-½·exp(-½ Mahalanobis²)) per component; -inf for empty components."""
+        """(K, N) log(det^-½·exp(-½ Mahalanobis²)) per component; -inf for empty components."""
         weights = np.zeros((10, COMPONENTS))
         offset = np.full(COMPONENTS, -np.inf)
         for k in np.flatnonzero(self.coefs > 0):
@@ -62,18 +62,18 @@ class Mixture:
             offset[k] = -0.5 * mu @ inv @ mu - 0.5 * np.log(np.linalg.det(self.covs[k]))
         # einsum, not @: a BLAS product of this shape starts threads, which on two busy cores
         # spend 10x the time waiting for each other.
-        return np.einsum("nf,fk->nk", feats, weights) + offset
+        return np.einsum("fk,fn->kn", weights, feats) + offset[:, None]
 
     def neg_log(self, feats: np.ndarray) -> np.ndarray:
         """-log Σ_k coef_k·density_k per pixel: the cost of giving the pixel to this side."""
-        logs = self.log_components(feats) + np.log(np.where(self.coefs > 0, self.coefs, 1.0))
-        top = logs.max(1)
-        return -(top + np.log(np.exp(logs - top[:, None]).sum(1)))
+        logs = self.log_components(feats) + np.log(np.where(self.coefs > 0, self.coefs, 1.0))[:, None]
+        top = logs.max(0)
+        return -(top + np.log(np.exp(logs - top).sum(0)))
 
     @classmethod
     def fit(cls, feats: np.ndarray, component: np.ndarray) -> Mixture:
         """Weights, means and covariances of each component's samples (cv2.grabCut's learnGMMs)."""
-        sums = np.stack([np.bincount(component, feats[:, j], COMPONENTS) for j in range(9)], axis=1)
+        sums = np.stack([np.bincount(component, feats[j], COMPONENTS) for j in range(9)], axis=1)
         counts = np.bincount(component, minlength=COMPONENTS).astype(np.float64)
         coefs, means = counts / max(1.0, counts.sum()), np.zeros((COMPONENTS, 3))
         covs = np.tile(np.eye(3), (COMPONENTS, 1, 1))
@@ -98,11 +98,11 @@ def initial_models(bgr: np.ndarray, labels: np.ndarray) -> tuple[Mixture, Mixtur
 def relearn(feats: np.ndarray, is_fg: np.ndarray, bgd: Mixture, fgd: Mixture) -> tuple[Mixture, Mixture]:
     """One GrabCut learning step: each pixel to its most likely component of its side's mixture,
     then both mixtures refitted. feats: colour_features of the pixels, is_fg (N,) bool."""
-    fg_x, bg_x = feats[is_fg], feats[~is_fg]
-    if len(fg_x) == 0 or len(bg_x) == 0:
+    fg_x, bg_x = feats[:, is_fg], feats[:, ~is_fg]
+    if fg_x.shape[1] == 0 or bg_x.shape[1] == 0:
         return bgd, fgd
-    return (Mixture.fit(bg_x, bgd.log_components(bg_x).argmax(1)),
-            Mixture.fit(fg_x, fgd.log_components(fg_x).argmax(1)))
+    return (Mixture.fit(bg_x, bgd.log_components(bg_x).argmax(0)),
+            Mixture.fit(fg_x, fgd.log_components(fg_x).argmax(0)))
 
 
 def neighbour_weights(bgr: np.ndarray, gamma: float) -> list[np.ndarray]:
@@ -235,6 +235,6 @@ def refine_edge(bgr: np.ndarray, labels: np.ndarray, rough: np.ndarray, bgd: Mix
     sub = (slice(None, None, LEARN_STRIDE),) * 2
     bgd, fgd = relearn(colour_features(bgr[sub]), fg_now[sub].ravel(), bgd, fgd)
     src, snk = np.zeros((h, w)), np.zeros((h, w))
-    x = colour_features(bgr[edge][None])
+    x = colour_features(bgr[edge])
     src[edge], snk[edge] = bgd.neg_log(x), fgd.neg_log(x)
     return cut(current, src, snk, neighbour_weights(bgr, gamma), edge)
