@@ -2,8 +2,9 @@
 
 Speed: GrabCut's iterations run on a copy at most `coarse_side` pixels wide with the smoothness
 weight scaled to that size, and only the band along the object's edge is cut again at the
-working size (`max_side`); graphcut.py has the energy and the solver. On 2 cores this is about
-10x faster than OpenCV's grabCut iterating at the working size (bench/results/embedded_stages.txt).
+working size (`max_side`); graphcut.py has the energy and the solver. On the benchmark photos
+this takes 3-15x less CPU time than cv2.grabCut's 5 iterations at the working size, with masks
+that agree with its masks at IoU 0.88-1.00 (bench/results/embedded_stages.txt).
 
 Limits: GrabCut models the object and background as colour mixtures, so it separates an
 object from a background of different colours well and fails where they share colours
