@@ -108,14 +108,14 @@ def relearn(feats: np.ndarray, is_fg: np.ndarray, bgd: Mixture, fgd: Mixture) ->
 def neighbour_weights(bgr: np.ndarray, gamma: float) -> list[np.ndarray]:
     """Four (H, W) planes of n-link weights, one per _OFFSETS entry, 0 where the neighbour is off
     the image; beta from the image's mean squared neighbour difference (as cv2.grabCut)."""
-    z = bgr.astype(np.float64)
-    h, w = z.shape[:2]
-    diffs, total = [], 0.0
+    z = np.ascontiguousarray(bgr.transpose(2, 0, 1), dtype=np.int32)  # channel planes, exact integers
+    h, w = z.shape[1:]
+    diffs, total = [], 0
     for dy, dx in _OFFSETS:
         ys, xs = slice(-dy, h), slice(max(0, -dx), w - max(0, dx))
-        d = ((z[ys, xs] - z[ys.start + dy:h + dy, xs.start + dx:xs.stop + dx]) ** 2).sum(-1)
+        d = ((z[:, ys, xs] - z[:, ys.start + dy:h + dy, xs.start + dx:xs.stop + dx]) ** 2).sum(0)
         diffs.append((ys, xs, d))
-        total += d.sum()
+        total += int(d.sum())
     pairs = 4 * w * h - 3 * w - 3 * h + 2
     beta = 0.0 if total <= np.finfo(float).eps else pairs / (2.0 * total)
     planes = []
@@ -176,9 +176,12 @@ class MinCut:
             add_src, add_snk = costs[0] - self.costs[0], costs[1] - self.costs[1]
             lift = np.maximum(0.0, -np.minimum(add_src, add_snk))
             add_src, add_snk = add_src + lift, add_snk + lift
+        reuse = self.costs is not None
         self.costs = costs
         self.graph.add_grid_tedges(self.nodes, add_src, add_snk)
-        self.graph.maxflow()
+        if reuse:
+            self.graph.mark_grid_nodes(self.nodes)
+        self.graph.maxflow(reuse_trees=reuse)
         out[self.free] = ~self.graph.get_grid_segments(self.nodes)
         return out
 
