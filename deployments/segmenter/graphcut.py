@@ -233,7 +233,7 @@ def refine_edge(bgr: np.ndarray, labels: np.ndarray, rough: np.ndarray, bgd: Mix
     u8 = rough.astype(np.uint8)
     edge = (cv2.dilate(u8, kernel) != cv2.erode(u8, kernel)) & maybe
     fg_now = (current == cv2.GC_FGD) | (current == cv2.GC_PR_FGD)
-    # The mixtures learn from every LEARN_STRIDE-th pixel each way: as many colours as the
+    # The mixtures learn from every LEARN_STRIDE-th pixel each way: about as many colours as the
     # coarse copy has, but unblurred.
     sub = (slice(None, None, LEARN_STRIDE),) * 2
     bgd, fgd = relearn(colour_features(bgr[sub]), fg_now[sub].ravel(), bgd, fgd)
