@@ -274,12 +274,18 @@ class JobManager:
             deadline = time.monotonic() + self.settings.timeouts.request_s
             agen = run_pipeline(job, self.clients)
             async for ev in agen:
+                if live.cancel_reason:
+                    # Python 3.11's wait_for may swallow a cancel that meets a finished step
+                    # (fixed in 3.12); the reason stays, so the job stops at the next event.
+                    raise asyncio.CancelledError
                 if time.monotonic() > deadline:
                     raise StageTimeout("the job exceeded its time limit")
                 if ev["type"] == "complete":
                     complete = ev  # sent once the artifacts are served (_finish)
                     continue
                 await self._record(live, ev)
+            if live.cancel_reason:
+                raise asyncio.CancelledError
             state = SUCCEEDED
         except asyncio.CancelledError:
             state = CANCELLED if live.cancel_reason else FAILED
