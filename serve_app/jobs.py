@@ -33,7 +33,8 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from deployments.errors import Busy, StageError, StageTimeout
+from deployments.errors import StageError, StageTimeout
+from serve_app.job_errors import JobCancelled, JobInterrupted, JobNotFound, QueueFull
 from serve_app.job_live import Live as _Live, Subscriber as _Subscriber
 from serve_app.job_manifest import build_manifest, inputs_of
 from serve_app.job_store import (CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, UNFINISHED,
@@ -46,31 +47,8 @@ from serve_app.store import ID_PATTERN, ArtifactStore
 
 log = logging.getLogger("sam3d.jobs")
 
-__all__ = ["JobManager", "JobNotFound", "JobCancelled", "JobInterrupted", "QueueFull", "urls",
-           "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "TERMINAL"]
-
-
-class JobNotFound(StageError):
-    status = 404
-    code = "not_found"
-
-
-class JobCancelled(StageError):
-    status = 409
-    code = "cancelled"
-
-
-class JobInterrupted(StageError):
-    """The manager that ran the job stopped (replica killed, restarted or redeployed)."""
-
-    status = 503
-    code = "interrupted"
-
-
-class QueueFull(Busy):
-    """More jobs wait than `jobs.max_queued`, or `jobs.max_jobs` unfinished jobs are kept."""
-
-    code = "queue_full"
+# Importable from here, as before the store existed.
+__all__ = ["JobManager", "JobNotFound", "JobCancelled", "JobInterrupted", "QueueFull", "urls"]
 
 
 class JobManager:
