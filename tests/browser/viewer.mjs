@@ -111,7 +111,9 @@ try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   context.setDefaultTimeout(30_000);
   const errors = { page: [], http: [], foreign: [] };
-  let page = await open(context, `${base}/?test=1`, errors);
+  // steps=24: the job runs long enough that the page, which connects to its events after the
+  // 202, sees the geometry grow even on a loaded machine (a job does not wait for its reader).
+  let page = await open(context, `${base}/?test=1&steps=24`, errors);
 
   // 1. Capabilities.
   const caps = await page.evaluate(() => ({ mode: window.viewer.state.segmentMode, text: document.getElementById("text-reason").textContent,
