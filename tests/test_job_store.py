@@ -182,3 +182,12 @@ def test_store_urls(tmp_path):
         open_job_store(None, "s3://bucket/artifacts")
     with pytest.raises(StoreConfigError, match="sqlite:///"):
         open_job_store("postgres://db", str(tmp_path))
+
+
+def test_build_app_needs_a_jobs_store_beside_a_remote_artifact_store():
+    from serve_app.app import build_app
+    from serve_app.settings import ConfigError
+
+    with pytest.raises(ConfigError, match="args.jobs.store_url"):
+        build_app({"store": {"url": "s3://bucket/artifacts"}})
+    build_app({"store": {"url": "s3://bucket/artifacts"}, "jobs": {"store_url": "redis://127.0.0.1:6379/1"}})
