@@ -10,33 +10,30 @@ the replica whose JobManager runs the job (key frame from its memory) and once t
 replica over the same SQLite job store (key frame read from the store, as after a restart
 or through another manager).
 
-    python bench/bench_job_resume.py [--out bench/results/job_resume.txt]
+    python -m bench.bench_job_resume [--out bench/results/job_resume.txt]
 """
 from __future__ import annotations
 
 import argparse
 import base64
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 
-from conftest import free_port  # noqa: E402
-from photos import photo_bytes  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.photos import photo_bytes  # noqa: E402
 from serve_app.ingress import build_fastapi_app  # noqa: E402
 from serve_app.jobs import JobManager  # noqa: E402
 from serve_app.local import LocalClients  # noqa: E402
 from serve_app.protocol import SSEParser  # noqa: E402
 from serve_app.service import GenerateService  # noqa: E402
-from serve_app.settings import load_settings  # noqa: E402
-from serve_app.store import ArtifactStore  # noqa: E402
+from sam3d_common.settings import load_settings  # noqa: E402
+from sam3d_common.store import ArtifactStore  # noqa: E402
 
 SETTINGS = {
     "reconstructor": {"grid_size": 64, "inflation": {"geometry_steps": 30, "appearance_steps": 30,

@@ -18,8 +18,8 @@ from deployments.segmenter import Segmenter
 from serve_app.handles import HandleClients
 from serve_app.schemas import GenerateRequest
 from serve_app.service import GenerateService
-from serve_app.settings import ConfigError, load_settings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import ConfigError, load_settings
+from sam3d_common.store import ArtifactStore
 from serve_app.wire import FrameWriter, paced
 
 
@@ -79,7 +79,7 @@ class Ingress:
 
         `request` takes the JSON fields of POST /v1/generate; `image` an HxWx3 uint8 array.
         Yields the same events as the HTTP stream (frames encoded in `request["encoding"]`).
-        Bad input raises deployments.errors.BadInput before the first event.
+        Bad input raises sam3d_common.errors.BadInput before the first event.
         """
         req = GenerateRequest.model_validate(request)
         job = await self.service.prepare(req, image_array=image)

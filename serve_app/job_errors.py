@@ -1,7 +1,7 @@
-"""Errors of the jobs API, each with its HTTP status and code (deployments/errors.py)."""
+"""Errors of the jobs API, each with its HTTP status and code (sam3d_common/errors.py)."""
 from __future__ import annotations
 
-from deployments.errors import Busy, StageError
+from sam3d_common.errors import Busy, StageError
 
 
 class JobNotFound(StageError):

@@ -10,7 +10,7 @@ import numpy as np
 
 from serve_app.pipeline import Job
 from serve_app.protocol import PROTOCOL_VERSION
-from serve_app.settings import AppSettings
+from sam3d_common.settings import AppSettings
 
 
 def digest(a: np.ndarray | None) -> dict | None:
@@ -51,7 +51,7 @@ def build_manifest(job: Job, rec: dict, settings: AppSettings, state: str, compl
                      "appearance_steps": opts.appearance_steps, "fast": opts.fast,
                      "face_budget": job.bake.face_budget,
                      "texture": job.bake.texture, "texture_size": job.bake.texture_size, "encoding": job.encoding},
-        "seed": opts.seed, "versions": versions(settings),
+        "seed": job.seed, "versions": versions(settings),
         "timings": {"queued_s": round(started - rec["created"], 4), "run_s": round(now - started, 4),
                     "stages": (complete or {}).get("timings", {})},
     }

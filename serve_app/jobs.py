@@ -23,7 +23,6 @@ commit), deleted if it does not, and deleted when the job expires.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import time
@@ -33,7 +32,7 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from deployments.errors import StageError, StageTimeout
+from sam3d_common.errors import StageError, StageTimeout
 from serve_app.job_errors import JobCancelled, JobInterrupted, JobNotFound, QueueFull
 from serve_app.job_live import Live as _Live, Subscriber as _Subscriber
 from serve_app.job_manifest import build_manifest, inputs_of
@@ -42,8 +41,8 @@ from serve_app.job_store import (CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, 
 from serve_app.pipeline import Job, StageClients, run_pipeline
 from serve_app.protocol import FRAME_EVENTS
 from serve_app.service import error_event
-from serve_app.settings import AppSettings
-from serve_app.store import ID_PATTERN, ArtifactStore
+from sam3d_common.settings import AppSettings
+from sam3d_common.store import ID_PATTERN, ArtifactStore
 
 log = logging.getLogger("sam3d.jobs")
 
@@ -74,12 +73,12 @@ class JobManager:
             raise QueueFull(f"{len(self._waiting)} jobs are already queued (the limit); retry in a while")
         if await self.store.count() >= self.limits.max_jobs:
             raise QueueFull(f"{self.limits.max_jobs} unfinished jobs are kept (the limit); retry in a while")
-        if job.options.seed is None:
+        if job.seed is None:
             # Pin the seed so the manifest says how to reproduce the job.
-            job.options = dataclasses.replace(job.options, seed=int(np.random.default_rng().integers(0, 2**32 - 1)))
+            job.seed = int(np.random.default_rng().integers(0, 2**32 - 1))
         job_id = job.request_id
         record = {"job_id": job_id, "state": QUEUED, "owner": self.owner, "created": time.time(),
-                  "progress": 0.0, "last_seq": -1, "encoding": job.encoding, "seed": job.options.seed,
+                  "progress": 0.0, "last_seq": -1, "encoding": job.encoding, "seed": job.seed,
                   "artifacts": {}, "inputs": inputs_of(job), "fields": fields}
         # Whatever the pipeline writes under the job id stays hidden until the job succeeds.
         await asyncio.to_thread(self.artifacts.begin, job_id)

@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from serve_app.http_util import error_response, exception_response, validation_message
-from serve_app.ingress import MULTIPART_BODY, _registered, parse_generate
+from serve_app.ingress import _registered
+from serve_app.request_parsing import MULTIPART_BODY, parse_generate
 from serve_app.openapi import errors, ref
 from serve_app.schemas import GenerateRequest
 from serve_app.protocol import BINARY_MEDIA_TYPE, format_sse

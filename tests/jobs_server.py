@@ -24,8 +24,8 @@ import uvicorn  # noqa: E402
 from serve_app.ingress import build_fastapi_app  # noqa: E402
 from serve_app.local import LocalClients  # noqa: E402
 from serve_app.service import GenerateService  # noqa: E402
-from serve_app.settings import load_settings  # noqa: E402
-from serve_app.store import ArtifactStore  # noqa: E402
+from sam3d_common.settings import load_settings  # noqa: E402
+from sam3d_common.store import ArtifactStore  # noqa: E402
 
 
 def main() -> None:

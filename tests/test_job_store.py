@@ -186,7 +186,7 @@ def test_store_urls(tmp_path):
 
 def test_build_app_needs_a_jobs_store_beside_a_remote_artifact_store():
     from serve_app.app import build_app
-    from serve_app.settings import ConfigError
+    from sam3d_common.settings import ConfigError
 
     with pytest.raises(ConfigError, match="args.jobs.store_url"):
         build_app({"store": {"url": "s3://bucket/artifacts"}})

@@ -29,8 +29,8 @@ from serve_app.local import LocalClients
 from serve_app.protocol import (BINARY_MEDIA_TYPE, FRAME_EVENTS, BinaryStreamReader, RecordKind,
                                 SSEParser, StreamDecoder, split_frame_payload)
 from serve_app.service import GenerateService
-from serve_app.settings import load_settings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import load_settings
+from sam3d_common.store import ArtifactStore
 
 SETTINGS = {
     "reconstructor": {"grid_size": 32, "inflation": {"geometry_steps": 6, "appearance_steps": 4,

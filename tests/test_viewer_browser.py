@@ -29,8 +29,8 @@ from photos import DATA, photo_array
 from serve_app.ingress import build_fastapi_app
 from serve_app.inputs import decode_image
 from serve_app.service import GenerateService
-from serve_app.settings import LimitsSettings, load_settings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import LimitsSettings, load_settings
+from sam3d_common.store import ArtifactStore
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "serve_app" / "static"

@@ -1,7 +1,7 @@
 // SAM 3 clicks decoded in the browser: the server encodes the photo once (POST /v1/embed, the compact
 // payload of docs/sam3-embedding-format.md); each click or box then runs the ONNX click decoder
 // (GET /v1/models/sam3-click-decoder.onnx) in onnxruntime-web, from the vendored wasm build (on up
-// to 4 threads when the page is cross-origin isolated, else on one). Mask selection and upsampling follow deployments/segmenter/onnx_decoder.py, so the browser's
+// to 4 threads when the page is cross-origin isolated, else on one). Mask selection and upsampling follow deployments/segmenter/sam3/onnx_decoder.py, so the browser's
 // mask is the one POST /v1/segment would give for the same prompts.
 
 import { apiFetch } from "./apikey.js";

@@ -173,9 +173,6 @@ class ArtifactStore:
         except FileNotFoundError:
             pass
 
-    def exists(self, artifact_id: str, name: str) -> bool:
-        return self.fs.exists(self._path(artifact_id, name))
-
 
 class Retention:
     """Sweeps the store now and then from a caller's event loop, one sweep at a time."""
