@@ -12,19 +12,10 @@ import uuid
 import numpy as np
 import pytest
 
-from redis_server import MISSING, RedisServer
+from redis_server import redis_server  # noqa: F401 - a fixture
 from serve_app.job_store import (CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, SqliteJobStore,
                                  StoreConfigError, open_job_store, pack_frame, unpack_frame)
 from serve_app.protocol import VoxelFrame
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    if MISSING:
-        pytest.skip(MISSING)
-    server = RedisServer()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["sqlite", "redis"])
