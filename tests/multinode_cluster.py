@@ -8,8 +8,10 @@ advertising two fake GPUs and `accelerator_type:H100`. Reconstructor and Segment
 `num_gpus` and `accelerator_type: H100` as serve_config.yaml does (halves, so the Segmenter
 and up to three Reconstructor replicas fit). The Reconstructor autoscales with
 serve_config.yaml's policy (one ongoing request per replica) and short delays: concurrent
-streams add a replica, idleness removes it. Then the GPU node is removed mid-stream and a
-fresh one added, as the autoscaler would replace a lost node.
+streams add a replica, idleness removes it. Serve runs serve_config.yaml's `proxy_location`
+(a proxy on every node with a replica; each worker's on its own port). Then the GPU node is
+removed mid-stream and a fresh one added, as the autoscaler would replace a lost node; then
+again mid-job (/v1/jobs), with a second job submitted just before, and a third GPU node added.
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ from serve_app.client import iter_events, iter_job_events, submit_job  # noqa: E
 POOL_LABEL = "sam3d.io/pool"
 GPU_NODE = {"num_cpus": 1, "num_gpus": 2, "resources": {"accelerator_type:H100": 1},
             "labels": {POOL_LABEL: "gpu"}}
-PRODUCTION = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]
+SERVE_CONFIG = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+PRODUCTION = SERVE_CONFIG["applications"][0]
 SELECTORS = {d["name"]: d["ray_actor_options"].get("label_selector")
              for d in PRODUCTION["deployments"]}
 ON_GPU = {"Reconstructor": {"num_cpus": 0.25, "num_gpus": 0.5, "accelerator_type": "H100"},
@@ -221,7 +224,7 @@ def run(cluster: Cluster, obs: dict) -> dict:
     gpu_node = add_node(cluster, ports, **GPU_NODE)
     cluster.wait_for_nodes()
     # serve_config.yaml's proxy_location: one proxy on every node (that has a replica).
-    serve.start(proxy_location="EveryNode",
+    serve.start(proxy_location=SERVE_CONFIG["proxy_location"],
                 http_options={"host": "127.0.0.1", "port": ports[cluster.head_node.node_id]})
     url = f"http://127.0.0.1:{ports[cluster.head_node.node_id]}"
     cpu_url = f"http://127.0.0.1:{ports[cpu_node.node_id]}"
@@ -264,6 +267,9 @@ def jobs_lost_node(cluster: Cluster, ports: dict, gpu_node, url: str, cpu_url: s
 
     def submit_then_remove():
         later.append(submit_job(cpu_url, image=photo)["job_id"])
+        with httpx.Client(timeout=30) as http:  # where that job is when the node goes
+            obs["job_queued_at_kill"] = {k: http.get(f"{cpu_url}/v1/jobs/{later[0]}").json().get(k)
+                                         for k in ("state", "stage", "progress")}
         remove()
 
     obs["job_interrupted"] = job_events(cpu_url, running, on_first_frame=submit_then_remove)
