@@ -203,6 +203,7 @@ def job_events(url: str, job_id: str, on_first_frame=None) -> list[str]:
 
 
 def job_status(url: str, job_id: str) -> dict:
+    """GET /v1/jobs/{id}: its HTTP status, the job's state and its error code (None if none)."""
     with httpx.Client(timeout=30) as http:
         resp = http.get(f"{url}/v1/jobs/{job_id}")
     body = resp.json()
