@@ -8,8 +8,10 @@ advertising two fake GPUs and `accelerator_type:H100`. Reconstructor and Segment
 `num_gpus` and `accelerator_type: H100` as serve_config.yaml does (halves, so the Segmenter
 and up to three Reconstructor replicas fit). The Reconstructor autoscales with
 serve_config.yaml's policy (one ongoing request per replica) and short delays: concurrent
-streams add a replica, idleness removes it. Then the GPU node is removed mid-stream and a
-fresh one added, as the autoscaler would replace a lost node.
+streams add a replica, idleness removes it. Serve runs serve_config.yaml's `proxy_location`
+(a proxy on every node with a replica; each worker's on its own port). Then the GPU node is
+removed mid-stream and a fresh one added, as the autoscaler would replace a lost node; then
+again mid-job (/v1/jobs), with a second job submitted just before, and a third GPU node added.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import ray
 import yaml
 from ray import serve
@@ -38,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import free_port, local_config  # noqa: E402
 from photos import photo_bytes  # noqa: E402
-from serve_app.client import iter_events  # noqa: E402
+from serve_app.client import iter_events, iter_job_events, submit_job  # noqa: E402
 
 # Serve spreads replicas over nodes, so without a constraint a CPU replica (the Ingress
 # relaying the stream) lands on the GPU node and dies with it. GPU nodes carry a label and
@@ -46,7 +49,8 @@ from serve_app.client import iter_events  # noqa: E402
 POOL_LABEL = "sam3d.io/pool"
 GPU_NODE = {"num_cpus": 1, "num_gpus": 2, "resources": {"accelerator_type:H100": 1},
             "labels": {POOL_LABEL: "gpu"}}
-PRODUCTION = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]
+SERVE_CONFIG = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+PRODUCTION = SERVE_CONFIG["applications"][0]
 SELECTORS = {d["name"]: d["ray_actor_options"].get("label_selector")
              for d in PRODUCTION["deployments"]}
 ON_GPU = {"Reconstructor": {"num_cpus": 0.25, "num_gpus": 0.5, "accelerator_type": "H100"},
@@ -153,14 +157,78 @@ def main() -> int:
     return 0
 
 
+def add_node(cluster: Cluster, ports: dict, **args):
+    """A worker node whose Serve proxy listens on a port of its own: the nodes share one
+    address here, so serve_config.yaml's single port (`http_options.port`) would collide."""
+    port = free_port()
+    node = cluster.add_node(env_vars={"RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(port)}, **args)
+    ports[node.node_id] = port
+    return node
+
+
+def proxies(ports: dict, want: set[str], timeout: float = 30) -> dict[str, dict]:
+    """Node id → its Serve proxy's status and the answer of GET /v1/capabilities through its
+    port (the proxy relays to an Ingress replica), once every node in `want` has a proxy."""
+    end = time.monotonic() + timeout
+    while True:
+        status = {n: str(getattr(s, "value", s)) for n, s in serve.status().proxies.items()}
+        if want <= {n for n, s in status.items() if s == "HEALTHY"} or time.monotonic() > end:
+            break
+        time.sleep(0.25)
+    out = {}
+    for node_id, state in status.items():
+        code = None
+        if node_id in ports and state == "HEALTHY":
+            try:
+                with httpx.Client(timeout=30) as http:
+                    code = http.get(f"http://127.0.0.1:{ports[node_id]}/v1/capabilities").status_code
+            except httpx.TransportError as exc:
+                code = type(exc).__name__
+        out[node_id] = {"status": state, "capabilities": code}
+    return out
+
+
+def job_events(url: str, job_id: str, on_first_frame=None) -> list[str]:
+    """A job's event types through GET /v1/jobs/{id}/events (repeats collapsed, error codes added)."""
+    types: list[str] = []
+    for _, event in iter_job_events(url, job_id, timeout=120):
+        if not types or types[-1] != event["type"]:
+            types.append(event["type"])
+        if event["type"] == "geometry" and on_first_frame is not None:
+            on_first_frame()
+            on_first_frame = None
+        if event["type"] == "error":
+            types.append(event.get("code", ""))
+    return types
+
+
+def job_status(url: str, job_id: str) -> dict:
+    """GET /v1/jobs/{id}: its HTTP status, the job's state and its error code (None if none)."""
+    with httpx.Client(timeout=30) as http:
+        resp = http.get(f"{url}/v1/jobs/{job_id}")
+    body = resp.json()
+    return {"http": resp.status_code, "state": body.get("state"), "error": (body.get("error") or {}).get("code")}
+
+
+def remover(cluster: Cluster, node, done: threading.Event):
+    """A callback that removes `node` abruptly (as a lost machine) in the background."""
+    def remove():
+        threading.Thread(target=lambda: (cluster.remove_node(node, allow_graceful=False), done.set()),
+                         daemon=True).start()
+    return remove
+
+
 def run(cluster: Cluster, obs: dict) -> dict:
     t0 = time.monotonic()
-    cpu_node = cluster.add_node(num_cpus=2)
-    gpu_node = cluster.add_node(**GPU_NODE)
+    ports: dict[str, int] = {cluster.head_node.node_id: free_port()}
+    cpu_node = add_node(cluster, ports, num_cpus=2)
+    gpu_node = add_node(cluster, ports, **GPU_NODE)
     cluster.wait_for_nodes()
-    port = free_port()
-    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-    url = f"http://127.0.0.1:{port}"
+    # serve_config.yaml's proxy_location: one proxy on every node (that has a replica).
+    serve.start(proxy_location=SERVE_CONFIG["proxy_location"],
+                http_options={"host": "127.0.0.1", "port": ports[cluster.head_node.node_id]})
+    url = f"http://127.0.0.1:{ports[cluster.head_node.node_id]}"
+    cpu_url = f"http://127.0.0.1:{ports[cpu_node.node_id]}"
     with tempfile.TemporaryDirectory() as store:
         schema = ServeDeploySchema.model_validate(test_config(store))
         _get_global_client().deploy_apps(schema, _blocking=False)
@@ -168,25 +236,59 @@ def run(cluster: Cluster, obs: dict) -> dict:
         obs["nodes"] = {"head": cluster.head_node.node_id, "cpu": cpu_node.node_id,
                         "gpu": gpu_node.node_id}
         obs["placement"] = placement()
-        obs["first"] = stream(url)
+        obs["proxies"] = proxies(ports, set(obs["nodes"].values()))
+        # Through the GPU node's proxy: it relays to an Ingress replica on the CPU node.
+        obs["first"] = stream(f"http://127.0.0.1:{ports[gpu_node.node_id]}")
         autoscale(url, obs)
 
         # Mid-stream: the GPU node goes away under the running reconstruction.
         removed = threading.Event()
-
-        def remove_gpu_node():
-            threading.Thread(target=lambda: (cluster.remove_node(gpu_node, allow_graceful=False),
-                                             removed.set()), daemon=True).start()
-
-        obs["interrupted"] = stream(url, on_first_frame=remove_gpu_node)
+        obs["interrupted"] = stream(url, on_first_frame=remover(cluster, gpu_node, removed))
         removed.wait(30)
         # A replacement node, as the autoscaler would start one.
-        new_gpu = cluster.add_node(**GPU_NODE)
+        new_gpu = add_node(cluster, ports, **GPU_NODE)
         obs["new_gpu"] = new_gpu.node_id
         obs["after"] = stream(url)
         obs["placement_after"] = placement()
+        jobs_lost_node(cluster, ports, new_gpu, url, cpu_url, obs)
     obs["total_s"] = round(time.monotonic() - t0 + obs["start_s"], 1)
     return obs
+
+
+def jobs_lost_node(cluster: Cluster, ports: dict, gpu_node, url: str, cpu_url: str, obs: dict) -> None:
+    """Jobs (/v1/jobs) when the GPU node goes away: one running on it, one submitted just
+    before. Neither may be lost: each ends (failed with a code, or done once a node returns)
+    and its status stays readable. Then a new node joins and a new job succeeds through it."""
+    t0 = time.monotonic()
+    photo = photo_bytes("coffee")
+    running = submit_job(cpu_url, image=photo, **LONG_STREAM)["job_id"]
+    removed = threading.Event()
+    later: list[str] = []
+    remove = remover(cluster, gpu_node, removed)
+
+    def submit_then_remove():
+        later.append(submit_job(cpu_url, image=photo)["job_id"])
+        with httpx.Client(timeout=30) as http:  # where that job is when the node goes
+            obs["job_queued_at_kill"] = {k: http.get(f"{cpu_url}/v1/jobs/{later[0]}").json().get(k)
+                                         for k in ("state", "stage", "progress")}
+        remove()
+
+    obs["job_interrupted"] = job_events(cpu_url, running, on_first_frame=submit_then_remove)
+    removed.wait(30)
+    obs["job_interrupted_status"] = job_status(url, running)
+    # Read again from the start, as a client that reconnects would.
+    obs["job_interrupted_replay"] = job_events(url, running)
+    newest = add_node(cluster, ports, **GPU_NODE)
+    obs["job_queued"] = job_events(cpu_url, later[0])
+    obs["job_queued_status"] = job_status(url, later[0])
+    # The new node gets a proxy once a replica lands there; a job submitted through it succeeds.
+    obs["newest_gpu"] = newest.node_id
+    obs["proxies_after"] = proxies(ports, {newest.node_id})
+    newest_url = f"http://127.0.0.1:{ports[newest.node_id]}"
+    fresh = submit_job(newest_url, image=photo)["job_id"]
+    obs["job_after"] = job_events(newest_url, fresh)
+    obs["job_after_status"] = job_status(url, fresh)
+    obs["jobs_s"] = round(time.monotonic() - t0, 1)
 
 
 if __name__ == "__main__":

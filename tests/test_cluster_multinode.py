@@ -27,7 +27,7 @@ def observed() -> dict:
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
-        stdout, stderr = proc.communicate(timeout=240)
+        stdout, stderr = proc.communicate(timeout=280)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
@@ -45,6 +45,17 @@ def test_gpu_deployments_land_only_on_the_gpu_node(observed):
     assert observed["first"][-1] == "complete"
 
 
+def test_every_node_runs_a_proxy_that_reaches_the_ingress(observed):
+    nodes, proxies = observed["nodes"], observed["proxies"]
+    # serve_config.yaml's proxy_location: EveryNode; the head always has one, the workers
+    # because they hold replicas. Each answers through its own port, relaying to an Ingress
+    # replica (on the CPU node only), the GPU node's included.
+    assert set(proxies) == set(nodes.values())
+    for node_id, proxy in proxies.items():
+        assert proxy == {"status": "HEALTHY", "capabilities": 200}, (node_id, proxy)
+    assert observed["first"][-1] == "complete"  # the stream went through the GPU node's proxy
+
+
 def test_concurrent_streams_add_a_reconstructor_replica_and_idleness_removes_it(observed):
     assert observed["autoscale_streams"] == ["complete"] * 3
     assert observed["autoscale_peak"] == 2  # max_replicas of the test's policy
@@ -58,6 +69,31 @@ def test_losing_the_gpu_node_mid_stream_ends_that_stream_with_an_error(observed)
     interrupted = observed["interrupted"]
     assert "geometry" in interrupted and "complete" not in interrupted
     assert interrupted[-2:] == ["error", "stage_unavailable"], interrupted  # the event, its code
+
+
+def test_losing_the_gpu_node_mid_job_loses_no_job(observed):
+    # The job running on the lost node fails with a code (docs/jobs.md: no silent re-run of GPU work)...
+    assert "geometry" in observed["job_interrupted"]
+    assert observed["job_interrupted"][-2:] == ["error", "stage_unavailable"], observed["job_interrupted"]
+    assert observed["job_interrupted_status"] == {"http": 200, "state": "failed", "error": "stage_unavailable"}
+    # ...and its log replays to the same end through another node's proxy.
+    assert observed["job_interrupted_replay"][-2:] == ["error", "stage_unavailable"]
+    # The job submitted just before the loss ends too: done on the node that joins later, or
+    # failed with a code if it was on the lost node; its status agrees with its events.
+    queued, status = observed["job_queued"], observed["job_queued_status"]
+    if queued[-1] == "complete":
+        assert status == {"http": 200, "state": "succeeded", "error": None}
+    else:
+        assert queued[-2] == "error" and queued[-1] == "stage_unavailable", queued
+        assert status == {"http": 200, "state": "failed", "error": "stage_unavailable"}
+
+
+def test_a_node_that_joins_gets_a_proxy_and_new_jobs_succeed(observed):
+    newest = observed["newest_gpu"]
+    assert observed["proxies_after"][newest] == {"status": "HEALTHY", "capabilities": 200}
+    assert observed["nodes"]["gpu"] not in observed["proxies_after"]  # the lost node's is gone
+    assert observed["job_after"][-1] == "complete"  # submitted through the new node's proxy
+    assert observed["job_after_status"] == {"http": 200, "state": "succeeded", "error": None}
 
 
 def test_new_requests_succeed_on_the_replacement_node(observed):
