@@ -17,18 +17,19 @@ import numpy as np
 
 from deployments.errors import BadInput, QueueTimeout, StageTimeout
 from deployments.mesh_baker.bake import BakeOptions
-from deployments.reconstructor.base import Reconstruction, ReconstructOptions, StepFrame
+from deployments.reconstructor.base import Reconstruction, ReconstructOptions, Started, StepFrame
 from deployments.segmenter.base import SegmentPrompt, SegmentResult
 from serve_app.inputs import at_size, png_bytes
 from serve_app.protocol import make_event
 from serve_app.settings import TimeoutSettings
+from serve_app.waiting import LINE, WaitLine
 
 log = logging.getLogger("sam3d.pipeline")
 
 # Share of overall progress per stage; the text route adds the first two.
 WEIGHTS = {
     "request": 0.0, "prompt_enhancer": 0.02, "image_generator": 0.13, "segmenter": 0.08,
-    "geometry": 0.4, "appearance": 0.27, "mesh_baker": 0.08, "store": 0.02,
+    "queue": 0.0, "geometry": 0.4, "appearance": 0.27, "mesh_baker": 0.08, "store": 0.02,
 }
 
 
@@ -97,24 +98,59 @@ async def _within(aw: Awaitable, seconds: float, stage: str):
         raise StageTimeout(f"the {stage} stage took longer than its {seconds:g} s limit") from None
 
 
-async def _timed_stream(agen: AsyncIterator, first_s: float, gap_s: float) -> AsyncIterator:
-    """Items of a downstream stream, with a limit on the first (queueing) and on each gap."""
+@dataclass
+class QueueNotice:
+    """The request still waits for a reconstructor slot: its place in line (serve_app.waiting)."""
+
+    position: int
+    waiting: int
+    waited_s: float
+
+
+async def _timed_stream(agen: AsyncIterator, first_s: float, gap_s: float, line: WaitLine | None = None,
+                        notice_s: float = 0.25) -> AsyncIterator:
+    """Items of a downstream stream, with a limit on the first (queueing) and on each gap.
+
+    Until the first item arrives the request holds a place in `line`; every `notice_s` of that
+    wait a QueueNotice is yielded when the place changed (the first one after `notice_s`).
+    """
     it = agen.__aiter__()
-    limit, first = first_s, True
+    nxt = asyncio.ensure_future(it.__anext__())
+    t0 = time.monotonic()
     try:
+        with (line if line is not None else WaitLine()).waiting() as ticket:
+            shown = None
+            while not nxt.done():
+                left = first_s - (time.monotonic() - t0)
+                if left <= 0:
+                    raise QueueTimeout(f"no reconstructor could take the request within {first_s:g} s; "
+                                       "retry in a while")
+                await asyncio.wait({nxt}, timeout=min(left, notice_s))
+                if not nxt.done() and line is not None:
+                    place = (line.position(ticket), len(line))
+                    if place != shown:
+                        shown = place
+                        yield QueueNotice(place[0], place[1], time.monotonic() - t0)
+        try:
+            item = nxt.result()
+        except StopAsyncIteration:
+            return
+        yield item
         while True:
             try:
-                item = await asyncio.wait_for(it.__anext__(), limit)
+                item = await asyncio.wait_for(it.__anext__(), gap_s)
             except StopAsyncIteration:
                 return
             except asyncio.TimeoutError:
-                if first:
-                    raise QueueTimeout(f"no reconstructor could take the request within {first_s:g} s; "
-                                       "retry in a while") from None
                 raise StageTimeout(f"the reconstructor made no progress for {gap_s:g} s") from None
-            limit, first = gap_s, False
             yield item
     finally:
+        if not nxt.done():
+            nxt.cancel()
+            try:
+                await nxt
+            except BaseException:  # noqa: BLE001 - the cancelled wait ends however it ends
+                pass
         aclose = getattr(it, "aclose", None)
         if aclose is not None:
             await aclose()
@@ -168,7 +204,18 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
 
     t = time.monotonic()
     recon = None
-    async for item in _timed_stream(clients.reconstruct(image, mask, job.options), to.queue_s, to.step_s):
+    took = False
+    async for item in _timed_stream(clients.reconstruct(image, mask, job.options), to.queue_s, to.step_s,
+                                    LINE, to.queue_notice_s):
+        if isinstance(item, QueueNotice):
+            yield p.stamp(make_event("loading", stage="queue", message=f"waiting for a GPU: number "
+                                     f"{item.position} in line", queue_position=item.position,
+                                     queue_length=item.waiting))
+            continue
+        if not took:  # the reconstructor's first item: a replica runs the request from here
+            took = True
+            yield p.stamp(make_event("loading", stage="queue", step=1, total_steps=1, queue_position=0,
+                                     message=f"a GPU took the request after {time.monotonic() - t:.1f} s"))
         if isinstance(item, StepFrame):
             ev = make_event(item.stage, stage=item.stage, step=item.step, total_steps=item.total_steps)
             ev["_frame"] = item.frame

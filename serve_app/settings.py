@@ -149,8 +149,12 @@ class StreamSettings(_Strict):
 
     max_frames_per_s: float = Field(10.0, gt=0, le=1000)
     max_bytes_per_s: int = Field(1_000_000, ge=1000)
-    # Headers wait for the reconstructor's first frame, so a full queue is a real 503.
-    hold_headers_for_first_frame: bool = True
+    # When the response headers go out. "accepted": once the reconstructor has taken the request
+    # or holds it in its queue (a place-in-line event), so a full queue is still a real 503, but
+    # segmenting is not seen until then. "first_event": at once, every stage visible from the
+    # first second; use it with limits.max_active_streams no larger than the reconstructor's
+    # slots + queue per ingress replica, so that a full queue is a 503 before the body is read.
+    answer_at: Literal["accepted", "first_event"] = "accepted"
     # compact encoding: a key frame every N frames; zlib level 1 is ~6 % larger than 6 at
     # half the encode time (bench/results/codec.txt); None sends no compressed frames.
     compact_key_every: int = Field(16, ge=1, le=1000)
@@ -173,7 +177,8 @@ class TimeoutSettings(_Strict):
     prompt_enhancer_s: float = Field(60, gt=0)
     image_generator_s: float = Field(180, gt=0)
     segmenter_s: float = Field(120, gt=0)
-    queue_s: float = Field(120, gt=0)  # from the reconstructor call to its first frame
+    queue_s: float = Field(120, gt=0)  # from the reconstructor call to its first item
+    queue_notice_s: float = Field(0.25, gt=0, le=10)  # how often a waiting request hears its place in line
     step_s: float = Field(120, gt=0)  # the longest gap between two reconstructor items
     mesh_baker_s: float = Field(180, gt=0)
     request_s: float = Field(900, gt=0)  # the whole stream

@@ -25,7 +25,7 @@ function freshRun() {
     phase: "idle", // idle · streaming · complete · error · stopped
     requestId: null, progress: 0, events: 0, eventCounts: {}, framesDecoded: 0,
     voxelCountsDrawn: [], resyncs: 0, keyFrameRequests: [], decodeErrors: 0, droppedForTest: null,
-    error: null, complete: null, glbTriangles: 0, splats: 0, artifactErrors: [],
+    error: null, complete: null, glbTriangles: 0, splats: 0, artifactErrors: [], queuePositions: [],
   };
 }
 
@@ -235,6 +235,9 @@ async function startPage() {
       run.error = { code: ev.code, message: ev.message, status: null };
       progress.fail(ev.code, ev.message);
       return;
+    } else if (ev.type === "loading" && ev.queue_position > 0) {
+      detail = `number ${ev.queue_position} in line${ev.queue_length > 1 ? ` of ${ev.queue_length}` : ""}`;
+      run.queuePositions.push(ev.queue_position);
     } else if (ev.type === "loading" && ev.mask_url && !mask) {
       detail = `mask ${(100 * ev.mask_fraction).toFixed(1)} %`;
     }
