@@ -50,3 +50,10 @@ def test_click_vectors_match_the_python_decoding():
     for case, now in zip(saved, click_masks()["cases"]):
         assert case["index"] == now["index"]
         np.testing.assert_allclose(case["upsampled"], now["upsampled"], atol=1e-5)
+
+
+def test_token_layout_vector_is_current():
+    """token_layout.json (read by tests/js/sam3-click.test.mjs) is what token_layout gives today."""
+    from make_token_layout_vector import vector
+
+    assert json.loads((VECTORS / "token_layout.json").read_text()) == vector()
