@@ -16,6 +16,8 @@ real GPU's; decode and buffer-fill figures are the browser's JavaScript and hold
    included), 20 more, alternating between the graph the page uses (onnx_decoder_fast, features laid
    out once per photo: token_layout_ms) and the tracker's modules exported as they are (reference),
    with the share of mask pixels on which the two agree (random weights: agreement, not quality);
+   and a variant the page does not use, page_int8 (onnxruntime's dynamic quantization: constant
+   matrices in 8 bits, activations quantized per call), with its agreement;
 3. frames per second while orbiting a 200,000-triangle meshopt-compressed GLB (model.glb's default
    face budget), and the same GLB's load time.
 
@@ -76,9 +78,15 @@ def prepare(store_dir: Path) -> dict:
     store.put(BENCH_ID, "frame-delta.bin", delta_msg)
     pos, faces, colors = sphere(224)
     store.put(BENCH_ID, "big.glb", meshopt_glb(pos, faces, colors))
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    paths = {name: full_size_decoder(store_dir / f"decoder-{name}.onnx", fast=fast)
+             for name, fast in (("page", True), ("reference", False))}
+    # A variant, not what the page uses: the page graph with its constant matrices in 8 bits.
+    paths["page_int8"] = store_dir / "decoder-page_int8.onnx"
+    quantize_dynamic(str(paths["page"]), str(paths["page_int8"]), weight_type=QuantType.QUInt8)
     urls, sizes = {}, {}
-    for name, fast in (("page", True), ("reference", False)):
-        path = full_size_decoder(store_dir / f"decoder-{name}.onnx", fast=fast)
+    for name, path in paths.items():
         store.put(BENCH_ID, f"decoder-{name}.bin", path.read_bytes())
         urls[name], sizes[name] = f"/v1/artifacts/{BENCH_ID}/decoder-{name}.bin", path.stat().st_size
     return {"full_decoder_bytes": sizes, "full_decoder_urls": urls,

@@ -132,6 +132,7 @@ try {
         decoder_load_ms: Math.round(r.s.timings.decoder_load_ms), mask_agreement_with_reference: same / total };
     }
     out.median_ratio_reference_over_page = r1(out.reference.median_ms / out.page.median_ms);
+    out.min_ratio_reference_over_page = r1(Math.min(...ref.times) / Math.min(...runs.page.times));
     return out;
   }, input.full_decoder_urls);
 
