@@ -17,7 +17,7 @@ import numpy as np
 
 from deployments.errors import BadInput, QueueTimeout, StageTimeout
 from deployments.mesh_baker.bake import BakeOptions
-from deployments.reconstructor.base import Reconstruction, ReconstructOptions, Started, StepFrame
+from deployments.reconstructor.base import Reconstruction, ReconstructOptions, StepFrame
 from deployments.segmenter.base import SegmentPrompt, SegmentResult
 from serve_app.inputs import at_size, png_bytes
 from serve_app.protocol import make_event
