@@ -90,6 +90,30 @@ try {
       embed_ms: Math.round(s.timings.embed_ms) };
   });
 
+  // 2a. A phone photo's size (4032×3024): click → overlay drawn, decoding at the photo's size (as the
+  // page did) vs at the view size it decodes at now (segment.js viewSize), the overlay drawn either way.
+  out.click_to_overlay_phone_photo = await page.evaluate(async () => {
+    const { viewSize } = await import("./static/segment.js");
+    const s = window.viewer.segmentation.sam3;
+    const { panel } = window.viewer;
+    const [W, H] = [4032, 3024];
+    const saved = panel.photo;
+    panel.photo = { ...saved, width: W, height: H };
+    const t = { photo_size: [], view_size: [] };
+    for (let i = 0; i < 6; i++) {
+      for (const [k, [w, h]] of [["photo_size", [W, H]], ["view_size", viewSize(W, H)]]) {
+        const t0 = performance.now();
+        const r = await s.decode([{ x: (280 + i) * W / 600, y: 230 * H / 400, label: 1 }], null, w, h);
+        panel.setMask(r.mask, w, h);
+        t[k].push(performance.now() - t0);
+      }
+    }
+    panel.photo = saved;
+    panel.setMask(null);
+    const med = (a) => Math.round(a.slice(1).sort((x, y) => x - y)[(a.length - 1) >> 1] * 10) / 10;
+    return { decoder: "tiny", photo: [W, H], view: viewSize(W, H), photo_size_ms_median: med(t.photo_size), view_size_ms_median: med(t.view_size) };
+  });
+
   // 2b. The full-size decoder on random full-size features: the tracker's graph as exported before
   // (reference, NCHW inputs) and the reassociated one the page uses, clicks alternating between the two.
   out.click_to_mask_full_size = await page.evaluate(async (variants) => {

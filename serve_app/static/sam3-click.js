@@ -241,7 +241,8 @@ export class Sam3Clicks {
     const masks = out.masks.data;
     const m = out.masks.dims[2];
     const k = selectMask(out.iou_predictions.data, masks, m, points.length === 1 && !box);
-    const mask = upsampleMask(masks.subarray(k * m * m, (k + 1) * m * m), m, width, height);
-    return { mask, ms: performance.now() - t0, index: k, score: out.iou_predictions.data[k] };
+    const logits = masks.slice(k * m * m, (k + 1) * m * m);
+    const mask = upsampleMask(logits, m, width, height);
+    return { mask, ms: performance.now() - t0, index: k, score: out.iou_predictions.data[k], logits, m };
   }
 }

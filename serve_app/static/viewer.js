@@ -75,7 +75,7 @@ async function startPage() {
     try {
       const out = await segmenting;
       mask = out;
-      panel.setMask(out && out.mask);
+      panel.setMask(out && out.mask, out?.width, out?.height);
       if (out) {
         const area = out.mask.reduce((a, b) => a + b, 0);
         state.masks.push({ ms: Math.round(out.ms * 10) / 10, where: out.where, area });
@@ -255,8 +255,10 @@ async function startPage() {
       const { points, box } = panel.prompts();
       form.append("image", photo.file, photo.file.name || "photo");
       if (mask && mask.mask.some((v) => v)) {
-        // Exactly the mask the person saw over the photo.
-        form.append("mask", await maskPng(mask.mask, mask.width, mask.height), "mask.png");
+        // Exactly the mask the person saw over the photo (at the photo's size: decoded in the browser
+        // it was shown at a view size, and the same logits are now scaled to the photo).
+        const full = mask.full ? mask.full() : mask;
+        form.append("mask", await maskPng(full.mask, full.width, full.height), "mask.png");
       } else {
         if (points.length) form.append("point_prompts", JSON.stringify(points));
         if (box) form.append("box_prompts", JSON.stringify([box]));

@@ -13,7 +13,8 @@
 //     the reconstructor's one slot): the voxel instance count drawn grows across frames, the last frame's count is what
 //     the InstancedMesh draws, the voxel view is not blank; the GLB loads with its file's triangle
 //     count; the splats load with the PLY's count; a meshopt-compressed GLB loads; screenshots;
-//  5. a lost frame (?drop_frame) is recovered through a key frame request; Stop ends a run;
+//  5. a lost frame (?drop_frame) is recovered through a key frame request; Stop ends a run (while it
+//     waits in line);
 //  6. an EXIF-rotated JPEG shows upright and a click on it lands on the object;
 //  7. no page errors, no failed request but the deliberate one, no request to another host.
 // Prints one JSON report and exits 0 when every check passed, 1 when one failed, 2 when the browser
@@ -288,10 +289,16 @@ try {
   check("resync_after_lost_frame", lossy.phase === "complete" && lossy.droppedForTest === 3 && lossy.resyncs >= 1 &&
     lossy.keyFrameRequests.includes(202) && lossy.decodeErrors === 0,
   { phase: lossy.phase, dropped: lossy.droppedForTest, resyncs: lossy.resyncs, keyFrameRequests: lossy.keyFrameRequests });
+  // Stop while the run waits in line behind another client's stream (a run of the embedded
+  // reconstructor is over in about a second, sooner than a click can reliably land mid-stream on a
+  // loaded machine; the server side of a cancel mid-stream is tested in tests/test_stream_robustness.py).
+  const holder = new AbortController();
+  await holdSlot(photoPath, holder.signal);
   await page.click("#generate");
-  await page.waitForFunction(() => window.viewer.state.run.framesDecoded >= 1, null, { timeout: TIMEOUT_MS, polling: 10 });
+  await page.waitForFunction(() => window.viewer.state.run.queuePositions.length > 0, null, { timeout: TIMEOUT_MS, polling: 20 });
   await page.click("#cancel");
   await page.waitForFunction(() => window.viewer.state.run.phase !== "streaming", null, { timeout: TIMEOUT_MS });
+  holder.abort();
   const stopped = await page.evaluate(() => ({ phase: window.viewer.state.run.phase, generateEnabled: !document.getElementById("generate").disabled }));
   check("stop_ends_the_run", stopped.phase === "stopped" && stopped.generateEnabled, stopped);
 
