@@ -57,3 +57,14 @@ def test_token_layout_vector_is_current():
     from make_token_layout_vector import vector
 
     assert json.loads((VECTORS / "token_layout.json").read_text()) == vector()
+
+
+def test_viewer_progress_rows_are_the_protocol_stages():
+    """serve_app/static/progress.js has one row per protocol stage, in the protocol's order."""
+    import re
+
+    from serve_app.protocol import STAGES
+
+    js = (VECTORS.parents[1] / "serve_app/static/progress.js").read_text()
+    block = js[js.index("export const STAGES"):js.index("];", js.index("export const STAGES"))]
+    assert tuple(re.findall(r'\["(\w+)",', block)) == STAGES
