@@ -16,6 +16,8 @@ real GPU's; decode and buffer-fill figures are the browser's JavaScript and hold
    included), 20 more, alternating between the graph the page uses (onnx_decoder_fast, features laid
    out once per photo: token_layout_ms) and the tracker's modules exported as they are (reference),
    with the share of mask pixels on which the two agree (random weights: agreement, not quality);
+   click → overlay drawn for a 4032x3024 phone photo, decoding at the photo's size vs at the view
+   size the page uses (segment.js viewSize);
    and a variant the page does not use, page_int8 (onnxruntime's dynamic quantization: constant
    matrices in 8 bits, activations quantized per call), with its agreement;
 3. frames per second while orbiting a 200,000-triangle meshopt-compressed GLB (model.glb's default
