@@ -24,9 +24,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+sys.path.insert(0, str(ROOT))
 
-from bench_viewer_browser import full_size_decoder  # noqa: E402
+from bench.bench_viewer_browser import full_size_decoder  # noqa: E402
 
 
 def main() -> None:

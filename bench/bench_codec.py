@@ -10,7 +10,7 @@
    colour changes), per zlib level; the seed encoder for reference.
 4. JavaScript decode time under Node (bench/bench_codec_decode.mjs) of the same frames.
 
-    python bench/bench_codec.py [--reps 50] [--out bench/results/codec.txt]
+    python -m bench.bench_codec [--reps 50] [--out bench/results/codec.txt]
 
 All figures come from the one run that prints them; nothing here is asserted.
 """
@@ -24,7 +24,6 @@ import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,10 +31,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from serve_app.protocol import (VoxelFrame, encode_event_fields, format_sse, make_event,  # noqa: E402
-                                pack_frame_event, seed_codec, stream_header)
+                                pack_frame_event, full_codec, stream_header)
 from serve_app.protocol.compact_codec import StreamDecoder, StreamEncoder, read_header  # noqa: E402
 
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
@@ -97,7 +95,7 @@ def wire_bytes(frames: list, level) -> dict:
     binary = len(stream_header())
     messages, keys = [], 0
     for seq, (stage, step, total, frame) in enumerate(frames):
-        seed_fields = seed_codec.encode(frame)
+        seed_fields = full_codec.encode(frame)
         seed_sse += len(format_sse(sse_event(stage, step, total, seq, seed_fields)))
         seed_payload += len(seed_fields["voxel_data"])
         msg = enc.encode(frame, "voxels")
@@ -165,7 +163,7 @@ def time_seed(a: VoxelFrame, reps: int) -> float:
     ts = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        seed_codec.encode(a)
+        full_codec.encode(a)
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts) * 1e3
 
@@ -239,7 +237,7 @@ def main() -> None:
             js_vectors[f"30k {name} (zlib {lvl})"] = [StreamEncoder(zlib_level=lvl).encode(fa),
                                                       _delta(fa, fb, lvl)]
         say(f"{name:<28}{'seed':>5}{time_seed(fa, a.reps):>9.3f}{'':>10}"
-            f"{len(seed_codec.encode(fa)['voxel_data']):>11,}  (seed encoder, base64 text)")
+            f"{len(full_codec.encode(fa)['voxel_data']):>11,}  (seed encoder, base64 text)")
     say("# goal: <= 1 ms per 30,000-voxel frame")
 
     say()

@@ -4,18 +4,16 @@
 - Inflation: the whole-array red-black sweep vs the former np.pad + boolean-gather sweep,
   800 sweeps on a 64² disc (one request's geometry stage), same numbers.
 
-    python bench/bench_embedded_stages.py [--out bench/results/embedded_stages.txt]
+    python -m bench.bench_embedded_stages [--out bench/results/embedded_stages.txt]
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -23,8 +21,8 @@ import numpy as np  # noqa: E402
 from deployments.reconstructor.inflation import relax  # noqa: E402
 from deployments.segmenter import grabcut  # noqa: E402
 from deployments.segmenter.base import Box, SegmentPrompt  # noqa: E402
-from photos import ROCKET_BOX, photo_array  # noqa: E402
-from serve_app.settings import GrabCutSettings  # noqa: E402
+from tests.photos import ROCKET_BOX, photo_array  # noqa: E402
+from sam3d_common.settings import GrabCutSettings  # noqa: E402
 
 PROMPTS = {"coffee": SegmentPrompt(), "chelsea": SegmentPrompt(), "astronaut": SegmentPrompt(),
            "rocket": SegmentPrompt(box=Box(**ROCKET_BOX))}

@@ -1,9 +1,9 @@
 """The whole graph under load: objects per minute, time to first voxel frame and to GLB, at a
 fixed request rate and at saturation, with the replicas each deployment ran.
 
-    python bench/bench_graph_load.py --dry              # embedded backends, tiny load (CI runs
+    python -m bench.bench_graph_load --dry              # embedded backends, tiny load (CI runs
                                                         # its load path against a test app)
-    python bench/bench_graph_load.py --config serve_config.yaml --requests 64 --rate 0.5 \
+    python -m bench.bench_graph_load --config serve_config.yaml --requests 64 --rate 0.5 \
         --concurrency 16 --out bench/results/graph_load_<kind>.json   # on an N-GPU host
 
 It starts Ray and Serve on this host with the config (loopback HTTP), sends photos from
@@ -17,13 +17,11 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 

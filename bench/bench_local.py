@@ -7,20 +7,18 @@ frames a client received and those the stream coalesced; the same request throug
 in-process pipeline (no Serve, no HTTP) as a ratio; and the IoU of the returned mask.png with
 the mask of the former segmenter settings (GrabCut, 5 iterations at 384 px, no early stop).
 
-    python bench/bench_local.py [--runs 5] [--out bench/results/local.txt]
+    python -m bench.bench_local [--runs 5] [--out bench/results/local.txt]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import asyncio  # noqa: E402
@@ -32,16 +30,16 @@ from PIL import Image  # noqa: E402
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
-from conftest import deploy_config, free_port, local_config  # noqa: E402
-from photos import ROCKET_BOX, photo_array, photo_bytes  # noqa: E402
+from tests.conftest import deploy_config, free_port, local_config  # noqa: E402
+from tests.photos import ROCKET_BOX, photo_array, photo_bytes  # noqa: E402
 from deployments.segmenter.base import Box, SegmentPrompt  # noqa: E402
 from deployments.segmenter.grabcut import GrabCutSegmenter  # noqa: E402
 from serve_app.client import iter_events  # noqa: E402
 from serve_app.local import LocalClients  # noqa: E402
 from serve_app.schemas import GenerateRequest  # noqa: E402
 from serve_app.service import GenerateService  # noqa: E402
-from serve_app.settings import GrabCutSettings, load_settings  # noqa: E402
-from serve_app.store import ArtifactStore  # noqa: E402
+from sam3d_common.settings import GrabCutSettings, load_settings  # noqa: E402
+from sam3d_common.store import ArtifactStore  # noqa: E402
 from serve_app.wire import FrameWriter, paced  # noqa: E402
 
 PHOTOS = {"coffee": {}, "chelsea": {}, "astronaut": {}, "rocket": {"box_prompts": [ROCKET_BOX]}}

@@ -13,8 +13,8 @@ bf16. Levers, each measured on its own in the same run:
 The payload: the previous codec (float64 statistics, zlib default strategy, from float32 host copies)
 against today's (quantised on the device, float32 statistics, Huffman-only deflate).
 
-    python bench/bench_sam3_encoder.py --json-out bench/results/sam3_encoder_h200.json   # CUDA, full size
-    python bench/bench_sam3_encoder.py --tiny --cpu                                       # a dry run
+    python -m bench.bench_sam3_encoder --json-out bench/results/sam3_encoder_h200.json   # CUDA, full size
+    python -m bench.bench_sam3_encoder --tiny --cpu                                       # a dry run
 
 On the H200 one run stays under 10 minutes with the defaults (one compile mode, buckets 1..16); add modes
 with --compile-modes in a run of their own if needed.
@@ -41,8 +41,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
@@ -95,14 +93,13 @@ REAL_SERVE = _stub_ray_serve_if_missing()
 
 import torch  # noqa: E402
 
-from deployments.segmenter import embedding_codec  # noqa: E402
-from deployments.segmenter.sam3 import Sam3Segmenter  # noqa: E402
-from deployments.segmenter.sam3_compile import CompiledVit, batch_buckets  # noqa: E402
-from deployments.segmenter.sam3_encoder import ImageEmbedding, image_id, tracker_features  # noqa: E402
-from deployments.segmenter.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
-from deployments.segmenter.sam3_loading import random_init_models  # noqa: E402
-from deployments.segmenter.sam3_testing import tiny_video_config  # noqa: E402
-from serve_app.settings import Sam3Settings  # noqa: E402
+from deployments.segmenter.sam3 import embedding_codec  # noqa: E402
+from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
+from deployments.segmenter.sam3.compile import CompiledVit, batch_buckets  # noqa: E402
+from deployments.segmenter.sam3.encoder import ImageEmbedding, image_id, tracker_features  # noqa: E402
+from tests.support.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
+from tests.support.sam3_testing import random_init_models, tiny_video_config  # noqa: E402
+from sam3d_common.settings import Sam3Settings  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -171,10 +168,19 @@ def encode_before(models, images):
                                f0[i:i + 1].clone(), f1[i:i + 1].clone()) for i, image in enumerate(images)]
 
 
+def one_deflate_thread(fn):
+    """fn() with the payload's deflate in one piece (the codec compresses 1 MiB chunks on threads)."""
+    saved = embedding_codec.PARALLEL_CHUNK
+    embedding_codec.PARALLEL_CHUNK = 1 << 40
+    try:
+        return fn()
+    finally:
+        embedding_codec.PARALLEL_CHUNK = saved
+
+
 def payload_before(emb: ImageEmbedding, input_size: int) -> bytes:
     """The previous codec: float32 host copies, float64 statistics, zlib's default strategy."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    from bench_sam3_payload import stats64
+    from bench.bench_sam3_payload import stats64
 
     with stats64():
         return embedding_codec.encode(emb.click_features(), embedding_id=emb.embedding_id, original_size=emb.original_size,
@@ -276,7 +282,7 @@ def measure_lever(name, encode, size, device, args, report):
     out = {}
     img = fresh_images(1, size, 0)[0]
     out["encode_bs1"] = ms(timed(lambda: encode([img], ["bs1"]), device, iters=args.iters))
-    for bs in (8, 16):
+    for bs in args.batch_sizes:
         batch, ids = fresh_images(bs, size, bs), [f"b{i}" for i in range(bs)]
         times = timed(lambda: encode(batch, ids), device, warmup=2, iters=max(3, args.iters // 2))
         out[f"direct_bs{bs}"] = {"images_per_s": round(bs / statistics.median(times), 2),
@@ -289,12 +295,12 @@ def measure_lever(name, encode, size, device, args, report):
     print("lever", name, json.dumps(out), flush=True)
 
 
-def first_request(settings, models, size, device):
+def first_request(settings, models, size, device, max_batch):
     """A replica's start (constructor: compilation and warm-up when on) and its first /v1/embed."""
     models.vit = None
     sync(device)
     t0 = time.perf_counter()
-    backend = Sam3Segmenter(settings, models=models)
+    backend = Sam3Segmenter(settings, models=models, max_batch_size=max_batch)
     sync(device)
     t1 = time.perf_counter()
     emb = backend.embed(fresh_images(1, size, 4242)[0])
@@ -302,6 +308,44 @@ def first_request(settings, models, size, device):
     sync(device)
     t2 = time.perf_counter()
     return backend, {"constructor_s": round(t1 - t0, 2), "first_embed_request_ms": round(1000 * (t2 - t1), 1)}
+
+
+def fp8_lever(args, base, bf16_backend, models, size, device, compile_backend, report):
+    """The ViT's linears in FP8 (vit_fp8), compiled in the first --compile-modes mode (eager if none),
+    and its agreement with the bf16 model: backbone relative error and click-mask IoU on random points.
+    Last, because it changes the shared model in place."""
+    from deployments.segmenter.base import Point, SegmentPrompt
+
+    images = fresh_images(4, size, 77)
+    rng = np.random.default_rng(5)
+    prompts = [SegmentPrompt(points=[Point(int(x), int(y), 1)]) for x, y in rng.integers(0, size, (8, 2))]
+    ref = [bf16_backend.encode_batch([im], [f"r{i}"])[0] for i, im in enumerate(images)]
+    ref_masks = [[bf16_backend.segment_with_embedding(e, p).mask for p in prompts] for e in ref]
+    mode = next((m for m in args.compile_modes.split(",") if m), None)
+    torch._dynamo.reset()
+    settings = Sam3Settings(**base, vit_fp8=True, compile="on" if mode else "off",
+                            **({"compile_mode": mode, "compile_backend": compile_backend} if mode else {}))
+    name = f"fp8_compile_{mode}" if mode else "fp8_eager"
+    try:
+        backend, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
+    except Exception as exc:  # noqa: BLE001 - e.g. a GPU without FP8
+        report["levers"][name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        print("lever", name, "failed:", report["levers"][name]["error"], flush=True)
+        return
+    measure_lever(name, backend.encode_batch, size, device, args, report)
+    rel, ious = [], []
+    for i, (im, e0) in enumerate(zip(images, ref)):
+        e1 = backend.encode_batch([im], [f"f{i}"])[0]
+        a, b = e0.backbone.float(), e1.backbone.float()
+        rel.append(float((b - a).norm() / a.norm()))
+        for p, m0 in zip(prompts, ref_masks[i]):
+            m1 = backend.segment_with_embedding(e1, p).mask
+            union = int((m0 | m1).sum())
+            ious.append(1.0 if union == 0 else int((m0 & m1).sum()) / union)
+    report["levers"][name]["agreement_vs_bf16"] = {
+        "backbone_rel_error_mean": round(float(np.mean(rel)), 4), "mask_iou_mean": round(float(np.mean(ious)), 4),
+        "mask_iou_min": round(float(np.min(ious)), 4), "masks": len(ious), "random_weights": True}
+    print("fp8 agreement", json.dumps(report["levers"][name]["agreement_vs_bf16"]), flush=True)
 
 
 def main():
@@ -318,11 +362,14 @@ def main():
                          "default,max-autotune-no-cudagraphs (autotuning takes minutes per batch size)")
     ap.add_argument("--max-batch", type=int, default=16, help="the replica's max_batch_size: compiled buckets 1, 2, 4 .. this")
     ap.add_argument("--skip-sdpa", action="store_true", help="skip the SDPA-kernel levers")
+    ap.add_argument("--batches", default="8,16", help="batch sizes measured directly (each one a compiled shape)")
+    ap.add_argument("--fp8", action="store_true", help="also the FP8-linear ViT (last: it changes the model)")
     ap.add_argument("--compile-backend", default=None, help="default: inductor on CUDA, aot_eager on the CPU")
     ap.add_argument("--standin", action="store_true", help="the asyncio @serve.batch stand-in even with Ray Serve")
     ap.add_argument("--skip-fidelity", action="store_true")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
+    args.batch_sizes = [int(b) for b in args.batches.split(",") if b]
     global REAL_SERVE
     REAL_SERVE = REAL_SERVE and not args.standin
     device_name, dtype = ("cpu", "float32") if args.cpu else ("cuda", "bfloat16")
@@ -348,10 +395,10 @@ def main():
     report["model"] = {"build_s": round(time.perf_counter() - t, 1), "image_size": size, "dtype": str(models.dtype),
                        "weights_mb": round(torch.cuda.memory_allocated() / 2**20) if device.type == "cuda" else None}
     print("model", json.dumps(report["model"]), flush=True)
-    base = dict(device=device_name, dtype=dtype, embedding_cache_mb=64, score_threshold=0.0, max_batch_size=args.max_batch)
+    base = dict(device=device_name, dtype=dtype, embedding_cache_mb=64, score_threshold=0.0)
 
     # Eager: replica start and first request, then the levers that need no compilation.
-    backend, report["first_request_eager"] = first_request(Sam3Settings(**base, compile="off"), models, size, device)
+    backend, report["first_request_eager"] = first_request(Sam3Settings(**base, compile="off"), models, size, device, args.max_batch)
     print("first_request_eager", json.dumps(report["first_request_eager"]), flush=True)
     hot = backend.encode_batch
     measure_lever("before", lambda ims, ids: encode_before(models, ims), size, device, args, report)
@@ -376,11 +423,14 @@ def main():
                    "bytes": len(payload_before(emb, size))},
         "now": {**ms(timed(lambda: backend.embedding_payload(emb), device, warmup=1, iters=5)),
                 "bytes": len(backend.embedding_payload(emb))},
+        "one_deflate_thread": one_deflate_thread(lambda: {
+            **ms(timed(lambda: backend.embedding_payload(emb), device, warmup=1, iters=5)),
+            "bytes": len(backend.embedding_payload(emb))}),
     }
     if not args.skip_fidelity:
         import copy
 
-        from deployments.segmenter.sam3_fidelity import agreement, decode_masks
+        from tests.support.sam3_fidelity import agreement, decode_masks
 
         tracker32 = copy.deepcopy(models.tracker).float()
         feats = emb.click_features()
@@ -398,31 +448,36 @@ def main():
         name = f"compile_{mode}" if compile_backend == "inductor" else f"compile_{compile_backend}"
         settings = Sam3Settings(**base, compile="on", compile_mode=mode, compile_backend=compile_backend)
         try:
-            backend_c, report[f"first_request_{name}"] = first_request(settings, models, size, device)
+            backend_c, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
         except Exception as exc:  # noqa: BLE001
             report["levers"][name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             print("lever", name, "failed:", report["levers"][name]["error"], flush=True)
             continue
-        report[f"first_request_{name}"]["buckets"] = list(batch_buckets(settings.max_batch_size))
+        report[f"first_request_{name}"]["buckets"] = list(batch_buckets(args.max_batch))
         print(f"first_request_{name}", json.dumps(report[f"first_request_{name}"]), flush=True)
         measure_lever(name, backend_c.encode_batch, size, device, args, report)
         models.vit = None
         if compile_backend != "inductor":
             break  # the mode only matters to inductor
     assert CompiledVit  # imported for readers: the compiled path is sam3_compile.CompiledVit
+    if args.fp8:
+        fp8_lever(args, base, backend, models, size, device, compile_backend, report)
 
     if device.type == "cuda":
         report["peak_mb_total"] = round(torch.cuda.max_memory_allocated() / 2**20)
     before = report["levers"]["before"]
-    lines = [f"{'lever':36s} {'bs1 p50 ms':>10s} {'x':>5s} {'bs8 img/s':>9s} {'bs16 img/s':>10s} {'serve img/s':>11s} {'x':>5s} {'peak MB':>8s}"]
+    bss = args.batch_sizes
+    lines = [f"{'lever':36s} {'bs1 p50 ms':>10s} {'x':>5s} " + " ".join(f"{f'bs{b} img/s':>10s}" for b in bss)
+             + f" {'serve img/s':>11s} {'x':>5s} {'peak MB':>8s}"]
     for name, r in report["levers"].items():
         if "error" in r:
             lines.append(f"{name:36s} error: {r['error'][:80]}")
             continue
+        peak = r.get(f"direct_bs{bss[-1]}", {}).get("peak_mb") if bss else None
         lines.append(f"{name:36s} {r['encode_bs1']['p50_ms']:10.2f} {before['encode_bs1']['p50_ms'] / r['encode_bs1']['p50_ms']:5.2f} "
-                     f"{r['direct_bs8']['images_per_s']:9.2f} {r['direct_bs16']['images_per_s']:10.2f} "
-                     f"{r['serve_batch']['images_per_s']:11.2f} {r['serve_batch']['images_per_s'] / before['serve_batch']['images_per_s']:5.2f} "
-                     f"{str(r['direct_bs16']['peak_mb']):>8s}")
+                     + " ".join(f"{r[f'direct_bs{b}']['images_per_s']:10.2f}" for b in bss)
+                     + f" {r['serve_batch']['images_per_s']:11.2f} {r['serve_batch']['images_per_s'] / before['serve_batch']['images_per_s']:5.2f} "
+                     f"{str(peak):>8s}")
     p = report["payload"]
     lines.append(f"payload compact: before {p['before']['p50_ms']} ms {p['before']['bytes']} B, now {p['now']['p50_ms']} ms "
                  f"{p['now']['bytes']} B ({p['before']['p50_ms'] / p['now']['p50_ms']:.2f}x)")

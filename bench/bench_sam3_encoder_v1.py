@@ -2,8 +2,8 @@
 browser payload size and fidelity, click-decoder latency. Full-size model at random initialisation
 (transformers' Sam3Config defaults: ViT-L/14 at 1008 px, 72x72 tokens, FPN 256 channels).
 
-    python bench/bench_sam3_encoder.py                      # CUDA, bf16, full size
-    python bench/bench_sam3_encoder.py --tiny --device cpu  # a smoke run of the same code on the CPU
+    python -m bench.bench_sam3_encoder                      # CUDA, bf16, full size
+    python -m bench.bench_sam3_encoder --tiny --device cpu  # a smoke run of the same code on the CPU
 
 The @serve.batch runs drive the real Segmenter deployment class in this process: its `_embedding` method
 (cache, in-flight sharing, then the @serve.batch encoder) with a Serve replica context installed, as in a
@@ -18,27 +18,24 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import torch  # noqa: E402
 
 from deployments.segmenter import Segmenter  # noqa: E402
 from deployments.segmenter.base import Point, SegmentPrompt  # noqa: E402
-from deployments.segmenter.sam3 import Sam3Segmenter  # noqa: E402
-from deployments.segmenter.sam3_encoder import pixel_values  # noqa: E402
-from deployments.segmenter.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
-from deployments.segmenter.sam3_loading import random_init_models  # noqa: E402
-from deployments.segmenter.sam3_testing import tiny_tokenizer, tiny_video_config  # noqa: E402
-from serve_app.settings import Sam3Settings  # noqa: E402
-from bench_sam3_encoder import sync, timed  # noqa: E402  (one copy of the timing helpers)
+from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
+from deployments.segmenter.sam3.encoder import pixel_values  # noqa: E402
+from tests.support.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
+from tests.support.sam3_testing import random_init_models, tiny_tokenizer, tiny_video_config  # noqa: E402
+from sam3d_common.settings import EncoderBatching, Sam3Settings  # noqa: E402
+from bench.bench_sam3_encoder import sync, timed  # noqa: E402  (one copy of the timing helpers)
 
 
 def ms(times):
@@ -233,7 +230,7 @@ def main():
     deployment = Segmenter.func_or_class({"backend": "grabcut"})
     deployment.backend = backend  # the random full-size SAM 3 (no weights to load)
     images = fresh_images(args.requests, size, 100)
-    report["serving"] = asyncio.run(serving_runs(deployment, images, args.concurrency, settings.batch_wait_timeout_s))
+    report["serving"] = asyncio.run(serving_runs(deployment, images, args.concurrency, EncoderBatching().batch_wait_timeout_s))
 
     # 4. browser payload: bytes and codec fidelity with the full-size decoder (fp32 copy of the tracker).
     fid_img = fresh_images(1, size, 7)[0]
@@ -265,7 +262,8 @@ def main():
     }
     print("prompt_ms", json.dumps(report["prompt_ms"]), flush=True)
     if not args.skip_onnx:
-        from deployments.segmenter.onnx_decoder import OnnxClickDecoder, prompt_arrays
+        from deployments.segmenter.sam3.onnx_decoder import prompt_arrays
+        from tests.support.onnx_click_decoder import OnnxClickDecoder
 
         t = time.perf_counter()
         path = backend.click_decoder_path()

@@ -10,7 +10,7 @@ std) at the real shapes: image_embed 1x256x72x72, high_res_feats_0 1x32x288x288,
   they live (on a GPU only the u8 codes would cross to the host).
 "before" is the previous code (float64 statistics, default strategy), reproduced here.
 
-    python bench/bench_sam3_payload.py [--reps 7] [--out bench/results/sam3_payload.txt]
+    python -m bench.bench_sam3_payload [--reps 7] [--out bench/results/sam3_payload.txt]
 
 Nothing here is asserted; every figure comes from the run that prints it.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import time
 import zlib
 from contextlib import contextmanager
@@ -28,9 +27,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from deployments.segmenter import embedding_codec as codec  # noqa: E402
+from deployments.segmenter.sam3 import embedding_codec as codec  # noqa: E402
 
 FULL = {"image_embed": (1, 256, 72, 72), "high_res_feats_0": (1, 32, 288, 288), "high_res_feats_1": (1, 64, 144, 144)}
 

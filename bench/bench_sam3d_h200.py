@@ -18,13 +18,14 @@ last-frame-only, plus fast mode; (b) upstream's `run()` (mesh + Gaussians decode
 noise our run drew, and the two compared: stage-1 occupancy IoU and stage-2 voxel count.
 
 On the GPU machine, from the repo root with .sam3d carried:
-    . .sam3d/setup.sh && python3 bench/bench_sam3d_h200.py --out $OUT
+    . .sam3d/setup.sh && python -m bench.bench_sam3d_h200 --out $OUT
 Output: $OUT/sam3d_h200.json (copy to bench/results/).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import sys
@@ -37,7 +38,6 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -46,7 +46,8 @@ ap.add_argument("--steps", type=int, default=25)
 ap.add_argument("--target-voxels", type=int, default=30_000)
 ap.add_argument("--tiny", action="store_true", help="1-block transformers (dry run of the code paths)")
 ap.add_argument("--cpu", action="store_true", help="tiny dry run on the CPU (bench/sam3d_cpu_dryrun.py)")
-ap.add_argument("--quick", action="store_true", help="cadence 1, compile off and upstream only")
+ap.add_argument("--quick", action="store_true", help="no cadence-5 run and no decoder-preview levers")
+ap.add_argument("--levers", default="", help="comma-separated lever names to run (default: all)")
 ap.add_argument("--deadline", type=float, default=520.0, help="skip remaining runs after this many s")
 ARGS = ap.parse_args()
 ARGS.tiny = ARGS.tiny or ARGS.cpu
@@ -83,8 +84,7 @@ import torch  # noqa: E402
 CUDA = torch.cuda.is_available() and not ARGS.cpu
 CPU_MODE = None
 if ARGS.cpu:
-    sys.path.insert(0, str(ROOT / "bench"))
-    import sam3d_cpu_dryrun
+    from bench import sam3d_cpu_dryrun
 
     CPU_MODE = sam3d_cpu_dryrun.install()
 R["gpu"] = torch.cuda.get_device_name(0) if CUDA else "cpu"
@@ -221,8 +221,8 @@ def main():
     from deployments.reconstructor.base import ReconstructOptions, Reconstruction, StepFrame
     from deployments.reconstructor.sam3d import Sam3dReconstructor
     from deployments.reconstructor.sam3d_upstream import UpstreamModel, import_pipeline
-    from serve_app.settings import MeshBakerSettings, Sam3dSettings
-    from serve_app.store import ArtifactStore
+    from sam3d_common.settings import MeshBakerSettings, Sam3dSettings
+    from sam3d_common.store import ArtifactStore
     from skimage import data as skdata
 
     image = skdata.coffee()  # 400x600 RGB
@@ -286,7 +286,8 @@ def main():
         seen["downsample_factor"] = self.downsample_factor
 
     sam3d_run.UpstreamRun.start_appearance = start_appearance
-    for name in ("geometry_step", "geometry_preview", "appearance_step", "appearance_preview", "finish"):
+    for name in ("prepare", "geometry_step", "geometry_preview", "start_appearance", "appearance_step",
+                 "appearance_preview", "finish"):
         setattr(sam3d_run.UpstreamRun, name, timed(name, getattr(sam3d_run.UpstreamRun, name)))
 
     # Calibrate the decoder offset on a full geometry pass of the benchmark's seed.
@@ -324,6 +325,42 @@ def main():
         return frames, final, time.perf_counter() - t
 
     reference = [None]
+    final_of: dict = {}
+
+    def step_ms(run, name):
+        return (run or {}).get("timers_ms", {}).get(name)
+
+    @contextlib.contextmanager
+    def device_context():
+        """The old UpstreamRun._ctx: a default-device context (a torch function mode) around
+        every call, to measure what dropping it gained."""
+        real = sam3d_run.UpstreamRun._ctx
+
+        def ctx(self, dtype):
+            stack = real(self, dtype)
+            stack.enter_context(self.device)
+            return stack
+
+        sam3d_run.UpstreamRun._ctx = ctx
+        try:
+            yield
+        finally:
+            sam3d_run.UpstreamRun._ctx = real
+
+    def bake_threads(final):
+        """The decoded bake with its three jobs on threads (the default) and one after another."""
+        if final is None:
+            return
+        out = {}
+        for n in (1, MeshBakerBackend.bake_threads, 1, MeshBakerBackend.bake_threads):
+            b = MeshBakerBackend(MeshBakerSettings(), baker.store)
+            b.bake_threads = n
+            t = time.perf_counter()
+            b.bake(final, uuid.uuid4().hex, BakeOptions())
+            out.setdefault(f"threads_{n}_s", []).append(round(time.perf_counter() - t, 3))
+        R["bake_threads"] = out
+        log("bake threads", out)
+        save()
     occupancies: dict = {}
 
     def iou(a, b):
@@ -362,6 +399,7 @@ def main():
              "compiled": bool(model.settings.compile_geometry and model.compiled_blocks),
              "timers_ms": {k: ms(k) for k in sorted(TIMES)}}
         occupancies[tag] = seen.get("local_occupancy")
+        final_of[tag] = final
         R[tag] = r
         log(tag, json.dumps({k: v for k, v in r.items() if k != "timers_ms"}))
         save()
@@ -372,13 +410,26 @@ def main():
     blocks = transformer_blocks(p.models["ss_generator"].reverse_fn.backbone)
     R["compiled_blocks"] = model.compiled_blocks
 
+    app_backbone = p.models["slat_generator"].reverse_fn.backbone
+    app_blocks = list(getattr(app_backbone, "blocks", None) or transformer_blocks(app_backbone))
+
     def with_settings(**update):
+        """Settings for the next runs; blocks (re)compiled as UpstreamModel would, then the
+        replica's warm-up, so that compiling is not counted in the run."""
+        before = model.settings
         model.settings = settings.model_copy(update=update)
-        for b in blocks:  # compiled at build when compile_geometry is on (the default)
-            if model.settings.compile_geometry and model.compiled_blocks:
-                b.compile()
-            else:
-                b._compiled_call_impl = None
+        s = model.settings
+        for group, on, kw in ((blocks, s.compile_geometry, {}),
+                              (app_blocks, s.compile_appearance, {"dynamic": True})):
+            for b in group:
+                if on and CUDA:
+                    b.compile(mode=s.compile_mode, **kw)
+                else:
+                    b._compiled_call_impl = None
+        keys = ("compile_geometry", "compile_appearance", "compile_mode")
+        if any(getattr(before, k) != getattr(s, k) for k in keys) and s.warm_up:
+            log("re-warm-up", R.setdefault("re_warm_up_s", {}).setdefault(
+                "/".join(f"{k}={getattr(s, k)}" for k in keys), round(model.warm_up(), 2)))
 
     with_settings()
     R["warm_up_s"] = round(model.warm_up(), 2)  # what a replica does before it reports healthy
@@ -387,27 +438,16 @@ def main():
     c1 = ours("ours_cadence1", 1)
     reference[0] = seen.get("local_occupancy")
     ours_slat = seen.get("slat_voxels")
-    c5 = last = None
-    if not ARGS.quick:
-        c5 = ours("ours_cadence5", 5)
-        last = ours("ours_last_frame_only", ARGS.steps)
-        ours("ours_fast", 1, fast=True)
-    # Each lever switched from its default on its own, at cadence 1.
-    levers = {"compile_off": {"compile_geometry": False},
-              "previews_by_decoder_fp16": {"preview_colors": "decoder"},
-              "previews_by_decoder_fp32": {"preview_colors": "decoder", "preview_dtype": "float32"}}
-    eager_noise, eager_slat = [], None
-    for tag, update in levers.items():
-        if ARGS.quick and tag != "compile_off":
-            continue
-        with_settings(**update)
-        ours("lever_" + tag, 1)
-        if tag == "compile_off":  # upstream's run() is eager: it gets this run's noise
-            eager_noise, eager_slat = list(drawn), seen.get("slat_voxels")
+    last = ours("ours_last_frame_only", ARGS.steps)
+    ours("ours_fast", 1, fast=True)
+    c5 = None if ARGS.quick else ours("ours_cadence5", 5)
+    bake_threads(final_of.get("ours_cadence1"))
+    # Each lever switched from its default on its own, at cadence 1. compile_off first: upstream's
+    # run() (eager, as upstream has it) gets that run's noise.
+    with_settings(compile_geometry=False)
+    ours("lever_compile_off", 1)
+    eager_noise, eager_slat = list(drawn), seen.get("slat_voxels")
     eager_occ = occupancies.get("lever_compile_off")
-    with_settings(compile_geometry=False)  # upstream's run() as upstream has it: eager
-    R["levers_image_to_glb_s"] = {"defaults": c1 and c1["image_to_glb_s"], **{
-        tag: R.get("lever_" + tag, {}).get("image_to_glb_s") for tag in levers}}
 
     # Upstream's own run() from the same noise.
     def upstream_run():
@@ -458,8 +498,33 @@ def main():
         log(tag, json.dumps(up))
         save()
 
-    def step_ms(run, name):
-        return (run or {}).get("timers_ms", {}).get(name)
+    levers = {"compile_off": None,
+              "preview_refit_every_12": {"preview_refit_every": 12},
+              "device_context": {},
+              "compile_reduce_overhead": {"compile_mode": "reduce-overhead"},
+              "compile_appearance": {"compile_appearance": True},
+              "previews_by_decoder_fp16": {"preview_colors": "decoder"},
+              "previews_by_decoder_fp32": {"preview_colors": "decoder", "preview_dtype": "float32"}}
+    for tag, update in levers.items():
+        if update is None or (ARGS.quick and tag.startswith("previews")) or (
+                ARGS.levers and tag not in ARGS.levers.split(",")):
+            continue
+        try:
+            with_settings(**update)
+        except Exception as exc:  # noqa: BLE001 - a lever that cannot be set is reported
+            R["lever_" + tag] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        if tag == "device_context":
+            with device_context():
+                ours("lever_" + tag, 1)
+        else:
+            ours("lever_" + tag, 1)
+    R["levers_image_to_glb_s"] = {"defaults": c1 and c1["image_to_glb_s"], **{
+        tag: R.get("lever_" + tag, {}).get("image_to_glb_s") for tag in levers}}
+    R["levers_step_ms"] = {tag: {k: step_ms(R.get(run), k) for k in ("geometry_step", "appearance_step")}
+                           for tag, run in [("defaults", "ours_cadence1")]
+                           + [(t, "lever_" + t) for t in levers]}
+
 
     R["summary"] = {
         "gpu": R["gpu"], "params_M": R["params_M"], "steps": ARGS.steps,

@@ -2,28 +2,26 @@
 side by side in one Serve instance: growth of the proxy's and replicas' memory, bytes the
 server queued, frames sent and coalesced.
 
-    python bench/bench_slow_reader.py [--out bench/results/slow_reader.txt]
+    python -m bench.bench_slow_reader [--out bench/results/slow_reader.txt]
 """
 from __future__ import annotations
 
 import argparse
 import base64
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
-from conftest import deploy_config, free_port, local_config  # noqa: E402
-from photos import photo_bytes  # noqa: E402
-from raw_http import RawStream, serve_rss_mb  # noqa: E402
+from tests.conftest import deploy_config, free_port, local_config  # noqa: E402
+from tests.photos import photo_bytes  # noqa: E402
+from tests.raw_http import RawStream, serve_rss_mb  # noqa: E402
 from serve_app.client import iter_events  # noqa: E402
 from serve_app.protocol import parse_sse  # noqa: E402
 

@@ -5,29 +5,26 @@ RSS before and after, and how many requests completed.
 One process stands in for every replica here, so RSS is the whole graph's; the per-replica
 figures need the Serve run (not written yet).
 
-    python bench/bench_soak.py [--requests 200] [--out bench/results/soak.txt]
+    python -m bench.bench_soak [--requests 200] [--out bench/results/soak.txt]
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import psutil  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from photos import photo_bytes  # noqa: E402
+from tests.photos import photo_bytes  # noqa: E402
 from serve_app.ingress import build_fastapi_app  # noqa: E402
 from serve_app.local import LocalClients  # noqa: E402
 from serve_app.protocol import parse_sse  # noqa: E402
 from serve_app.service import GenerateService  # noqa: E402
-from serve_app.settings import load_settings  # noqa: E402
-from serve_app.store import ArtifactStore  # noqa: E402
+from sam3d_common.settings import load_settings  # noqa: E402
+from sam3d_common.store import ArtifactStore  # noqa: E402
 
 SMALL = {"reconstructor": {"grid_size": 32, "inflation": {"geometry_steps": 3, "appearance_steps": 2}},
          "segmenter": {"grabcut": {"max_side": 160, "iterations": 2}}}

@@ -7,7 +7,7 @@ rasterise + nearest full-mesh vertex + gutter fill; PNG + GLB), next to the time
 baker already spends on the same mesh (decimate + model.glb), as a ratio.
 With --compare-default, also xatlas' default chart options (one refinement iteration).
 
-    python bench/bench_texture_bake.py [--faces 2000000] [--budget 200000] [--size 2048]
+    python -m bench.bench_texture_bake [--faces 2000000] [--budget 200000] [--size 2048]
         [--compare-default] [--out bench/results/texture_bake.txt]
 
 All figures come from the one run that prints them; nothing here is asserted.
@@ -18,14 +18,11 @@ import argparse
 import io
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
 
 import trimesh  # noqa: E402
 import xatlas  # noqa: E402

@@ -1,6 +1,6 @@
 """The viewer in headless Chromium: voxel frame decode + upload, click → mask, GLB orbit frame rate.
 
-    python bench/bench_viewer_browser.py [--out bench/results/viewer_browser.json]
+    python -m bench.bench_viewer_browser [--out bench/results/viewer_browser.json]
 
 Starts tests/viewer_server.py with a tiny random-weight SAM 3 (so clicks are decoded in the browser),
 puts the benchmark inputs in its artifact store, and runs bench/viewer_browser.mjs in the system
@@ -39,13 +39,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
-from bench_codec import frames_30k  # noqa: E402
-from meshopt_glb import meshopt_glb, sphere  # noqa: E402
-from photos import DATA  # noqa: E402
+from bench.bench_codec import frames_30k  # noqa: E402
+from tests.meshopt_glb import meshopt_glb, sphere  # noqa: E402
+from tests.photos import DATA  # noqa: E402
 from serve_app.protocol import StreamEncoder  # noqa: E402
-from serve_app.store import ArtifactStore  # noqa: E402
+from sam3d_common.store import ArtifactStore  # noqa: E402
 
 BENCH_ID = "0000000000000000000000000000beef"
 
@@ -59,7 +58,7 @@ def full_size_decoder(path: Path, fast: bool = True) -> Path:
     import transformers.models.sam3_tracker.modeling_sam3_tracker as tracker_modules
     from transformers import Sam3TrackerConfig
 
-    from deployments.segmenter.onnx_decoder import export_click_decoder
+    from deployments.segmenter.sam3.onnx_decoder import export_click_decoder
 
     torch.manual_seed(0)
     cfg = Sam3TrackerConfig()

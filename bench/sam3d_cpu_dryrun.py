@@ -54,4 +54,33 @@ def install() -> type:
     from deployments.reconstructor import sam3d_upstream
 
     sam3d_upstream.cuda_problem = lambda: None
+    real_import = sam3d_upstream.import_pipeline
+
+    def import_pipeline():  # upstream's import-time set_attention_backend() needs a GPU's name
+        real = torch.cuda.is_available, torch.cuda.get_device_name
+        torch.cuda.is_available, torch.cuda.get_device_name = (lambda: True), (lambda *a: "CPU dry run")
+        try:
+            return real_import()
+        finally:
+            torch.cuda.is_available, torch.cuda.get_device_name = real
+
+    sam3d_upstream.import_pipeline = import_pipeline
+    _shorten_dinov2()
     return CudaToCpu
+
+
+def _shorten_dinov2(keep: int = 4) -> None:
+    """DINOv2-L (the condition embedders' and MoGe's) with its last `keep` blocks only: MoGe
+    reads the last 4; at full depth one prepare takes minutes on a CPU."""
+    from moge.model.dinov2.hub import backbones
+
+    def shortened(build):
+        def wrapper(*args, **kwargs):
+            model = build(*args, **kwargs)
+            model.blocks = model.blocks[-keep:]
+            model.n_blocks = len(model.blocks)
+            return model
+        return wrapper
+
+    for name in [n for n in dir(backbones) if n.startswith("dinov2_")]:
+        setattr(backbones, name, shortened(getattr(backbones, name)))

@@ -163,7 +163,8 @@ def build_manifest(serve_config_text: str) -> dict:
                {"containerPort": SERVE_PORT, "name": "serve"}])
     cpu_worker = _container(
         "ray-worker", IMAGE_CPU, cpu=16, memory="32Gi", probes=_worker_probes(),
-        env=[_secret_env("OPENAI_API_KEY", "sam3d-llm", "api-key")])
+        env=[_secret_env("OPENAI_API_KEY", "sam3d-llm", "api-key"),
+             _secret_env("SAM3D_JOBS_REDIS_PASSWORD", "sam3d-redis", "password")])
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",

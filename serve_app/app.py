@@ -18,8 +18,8 @@ from deployments.segmenter import Segmenter
 from serve_app.handles import HandleClients
 from serve_app.schemas import GenerateRequest
 from serve_app.service import GenerateService
-from serve_app.settings import load_settings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import ConfigError, load_settings
+from sam3d_common.store import ArtifactStore
 from serve_app.wire import FrameWriter, paced
 
 
@@ -79,7 +79,7 @@ class Ingress:
 
         `request` takes the JSON fields of POST /v1/generate; `image` an HxWx3 uint8 array.
         Yields the same events as the HTTP stream (frames encoded in `request["encoding"]`).
-        Bad input raises deployments.errors.BadInput before the first event.
+        Bad input raises sam3d_common.errors.BadInput before the first event.
         """
         req = GenerateRequest.model_validate(request)
         job = await self.service.prepare(req, image_array=image)
@@ -100,6 +100,12 @@ def build_app(args: dict | None = None):
     if "://" not in url:
         # Replicas may start in another working directory; pin the folder the operator meant.
         raw["store"]["url"] = os.path.abspath(url)
+    jobs_url = raw["jobs"]["store_url"]
+    if jobs_url is None and "://" in url and not url.startswith("file://"):
+        raise ConfigError("invalid sam3d-serve configuration:\n  args.jobs.store_url: must be set "
+                          f"(redis://host:port/db) when store.url is not a local folder ({url})")
+    if jobs_url and jobs_url.startswith("sqlite:///") and not jobs_url.startswith("sqlite:////"):
+        raw["jobs"]["store_url"] = "sqlite:///" + os.path.abspath(jobs_url.removeprefix("sqlite:///"))
     stages = (
         PromptEnhancer.bind(raw["prompt_enhancer"]),
         ImageGenerator.bind(raw["image_generator"]),

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from serve_app.http_util import send_error
-from serve_app.settings import AuthSettings, ConfigError
+from sam3d_common.settings import AuthSettings, ConfigError
 
 OPEN_PREFIXES = ("/v1/artifacts/", "/v1/models/")
 OPEN_PATHS = ("/v1/protocol",)

@@ -19,7 +19,7 @@ from typing import Iterator
 import httpx
 import numpy as np
 
-from serve_app.protocol import FRAME_EVENTS, PROTOCOL_VERSION, SSEParser, StreamDecoder, seed_codec
+from serve_app.protocol import FRAME_EVENTS, PROTOCOL_VERSION, SSEParser, StreamDecoder, full_codec
 
 
 class GenerateError(RuntimeError):
@@ -159,8 +159,8 @@ class FrameDecoder:
 
     def decode(self, event: dict) -> tuple[np.ndarray, np.ndarray]:
         enc = event.get("encoding")
-        if enc == seed_codec.ENCODING_NAME:
-            coords, colors = seed_codec.decode(event)
+        if enc == full_codec.ENCODING_NAME:
+            coords, colors = full_codec.decode(event)
             return np.rint(coords).astype(np.int64), colors
         if enc == "compact":
             frame = self._compact.decode_event(event)

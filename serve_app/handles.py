@@ -8,7 +8,7 @@ import numpy as np
 from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import Reconstruction, ReconstructOptions
 from deployments.segmenter.base import SegmentPrompt
-from serve_app.store import ArtifactStore
+from sam3d_common.store import ArtifactStore
 
 
 class HandleClients:

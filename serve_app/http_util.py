@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 
-from deployments.errors import BadInput, as_stage_error
+from sam3d_common.errors import BadInput, as_stage_error
 
 log = logging.getLogger("sam3d.http")
 

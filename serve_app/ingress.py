@@ -11,21 +11,21 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
-from deployments.errors import BadInput, StageError
+from sam3d_common.errors import StageError
 from serve_app.capabilities import build_capabilities_router
 from serve_app.protocol import (BINARY_MEDIA_TYPE, ENCODINGS, EVENT_FIELDS, EVENT_TYPES,
                                 PROTOCOL_VERSION, STAGES)
 from serve_app.schemas import GenerateRequest
-from serve_app.http_util import (UnsupportedMediaType, error_response, exception_response, form_data,
-                                 json_object, media_type, parse_json, validation_message)
+from serve_app.http_util import error_response, exception_response, validation_message
 from serve_app.offline_docs import add_offline_docs
+from serve_app.request_parsing import MULTIPART_BODY, parse_generate
 from serve_app.service import GenerateService
 from serve_app.admission import StreamAdmission
 from serve_app.auth import install_auth
 from serve_app.headers import install_headers
 from serve_app.metrics import MetricsMiddleware
 from serve_app.openapi import errors, install_openapi, ref
-from serve_app.store import CONTENT_TYPES, ArtifactNotFound, InvalidArtifactRef, content_type
+from sam3d_common.store import CONTENT_TYPES, ArtifactNotFound, ArtifactPending, InvalidArtifactRef, content_type
 from serve_app.stream_response import WatchedStreamingResponse
 from serve_app.wire import FrameWriter, binary_body, paced
 
@@ -34,7 +34,6 @@ TIMEOUT_HEADER = "x-request-timeout-seconds"
 NO_DISCONNECT_HEADER = "x-request-disconnect-disabled"
 
 STATIC = Path(__file__).parent / "static"
-_JSON_LIST_FIELDS = ("point_prompts", "box_prompts", "mask_b64")
 
 _GENERATE_DOC = """Stream a 3D object taking shape, as Server-Sent Events.
 
@@ -67,44 +66,11 @@ class IsolatedStaticFiles(StaticFiles):
         return response
 
 
-async def parse_generate(request: Request, max_json_bytes: int = 64 * 1024 * 1024
-                         ) -> tuple[GenerateRequest, bytes | None, list[bytes]]:
-    ctype = media_type(request)
-    image_bytes, masks = None, []
-    if ctype == "multipart/form-data":
-        form = await form_data(request)
-        fields: dict = {}
-        for key, value in form.multi_items():
-            if hasattr(value, "read"):
-                data = await value.read()
-                if key == "image":
-                    image_bytes = data
-                elif key == "mask":
-                    masks.append(data)
-                else:
-                    raise BadInput(f"unexpected file field {key!r}; use `image` and `mask`")
-            elif key in _JSON_LIST_FIELDS:
-                fields[key] = parse_json(value, key)
-            elif value != "":
-                fields[key] = value
-    elif ctype == "application/json":
-        fields = await json_object(request, max_json_bytes)
-    else:
-        raise UnsupportedMediaType("send application/json or multipart/form-data")
-    return GenerateRequest.model_validate(fields), image_bytes, masks
-
-
 _STREAM_200 = {"description": "the stream: SSE, or binary records with `Accept: application/octet-stream`",
                "content": {"text/event-stream": {"schema": {"type": "string"}},
                            BINARY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
 _ARTIFACT_200 = {"description": "the artifact's bytes", "content": {
     t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(set(CONTENT_TYPES.values()))}}
-MULTIPART_BODY = {"type": "object", "properties": {
-    "image": {"type": "string", "format": "binary", "description": "the photo"},
-    "mask": {"type": "array", "items": {"type": "string", "format": "binary"},
-             "description": "object mask PNG(s), repeatable"},
-    **{k: {"type": "string", "description": "JSON text, as in the JSON body"} for k in _JSON_LIST_FIELDS},
-}, "additionalProperties": {"type": "string", "description": "any other GenerateRequest field, as text"}}
 
 
 def client_stream_policy(request: Request, honor: bool) -> tuple[float | None, bool]:
@@ -157,7 +123,8 @@ def build_fastapi_app(service: GenerateService, segmenter=None, jobs=None) -> Fa
     from serve_app.routes_jobs import build_jobs_router
 
     app.include_router(build_jobs_router(
-        service, jobs if jobs is not None else JobManager(service.clients, service.store, service.settings)))
+        service, jobs if jobs is not None else JobManager(service.clients, service.store, service.settings),
+        streams))
     install_openapi(app, models)
     if service.settings.limits.max_active_streams:  # inside auth: a key's quota is checked first
         app.add_middleware(StreamAdmission, limit=service.settings.limits.max_active_streams)
@@ -222,6 +189,9 @@ def build_fastapi_app(service: GenerateService, segmenter=None, jobs=None) -> Fa
             data = service.store.get(artifact_id, name)
         except InvalidArtifactRef as exc:
             return error_response(400, "bad_artifact_ref", str(exc))
+        except ArtifactPending:
+            return error_response(404, "not_found", f"no artifact {artifact_id}/{name} yet: a job's "
+                                  "artifacts appear when it has succeeded")
         except ArtifactNotFound:
             return error_response(404, "not_found", f"no artifact {artifact_id}/{name}")
         # One request's private result: no shared caches, kept no longer than the store keeps it.
@@ -234,7 +204,7 @@ def build_fastapi_app(service: GenerateService, segmenter=None, jobs=None) -> Fa
         return {"version": PROTOCOL_VERSION, "event_types": list(EVENT_TYPES), "stages": list(STAGES),
                 "event_fields": EVENT_FIELDS, "encodings": list(ENCODINGS)}
 
-    @app.get("/healthz", summary="Liveness and the configured backends")
+    @app.get("/healthz", summary="Liveness: the ingress answers (the backends: GET /v1/capabilities)")
     async def healthz():
         return {"status": "ok", "protocol_version": PROTOCOL_VERSION}
 

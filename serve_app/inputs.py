@@ -15,8 +15,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from deployments.errors import BadInput
-from serve_app.settings import LimitsSettings
+from sam3d_common.errors import BadInput
+from sam3d_common.settings import LimitsSettings
 from serve_app.url_fetch import fetch_image
 
 # What PIL decodes here without plugins; named in the message for anything else.

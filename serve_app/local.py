@@ -11,8 +11,8 @@ from deployments.mesh_baker.bake import MeshBakerBackend
 from deployments.prompt_enhancer import make_backend as make_enhancer
 from deployments.reconstructor import make_backend as make_reconstructor
 from deployments.segmenter import make_backend as make_segmenter
-from serve_app.settings import AppSettings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import AppSettings
+from sam3d_common.store import ArtifactStore
 
 
 class LocalClients:

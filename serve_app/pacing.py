@@ -21,7 +21,7 @@ from collections import deque
 from typing import AsyncIterator, Callable
 
 from serve_app.protocol import FRAME_EVENTS
-from serve_app.settings import StreamSettings
+from sam3d_common.settings import StreamSettings
 
 _END = object()
 

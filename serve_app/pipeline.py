@@ -8,21 +8,23 @@ stream writer encodes them for the wire in the request's encoding.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Protocol
+from typing import AsyncIterator, Protocol
 
 import numpy as np
 
-from deployments.errors import BadInput, QueueTimeout, StageTimeout
+from sam3d_common.errors import BadInput
 from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import Reconstruction, ReconstructOptions, StepFrame
 from deployments.segmenter.base import SegmentPrompt, SegmentResult
 from serve_app.inputs import at_size, png_bytes
-from serve_app.protocol import make_event
-from serve_app.settings import TimeoutSettings
-from serve_app.waiting import LINE, WaitLine
+from serve_app.protocol import Encoding, make_event
+from serve_app.time_limits import QueueNotice, timed_stream, within
+from serve_app.waiting import LINE
+from sam3d_common.settings import TimeoutSettings
 
 log = logging.getLogger("sam3d.pipeline")
 
@@ -39,8 +41,9 @@ class Job:
     prompt: str | None
     image: np.ndarray | None
     seg_prompt: SegmentPrompt
-    options: ReconstructOptions
-    encoding: str = "seed"
+    options: ReconstructOptions  # its seed is left unset: the reconstructor gets `seed` below
+    encoding: Encoding = "compact"
+    seed: int | None = None  # the request's seed, for every stage that samples (generator, reconstructor)
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     bake: BakeOptions = field(default_factory=BakeOptions)
     # The user's mask (seg_prompt.mask) is the object: the segmenter stage is skipped.
@@ -91,71 +94,6 @@ class Progress:
         return event
 
 
-async def _within(aw: Awaitable, seconds: float, stage: str):
-    try:
-        return await asyncio.wait_for(aw, seconds)
-    except asyncio.TimeoutError:
-        raise StageTimeout(f"the {stage} stage took longer than its {seconds:g} s limit") from None
-
-
-@dataclass
-class QueueNotice:
-    """The request still waits for a reconstructor slot: its place in line (serve_app.waiting)."""
-
-    position: int
-    waiting: int
-    waited_s: float
-
-
-async def _timed_stream(agen: AsyncIterator, first_s: float, gap_s: float, line: WaitLine | None = None,
-                        notice_s: float = 0.25) -> AsyncIterator:
-    """Items of a downstream stream, with a limit on the first (queueing) and on each gap.
-
-    Until the first item arrives the request holds a place in `line`; every `notice_s` of that
-    wait a QueueNotice is yielded when the place changed (the first one after `notice_s`).
-    """
-    it = agen.__aiter__()
-    nxt = asyncio.ensure_future(it.__anext__())
-    t0 = time.monotonic()
-    try:
-        with (line if line is not None else WaitLine()).waiting() as ticket:
-            shown = None
-            while not nxt.done():
-                left = first_s - (time.monotonic() - t0)
-                if left <= 0:
-                    raise QueueTimeout(f"no reconstructor could take the request within {first_s:g} s; "
-                                       "retry in a while")
-                await asyncio.wait({nxt}, timeout=min(left, notice_s))
-                if not nxt.done() and line is not None:
-                    place = (line.position(ticket), len(line))
-                    if place != shown:
-                        shown = place
-                        yield QueueNotice(place[0], place[1], time.monotonic() - t0)
-        try:
-            item = nxt.result()
-        except StopAsyncIteration:
-            return
-        yield item
-        while True:
-            try:
-                item = await asyncio.wait_for(it.__anext__(), gap_s)
-            except StopAsyncIteration:
-                return
-            except asyncio.TimeoutError:
-                raise StageTimeout(f"the reconstructor made no progress for {gap_s:g} s") from None
-            yield item
-    finally:
-        if not nxt.done():
-            nxt.cancel()
-            try:
-                await nxt
-            except BaseException:  # noqa: BLE001 - the cancelled wait ends however it ends
-                pass
-        aclose = getattr(it, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
 async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
     """Yield the request's events in protocol order. Stage errors propagate as exceptions."""
     text_route = job.image is None
@@ -168,15 +106,15 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
     if text_route:
         t = time.monotonic()
         yield p.stamp(make_event("loading", stage="prompt_enhancer", message="enhancing the prompt"))
-        enhanced = await _within(clients.enhance(job.prompt), to.prompt_enhancer_s, "prompt enhancer")
+        enhanced = await within(clients.enhance(job.prompt), to.prompt_enhancer_s, "prompt enhancer")
         timings["prompt_enhancer"] = time.monotonic() - t
         if not seg_prompt.label:
             seg_prompt.label = enhanced.segmentation_label
         yield p.stamp(make_event("loading", stage="image_generator", message=enhanced.image_prompt,
                                  segmentation_label=seg_prompt.label))
         t = time.monotonic()
-        image = await _within(clients.generate_image(enhanced.image_prompt, job.options.seed),
-                              to.image_generator_s, "image generator")
+        image = await within(clients.generate_image(enhanced.image_prompt, job.seed),
+                             to.image_generator_s, "image generator")
         timings["image_generator"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -186,7 +124,7 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
         seg = SegmentResult(mask=seg_prompt.mask, score=None, backend="user_mask")
         found = "using the given mask"
     else:
-        seg = await _within(clients.segment(image, seg_prompt), to.segmenter_s, "segmenter")
+        seg = await within(clients.segment(image, seg_prompt), to.segmenter_s, "segmenter")
         found = "object found"
     mask = np.asarray(seg.mask, dtype=bool)
     if mask.shape != image.shape[:2] or not mask.any():
@@ -204,9 +142,10 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
 
     t = time.monotonic()
     recon = None
+    options = dataclasses.replace(job.options, seed=job.seed)
     took = False
-    async for item in _timed_stream(clients.reconstruct(image, mask, job.options), to.queue_s, to.step_s,
-                                    LINE, to.queue_notice_s):
+    async for item in timed_stream(clients.reconstruct(image, mask, options), to.queue_s, to.step_s,
+                                   LINE, to.queue_notice_s):
         if isinstance(item, QueueNotice):
             yield p.stamp(make_event("loading", stage="queue", message=f"waiting for a GPU: number "
                                      f"{item.position} in line", queue_position=item.position,
@@ -228,7 +167,7 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
 
     t = time.monotonic()
     yield p.stamp(make_event("loading", stage="mesh_baker", message="meshing"))
-    baked = await _within(clients.bake(recon, job.request_id, job.bake), to.mesh_baker_s, "mesh baker")
+    baked = await within(clients.bake(recon, job.request_id, job.bake), to.mesh_baker_s, "mesh baker")
     timings["mesh_baker"] = time.monotonic() - t
     yield p.stamp(make_event("mesh_preview", stage="mesh_baker", step=1, total_steps=1, **baked.preview))
     base = f"/v1/artifacts/{job.request_id}"
@@ -240,8 +179,8 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
         t = time.monotonic()
         yield p.stamp(make_event("loading", stage="store", message="baking the texture"))
         try:
-            size = await _within(clients.bake_texture(recon, job.request_id, job.bake),
-                                 to.mesh_baker_s, "texture baker")
+            size = await within(clients.bake_texture(recon, job.request_id, job.bake),
+                                to.mesh_baker_s, "texture baker")
         except Exception:  # an optional extra: its failure must not lose the finished artifacts
             log.exception("request %s: texture bake failed", job.request_id)
             size = None

@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from serve_app.http_util import error_response, exception_response, validation_message
-from serve_app.ingress import MULTIPART_BODY, parse_generate
+from serve_app.ingress import _registered
+from serve_app.request_parsing import MULTIPART_BODY, parse_generate
 from serve_app.openapi import errors, ref
 from serve_app.schemas import GenerateRequest
 from serve_app.protocol import BINARY_MEDIA_TYPE, format_sse
@@ -58,7 +59,10 @@ def _after(request: Request) -> int | None:
     return value if value >= -1 else None
 
 
-def build_jobs_router(service: GenerateService, jobs) -> APIRouter:
+def build_jobs_router(service: GenerateService, jobs, streams: dict | None = None) -> APIRouter:
+    """`streams`: the ingress's registry of running streams' writers, so that
+    POST /v1/streams/{job_id}/keyframe reaches a job's events stream on this replica too."""
+    streams = {} if streams is None else streams
     router = APIRouter(tags=["jobs"])
 
     @router.post("/v1/jobs", status_code=202, summary="Start a job that outlives the connection",
@@ -124,7 +128,7 @@ def build_jobs_router(service: GenerateService, jobs) -> APIRouter:
             body, media_type = binary_body(_no_cursor(stream), service.settings.stream, writer), BINARY_MEDIA_TYPE
         else:
             body, media_type = paced(stream, service.settings.stream, sse), "text/event-stream"
-        return WatchedStreamingResponse(body, media_type=media_type,
+        return WatchedStreamingResponse(_registered(streams, job_id, writer, body), media_type=media_type,
                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                                                  "X-Sam3d-Request-Id": job_id})
 

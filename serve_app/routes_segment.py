@@ -13,36 +13,30 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field, ValidationError
 
-from deployments.errors import BadInput, StageError, as_stage_error
+from sam3d_common.errors import BadInput, StageError, as_stage_error
 from deployments.segmenter.base import Box, Point, SegmentPrompt
-from deployments.segmenter.sam3_encoder import image_id
+from deployments.segmenter.sam3.encoder import image_id
 from serve_app.http_util import exception_response, form_data, json_object, media_type, validation_message
 from serve_app.inputs import b64_bytes, decode_image, decode_mask, fit_image, png_bytes
 from serve_app.openapi import errors, ref
-from serve_app.schemas import RequestModel
-from serve_app.settings import LimitsSettings
+from serve_app.schemas import PointPrompt, RequestModel
+from sam3d_common.settings import LimitsSettings
 
 ONNX_ROUTE = "/v1/models/sam3-click-decoder.onnx"
-
-
-class PointIn(RequestModel):
-    x: float = Field(..., allow_inf_nan=False)
-    y: float = Field(..., allow_inf_nan=False)
-    label: Literal[0, 1] = Field(1, description="1 object, 0 background")
 
 
 class SegmentRequest(RequestModel):
     embedding_id: str | None = Field(None, max_length=128)
     image_b64: str | None = None
     label: str | None = Field(None, max_length=200)
-    points: list[PointIn] = Field(default_factory=list, max_length=64)
+    points: list[PointPrompt] = Field(default_factory=list, max_length=64)
     box: tuple[float, float, float, float] | None = Field(None, description="x_min, y_min, x_max, y_max")
     mask_b64: str | None = Field(None, description="PNG of a mask to refine, image-sized")
     max_instances: int = Field(10, ge=0, le=100)
@@ -75,7 +69,7 @@ class SegmenterHandleAdapter:
 
 
 def _encodings(payload: bytes) -> dict[str, str]:
-    from deployments.segmenter.embedding_codec import read_header
+    from deployments.segmenter.sam3.embedding_codec import read_header
 
     header, _, _ = read_header(payload)
     return {t["name"]: t["encoding"] for t in header["tensors"]}

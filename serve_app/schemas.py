@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from serve_app.protocol import Encoding
+
 MAX_COORD = 1_000_000  # pixels; far beyond any image the limits let in
 
 
@@ -76,8 +78,9 @@ class GenerateRequest(RequestModel):
                           "backends that decode a mesh (SAM 3D Objects); the embedded backend ignores it")
     texture_size: int = Field(2048, ge=512, le=4096, description="width and height of the baked "
                               "texture in texels (with `texture`)")
-    encoding: str = Field("compact", description="voxel frame encoding: `compact` (default; see "
-                          "docs/frame-format.md) or `seed` (the seed app's 6 bytes per voxel)")
+    encoding: Encoding = Field("compact", description="voxel frame encoding: `compact` (default; see "
+                               "docs/frame-format.md) or `full` (6 bytes per voxel, every frame whole; "
+                               "`seed`, its former name, is accepted too)")
 
     @model_validator(mode="after")
     def _one_source(self):

@@ -8,19 +8,20 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from deployments.errors import BadInput, NotConfigured, StageError, StageTimeout, as_stage_error
+from sam3d_common.errors import BadInput, NotConfigured, StageError, as_stage_error
 from deployments.image_generator.unavailable import MESSAGE as NO_GENERATOR
 from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import ReconstructOptions
-from deployments.segmenter.base import Box, Point, SegmentPrompt
+from deployments.segmenter.base import Box, Point, SegmentPrompt, check_clicks_inside
 from serve_app import inputs, metrics
 from serve_app.http_util import RETRY_AFTER_S
 from serve_app.pipeline import Job, StageClients, run_pipeline
-from serve_app.protocol import ENCODINGS, FRAME_EVENTS, make_event
+from serve_app.protocol import FRAME_EVENTS, make_event
 from serve_app.protocol.events import RECONSTRUCTOR_STAGES
 from serve_app.schemas import GenerateRequest
-from serve_app.settings import AppSettings
-from serve_app.store import ArtifactStore, Retention, new_artifact_id
+from serve_app.time_limits import until_deadline
+from sam3d_common.settings import AppSettings
+from sam3d_common.store import ArtifactStore, Retention, new_artifact_id
 
 log = logging.getLogger("sam3d.service")
 
@@ -45,8 +46,6 @@ class GenerateService:
                       image_array: np.ndarray | None = None) -> Job:
         """Validate everything that can be validated before the stream starts (→ 4xx)."""
         limits = self.settings.limits
-        if req.encoding not in ENCODINGS:
-            raise BadInput(f"unknown encoding {req.encoding!r}; choose one of {', '.join(ENCODINGS)}")
         given = sum(x is not None for x in (image_bytes, req.image_b64, req.image_url, image_array))
         if given > 1:
             raise BadInput("give one image: an upload, image_b64, image_url or an array")
@@ -82,9 +81,7 @@ class GenerateService:
         if image is not None:
             h, w = image.shape[:2]
             input_size = (w, h)
-            for p in req.point_prompts:
-                if p.x >= w or p.y >= h:
-                    raise BadInput(f"click ({p.x}, {p.y}) lies outside the {w}x{h} image")
+            check_clicks_inside(req.point_prompts, (h, w))
             for b in req.box_prompts:
                 if b.x_min >= w or b.y_min >= h:
                     raise BadInput(f"box starts outside the {w}x{h} image")
@@ -96,12 +93,12 @@ class GenerateService:
                  if (b := (req.box_prompts[0] if req.box_prompts else None)) else None),
             mask=mask,
         )
-        options = ReconstructOptions(seed=req.seed, geometry_every=req.stream_geometry_every,
+        options = ReconstructOptions(geometry_every=req.stream_geometry_every,
                                      colors_every=req.stream_colors_every, fast=req.fast,
                                      geometry_steps=req.geometry_steps,
                                      appearance_steps=req.appearance_steps)
         return Job(request_id=new_artifact_id(), prompt=req.prompt, image=image,
-                   seg_prompt=seg_prompt, options=options, encoding=req.encoding,
+                   seg_prompt=seg_prompt, options=options, encoding=req.encoding, seed=req.seed,
                    timeouts=self.settings.timeouts,
                    bake=BakeOptions(face_budget=req.face_budget, texture=req.texture,
                                      texture_size=req.texture_size), input_size=input_size,
@@ -124,7 +121,7 @@ class GenerateService:
         agen = run_pipeline(job, self.clients)
         held: list[dict] = []
         try:
-            async for ev in _until_deadline(agen, deadline):
+            async for ev in until_deadline(agen, deadline):
                 held.append(ev)
                 if self.settings.stream.answer_at == "first_event" or accepted(ev):
                     break
@@ -138,7 +135,7 @@ class GenerateService:
             complete = False
             try:
                 # The held events inside the try too: a client gone after these still closes agen.
-                async for ev in _chain(held, _until_deadline(agen, deadline)):
+                async for ev in _chain(held, until_deadline(agen, deadline)):
                     seq = ev["seq"]
                     complete = ev["type"] == "complete"
                     metrics.stream_event(ev)
@@ -169,22 +166,6 @@ async def _chain(first: list[dict], rest: AsyncIterator[dict]) -> AsyncIterator[
     for ev in first:
         yield ev
     async for ev in rest:
-        yield ev
-
-
-async def _until_deadline(agen: AsyncIterator[dict], deadline: float) -> AsyncIterator[dict]:
-    """Items of `agen` until the deadline, then StageTimeout. Works per item so the timeout
-    is raised inside this generator, never into whatever task happens to iterate it."""
-    while True:
-        left = deadline - time.monotonic()
-        try:
-            if left <= 0:
-                raise asyncio.TimeoutError
-            ev = await asyncio.wait_for(agen.__anext__(), left)
-        except StopAsyncIteration:
-            return
-        except asyncio.TimeoutError:
-            raise StageTimeout("the request exceeded its time limit") from None
         yield ev
 
 

@@ -17,8 +17,8 @@ from typing import Awaitable, Callable, Iterable
 import httpcore
 import httpx
 
-from deployments.errors import BadInput
-from serve_app.settings import LimitsSettings
+from sam3d_common.errors import BadInput
+from sam3d_common.settings import LimitsSettings
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -12,7 +12,7 @@ from typing import AsyncIterator
 from serve_app.pacing import FramePacer
 from serve_app.protocol import (FRAME_EVENTS, encode_event_fields, format_sse, frame_encoder,
                                 pack_event, pack_frame_event, stream_header)
-from serve_app.settings import StreamSettings
+from sam3d_common.settings import StreamSettings
 
 
 class FrameWriter:

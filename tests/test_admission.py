@@ -49,7 +49,7 @@ def test_admission_local_config_matches_the_reconstructor_capacity():
 
     import yaml
 
-    from serve_app.settings import load_settings
+    from sam3d_common.settings import load_settings
 
     app = yaml.safe_load((Path(__file__).resolve().parents[1] / "serve_config.local.yaml").read_text())["applications"][0]
     recon = next(d for d in app["deployments"] if d["name"] == "Reconstructor")

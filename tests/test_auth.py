@@ -11,8 +11,8 @@ from serve_app.auth import ApiKeys, AuthMiddleware, Quota, digest
 from serve_app.ingress import build_fastapi_app
 from serve_app.local import LocalClients
 from serve_app.service import GenerateService
-from serve_app.settings import AuthSettings, ConfigError, load_settings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import AuthSettings, ConfigError, load_settings
+from sam3d_common.store import ArtifactStore
 
 KEY, OTHER = "k-alice-0123456789", "k-bob-9876543210"
 

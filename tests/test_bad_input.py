@@ -12,8 +12,8 @@ from photos import photo_bytes
 from serve_app.ingress import build_fastapi_app
 from serve_app.local import LocalClients
 from serve_app.service import GenerateService
-from serve_app.settings import load_settings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import load_settings
+from sam3d_common.store import ArtifactStore
 
 PHOTO = base64.b64encode(photo_bytes("coffee")).decode()
 JSON = {"content-type": "application/json"}

@@ -14,7 +14,7 @@ from serve_app.protocol import (ENCODINGS, BinaryStreamReader, FrameFormatError,
                                 ResyncNeeded, StreamDecoder, StreamEncoder, VoxelFrame,
                                 encode_event_fields, encode_frame, format_sse, frame_encoder,
                                 make_event, pack_event, pack_frame_event, pack_message, parse_sse,
-                                seed_codec, split_frame_payload, stream_header)
+                                full_codec, split_frame_payload, stream_header)
 from serve_app.protocol.compact_codec import inspect_message, read_header
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -122,14 +122,14 @@ def read_header_safe(msg: bytes, attr: str):
 
 def test_seed_vectors_and_seed_round_trip_on_64_grids():
     for item in json.loads((VECTORS / "seed_events.json").read_text())["events"]:
-        coords, colors = seed_codec.decode(item["event"])
+        coords, colors = full_codec.decode(item["event"])
         assert np.rint(coords).astype(int).ravel().tolist() == item["coords"]
         assert colors.ravel().tolist() == item["colors"]
     rng = np.random.default_rng(1)
     for p in (0.002, 0.05, 0.5):
         occ = rng.random((64, 64, 64)) < p
         f = VoxelFrame.from_occupancy(occ, rng.integers(0, 256, (64, 64, 64, 3), dtype=np.uint8))
-        coords, colors = seed_codec.decode(encode_frame(f, "seed"))
+        coords, colors = full_codec.decode(encode_frame(f, "full"))
         assert np.array_equal(np.rint(coords).astype(np.uint16), f.coords)
         assert np.array_equal(colors, f.colors)
 
@@ -228,7 +228,7 @@ def test_swelling_then_colouring_stream_uses_deltas_never_larger_than_key_frames
         keys.append(read_header(msg).key)
         # Never larger than the key frame of the same voxels.
         assert len(msg) <= len(StreamEncoder().encode(f))
-        seed_bytes += len(seed_codec.encode(f)["voxel_data"])
+        seed_bytes += len(full_codec.encode(f)["voxel_data"])
         compact_bytes += len(encode_event_fields(msg)["frame_data"])
     # This shell swells everywhere at once, so geometry goes as (small) key frames;
     # the colour refinements go as deltas against the unchanged voxels.
@@ -252,7 +252,7 @@ async def test_real_photo_reconstruction_stream_is_at_least_8x_smaller_than_seed
         if isinstance(item, StepFrame):
             fields = enc.fields(item.frame)
             assert_same(dec.decode_event(fields), item.frame)
-            seed_bytes += len(seed_codec.encode(item.frame)["voxel_data"])
+            seed_bytes += len(full_codec.encode(item.frame)["voxel_data"])
             compact_bytes += len(fields["frame_data"])
             frames += 1
     assert frames >= 10
@@ -461,12 +461,12 @@ def test_event_fields_through_sse_decode_to_the_frames():
 
 def test_registry_keeps_seed_and_adds_compact():
     f = VoxelFrame(8, np.array([[1, 2, 3], [0, 0, 7]]), np.array([[1, 2, 3], [4, 5, 6]]))
-    assert ENCODINGS == ("seed", "compact")
-    assert encode_frame(f, "seed") == seed_codec.encode(f)
+    assert ENCODINGS == ("full", "compact")
+    assert encode_frame(f, "full") == full_codec.encode(f)
     fields = encode_frame(f, "compact")
     assert fields["key"] and fields["encoding"] == "compact"
     assert_same(StreamDecoder().decode_event(fields), f)
-    assert frame_encoder("seed").fields(f) == seed_codec.encode(f)
+    assert frame_encoder("full").fields(f) == full_codec.encode(f)
     with pytest.raises(ValueError):
         encode_frame(f, "gzip")
     with pytest.raises(ValueError):

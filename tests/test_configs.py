@@ -6,7 +6,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.app import build_app
-from serve_app.settings import ConfigError, load_settings
+from sam3d_common.settings import ConfigError, EncoderBatching, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +30,9 @@ def test_config_passes_serve_schema_and_builds(name):
                if d.ray_actor_options.num_gpus}
         assert gpu["Reconstructor"] == 1 and gpu["Segmenter"] > 0
         assert all(d.autoscaling_config for d in app_cfg.deployments if d.name != "JobManager")
+        segmenter = next(d for d in app_cfg.deployments if d.name == "Segmenter")
+        batching = EncoderBatching.model_validate(segmenter.user_config)
+        assert segmenter.max_ongoing_requests >= batching.max_batch_size
     else:
         assert settings.segmenter.backend == "grabcut" and settings.reconstructor.backend == "inflation"
         cpus = sum(d.ray_actor_options.num_cpus for d in app_cfg.deployments)
@@ -51,7 +54,7 @@ def test_bad_value_names_the_key():
 def test_production_replicas_fail_at_start_naming_what_is_missing():
     """serve_config.yaml's real-model stages, built as their replicas would be on a machine
     without the weights: each says what is missing, where it looked, and how to get it."""
-    from deployments.errors import ModelUnavailable
+    from sam3d_common.errors import ModelUnavailable
     from deployments.image_generator import make_backend as make_generator
     from deployments.reconstructor import make_backend as make_reconstructor
     from deployments.segmenter import make_backend as make_segmenter
@@ -69,3 +72,25 @@ def test_production_replicas_fail_at_start_naming_what_is_missing():
             build()
         for needle in needles:
             assert needle in info.value.message, (needle, info.value.message)
+
+
+def test_segmenter_user_config_is_checked_against_max_ongoing_requests(monkeypatch):
+    """The encoder's batch size comes from Serve's user_config; a replica whose
+    max_ongoing_requests could never fill a batch refuses it, naming both figures."""
+    from types import SimpleNamespace
+
+    import deployments.segmenter as segmenter
+
+    config = SimpleNamespace(max_ongoing_requests=4, user_config=None)
+    monkeypatch.setattr(segmenter, "_deployment_config", lambda: config)
+    assert segmenter._batching({"max_batch_size": 4, "batch_wait_timeout_s": 0.2}).max_batch_size == 4
+    with pytest.raises(ConfigError, match=r"max_ongoing_requests \(4\) is below user_config.max_batch_size \(8\)"):
+        segmenter._batching({"max_batch_size": 8})
+    with pytest.raises(ConfigError, match="max_batch"):
+        segmenter._batching({"max_batch": 2})
+    # A running replica (GrabCut here: no encoder to compile) takes a new batch size without a restart.
+    config.max_ongoing_requests = 8
+    replica = segmenter.Segmenter.func_or_class({"backend": "grabcut"})
+    replica.reconfigure({"max_batch_size": 2, "batch_wait_timeout_s": 0.1})
+    with pytest.raises(ConfigError):
+        replica.reconfigure({"max_batch_size": 16})

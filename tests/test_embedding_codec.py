@@ -8,10 +8,15 @@ bench/results/sam3_encoder_*.txt) use the full-size model: 32-layer ViT at 1008 
 """
 from __future__ import annotations
 
+import hashlib
+import shutil
+import subprocess
+import zlib
+
 import numpy as np
 import pytest
 
-from deployments.segmenter import embedding_codec as codec
+from deployments.segmenter.sam3 import embedding_codec as codec
 
 FULL = {"image_embed": (1, 256, 72, 72), "high_res_feats_0": (1, 32, 288, 288), "high_res_feats_1": (1, 64, 144, 144)}
 GOAL_BYTES = 4_000_000
@@ -121,10 +126,10 @@ def test_compact_payload_keeps_masks_of_the_tiny_model(tmp_path):
     """CPU: the tiny random SAM 3 end to end (its own encoder, decoder and feature sizes)."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from deployments.segmenter.sam3 import Sam3Segmenter
-    from deployments.segmenter.sam3_fidelity import codec_fidelity, random_prompts
-    from deployments.segmenter.sam3_testing import write_tiny_checkpoint
-    from serve_app.settings import Sam3Settings
+    from deployments.segmenter.sam3.backend import Sam3Segmenter
+    from tests.support.sam3_fidelity import codec_fidelity, random_prompts
+    from tests.support.sam3_testing import write_tiny_checkpoint
+    from sam3d_common.settings import Sam3Settings
 
     seg = Sam3Segmenter(Sam3Settings(local_dir=str(write_tiny_checkpoint(tmp_path / "tiny")), device="cpu"))
     feats = seg.embed(_synthetic_image(300)).click_features()
@@ -140,7 +145,7 @@ def test_compact_payload_keeps_masks_of_the_full_size_model():
     import torch
     from transformers import Sam3TrackerConfig, Sam3TrackerModel
 
-    from deployments.segmenter.sam3_fidelity import codec_fidelity, random_prompts
+    from tests.support.sam3_fidelity import codec_fidelity, random_prompts
 
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -185,3 +190,29 @@ def test_cuda_tensors_are_quantised_on_the_gpu_as_on_the_host():
         c = x.reshape(x.shape[1], -1)
         tol = float((c.std(1) / 10 + (c.max(1) - c.min(1)) / 255).max()) + 1e-6
         assert np.abs(out_gpu[name] - out_cpu[name]).max() <= tol, name
+
+
+@pytest.mark.parametrize("level,strategy", [(1, zlib.Z_HUFFMAN_ONLY), (1, zlib.Z_DEFAULT_STRATEGY),
+                                            (-1, zlib.Z_DEFAULT_STRATEGY), (9, zlib.Z_FILTERED)])
+def test_parallel_zlib_stream_is_one_standard_stream(tmp_path, level, strategy):
+    """Chunks compressed on threads concatenate into one zlib stream that zlib and the
+    browser's DecompressionStream("deflate") (here Node's) read back exactly."""
+    from deployments.segmenter.sam3.embedding_codec import PARALLEL_CHUNK, zlib_stream
+
+    rng = np.random.default_rng(7)
+    body = (rng.normal(size=3 * PARALLEL_CHUNK + 12345) * 9 + 128).clip(0, 255).astype(np.uint8).tobytes()
+    packed = zlib_stream(body, level, strategy)
+    assert zlib.decompress(packed) == body
+    single = zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
+    assert len(packed) <= 1.01 * len(single.compress(body) + single.flush())
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    (tmp_path / "p.bin").write_bytes(packed)
+    script = ("const fs=require('fs');const b=fs.readFileSync(process.argv[1]);"
+              "new Response(new Blob([b]).stream().pipeThrough(new DecompressionStream('deflate')))"
+              ".arrayBuffer().then(a=>{const h=require('crypto').createHash('sha256');"
+              "h.update(Buffer.from(a));console.log(h.digest('hex'));});")
+    out = subprocess.run([node, "-e", script, str(tmp_path / "p.bin")], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.strip()
+    assert out == hashlib.sha256(body).hexdigest()

@@ -6,7 +6,7 @@ import pytest
 from ray import exceptions as ray_errors
 from ray.serve import exceptions as serve_errors
 
-from deployments.errors import StageUnavailable, as_stage_error
+from sam3d_common.errors import StageUnavailable, as_stage_error
 from photos import photo_bytes
 from serve_app.local import LocalClients
 from test_routes import events_of, make_client

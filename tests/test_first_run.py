@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.errors import BadInput
+from sam3d_common.errors import BadInput
 from serve_app import inputs
-from serve_app.settings import LimitsSettings
+from sam3d_common.settings import LimitsSettings
 
 LIM = LimitsSettings()
 
@@ -99,8 +99,8 @@ def _client(tmp_path, **limits):
     from serve_app.ingress import build_fastapi_app
     from serve_app.local import LocalClients
     from serve_app.service import GenerateService
-    from serve_app.settings import load_settings
-    from serve_app.store import ArtifactStore
+    from sam3d_common.settings import load_settings
+    from sam3d_common.store import ArtifactStore
 
     settings = load_settings({**FAST, "store": {"url": str(tmp_path)}, "limits": limits})
     store = ArtifactStore(str(tmp_path))
@@ -202,7 +202,7 @@ def test_grabcut_work_is_bounded_by_its_time_budget(monkeypatch):
     from deployments.segmenter.base import SegmentPrompt
     from deployments.segmenter.grabcut import GrabCutSegmenter
     from photos import photo_array
-    from serve_app.settings import GrabCutSettings
+    from sam3d_common.settings import GrabCutSettings
 
     calls = _count_grabcut(monkeypatch)
     seg = GrabCutSegmenter(GrabCutSettings(iterations=20, stable_fraction=0, time_budget_s=1e-6))
@@ -214,7 +214,7 @@ def test_grabcut_stops_when_the_mask_is_stable_with_the_same_mask(monkeypatch):
     from deployments.segmenter.base import SegmentPrompt
     from deployments.segmenter.grabcut import GrabCutSegmenter
     from photos import photo_array
-    from serve_app.settings import GrabCutSettings
+    from sam3d_common.settings import GrabCutSettings
 
     img = photo_array("coffee")
     full = GrabCutSegmenter(GrabCutSettings(iterations=8, stable_fraction=0)).segment(img, SegmentPrompt()).mask
@@ -303,8 +303,8 @@ import serve_app.app, serve_app.launch  # what `serve run` / sam3d-serve import
 from serve_app.ingress import build_fastapi_app
 from serve_app.local import LocalClients
 from serve_app.service import GenerateService
-from serve_app.settings import load_settings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import load_settings
+from sam3d_common.store import ArtifactStore
 from photos import photo_bytes
 args = yaml.safe_load(open(sys.argv[2] + "/serve_config.local.yaml"))["applications"][0]["args"]
 args["store"] = {"url": tempfile.mkdtemp()}

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from deployments.errors import BadInput
+from sam3d_common.errors import BadInput
 from deployments.segmenter.base import Box, Point, SegmentPrompt
 from deployments.segmenter.grabcut import GrabCutSegmenter
 from photos import ROCKET_BOX, photo_array

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from conftest import deploy_config, local_config  # noqa: E402
-from deployments.segmenter.sam3_testing import write_tiny_checkpoint  # noqa: E402
+from tests.support.sam3_testing import write_tiny_checkpoint  # noqa: E402
 from photos import photo_bytes  # noqa: E402
 from serve_app.client import iter_events  # noqa: E402
 

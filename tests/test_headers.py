@@ -7,8 +7,8 @@ from serve_app.auth import digest
 from serve_app.ingress import build_fastapi_app
 from serve_app.local import LocalClients
 from serve_app.service import GenerateService
-from serve_app.settings import load_settings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import load_settings
+from sam3d_common.store import ArtifactStore
 
 
 def client_for(tmp_path, **args) -> TestClient:

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from deployments.errors import BadInput, ModelUnavailable
-from serve_app.settings import ImageGeneratorSettings
+from sam3d_common.errors import BadInput, ModelUnavailable
+from sam3d_common.settings import ImageGeneratorSettings
 
 SIZE = 64
 

@@ -3,11 +3,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from deployments.errors import BadInput
+from sam3d_common.errors import BadInput
 from deployments.reconstructor.base import Reconstruction, ReconstructOptions, StepFrame
 from deployments.reconstructor.base import shell
 from deployments.reconstructor.inflation import InflationReconstructor
-from serve_app.settings import InflationSettings
+from sam3d_common.settings import InflationSettings
 
 
 def disc(h=200, w=200, r=80):

@@ -22,14 +22,15 @@ from photos import photo_bytes
 from serve_app.client import FrameDecoder
 from serve_app.ingress import build_fastapi_app
 from serve_app.inputs import decode_image
+from serve_app.job_store import SqliteJobStore
 from serve_app.jobs import JobManager, JobNotFound
 from serve_app.schemas import GenerateRequest
 from serve_app.local import LocalClients
 from serve_app.protocol import (BINARY_MEDIA_TYPE, FRAME_EVENTS, BinaryStreamReader, RecordKind,
                                 SSEParser, StreamDecoder, split_frame_payload)
 from serve_app.service import GenerateService
-from serve_app.settings import load_settings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import load_settings
+from sam3d_common.store import ArtifactStore
 
 SETTINGS = {
     "reconstructor": {"grid_size": 32, "inflation": {"geometry_steps": 6, "appearance_steps": 4,
@@ -185,7 +186,25 @@ def test_resume_gives_missed_events_then_a_key_frame_of_the_live_voxels(server, 
     dec = FrameDecoder()
     last = [dec.decode(e) for e in resumed if e["type"] in FRAME_EVENTS][-1]
     np.testing.assert_array_equal(last[0], list(by_seq.values())[-1][0])
-    assert manager._jobs[job_id].frame["seq"] == max(by_seq)
+    # The store keeps the latest frame (and only that one) once the job has ended.
+    _, stored = asyncio.run(SqliteJobStore(manager.store.path).events(job_id))
+    assert stored["seq"] == max(by_seq)
+    np.testing.assert_array_equal(stored["_frame"].coords, by_seq[max(by_seq)][0])
+
+
+def test_artifacts_appear_only_when_the_job_has_succeeded(server, http):
+    base, manager = server
+    job_id = submit(http, base)["job_id"]
+    # mask.png is written at the segmenter stage; while the job runs it is not served.
+    read_events(http, base, job_id, stop=lambda e: e["type"] == "geometry")
+    assert manager.artifacts.fs.exists(f"{manager.artifacts.root}/{job_id}/mask.png")
+    r = http.get(f"{base}/v1/artifacts/{job_id}/mask.png")
+    assert r.status_code == 404 and "when it has succeeded" in r.json()["error"]["message"]
+    final = wait(http, base, job_id)[-1]
+    assert final["state"] == "succeeded"
+    assert {"model.glb", "splat.ply", "manifest.json"} <= set(final["artifacts"])
+    for name in ("mask.png", "model.glb", "splat.ply", "manifest.json"):
+        assert http.get(f"{base}/v1/artifacts/{job_id}/{name}").status_code == 200, name
 
 
 def test_closing_the_events_stream_does_not_cancel(server, http):
@@ -214,6 +233,9 @@ def test_cancel_stops_within_one_step_and_frees_the_slot(server, http):
     assert seen[-1]["state"] in ("running", "succeeded")  # the freed slot went to the next job
     events, _ = read_events(http, base, a)
     assert events[-1]["type"] == "error" and events[-1]["code"] == "cancelled"
+    # Nothing of a cancelled job stays (its mask.png was written before the cancel).
+    assert not manager.artifacts.fs.exists(f"{manager.artifacts.root}/{a}")
+    assert http.get(f"{base}/v1/artifacts/{a}/mask.png").status_code == 404
     # A finished job stays finished.
     assert http.delete(f"{base}/v1/jobs/{a}").json()["state"] == "cancelled"
     assert wait(http, base, b)[-1]["state"] == "succeeded"
@@ -278,7 +300,7 @@ def test_manifest_digest_is_of_the_decoded_image(server, http):
     job_id = submit(http, base, {**BODY, "geometry_steps": 1, "appearance_steps": 1})["job_id"]
     wait(http, base, job_id)
     image, _ = decode_image(photo_bytes("coffee"), load_settings({}).limits)  # 600x400: not scaled
-    assert manager._jobs[job_id].job.image is None  # a finished job keeps digests, not the photo
+    assert job_id not in manager._live  # a finished job keeps digests in the store, not the photo
     digest = http.get(f"{base}/v1/jobs/{job_id}").json()["manifest"]["inputs"]["image"]["sha256"]
     assert digest == hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
 
@@ -345,13 +367,19 @@ def test_finished_jobs_expire_after_ttl_and_beyond_max_jobs(tmp_path):
 
         a, b = await run_one(), await run_one()
         assert (await manager.status(a))["state"] == "succeeded"
+        assert store.get(a, "model.glb")  # served once the job has succeeded
         c = await run_one()  # a third job fits: the oldest finished one (a) is forgotten
         with pytest.raises(JobNotFound):
             await manager.status(a)
+        assert not (tmp_path / a).exists()  # and its artifacts with it
         assert (await manager.status(b))["state"] == (await manager.status(c))["state"] == "succeeded"
         await asyncio.sleep(0.6)  # past the TTL
         for job_id in (b, c):
             with pytest.raises(JobNotFound):
                 await manager.status(job_id)
+        await manager._expire()  # what the maintenance round does every owner_lease_s / 3
+        assert not (tmp_path / b).exists() and not (tmp_path / c).exists()
+        assert await manager.store.count() == 0
+        await manager.close()
 
     asyncio.run(scenario())

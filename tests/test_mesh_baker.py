@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import trimesh
 
-from deployments.errors import BadInput
+from sam3d_common.errors import BadInput
 from deployments.mesh_baker.bake import MeshBakerBackend
 from deployments.mesh_baker.splat import PROPERTIES, SH_C0
 from deployments.reconstructor.base import Reconstruction
-from serve_app.settings import MeshBakerSettings
-from serve_app.store import ArtifactStore, new_artifact_id
+from sam3d_common.settings import MeshBakerSettings
+from sam3d_common.store import ArtifactStore, new_artifact_id
 
 
 def box_recon(n=32):

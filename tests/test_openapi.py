@@ -8,8 +8,8 @@ import pytest
 from test_bad_input import CASES, NoClients, NoSegmenter, client  # noqa: F401 - fixture
 from serve_app.ingress import build_fastapi_app
 from serve_app.service import GenerateService
-from serve_app.settings import load_settings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import load_settings
+from sam3d_common.store import ArtifactStore
 
 EXPECTED = {
     ("post", "/v1/generate"): {200, 400, 401, 413, 415, 422, 429, 500, 501, 503, 504},

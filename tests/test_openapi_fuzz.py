@@ -12,13 +12,13 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from deployments.errors import NotConfigured
-from deployments.segmenter.embedding_cache import EmbeddingNotFound
+from sam3d_common.errors import NotConfigured
+from deployments.segmenter.sam3.embedding_cache import EmbeddingNotFound
 from serve_app.ingress import build_fastapi_app
 from serve_app.local import LocalClients
 from serve_app.service import GenerateService
-from serve_app.settings import load_settings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import load_settings
+from sam3d_common.store import ArtifactStore
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))  # per route; raise it for a longer pass
 

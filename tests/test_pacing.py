@@ -3,7 +3,7 @@ import asyncio
 import time
 
 from serve_app.pacing import FramePacer
-from serve_app.settings import StreamSettings
+from sam3d_common.settings import StreamSettings
 
 
 def frame(stage, step, total):

@@ -16,7 +16,7 @@ import pytest
 from conftest import free_port
 from deployments.prompt_enhancer.openai_compat import OpenAICompatEnhancer, chat_completions_url
 from deployments.prompt_enhancer.rules import RulesEnhancer
-from serve_app.settings import PromptEnhancerSettings
+from sam3d_common.settings import PromptEnhancerSettings
 
 SLOW_S = 3.0
 GOOD = {"image_prompt": "A single red teapot, centred, soft studio light, plain grey background",

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from serve_app.protocol import (EVENT_TYPES, SSEParser, VoxelFrame, format_sse, make_event,
-                                parse_sse, seed_codec)
+                                parse_sse, full_codec)
 
 
 def test_sse_round_trip_and_incremental_parse():
@@ -23,21 +23,21 @@ def test_unknown_event_or_stage_is_refused():
         make_event("geometry", stage="nowhere")
 
 
-def test_seed_codec_round_trip_on_64_grid():
+def test_full_codec_round_trip_on_64_grid():
     rng = np.random.default_rng(0)
     occ = rng.random((64, 64, 64)) < 0.05
     cols = rng.integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
     frame = VoxelFrame.from_occupancy(occ, cols)
-    fields = seed_codec.encode(frame)
+    fields = full_codec.encode(frame)
     assert fields["encoding"] == "binary_uint8_xyzrgb" and fields["voxel_count"] == frame.count
-    coords, colors = seed_codec.decode(fields)
+    coords, colors = full_codec.decode(fields)
     assert (np.rint(coords).astype(int) == frame.coords).all()
     assert (colors == frame.colors).all()
 
 
-def test_seed_codec_fills_missing_colours_with_128():
+def test_full_codec_fills_missing_colours_with_128():
     frame = VoxelFrame(8, np.array([[0, 0, 0], [7, 3, 1]]))
-    _, colors = seed_codec.decode(seed_codec.encode(frame))
+    _, colors = full_codec.decode(full_codec.encode(frame))
     assert (colors == 128).all()
 
 

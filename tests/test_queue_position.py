@@ -8,15 +8,15 @@ import time
 
 import pytest
 
-from deployments.errors import Busy
+from sam3d_common.errors import Busy
 from deployments.reconstructor.base import Started
 from photos import photo_bytes
 from serve_app.local import LocalClients
 from serve_app.pipeline import run_pipeline
 from serve_app.schemas import GenerateRequest
 from serve_app.service import GenerateService
-from serve_app.settings import load_settings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import load_settings
+from sam3d_common.store import ArtifactStore
 
 FAST = {"reconstructor": {"grid_size": 32, "inflation": {"geometry_steps": 3, "appearance_steps": 2,
                                                          "min_step_s": 0.08}},

@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from deployments.errors import BadInput
+from sam3d_common.errors import BadInput
 from photos import photo_bytes
 from serve_app.local import LocalClients
 from serve_app.schemas import GenerateRequest
 from serve_app.service import GenerateService
-from serve_app.settings import load_settings
-from serve_app.store import ArtifactNotFound, ArtifactStore, Retention
+from sam3d_common.settings import load_settings
+from sam3d_common.store import ArtifactNotFound, ArtifactStore, Retention
 from test_routes import FAST, events_of, make_client
 
 
@@ -35,7 +35,7 @@ def test_retention_sweep_deletes_expired_artifacts(tmp_path):
     (tmp_path / "not-an-artifact").mkdir()
     result = store.sweep(ttl_s=3600, max_total_bytes=None)
     assert (result.removed, result.freed_bytes, result.kept_bytes) == (1, 1000, 1000)
-    assert not store.exists(aid(1), "model.glb") and store.exists(aid(2), "model.glb")
+    assert not (tmp_path / aid(1) / "model.glb").is_file() and (tmp_path / aid(2) / "model.glb").is_file()
     assert (tmp_path / "not-an-artifact").is_dir()
 
 
@@ -65,7 +65,7 @@ async def test_retention_tick_sweeps_at_most_every_interval(tmp_path):
     assert (await retention.tick()).removed == 1
     put_aged(store, tmp_path, 2, age_s=7200)
     now[0] = 30
-    assert retention.tick() is None and store.exists(aid(2), "model.glb")
+    assert retention.tick() is None and (tmp_path / aid(2) / "model.glb").is_file()
     now[0] = 61
     assert (await retention.tick()).removed == 1
     assert Retention(store, None, None, 60).tick() is None  # retention off
@@ -95,13 +95,13 @@ async def test_retention_abandoned_stream_leaves_no_artifact(tmp_path):
     job = await service.prepare(GenerateRequest(), image_bytes=photo_bytes("coffee"))
     events = await service.start(job)
     first = await events.__anext__()
-    assert store.exists(first["request_id"], "mask.png")
+    assert (tmp_path / first["request_id"] / "mask.png").is_file()
     await events.aclose()  # the client left mid-stream
     for _ in range(50):
-        if not store.exists(first["request_id"], "mask.png"):
+        if not (tmp_path / first["request_id"] / "mask.png").is_file():
             break
         await asyncio.sleep(0.05)
-    assert not store.exists(first["request_id"], "mask.png")
+    assert not (tmp_path / first["request_id"] / "mask.png").is_file()
 
 
 def test_retention_artifacts_are_cached_privately(tmp_path):

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from deployments.errors import BadInput
+from sam3d_common.errors import BadInput
 from photos import photo_bytes, png
 from serve_app.ingress import build_fastapi_app
 from serve_app.local import LocalClients
 from serve_app.protocol import parse_sse
 from serve_app.service import GenerateService
-from serve_app.settings import load_settings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import load_settings
+from sam3d_common.store import ArtifactStore
 
 FAST = {"reconstructor": {"grid_size": 32, "inflation": {"geometry_steps": 3, "appearance_steps": 2}},
         "segmenter": {"grabcut": {"max_side": 160, "iterations": 2}}}
@@ -137,3 +137,49 @@ def test_per_request_steps_reach_the_reconstructor(client):
     assert {e["total_steps"] for e in geo} == {5} and geo[-1]["step"] == 5
     assert {e["total_steps"] for e in app} == {4} and app[-1]["step"] == 4
     assert evs[-1]["type"] == "complete" and "pose" not in evs[-1]  # the embedded backend has none
+
+
+@pytest.mark.parametrize("name", ["full", "seed"])
+def test_full_encoding_and_its_former_name_seed(client, name):
+    """`full` (6 bytes a voxel, every frame whole) is also accepted as `seed`, its former name,
+    in JSON and in multipart forms."""
+    photo = photo_bytes("coffee")
+    evs = events_of(client.post("/v1/generate", json={"image_b64": base64.b64encode(photo).decode(),
+                                                      "encoding": name}))
+    frames = [e for e in evs if e["type"] in ("geometry", "appearance")]
+    assert frames and {e["encoding"] for e in frames} == {"binary_uint8_xyzrgb"}
+    evs = events_of(client.post("/v1/generate", files=[("image", ("c.png", photo))], data={"encoding": name}))
+    assert {e["encoding"] for e in evs if e["type"] == "geometry"} == {"binary_uint8_xyzrgb"}
+
+
+def test_encoding_is_one_type_with_one_default():
+    from serve_app.pipeline import Job
+    from serve_app.schemas import GenerateRequest
+
+    assert GenerateRequest().encoding == Job.__dataclass_fields__["encoding"].default == "compact"
+    assert GenerateRequest(encoding="seed").encoding == "full"
+    schema = GenerateRequest.model_json_schema()["properties"]["encoding"]
+    assert schema["enum"] == ["full", "compact"] and schema["default"] == "compact"
+
+
+def test_the_request_seed_reaches_the_generator_and_the_reconstructor(tmp_path):
+    """One field, Job.seed: the image generator gets it directly, the reconstructor in its options."""
+    from photos import photo_array
+
+    seen = {}
+
+    class Seeded(LocalClients):
+        async def describe_image_generator(self):
+            return {"backend": "stub", "available": True}
+
+        async def generate_image(self, prompt, seed):
+            seen["generator"] = seed
+            return photo_array("coffee")
+
+        def reconstruct(self, image, mask, options):
+            seen["reconstructor"] = options.seed
+            return super().reconstruct(image, mask, options)
+
+    c = make_client(tmp_path, Seeded)
+    assert events_of(c.post("/v1/generate", json={"prompt": "a mug", "seed": 11}))[-1]["type"] == "complete"
+    assert seen == {"generator": 11, "reconstructor": 11}

@@ -13,14 +13,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from deployments.errors import BadInput, ModelUnavailable, NotConfigured  # noqa: E402
+from sam3d_common.errors import BadInput, ModelUnavailable, NotConfigured  # noqa: E402
 from deployments.segmenter import Segmenter  # noqa: E402
 from deployments.segmenter.base import Box, Point, SegmentPrompt  # noqa: E402
-from deployments.segmenter.embedding_cache import EmbeddingCache  # noqa: E402
-from deployments.segmenter.sam3 import Sam3Segmenter  # noqa: E402
-from deployments.segmenter.sam3_encoder import detector_vision_embeds, pixel_values  # noqa: E402
-from deployments.segmenter.sam3_testing import write_tiny_checkpoint  # noqa: E402
-from serve_app.settings import Sam3Settings  # noqa: E402
+from deployments.segmenter.sam3.embedding_cache import EmbeddingCache  # noqa: E402
+from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
+from deployments.segmenter.sam3.encoder import detector_vision_embeds, pixel_values  # noqa: E402
+from tests.support.sam3_testing import write_tiny_checkpoint  # noqa: E402
+from sam3d_common.settings import Sam3Settings  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +282,7 @@ def test_preprocessing_uploads_once_and_skips_the_identity_resize(seg):
 
 def test_encode_batch_hashes_only_without_ids(seg, monkeypatch):
     """With ids (the deployment's path) the encoder thread hashes nothing; a batch of one is not copied."""
-    from deployments.segmenter import sam3 as sam3_module
+    from deployments.segmenter.sam3 import backend as sam3_module
 
     calls = []
     monkeypatch.setattr(sam3_module, "image_id", lambda im: calls.append(1) or "x")

@@ -12,19 +12,18 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from deployments.segmenter.base import Box, Point, SegmentPrompt  # noqa: E402
-from deployments.segmenter.sam3 import Sam3Segmenter  # noqa: E402
-from deployments.segmenter.sam3_compile import batch_buckets, compile_wanted  # noqa: E402
-from deployments.segmenter.sam3_testing import write_tiny_checkpoint  # noqa: E402
-from serve_app.settings import Sam3Settings  # noqa: E402
+from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
+from deployments.segmenter.sam3.compile import batch_buckets, compile_wanted  # noqa: E402
+from tests.support.sam3_testing import write_tiny_checkpoint  # noqa: E402
+from sam3d_common.settings import Sam3Settings  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     ckpt = write_tiny_checkpoint(tmp_path_factory.mktemp("sam3_tiny"))
-    common = {"local_dir": str(ckpt), "score_threshold": 0.0, "device": "cpu", "max_batch_size": 4,
-              "embedding_cache_mb": 0}
-    eager = Sam3Segmenter(Sam3Settings(**common))
-    compiled = Sam3Segmenter(Sam3Settings(**common, compile="on", compile_backend="aot_eager"))
+    common = {"local_dir": str(ckpt), "score_threshold": 0.0, "device": "cpu", "embedding_cache_mb": 0}
+    eager = Sam3Segmenter(Sam3Settings(**common), max_batch_size=4)
+    compiled = Sam3Segmenter(Sam3Settings(**common, compile="on", compile_backend="aot_eager"), max_batch_size=4)
     return eager, compiled
 
 

@@ -13,16 +13,16 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("transformers")
 
 from deployments.segmenter.base import Box, Point, SegmentPrompt  # noqa: E402
-from deployments.segmenter.onnx_decoder import (  # noqa: E402
+from deployments.segmenter.sam3.onnx_decoder import (  # noqa: E402
     INPUT_NAMES,
     OUTPUT_NAMES,
-    OnnxClickDecoder,
     prompt_arrays,
     select_mask,
 )
-from deployments.segmenter.sam3 import Sam3Segmenter  # noqa: E402
-from deployments.segmenter.sam3_testing import write_tiny_checkpoint  # noqa: E402
-from serve_app.settings import Sam3Settings  # noqa: E402
+from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
+from tests.support.onnx_click_decoder import OnnxClickDecoder  # noqa: E402
+from tests.support.sam3_testing import write_tiny_checkpoint  # noqa: E402
+from sam3d_common.settings import Sam3Settings  # noqa: E402
 
 SIZE = (120, 160)
 

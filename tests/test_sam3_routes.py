@@ -15,10 +15,10 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from deployments.segmenter import Segmenter  # noqa: E402
-from deployments.segmenter.embedding_codec import decode  # noqa: E402
-from deployments.segmenter.sam3_testing import write_tiny_checkpoint  # noqa: E402
+from deployments.segmenter.sam3.embedding_codec import decode  # noqa: E402
+from tests.support.sam3_testing import write_tiny_checkpoint  # noqa: E402
 from serve_app.routes_segment import ONNX_ROUTE, build_segment_router  # noqa: E402
-from serve_app.settings import LimitsSettings  # noqa: E402
+from sam3d_common.settings import LimitsSettings  # noqa: E402
 
 
 class Counting:
@@ -151,6 +151,8 @@ def test_large_photos_are_scaled_and_masks_come_back_at_the_sent_size(sam3):
         ({"points": [{"x": 1, "y": 1}]}, 422, "bad_input"),
         ({"image_b64": "***", "label": "cup"}, 422, "bad_input"),
         ({"embedding_id": "x", "points": [{"x": 1, "y": 1, "label": 7}]}, 422, "bad_input"),
+        # The shared PointPrompt type: negative coordinates fail in the schema, before any lookup.
+        ({"embedding_id": "0" * 32, "points": [{"x": -1, "y": 1}]}, 422, "bad_input"),
         ({"embedding_id": "x", "unknown": 1}, 422, "bad_input"),
         ({"embedding_id": "x", "box": [1, 2]}, 422, "bad_input"),
     ],

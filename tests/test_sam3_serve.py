@@ -13,8 +13,8 @@ pytest.importorskip("transformers")
 
 from conftest import deploy_config  # noqa: E402
 from deployments.segmenter.base import Box, Point, SegmentPrompt  # noqa: E402
-from deployments.segmenter.embedding_codec import decode  # noqa: E402
-from deployments.segmenter.sam3_testing import write_tiny_checkpoint  # noqa: E402
+from deployments.segmenter.sam3.embedding_codec import decode  # noqa: E402
+from tests.support.sam3_testing import write_tiny_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.serve
 APP = "sam3_test"
@@ -26,14 +26,14 @@ def handle(ray_serve, tmp_path_factory):
 
     ckpt = write_tiny_checkpoint(tmp_path_factory.mktemp("sam3_tiny"), seed=13)
     args = {"backend": "sam3", "sam3": {"local_dir": str(ckpt), "device": "cpu", "score_threshold": 0.0,
-                                        "max_batch_size": 4, "batch_wait_timeout_s": 0.5,
                                         "onnx_cache_dir": str(tmp_path_factory.mktemp("onnx"))}}
     deploy_config({"applications": [{
         "name": APP,
         "route_prefix": "/sam3_test",
         "import_path": "deployments.segmenter:build_segmenter_app",
         "args": args,
-        "deployments": [{"name": "Segmenter", "ray_actor_options": {"num_cpus": 0}}],
+        "deployments": [{"name": "Segmenter", "ray_actor_options": {"num_cpus": 0},
+                         "user_config": {"max_batch_size": 4, "batch_wait_timeout_s": 0.5}}],
     }]})
     return serve.get_deployment_handle("Segmenter", app_name=APP)
 

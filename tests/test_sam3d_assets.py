@@ -15,8 +15,8 @@ from deployments.mesh_baker import assets
 from deployments.mesh_baker.bake import BakeOptions, MeshBakerBackend
 from deployments.reconstructor.base import GaussianData, MeshData, Pose, Reconstruction
 from deployments.reconstructor.sam3d_grid import map_to_view, quaternion_to_matrix, view_from_local
-from serve_app.settings import MeshBakerSettings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import MeshBakerSettings
+from sam3d_common.store import ArtifactStore
 
 AID = "0123456789abcdef0123456789abcdef"
 HALF = float(np.sqrt(0.5))

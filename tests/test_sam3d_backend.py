@@ -15,15 +15,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from deployments.errors import BadInput, ModelUnavailable, StageError
+from sam3d_common.errors import BadInput, ModelUnavailable, StageError
 from deployments.reconstructor.base import (GaussianData, MeshData, Pose, ReconstructOptions,
                                            Reconstruction, StepFrame)
 from deployments.reconstructor.sam3d import (CHECKPOINT_FILES, Sam3dReconstructor,
                                              required_files, startup_problems)
-from deployments.reconstructor.sam3d_grid import (fill_colors, map_to_view, quaternion_to_matrix,
+from deployments.reconstructor.sam3d_grid import (color_order, fill_colors, map_to_view, quaternion_to_matrix,
                                                   surface, view_from_local, voxel_colors)
 from deployments.reconstructor.sam3d_upstream import unsafe_targets
-from serve_app.settings import Sam3dSettings
+from sam3d_common.settings import Sam3dSettings
 
 M = 64  # the model's local grid
 
@@ -351,7 +351,7 @@ async def test_bad_masks_are_refused_before_any_model_work():
 
 def test_factory_with_missing_weights_is_model_unavailable(tmp_path):
     from deployments.reconstructor import make_backend
-    from serve_app.settings import ReconstructorSettings
+    from sam3d_common.settings import ReconstructorSettings
 
     with pytest.raises(ModelUnavailable, match="checkpoint folder not found"):
         make_backend(ReconstructorSettings(
@@ -462,6 +462,25 @@ def test_fill_colors_reaches_interior_voxels():
     vol = fill_colors(occ, coords, colors)
     assert (vol[occ] == [10, 20, 30]).all()
     assert fill_colors(occ, np.zeros((0, 3), int), np.zeros((0, 3), np.uint8)).sum() == 0
+
+
+def test_color_order_gives_what_fill_colors_then_sample_give():
+    """The per-run gather the appearance frames use equals the per-frame nearest-colour fill
+    followed by the view resampling, for any colours (random ones, rotated view, repeated coords)."""
+    rng = np.random.default_rng(3)
+    c = (np.arange(24) + 0.5) / 24 - 0.5
+    x, y, z = np.meshgrid(c, c, c, indexing="ij")
+    occ = (x / 0.4) ** 2 + (y / 0.3) ** 2 + (z / 0.35) ** 2 < 1
+    coords = np.argwhere(surface(occ))
+    coords = np.concatenate([coords, coords[:5]])  # a repeated voxel keeps its last colour
+    mapping = map_to_view(occ, view_from_local(quaternion_to_matrix([0.9, 0.2, -0.3, 0.1])), 20)
+    rows = color_order(24, coords, mapping.source)
+    for _ in range(3):
+        colors = rng.integers(0, 256, (len(coords), 3), dtype=np.uint8)
+        want = mapping.sample(fill_colors(occ, coords, colors))
+        got = np.zeros_like(want)
+        got[mapping.source >= 0] = colors[rows]
+        assert np.array_equal(got, want)
 
 
 # ---------------------------------------------------------------- against upstream, where installed

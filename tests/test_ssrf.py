@@ -13,11 +13,11 @@ import time
 import httpcore
 import pytest
 
-from deployments.errors import BadInput
+from sam3d_common.errors import BadInput
 from loopback_http import LoopbackServer, png
 from serve_app import url_fetch
 from serve_app.inputs import fetch_url
-from serve_app.settings import LimitsSettings, load_settings
+from sam3d_common.settings import LimitsSettings, load_settings
 from serve_app.url_fetch import REFUSED, address_allowed, fetch_image, host_allowed, is_public
 
 LOOPBACK_OK = LimitsSettings(image_url_allow_networks=["127.0.0.0/8", "::1/128"], image_url_timeout_s=5)
@@ -194,7 +194,7 @@ def test_ssrf_host_allow_list():
 
 
 def test_ssrf_operator_settings_are_validated():
-    from serve_app.settings import ConfigError
+    from sam3d_common.settings import ConfigError
 
     with pytest.raises(ConfigError, match="image_url_allow_networks"):
         load_settings({"limits": {"image_url_allow_networks": ["127.0.0.1/8"]}})

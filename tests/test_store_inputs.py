@@ -4,10 +4,10 @@ import os
 import numpy as np
 import pytest
 
-from deployments.errors import BadInput
+from sam3d_common.errors import BadInput
 from serve_app import inputs
-from serve_app.settings import LimitsSettings
-from serve_app.store import ArtifactNotFound, ArtifactStore, InvalidArtifactRef, new_artifact_id
+from sam3d_common.settings import LimitsSettings
+from sam3d_common.store import ArtifactNotFound, ArtifactStore, InvalidArtifactRef, new_artifact_id
 from photos import photo_bytes, png
 
 LIM = LimitsSettings()

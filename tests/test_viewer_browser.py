@@ -29,8 +29,8 @@ from photos import DATA, photo_array
 from serve_app.ingress import build_fastapi_app
 from serve_app.inputs import decode_image
 from serve_app.service import GenerateService
-from serve_app.settings import LimitsSettings, load_settings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import LimitsSettings, load_settings
+from sam3d_common.store import ArtifactStore
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "serve_app" / "static"
@@ -213,7 +213,7 @@ def test_viewer_in_chromium(viewer_server, tmp_path):
         "capabilities_shape_the_page", "refusal_shows_server_message", "queue_position_shown", "click_shows_mask", "mask_overlay_drawn",
         "box_drag_gives_mask", "undo_restores_click", "complete", "voxel_instances_grow", "every_frame_drawn", "stages_done", "voxel_view_draws_last_frame", "mesh_preview_view",
         "glb_view_has_file_triangles", "splats_load_with_file_count", "meshopt_glb_loads",
-        "resync_after_lost_frame", "stop_ends_the_run", "exif_photo_upright", "no_page_errors",
+        "resync_after_lost_frame", "resume_after_dropped_connection", "stop_ends_the_run", "exif_photo_upright", "no_page_errors",
         "only_the_deliberate_http_error", "no_request_leaves_the_host",
     }
     if mode == "sam3":

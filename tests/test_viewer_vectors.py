@@ -38,7 +38,7 @@ def test_click_vectors_match_the_python_decoding():
     server's codec, select_mask and upsampling give today."""
     import numpy as np
 
-    from deployments.segmenter.embedding_codec import decode
+    from deployments.segmenter.sam3.embedding_codec import decode
     from make_click_vectors import click_masks
 
     header, values = decode((VECTORS / "embedding_small.bin").read_bytes())

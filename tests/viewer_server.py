@@ -30,8 +30,8 @@ from meshopt_glb import meshopt_glb, sphere  # noqa: E402
 from serve_app.ingress import build_fastapi_app  # noqa: E402
 from serve_app.local import LocalClients  # noqa: E402
 from serve_app.service import GenerateService  # noqa: E402
-from serve_app.settings import load_settings  # noqa: E402
-from serve_app.store import ArtifactStore  # noqa: E402
+from sam3d_common.settings import load_settings  # noqa: E402
+from sam3d_common.store import ArtifactStore  # noqa: E402
 
 FAST = {"reconstructor": {"grid_size": 48, "inflation": {"geometry_steps": 8, "appearance_steps": 5,
                                                          "min_step_s": 0.05}},
@@ -56,7 +56,7 @@ class OneSlot(LocalClients):
 def build(store_dir: Path, sam3: bool):
     args = {**FAST, "store": {"url": str(store_dir)}}
     if sam3:
-        from deployments.segmenter.sam3_testing import write_tiny_checkpoint
+        from tests.support.sam3_testing import write_tiny_checkpoint
 
         ckpt = write_tiny_checkpoint(store_dir / "sam3_tiny", seed=9)
         args["segmenter"] = {"backend": "sam3", "sam3": {

@@ -7,7 +7,7 @@ from typing import Protocol
 import numpy as np
 from ray import serve
 
-from serve_app.settings import ImageGeneratorSettings
+from sam3d_common.settings import ImageGeneratorSettings
 
 
 class ImageGeneratorBackend(Protocol):

@@ -19,27 +19,17 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from pathlib import Path
 
 import numpy as np
 
-from deployments.errors import BadInput, ModelUnavailable
-from deployments.torch_device import resolve_device_dtype
-from serve_app.settings import ImageGeneratorSettings
+from sam3d_common.errors import BadInput, ModelUnavailable
+from sam3d_common.torch_device import resolve_device_dtype
+from sam3d_common.settings import ImageGeneratorSettings
+from sam3d_common.weights import hub_cache_repo, local_weights
 
 log = logging.getLogger(__name__)
 
 _SEED_SOURCE = random.SystemRandom()  # not the global RNG of random, numpy or torch
-
-
-def _hub_cache_dir(model_id: str) -> str:
-    try:
-        from huggingface_hub import constants
-
-        cache = constants.HF_HUB_CACHE
-    except Exception:  # noqa: BLE001 - only used to word a message
-        cache = "$HF_HOME/hub"
-    return f"{cache}/models--{model_id.replace('/', '--')}"
 
 
 def _how_to_download(model_id: str) -> str:
@@ -68,17 +58,13 @@ class DiffusersGenerator:
         self._torch = torch
         self.device, self.dtype = resolve_device_dtype(settings.device, settings.dtype, "image_generator")
         if settings.local_dir:
-            source = Path(settings.local_dir).expanduser()
-            if not (source / "model_index.json").is_file():
-                what = "does not exist" if not source.exists() else "has no model_index.json"
-                raise ModelUnavailable(
-                    f"image generator weights for {settings.model_id} not found: "
-                    f"image_generator.local_dir {str(source)!r} {what}; "
-                    + _how_to_download(settings.model_id))
+            source = local_weights(settings.local_dir, "model_index.json", "image_generator.local_dir",
+                                   f"image generator weights for {settings.model_id}",
+                                   _how_to_download(settings.model_id))
             tried = str(source)
         else:
             source = settings.model_id
-            tried = f"hub id {settings.model_id} (cache {_hub_cache_dir(settings.model_id)})"
+            tried = f"hub id {settings.model_id} (cache {hub_cache_repo(settings.model_id)})"
         kwargs = {"variant": settings.variant} if settings.variant else {}
         # diffusers renamed torch_dtype to dtype; older releases only know torch_dtype.
         major, minor = (int(p) for p in diffusers.__version__.split(".")[:2])

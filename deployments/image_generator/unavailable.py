@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deployments.errors import NotConfigured
+from sam3d_common.errors import NotConfigured
 
 MESSAGE = (
     "text-to-3D needs an image generator, and this deployment runs the embedded default, "

@@ -5,8 +5,8 @@ import asyncio
 
 from ray import serve
 
-from serve_app.settings import MeshBakerSettings, StoreSettings
-from serve_app.store import ArtifactStore
+from sam3d_common.settings import MeshBakerSettings, StoreSettings
+from sam3d_common.store import ArtifactStore
 
 from ..reconstructor.base import Reconstruction
 from .bake import BakeOptions, BakeResult, MeshBakerBackend

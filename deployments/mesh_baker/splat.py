@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..reconstructor.base import Reconstruction, shell
+from ..reconstructor.sam3d_grid import SH_C0
 
-SH_C0 = 0.28209479177387814
 PROPERTIES = ("x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
               "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
 

@@ -6,7 +6,7 @@ from typing import Protocol
 
 from ray import serve
 
-from serve_app.settings import PromptEnhancerSettings
+from sam3d_common.settings import PromptEnhancerSettings
 
 
 @dataclass(frozen=True)

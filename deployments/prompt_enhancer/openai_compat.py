@@ -22,7 +22,7 @@ import re
 
 import httpx
 
-from serve_app.settings import PromptEnhancerSettings
+from sam3d_common.settings import PromptEnhancerSettings
 
 from . import EnhancedPrompt
 from .rules import MAX_PROMPT_CHARS, RulesEnhancer

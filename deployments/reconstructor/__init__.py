@@ -7,7 +7,7 @@ from typing import AsyncIterator
 import numpy as np
 from ray import serve
 
-from serve_app.settings import ReconstructorSettings
+from sam3d_common.settings import ReconstructorSettings
 
 from .base import ReconstructOptions, Reconstruction, ReconstructorBackend, Started, StepFrame, StreamItem
 

@@ -7,7 +7,7 @@ from typing import AsyncIterator, Protocol, Union
 import numpy as np
 from scipy import ndimage
 
-from serve_app.protocol import VoxelFrame
+from sam3d_common.frames import VoxelFrame
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,6 @@ class StepFrame:
     step: int  # 1-based
     total_steps: int
     frame: VoxelFrame
-
-    @property
-    def is_last(self) -> bool:
-        return self.step == self.total_steps
 
 
 @dataclass

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from deployments.errors import BadInput
-from serve_app.protocol import VoxelFrame
-from serve_app.settings import InflationSettings
+from sam3d_common.errors import BadInput
+from sam3d_common.frames import VoxelFrame
+from sam3d_common.settings import InflationSettings
 
 from .base import ReconstructOptions, Reconstruction, StepFrame, shell, should_emit
 

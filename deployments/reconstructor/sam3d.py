@@ -30,12 +30,13 @@ from typing import Protocol
 import numpy as np
 import yaml
 
-from deployments.errors import BadInput, ModelUnavailable, StageError
-from serve_app.protocol import VoxelFrame
-from serve_app.settings import Sam3dSettings
+from sam3d_common.errors import BadInput, ModelUnavailable, StageError
+from sam3d_common.frames import VoxelFrame
+from sam3d_common.settings import Sam3dSettings
+from sam3d_common.weights import hub_snapshot
 
 from .base import ReconstructOptions, Reconstruction, StepFrame, shell, should_emit
-from .sam3d_grid import ViewMapping, fill_colors, map_to_view, view_from_local
+from .sam3d_grid import ViewMapping, color_order, map_to_view, view_from_local
 
 log = logging.getLogger(__name__)
 
@@ -97,24 +98,6 @@ def missing_files(folder: Path) -> list[str]:
     return [name for name in required_files(folder) if not (folder / name).is_file()]
 
 
-def hub_cache_checkpoints(model_id: str) -> Path:
-    """`checkpoints/` of the cached hub snapshot (refs/main, else the newest), or where it would be."""
-    try:
-        from huggingface_hub import constants
-
-        cache = Path(constants.HF_HUB_CACHE)
-    except Exception:  # noqa: BLE001 - huggingface_hub is optional here
-        cache = Path.home() / ".cache" / "huggingface" / "hub"
-    repo = cache / f"models--{model_id.replace('/', '--')}"
-    ref = repo / "refs" / "main"
-    if ref.is_file():
-        return repo / "snapshots" / ref.read_text().strip() / "checkpoints"
-    snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime)
-    if snapshots:
-        return snapshots[-1] / "checkpoints"
-    return repo / "snapshots" / "<revision>" / "checkpoints"
-
-
 def download_hint(model_id: str) -> str:
     return (f"The weights are gated at hub id {model_id}: request access on its model page, "
             "log in (`hf auth login`, or set HF_TOKEN), then run "
@@ -130,7 +113,7 @@ def startup_problems(settings: Sam3dSettings) -> tuple[Path, list[str]]:
         folder = Path(settings.checkpoint_dir).expanduser()
         where = f"reconstructor.sam3d.checkpoint_dir {str(folder)!r}"
     else:
-        folder = hub_cache_checkpoints(settings.model_id)
+        folder = hub_snapshot(settings.model_id) / "checkpoints"
         where = (f"the Hugging Face cache {str(folder)!r} (reconstructor.sam3d.checkpoint_dir "
                  "is not set)")
     problems = []
@@ -227,6 +210,7 @@ class Sam3dReconstructor:
             geometry, mapping = final
             view_shell = await self._call(self._start_appearance, run, geometry, mapping)
             colors = None
+            order: dict = {}  # the per-run colour gather (sam3d_grid.color_order), built once
             for k in range(1, appearance_steps + 1):
                 step = self._gpu(self._appearance_step, run,
                                  should_emit(k, appearance_steps, options.colors_every))
@@ -235,7 +219,7 @@ class Sam3dReconstructor:
                     yield StepFrame("appearance", k - 1, appearance_steps, frame)
                 preview = await step
                 pending = None if preview is None else self._cpu(
-                    self._appearance_frame, geometry.occupancy, mapping, view_shell, preview)
+                    self._appearance_frame, geometry.occupancy, mapping, view_shell, preview, order)
             step = self._gpu(run.finish)  # the final decode overlaps the last frame's build
             colors, frame = await pending
             yield StepFrame("appearance", appearance_steps, appearance_steps, frame)
@@ -270,7 +254,13 @@ class Sam3dReconstructor:
         return (preview, mapping), VoxelFrame.from_occupancy(shell(mapping.occupancy))
 
     def _appearance_frame(self, local_occ: np.ndarray, mapping: ViewMapping,
-                          view_shell: np.ndarray, preview):
-        local_colors = fill_colors(local_occ, preview.coords, preview.colors)
-        colors = mapping.sample(local_colors)
+                          view_shell: np.ndarray, preview, order: dict):
+        """Colours by one gather: which preview voxel colours each view cell depends only on
+        the run's voxels, so it is worked out at the first frame (`order` caches it)."""
+        colors = np.zeros(mapping.source.shape + (3,), np.uint8)
+        if len(preview.coords):
+            if order.get("coords") is not preview.coords:
+                order["coords"] = preview.coords
+                order["rows"] = color_order(local_occ.shape[0], preview.coords, mapping.source)
+            colors[mapping.source >= 0] = preview.colors[order["rows"]]
         return colors, VoxelFrame.from_occupancy(view_shell, colors)

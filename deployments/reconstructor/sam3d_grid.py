@@ -63,7 +63,8 @@ def map_to_view(local_occ: np.ndarray, rotation: np.ndarray, n: int) -> ViewMapp
     Each view cell centre is rotated back into the local grid and takes the voxel it lands in
     (nearest neighbour), so a rotated object has no holes. The object is centred on its
     rotated bounding box; it keeps the local scale (the local cube spans the view grid) unless
-    its rotated extent exceeds the cube, when it is shrunk just enough to fit.
+    its rotated extent exceeds the cube, when it is shrunk just enough to fit. Only the view
+    cells within the object's rotated box are computed (one vectorised pass).
     """
     m = local_occ.shape[0]
     source = np.full((n, n, n), -1, dtype=np.int64)
@@ -77,16 +78,22 @@ def map_to_view(local_occ: np.ndarray, rotation: np.ndarray, n: int) -> ViewMapp
     centre = (lo + hi) / 2
     span = max(1.0, float((hi - lo).max()))
     axis = (np.arange(n) + 0.5) / n * span - span / 2
-    gy, gz = np.meshgrid(axis + centre[1], axis + centre[2], indexing="ij")
-    flat_occ = local_occ.reshape(-1)
-    for a in range(n):  # one x slab at a time keeps memory at n² points for n up to 256
-        view_pts = np.stack([np.full_like(gy, axis[a] + centre[0]), gy, gz], axis=-1)
-        local = view_pts @ rot  # row form of rot.T @ v: back to local coordinates
-        ijk = np.floor((local + 0.5) * m).astype(np.int64)
-        inside = ((ijk >= 0) & (ijk < m)).all(axis=-1)
-        flat = np.where(inside, (ijk[..., 0] * m + ijk[..., 1]) * m + ijk[..., 2], 0)
-        hit = inside & flat_occ[flat]
-        source[a][hit] = flat[hit]
+    # Only view cells near the object's rotated box can land in an occupied voxel: a voxel's
+    # cube reaches at most half its diagonal from its centre.
+    reach = np.sqrt(3) / 2 / m
+    box = [np.flatnonzero((axis + centre[d] >= pts[:, d].min() - reach)
+                          & (axis + centre[d] <= pts[:, d].max() + reach)) for d in range(3)]
+    if any(len(b) == 0 for b in box):
+        return ViewMapping(source)
+    gx, gy, gz = np.meshgrid(*(axis[b] + centre[d] for d, b in enumerate(box)), indexing="ij")
+    local = np.stack([gx, gy, gz], axis=-1) @ rot  # row form of rot.T @ v: back to local coordinates
+    ijk = np.floor((local + 0.5) * m).astype(np.int64)
+    inside = ((ijk >= 0) & (ijk < m)).all(axis=-1)
+    flat = np.where(inside, (ijk[..., 0] * m + ijk[..., 1]) * m + ijk[..., 2], 0)
+    hit = inside & local_occ.reshape(-1)[flat]
+    sub = np.full(hit.shape, -1, dtype=np.int64)
+    sub[hit] = flat[hit]
+    source[np.ix_(*box)] = sub
     return ViewMapping(source)
 
 
@@ -125,3 +132,19 @@ def fill_colors(occ: np.ndarray, coords: np.ndarray, colors: np.ndarray) -> np.n
     vol[c[:, 0], c[:, 1], c[:, 2]] = colors
     _, near = ndimage.distance_transform_edt(~have, return_indices=True)
     return vol[near[0], near[1], near[2]]
+
+
+def color_order(occ_shape: int, coords: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """For each occupied view cell (`source >= 0`, in that order), the row of `coords` whose
+    colour it shows: the same choice as `ViewMapping.sample(fill_colors(occ, coords, colors))`
+    for any `colors`, computed once so that each appearance frame is a single gather."""
+    m = occ_shape
+    c = np.asarray(coords, dtype=np.int64)
+    flat = (c[:, 0] * m + c[:, 1]) * m + c[:, 2]
+    have = np.zeros(m ** 3, bool)
+    have[flat] = True
+    row = np.full(m ** 3, -1, np.int64)
+    row[flat] = np.arange(len(c))  # a repeated coordinate keeps its last row, as fill_colors does
+    _, near = ndimage.distance_transform_edt(~have.reshape(m, m, m), return_indices=True)
+    nearest = ((near[0] * m + near[1]) * m + near[2]).reshape(-1)
+    return row[nearest[source[source >= 0]]]

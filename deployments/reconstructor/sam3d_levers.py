@@ -1,7 +1,9 @@
 """Speed levers around upstream's SAM 3D generators, each behind a Sam3dSettings switch.
 
-- `compile_blocks`: the geometry flow transformer's blocks compiled with torch.compile at
-  start (the warm-up request pays for it), the largest gain measured on the H200.
+- `compile_blocks`: a flow transformer's blocks compiled with torch.compile at start (the
+  warm-up request pays for it): the geometry stage's by default, the appearance stage's
+  (sparse, a token count per request, so dynamic shapes) behind `compile_appearance`
+  (measured gains: docs/sam3d.md).
 - `LatentColors`: an appearance preview without the Gaussian decoder. At the first preview of
   a run (and every `refit_every`-th after) the decoder runs and a least-squares affine map from
   each voxel's 8 latent channels to its decoded colour is fitted; previews in between apply
@@ -19,11 +21,12 @@ def transformer_blocks(module) -> list:
     return [b for m in module.children() if isinstance(m, torch.nn.ModuleList) for b in m]
 
 
-def compile_blocks(module, **compile_kwargs) -> int:
+def compile_blocks(module, blocks=None, **compile_kwargs) -> int:
     """torch.compile each transformer block of `module` (the members of its top-level
-    ModuleLists) in place; returns how many. Compiling the whole stage-1 backbone breaks
-    dynamo on upstream's numpy time embedding; its blocks have fixed shapes and compile."""
-    blocks = transformer_blocks(module)
+    ModuleLists, or the given `blocks`) in place; returns how many. Compiling the whole
+    stage-1 backbone breaks dynamo on upstream's numpy time embedding; its blocks have fixed
+    shapes and compile."""
+    blocks = transformer_blocks(module) if blocks is None else list(blocks)
     for block in blocks:
         block.compile(**compile_kwargs)
     return len(blocks)

@@ -131,10 +131,11 @@ class UpstreamRun:
         self.preview_dtype = getattr(torch, settings.preview_dtype)
 
     def _ctx(self, dtype):
-        """Thread-local torch state for one call: device default, no autograd, CUDA autocast."""
+        """Thread-local torch state for one call: no autograd, CUDA autocast. No default-device
+        context: `with torch.device(...)` is a torch function mode that intercepts every op
+        in Python, and upstream's code places its tensors itself, as `run()` relies on."""
         torch = self.model.torch
         stack = contextlib.ExitStack()
-        stack.enter_context(self.device)
         stack.enter_context(torch.no_grad())
         if dtype is not None:
             stack.enter_context(torch.autocast(device_type="cuda", dtype=dtype))

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from deployments.errors import ModelUnavailable
-from serve_app.settings import Sam3dSettings
+from sam3d_common.errors import ModelUnavailable
+from sam3d_common.settings import Sam3dSettings
 
 # Class roots a checkpoint folder's YAML may instantiate; anything else is refused at start.
 ALLOWED_TARGET_ROOTS = ("sam3d_objects.", "torchvision.transforms.", "moge.model.")
@@ -222,10 +222,18 @@ class UpstreamModel:
                 f"{exc} (the depth model MoGe also needs the hub id in pipeline.yaml reachable, "
                 "a warm HF_HOME cache, or reconstructor.sam3d.depth_model_dir)") from exc
         self.compiled_blocks = 0
-        if settings.compile_geometry and torch.cuda.is_available():
+        if torch.cuda.is_available():
             from .sam3d_levers import compile_blocks
 
-            self.compiled_blocks = compile_blocks(self.pipeline.models["ss_generator"].reverse_fn.backbone)
+            models = self.pipeline.models
+            if settings.compile_geometry:
+                self.compiled_blocks += compile_blocks(
+                    models["ss_generator"].reverse_fn.backbone, mode=settings.compile_mode)
+            if settings.compile_appearance:
+                backbone = models["slat_generator"].reverse_fn.backbone
+                self.compiled_blocks += compile_blocks(
+                    backbone, getattr(backbone, "blocks", None), mode=settings.compile_mode,
+                    dynamic=True)
 
     def warm_up(self) -> float:
         """One tiny synthetic request through every call a real one makes, so that the first

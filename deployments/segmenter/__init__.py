@@ -13,11 +13,11 @@ import logging
 import numpy as np
 from ray import serve
 
-from deployments.errors import NotConfigured
-from serve_app.settings import SegmenterSettings
+from sam3d_common.errors import NotConfigured
+from sam3d_common.settings import ConfigError, EncoderBatching, SegmenterSettings
 
 from .base import Box, Point, SegmentPrompt, SegmentResult, SegmenterBackend
-from .embedding_cache import EmbeddingNotFound
+from .sam3.embedding_cache import EmbeddingNotFound
 
 __all__ = [
     "Segmenter",
@@ -32,15 +32,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def make_backend(settings: SegmenterSettings) -> SegmenterBackend:
+def make_backend(settings: SegmenterSettings, batching: EncoderBatching | None = None) -> SegmenterBackend:
     if settings.backend == "grabcut":
         from .grabcut import GrabCutSegmenter
 
         return GrabCutSegmenter(settings.grabcut)
     if settings.backend == "sam3":
-        from .sam3 import Sam3Segmenter
+        from .sam3.backend import Sam3Segmenter
 
-        return Sam3Segmenter(settings.sam3)
+        return Sam3Segmenter(settings.sam3, max_batch_size=(batching or EncoderBatching()).max_batch_size)
     raise ValueError(f"unknown segmenter backend {settings.backend!r}")
 
 
@@ -53,15 +53,49 @@ def _in_replica() -> bool:
         return False
 
 
+def _deployment_config():
+    """This replica's Serve deployment config, or None outside a replica."""
+    try:
+        return serve.get_replica_context()._deployment_config
+    except Exception:  # RayServeException outside a replica
+        return None
+
+
+def _batching(user_config) -> EncoderBatching:
+    """The user_config validated, and checked against max_ongoing_requests (ConfigError)."""
+    try:
+        batching = EncoderBatching.model_validate(user_config or {})
+    except ValueError as exc:
+        raise ConfigError(f"invalid Segmenter user_config: {exc}") from None
+    config = _deployment_config()
+    if config is not None and config.max_ongoing_requests < batching.max_batch_size:
+        raise ConfigError(
+            f"Segmenter max_ongoing_requests ({config.max_ongoing_requests}) is below user_config."
+            f"max_batch_size ({batching.max_batch_size}): a batch could never fill. Raise "
+            "max_ongoing_requests or lower max_batch_size.")
+    return batching
+
+
 @serve.deployment(name="Segmenter", max_ongoing_requests=16)
 class Segmenter:
     def __init__(self, settings: dict | None = None):
         self.settings = SegmenterSettings.model_validate(settings or {})
-        self.backend = make_backend(self.settings)
+        # Serve calls reconfigure with the user_config right after this; the backend is built
+        # for it already, so that call compiles nothing.
+        config = _deployment_config()
+        batching = _batching(config.user_config if config is not None else None)
+        self.backend = make_backend(self.settings, batching)
         self._inflight: dict[str, asyncio.Future] = {}
-        sam = self.settings.sam3
-        self._encode_batched.set_max_batch_size(sam.max_batch_size)
-        self._encode_batched.set_batch_wait_timeout_s(sam.batch_wait_timeout_s)
+        self.reconfigure(batching.model_dump())
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Serve's user_config hook (EncoderBatching): encoder batch size and wait, no restart."""
+        batching = _batching(user_config)
+        sam = self._sam3_or_none()
+        if sam is not None:
+            sam.set_max_batch_size(batching.max_batch_size)
+        self._encode_batched.set_max_batch_size(batching.max_batch_size)
+        self._encode_batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
     # ---- the graph's interface ----------------------------------------------------------------------
 
@@ -70,13 +104,15 @@ class Segmenter:
         if sam is None:
             # A thread keeps the replica's event loop free for health checks while OpenCV/torch run.
             return await asyncio.to_thread(self.backend.segment, image, prompt)
-        from .sam3 import check_prompt, mask_only
+        from .sam3.backend import check_prompt, mask_only
+        from .sam3.encoder import check_image
 
-        check_prompt(prompt, image.shape[:2])  # before spending an encoder pass on a bad prompt
+        check_prompt(prompt, image.shape[:2])  # once, before spending an encoder pass on a bad prompt
         if mask_only(prompt):
-            return await asyncio.to_thread(sam.segment, image, prompt)
+            check_image(image)
+            return sam.given_mask(prompt)
         embedding, _ = await self._embedding(image)
-        return await asyncio.to_thread(sam.segment_with_embedding, embedding, prompt)
+        return await asyncio.to_thread(sam.answer, embedding, prompt)
 
     def describe(self) -> dict:
         describe = getattr(self.backend, "describe", None)
@@ -119,7 +155,7 @@ class Segmenter:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _encode_batched(self, items: list[tuple[str, np.ndarray]]) -> list:
-        """One encoder pass over every image that arrived within the wait window (settings.sam3)."""
+        """One encoder pass over every image that arrived within the wait window (EncoderBatching)."""
         ids = [key for key, _ in items]
         images = [image for _, image in items]
         return await asyncio.to_thread(self.backend.encode_batch, images, ids)

@@ -6,6 +6,8 @@ from typing import Protocol
 
 import numpy as np
 
+from sam3d_common.errors import BadInput
+
 
 @dataclass(frozen=True)
 class Point:
@@ -32,6 +34,14 @@ class SegmentPrompt:
     mask: np.ndarray | None = None  # HxW bool, a user mask to use or refine
 
 
+def check_clicks_inside(points, size: tuple[int, int]) -> None:
+    """Raises BadInput for a click (anything with .x, .y) outside an image of size (h, w)."""
+    h, w = size
+    for p in points:
+        if not (0 <= p.x < w and 0 <= p.y < h):
+            raise BadInput(f"click ({p.x:g}, {p.y:g}) lies outside the {w}x{h} image")
+
+
 @dataclass
 class SegmentResult:
     mask: np.ndarray  # HxW bool, the chosen object
@@ -44,5 +54,5 @@ class SegmenterBackend(Protocol):
     name: str
 
     def segment(self, image: np.ndarray, prompt: SegmentPrompt) -> SegmentResult:
-        """image: HxWx3 uint8 RGB. Raises deployments.errors.BadInput when nothing is found."""
+        """image: HxWx3 uint8 RGB. Raises sam3d_common.errors.BadInput when nothing is found."""
         ...

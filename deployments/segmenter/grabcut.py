@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from deployments.errors import BadInput
-from serve_app.settings import GrabCutSettings
+from sam3d_common.errors import BadInput
+from sam3d_common.settings import GrabCutSettings
 
 from .base import SegmentPrompt, SegmentResult
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .frames import MAX_GRID_SIZE, VoxelFrame
+from sam3d_common.frames import MAX_GRID_SIZE, VoxelFrame
 
 ENCODING_NAME = "compact"
 FORMAT_VERSION = 1

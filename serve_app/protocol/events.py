@@ -41,10 +41,9 @@ STAGES = (
     "store",
 )
 
-COMMON_FIELDS = ("type", "request_id", "seq", "stage", "step", "total_steps", "progress", "t")
-
-# Fields each event type adds to COMMON_FIELDS. Voxel frames carry the fields of
-# their encoding (see seed_codec / compact codec) in addition.
+# Fields each event type adds to those every event has (type, request_id, seq, stage, step,
+# total_steps, progress, t; see make_event). Voxel frames carry the fields of
+# their encoding (see full_codec / compact codec) in addition.
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     # stage `queue`: while the request waits for a reconstructor slot, `queue_position` (1 = next)
     # and `queue_length` (requests of this ingress replica waiting), sent when they change; then

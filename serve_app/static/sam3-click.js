@@ -3,7 +3,7 @@
 // (GET /v1/models/sam3-click-decoder.onnx) in onnxruntime-web, from the vendored wasm build (on up
 // to 4 threads when the page is cross-origin isolated, else on one). The features are laid out once per
 // photo as the decoder takes them (tokenLayout). Mask selection and upsampling follow
-// deployments/segmenter/onnx_decoder.py, so the browser's mask is the one POST /v1/segment would give
+// deployments/segmenter/sam3/onnx_decoder.py, so the browser's mask is the one POST /v1/segment would give
 // for the same prompts.
 
 import { apiFetch } from "./apikey.js";

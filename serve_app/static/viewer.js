@@ -8,7 +8,8 @@ import { PhotoPanel } from "./photo.js";
 import { Progress } from "./progress.js";
 import { Scene, VIEWS } from "./scene.js";
 import { Segmentation, maskPng } from "./segment.js";
-import { HttpError, ResyncNeeded, decodeFrame, errorOf, readEvents, requestKeyFrame, startGenerate } from "./stream.js";
+import { HttpError, ResyncNeeded, decodeFrame, errorOf } from "./stream.js";
+import { cancelJob, jobEvents, submitJob } from "./job-stream.js";
 import { VoxelStreamDecoder } from "./voxel-codec.js";
 import { apiFetch } from "./apikey.js";
 
@@ -16,6 +17,10 @@ const params = new URLSearchParams(location.search);
 const TEST = params.get("test") === "1";
 const DROP_FRAME = TEST && params.has("drop_frame") ? Number(params.get("drop_frame")) : null;
 const BINARY = params.get("transport") !== "sse";
+// Tests: close the job's events connection once after this many events (a network drop).
+const DROP_CONNECTION = TEST && params.has("drop_connection") ? Number(params.get("drop_connection")) : null;
+// Tests: this many geometry and appearance steps, so a run lasts long enough to interrupt.
+const STEPS = TEST && params.has("steps") ? params.get("steps") : null;
 
 const fmtBytes = (n) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MB` : `${Math.max(1, Math.round(n / 1024))} kB`);
 const $ = (id) => document.getElementById(id);
@@ -24,8 +29,9 @@ function freshRun() {
   return {
     phase: "idle", // idle · streaming · complete · error · stopped
     requestId: null, progress: 0, events: 0, eventCounts: {}, framesDecoded: 0,
-    voxelCountsDrawn: [], resyncs: 0, keyFrameRequests: [], decodeErrors: 0, droppedForTest: null,
+    voxelCountsDrawn: [], resyncs: 0, decodeErrors: 0, droppedForTest: null,
     error: null, complete: null, glbTriangles: 0, splats: 0, artifactErrors: [], queuePositions: [],
+    job: null, resumes: 0, nonFrameSeqs: [],
   };
 }
 
@@ -131,6 +137,7 @@ async function startPage() {
   let controller = null;
   let decoder = null;
   let keyFrameAsked = false;
+  let jobControl = {};
 
   async function resync(reason) {
     const run = state.run;
@@ -138,7 +145,8 @@ async function startPage() {
     keyFrameAsked = true;
     run.resyncs++;
     progress.log(`resync: ${reason}; asking for a key frame`);
-    run.keyFrameRequests.push(await requestKeyFrame(run.requestId));
+    // The job's events URL with Last-Event-ID starts with a key frame (job-stream.js).
+    jobControl.reconnect?.();
   }
 
   async function onFrame(ev) {
@@ -214,6 +222,7 @@ async function startPage() {
     run.events++;
     run.eventCounts[ev.type] = (run.eventCounts[ev.type] || 0) + 1;
     run.requestId ||= ev.request_id;
+    if (ev.type !== "geometry" && ev.type !== "appearance") run.nonFrameSeqs.push(ev.seq);
     if (typeof ev.progress === "number" && ev.progress >= run.progress) {
       run.progress = ev.progress;
       progress.setOverall(ev.progress);
@@ -291,10 +300,20 @@ async function startPage() {
     controller = new AbortController();
     try {
       const form = await buildForm(textPrompt);
-      const { response, requestId } = await startGenerate(form, { binary: BINARY, signal: controller.signal });
-      run.requestId = requestId;
+      if (STEPS) for (const k of ["geometry_steps", "appearance_steps"]) form.append(k, STEPS);
+      // A job, not /v1/generate: a dropped connection resumes with Last-Event-ID (job-stream.js).
+      run.job = await submitJob(form, { signal: controller.signal });
+      run.requestId = run.job.job_id;
       progress.stage("request", 0, 0, "accepted, waiting for the first stage…");
-      for await (const ev of readEvents(response, { onSkip: (s) => progress.log(`skipped: ${s}`) })) await onEvent(ev);
+      const events = jobEvents(run.job, {
+        binary: BINARY, signal: controller.signal, dropAfter: DROP_CONNECTION, control: (jobControl = {}),
+        onSkip: (s) => progress.log(`skipped: ${s}`),
+        onResume: (last, attempt, reason) => {
+          run.resumes++;
+          progress.log(`connection lost (${reason}); resuming after event ${last} (attempt ${attempt})`);
+        },
+      });
+      for await (const ev of events) await onEvent(ev);
       if (run.phase === "streaming") {
         run.phase = "error";
         run.error = { code: "incomplete", message: "the stream ended without a `complete` event" };
@@ -323,7 +342,13 @@ async function startPage() {
 
   $("generate").addEventListener("click", () => generate());
   $("generate-text").addEventListener("click", () => $("prompt").value.trim() && generate($("prompt").value.trim()));
-  $("cancel").addEventListener("click", () => controller && controller.abort());
+  $("cancel").addEventListener("click", () => {
+    if (!controller) return;
+    controller.abort();
+    const run = state.run;
+    // The job outlives the connection: stop it too.
+    if (run.job) cancelJob(run.job).then((status) => { run.cancelStatus = status; });
+  });
   state.phase = "ready";
   if (TEST) window.viewer = { state, scene, segmentation, panel, setView };
 }

@@ -6,15 +6,18 @@
 //
 // SERVER.json is the line viewer_server.py prints. Checks, each recorded in the report:
 //  1. the page reads /v1/capabilities (segmenting mode; text box disabled with the reason);
-//  2. a 4xx from /v1/generate shows the server's message;
+//  2. a 4xx from POST /v1/jobs (the viewer runs jobs) shows the server's message;
 //  3. a click on the cup gives a mask overlay (decoded in the browser with SAM 3: the same mask as
 //     POST /v1/segment for the same click);
 //  4. Generate, first waiting behind another client's request (the page shows its place in line for
 //     the reconstructor's one slot): the voxel instance count drawn grows across frames, the last frame's count is what
 //     the InstancedMesh draws, the voxel view is not blank; the GLB loads with its file's triangle
 //     count; the splats load with the PLY's count; a meshopt-compressed GLB loads; screenshots;
-//  5. a lost frame (?drop_frame) is recovered through a key frame request; Stop ends a run (while it
-//     waits in line);
+//  5. a lost frame (?drop_frame) is recovered through a key frame (a reconnection to the job's
+//     events with Last-Event-ID, which starts with one); a dropped connection
+//     (?drop_connection) resumes through the job's events URL with Last-Event-ID to the same final
+//     picture as the server's, no non-frame event missing or repeated; Stop ends a run and
+//     cancels its job;
 //  6. an EXIF-rotated JPEG shows upright and a click on it lands on the object;
 //  7. no page errors, no failed request but the deliberate one, no request to another host.
 // Prints one JSON report and exits 0 when every check passed, 1 when one failed, 2 when the browser
@@ -281,26 +284,36 @@ try {
 
   // 5. A lost frame is recovered through a key frame; Stop ends a run.
   await page.close();
-  page = await open(context, `${base}/?test=1&drop_frame=3`, errors);
+  page = await open(context, `${base}/?test=1&drop_frame=3&drop_connection=8&steps=30`, errors);
   await choosePhoto(page, photoPath);
   await clickPhoto(page, CUP); // SAM 3 needs a prompt; GrabCut would take the border as background
   await waitMasks(page, 1);
   const lossy = (await runToEnd(page)).run;
   check("resync_after_lost_frame", lossy.phase === "complete" && lossy.droppedForTest === 3 && lossy.resyncs >= 1 &&
-    lossy.keyFrameRequests.includes(202) && lossy.decodeErrors === 0,
-  { phase: lossy.phase, dropped: lossy.droppedForTest, resyncs: lossy.resyncs, keyFrameRequests: lossy.keyFrameRequests });
-  // Stop while the run waits in line behind another client's stream (a run of the embedded
-  // reconstructor is over in about a second, sooner than a click can reliably land mid-stream on a
-  // loaded machine; the server side of a cancel mid-stream is tested in tests/test_stream_robustness.py).
-  const holder = new AbortController();
-  await holdSlot(photoPath, holder.signal);
+    lossy.decodeErrors === 0, { phase: lossy.phase, dropped: lossy.droppedForTest, resyncs: lossy.resyncs });
+  // The server's own picture of the finished job: its log from the start ends with one key frame.
+  const log = await (await fetch(`${base}/v1/jobs/${lossy.job.job_id}/events`)).text();
+  const logged = log.split("\n").filter((l) => l.startsWith("data: ")).map((l) => JSON.parse(l.slice(6)));
+  const finalKey = logged.find((e) => e.key_frame);
+  const expectedSeqs = logged.filter((e) => !e.key_frame).map((e) => e.seq);
+  check("resume_after_dropped_connection", lossy.phase === "complete" && lossy.resumes >= 1 &&
+    lossy.lastFrame.count === finalKey.voxel_count && lossy.nonFrameSeqs.join() === expectedSeqs.join(),
+  { phase: lossy.phase, resumes: lossy.resumes, drawn: lossy.lastFrame, server: finalKey.voxel_count,
+    seqs: lossy.nonFrameSeqs, expectedSeqs });
   await page.click("#generate");
-  await page.waitForFunction(() => window.viewer.state.run.queuePositions.length > 0, null, { timeout: TIMEOUT_MS, polling: 20 });
+  // Stop as soon as the job is accepted (the embedded job lasts about a second).
+  await page.waitForFunction(() => window.viewer.state.run.job !== null, null, { timeout: TIMEOUT_MS, polling: 10 });
   await page.click("#cancel");
   await page.waitForFunction(() => window.viewer.state.run.phase !== "streaming", null, { timeout: TIMEOUT_MS });
-  holder.abort();
-  const stopped = await page.evaluate(() => ({ phase: window.viewer.state.run.phase, generateEnabled: !document.getElementById("generate").disabled }));
-  check("stop_ends_the_run", stopped.phase === "stopped" && stopped.generateEnabled, stopped);
+  const stopped = await page.evaluate(() => ({ phase: window.viewer.state.run.phase, generateEnabled: !document.getElementById("generate").disabled,
+    job: window.viewer.state.run.job.job_id, steps: window.viewer.state.run.eventCounts }));
+  let jobState = null;
+  for (let i = 0; i < 100 && !["cancelled", "succeeded", "failed"].includes(jobState); i++) {
+    jobState = (await (await fetch(`${base}/v1/jobs/${stopped.job}`)).json()).state;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  check("stop_ends_the_run", stopped.phase === "stopped" && stopped.generateEnabled && jobState === "cancelled",
+    { ...stopped, jobState, cancelStatus: await page.evaluate(() => window.viewer.state.run.cancelStatus) });
 
   // 6. A phone photo stored sideways with EXIF orientation 6 shows upright; a click lands on the cup.
   await choosePhoto(page, exifPath);
@@ -321,7 +334,7 @@ try {
   await page.screenshot({ path: join(outDir, "viewer-exif.png") });
 
   check("no_page_errors", errors.page.length === 0, errors.page);
-  check("only_the_deliberate_http_error", errors.http.length === 1 && errors.http[0] === "POST /v1/generate 422", errors.http);
+  check("only_the_deliberate_http_error", errors.http.length === 1 && errors.http[0] === "POST /v1/jobs 422", errors.http);
   check("no_request_leaves_the_host", errors.foreign.length === 0, errors.foreign);
 } catch (err) {
   report.crash = String(err && err.stack ? err.stack : err);

@@ -19,8 +19,8 @@ import numpy as np
 OUT = Path(__file__).resolve().parent
 sys.path.insert(0, str(OUT.parents[1]))
 
-from deployments.segmenter.embedding_codec import decode, encode  # noqa: E402
-from deployments.segmenter.onnx_decoder import select_mask  # noqa: E402
+from deployments.segmenter.sam3.embedding_codec import decode, encode  # noqa: E402
+from deployments.segmenter.sam3.onnx_decoder import select_mask  # noqa: E402
 
 
 def embedding() -> tuple[bytes, dict]:

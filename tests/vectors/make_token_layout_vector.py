@@ -1,5 +1,5 @@
 """Write token_layout.json: small NCHW features and the click decoder's channels-last inputs that
-deployments/segmenter/onnx_decoder_fast.token_layout makes of them (run: python
+deployments/segmenter/sam3/onnx_decoder_fast.token_layout makes of them (run: python
 tests/vectors/make_token_layout_vector.py). tests/js/sam3-click.test.mjs checks that the browser's
 tokenLayout gives the same; tests/test_viewer_vectors.py that the file is current.
 """
@@ -14,7 +14,7 @@ import numpy as np
 OUT = Path(__file__).resolve().parent
 sys.path.insert(0, str(OUT.parents[1]))
 
-from deployments.segmenter.onnx_decoder_fast import token_layout  # noqa: E402
+from deployments.segmenter.sam3.onnx_decoder_fast import token_layout  # noqa: E402
 
 
 def vector() -> dict:

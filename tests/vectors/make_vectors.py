@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from serve_app.protocol import VoxelFrame, seed_codec  # noqa: E402
+from serve_app.protocol import VoxelFrame, full_codec  # noqa: E402
 from serve_app.protocol.binary_transport import (RecordKind, pack_event, pack_frame_event,  # noqa: E402
                                                  pack_message, stream_header)
 from serve_app.protocol.compact_codec import (_HEADER, FLAG_COLORS, FLAG_DEFLATE, FLAG_KEY,  # noqa: E402
@@ -335,11 +335,11 @@ def seed_events() -> dict:
         occ = rng.random((64, 64, 64)) < occ_p
         cols = rng.integers(0, 256, (64, 64, 64, 3), dtype=np.uint8) if coloured else None
         f = frame(occ, cols)
-        ev = {"type": "geometry", "stage": "geometry", **seed_codec.encode(f)}
+        ev = {"type": "geometry", "stage": "geometry", **full_codec.encode(f)}
         colors = f.colors if f.colors is not None else np.full((f.count, 3), 128, np.uint8)
         events.append({"event": ev, "coords": f.coords.ravel().tolist(), "colors": colors.ravel().tolist()})
     single = coords_frame(64, [[9, 9, 9]], [[1, 2, 3]])
-    events.append({"event": {"type": "geometry", "stage": "geometry", **seed_codec.encode(single)},
+    events.append({"event": {"type": "geometry", "stage": "geometry", **full_codec.encode(single)},
                    "coords": [9, 9, 9], "colors": [1, 2, 3]})
     return {"name": "seed_events", "description": "Seed-encoding (binary_uint8_xyzrgb) events on a "
             "64^3 grid; coords are the integer voxels the rounded decode gives", "events": events}

@@ -10,6 +10,9 @@ import copy
 import json
 from pathlib import Path
 
+from deployments.segmenter.sam3.loading import PixelSpec, Sam3Models, finish, tracker_config_from
+from sam3d_common.torch_device import resolve_device_dtype
+
 TINY_IMAGE = 224  # 16x16 patches of 14 px
 TINY_FPN = 32
 
@@ -120,3 +123,21 @@ def write_tiny_checkpoint(folder: str | Path, seed: int = 0, hub_layout: bool = 
     }
     (folder / "processor_config.json").write_text(json.dumps(processor, indent=2))
     return folder
+
+
+def random_init_models(video_config, device: str = "cpu", dtype: str = "float32", seed: int = 0) -> Sam3Models:
+    """Randomly initialised detector + tracker from a Sam3VideoConfig (benchmarks; no weights needed).
+
+    The tracker's backbone is replaced by the detector's, exactly as with loaded weights.
+    """
+    import torch
+    from transformers import Sam3Model, Sam3TrackerModel
+
+    torch.manual_seed(seed)
+    dev, dt = resolve_device_dtype(device, dtype, "segmenter.sam3")
+    with torch.device(dev):  # initialise on the device: 840 M parameters initialise slowly on a CPU
+        detector = Sam3Model(video_config.detector_config)
+        tracker = Sam3TrackerModel(tracker_config_from(video_config))
+    tracker.vision_encoder.backbone = detector.vision_encoder.backbone
+    size = int(video_config.detector_config.vision_config.backbone_config.image_size)
+    return finish(detector, tracker, None, PixelSpec(size=size), dev, dt, "random-init", ["random weights"])

@@ -5,7 +5,7 @@ import threading
 from collections import OrderedDict
 from typing import Generic, Protocol, TypeVar
 
-from deployments.errors import StageError
+from sam3d_common.errors import StageError
 
 
 class EmbeddingNotFound(StageError):
@@ -71,11 +71,6 @@ class EmbeddingCache(Generic[V]):
                 self._bytes -= int(dropped.nbytes)
                 self.evictions += 1
             return True
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._bytes = 0
 
     @property
     def nbytes(self) -> int:

@@ -2,7 +2,7 @@
 bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on CPU."""
 from __future__ import annotations
 
-from deployments.errors import ModelUnavailable
+from sam3d_common.errors import ModelUnavailable
 
 
 def resolve_device_dtype(device: str, dtype: str, key: str, cuda_hint: str = ""):

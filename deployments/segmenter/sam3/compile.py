@@ -47,6 +47,16 @@ class CompiledVit:
         limit = torch._dynamo.config.cache_size_limit
         torch._dynamo.config.cache_size_limit = max(limit, 2 * len(buckets))
 
+    def set_buckets(self, buckets: tuple[int, ...], size: int, device, dtype) -> None:
+        """Serve batches up to a new size: compiles (warms up) the buckets not compiled yet."""
+        import torch._dynamo
+
+        new = tuple(b for b in buckets if b not in self.buckets)
+        self.buckets = buckets
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(buckets))
+        if new:
+            self.warm_up(size, device, dtype, new)
+
     def bucket(self, n: int) -> int:
         for b in self.buckets:
             if b >= n:
@@ -63,13 +73,13 @@ class CompiledVit:
             px = torch.cat([px, px.new_zeros((b - n, *px.shape[1:]))])
         return self._fn(px).last_hidden_state[:n]
 
-    def warm_up(self, size: int, device, dtype) -> float:
-        """Compile every bucket now (zero images); → seconds spent."""
+    def warm_up(self, size: int, device, dtype, buckets: tuple[int, ...] | None = None) -> float:
+        """Compile every bucket (or those given) now, on zero images; → seconds spent."""
         import torch
 
         t = time.perf_counter()
         with torch.inference_mode():
-            for b in self.buckets:
+            for b in buckets or self.buckets:
                 self(torch.zeros((b, 3, size, size), device=device, dtype=dtype))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -78,13 +88,14 @@ class CompiledVit:
         return self.warmup_s
 
 
-def compiled_vit(models, settings) -> Callable | None:
-    """settings: Sam3Settings. The warmed-up compiled ViT, or None when compilation is off."""
+def compiled_vit(models, settings, max_batch_size: int) -> Callable | None:
+    """settings: Sam3Settings. The ViT compiled and warmed up for batches up to max_batch_size, or None
+    when compilation is off."""
     if not compile_wanted(settings.compile, models.device):
         return None
     vit = CompiledVit(
         models.detector.vision_encoder.backbone,
-        batch_buckets(settings.max_batch_size),
+        batch_buckets(max_batch_size),
         mode=settings.compile_mode,
         backend=settings.compile_backend,
     )

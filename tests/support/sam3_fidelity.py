@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import embedding_codec
+from deployments.segmenter.sam3 import embedding_codec
 
 
 def random_prompts(input_size: int, count: int = 16, seed: int = 0) -> list[dict]:

@@ -20,21 +20,22 @@ from pathlib import Path
 
 import numpy as np
 
-from deployments.errors import BadInput, ModelUnavailable
+from sam3d_common.errors import BadInput, ModelUnavailable
 
 from . import embedding_codec
-from .base import Box, Point, SegmentPrompt, SegmentResult
+from ..base import Box, Point, SegmentPrompt, SegmentResult, check_clicks_inside
 from .embedding_cache import EmbeddingCache
 from .onnx_decoder import EXPORT_VERSION, LazyExport
-from .sam3_encoder import (
+from .encoder import (
     ImageEmbedding,
     check_image,
     detector_vision_embeds,
     encode_images,
     image_id,
 )
-from .sam3_compile import compiled_vit
-from .sam3_loading import Sam3Models, load_sam3_models
+from .compile import batch_buckets, compiled_vit
+from .loading import Sam3Models, load_sam3_models
+from .fp8_linear import fp8_problem, use_fp8_linears
 
 log = logging.getLogger(__name__)
 MASK_LOGIT_SCALE = 10.0  # a user's binary mask enters the decoder as logits of ±this
@@ -43,18 +44,30 @@ MASK_LOGIT_SCALE = 10.0  # a user's binary mask enters the decoder as logits of 
 class Sam3Segmenter:
     name = "sam3"
 
-    def __init__(self, settings, models: Sam3Models | None = None):
-        """settings: serve_app.settings.Sam3Settings. `models` skips loading (benchmarks, tests)."""
+    def __init__(self, settings, models: Sam3Models | None = None, max_batch_size: int = 8):
+        """settings: sam3d_common.settings.Sam3Settings. `models` skips loading (benchmarks, tests).
+        max_batch_size: the largest encoder batch (EncoderBatching), for the compiled ViT."""
         self.settings = settings
         self.models = models if models is not None else load_sam3_models(settings)
+        if settings.vit_fp8:
+            problem = fp8_problem(self.models.device)
+            if problem:
+                raise ModelUnavailable(f"segmenter.sam3.vit_fp8 is on, but {problem}")
+            use_fp8_linears(self.models.detector.vision_encoder.backbone)
         if self.models.vit is None:  # compiled and warmed up here, before the replica reports healthy
-            self.models.vit = compiled_vit(self.models, settings)
+            self.models.vit = compiled_vit(self.models, settings, max_batch_size)
         self.cache: EmbeddingCache[ImageEmbedding] = EmbeddingCache(settings.embedding_cache_mb * 1024 * 1024)
         self.images_encoded = 0
         self.encoder_batches = 0
         self._count_lock = threading.Lock()
         self._onnx: LazyExport | None = None
         self._onnx_lock = threading.Lock()
+
+    def set_max_batch_size(self, n: int) -> None:
+        """Encoder batches of up to n images from now on: the compiled ViT compiles what it lacks."""
+        vit = self.models.vit
+        if vit is not None and hasattr(vit, "set_buckets"):
+            vit.set_buckets(batch_buckets(n), self.models.pixels.size, self.models.device, self.models.dtype)
 
     # ---- embeddings -------------------------------------------------------------------------------
 
@@ -118,13 +131,21 @@ class Sam3Segmenter:
         check_image(image)
         check_prompt(prompt, image.shape[:2])
         if mask_only(prompt):
-            return SegmentResult(mask=prompt.mask.astype(bool), score=1.0, backend=self.name)
-        return self.segment_with_embedding(self.embed(image), prompt)
+            return self.given_mask(prompt)
+        return self.answer(self.embed(image), prompt)
 
     def segment_with_embedding(self, embedding: ImageEmbedding, prompt: SegmentPrompt) -> SegmentResult:
         check_prompt(prompt, embedding.original_size)
+        return self.answer(embedding, prompt)
+
+    def given_mask(self, prompt: SegmentPrompt) -> SegmentResult:
+        """The answer to a prompt that is only a mask (see mask_only): that mask."""
+        return SegmentResult(mask=prompt.mask.astype(bool), score=1.0, backend=self.name)
+
+    def answer(self, embedding: ImageEmbedding, prompt: SegmentPrompt) -> SegmentResult:
+        """A prompt that check_prompt has accepted for the embedding's image."""
         if mask_only(prompt):
-            return SegmentResult(mask=prompt.mask.astype(bool), score=1.0, backend=self.name)
+            return self.given_mask(prompt)
         label = (prompt.label or "").strip()
         if prompt.points or (prompt.box is not None and not label):
             return self._interactive(embedding, prompt.points, prompt.box, prompt.mask)
@@ -266,8 +287,7 @@ def check_prompt(prompt: SegmentPrompt, size: tuple[int, int]) -> None:
     for p in prompt.points:
         if p.label not in (0, 1):
             raise BadInput(f"click labels are 1 (object) or 0 (background), got {p.label!r}")
-        if not (0 <= p.x < w and 0 <= p.y < h):
-            raise BadInput(f"click ({p.x:g}, {p.y:g}) lies outside the {w}x{h} image")
+    check_clicks_inside(prompt.points, size)
     if prompt.points and not any(p.label == 1 for p in prompt.points):
         raise BadInput("at least one click must mark the object (label 1)")
     b = prompt.box

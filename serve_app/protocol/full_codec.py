@@ -1,4 +1,5 @@
-"""The seed app's voxel encoding, kept bit-compatible for existing clients.
+"""The `full` voxel encoding (formerly named `seed`: the seed app's layout), kept
+bit-compatible for existing clients: every frame whole.
 
 Per voxel six uint8 [x, y, z, r, g, b]; each axis is min/max-normalised to 0..255
 against `bounds_min`/`bounds_max` (range 0 counts as 1); missing colours are 128.
@@ -10,7 +11,7 @@ import base64
 
 import numpy as np
 
-from .frames import VoxelFrame
+from sam3d_common.frames import VoxelFrame
 
 ENCODING_NAME = "binary_uint8_xyzrgb"
 

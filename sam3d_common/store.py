@@ -40,6 +40,15 @@ class ArtifactNotFound(KeyError):
     pass
 
 
+class ArtifactPending(ArtifactNotFound):
+    """The artifact's job has not completed: its artifacts appear all at once when it does."""
+
+
+# A marker in an artifact folder: nothing in it is served until it goes (begin / commit).
+# Artifact names never start with a dot, so no artifact can be named like it.
+PENDING = ".pending"
+
+
 class InvalidArtifactRef(ValueError):
     pass
 
@@ -109,6 +118,8 @@ class ArtifactStore:
 
     def get(self, artifact_id: str, name: str, now: float | None = None) -> bytes:
         path = self._path(artifact_id, name)
+        if self.fs.exists(f"{self.root}/{artifact_id}/{PENDING}"):
+            raise ArtifactPending(f"{artifact_id}/{name}")
         try:
             if self.ttl_s is not None and (now or time.time()) - _mtime(self.fs.info(path)) > self.ttl_s:
                 raise FileNotFoundError(path)  # expired: the next sweep deletes it
@@ -146,8 +157,21 @@ class ArtifactStore:
             removed, freed, total = removed + 1, freed + size, total - size
         return SweepResult(removed, freed, total)
 
-    def exists(self, artifact_id: str, name: str) -> bool:
-        return self.fs.exists(self._path(artifact_id, name))
+    def begin(self, artifact_id: str) -> None:
+        """Hide the artifacts of `artifact_id` until `commit` (a job's, while it runs)."""
+        check_ref(artifact_id, "x.bin")
+        folder = f"{self.root}/{artifact_id}"
+        if self.local:
+            self.fs.makedirs(folder, exist_ok=True)
+        self.fs.pipe_file(f"{folder}/{PENDING}", b"")
+
+    def commit(self, artifact_id: str) -> None:
+        """Serve the artifacts of `artifact_id` from now on (all of them at once)."""
+        check_ref(artifact_id, "x.bin")
+        try:
+            self.fs.rm(f"{self.root}/{artifact_id}/{PENDING}")
+        except FileNotFoundError:
+            pass
 
 
 class Retention:

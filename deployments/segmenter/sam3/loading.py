@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deployments.errors import ModelUnavailable
-from deployments.torch_device import resolve_device_dtype
+from sam3d_common.errors import ModelUnavailable
+from sam3d_common.torch_device import resolve_device_dtype
+from sam3d_common.weights import local_weights
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +84,10 @@ def _import_transformers():
 
 def _source(model_id: str, local_dir: str | None) -> tuple[str, bool]:
     if local_dir:
-        path = Path(local_dir).expanduser()
-        if not (path / "config.json").is_file():
-            what = "does not exist" if not path.exists() else "holds no config.json"
-            raise ModelUnavailable(
-                f"SAM 3 weights not found: segmenter.sam3.local_dir={str(path)!r} {what}. It must hold the "
-                f"files of the hub repository {model_id!r} (config.json, model.safetensors, tokenizer files). "
-                + _GATED_HINT.format(model_id=model_id)
-            )
+        path = local_weights(
+            local_dir, "config.json", "segmenter.sam3.local_dir", "SAM 3 weights",
+            f"it must hold the files of the hub repository {model_id!r} (config.json, model.safetensors, "
+            "tokenizer files). " + _GATED_HINT.format(model_id=model_id))
         return str(path), True
     return model_id, False
 
@@ -174,7 +171,7 @@ def finish(detector, tracker, tokenizer, pixels, device, dtype, source, notes=No
 
 
 def load_sam3_models(settings) -> Sam3Models:
-    """settings: serve_app.settings.Sam3Settings. Loads once; call from the replica's constructor."""
+    """settings: sam3d_common.settings.Sam3Settings. Loads once; call from the replica's constructor."""
     _, AutoConfig, AutoTokenizer, Sam3Model, _, Sam3TrackerModel = _import_transformers()
     device, dtype = resolve_device_dtype(
         settings.device, settings.dtype, "segmenter.sam3",
@@ -223,21 +220,3 @@ def load_sam3_models(settings) -> Sam3Models:
     pixels = read_pixel_spec(source, local, int(config.detector_config.vision_config.backbone_config.image_size))
     log.info("SAM 3 loaded from %s on %s/%s", source, device, dtype)
     return finish(detector, tracker, tokenizer, pixels, device, dtype, source, notes)
-
-
-def random_init_models(video_config, device: str = "cpu", dtype: str = "float32", seed: int = 0) -> Sam3Models:
-    """Randomly initialised detector + tracker from a Sam3VideoConfig (benchmarks; no weights needed).
-
-    The tracker's backbone is replaced by the detector's, exactly as with loaded weights.
-    """
-    import torch
-    from transformers import Sam3Model, Sam3TrackerModel
-
-    torch.manual_seed(seed)
-    dev, dt = resolve_device_dtype(device, dtype, "segmenter.sam3")
-    with torch.device(dev):  # initialise on the device: 840 M parameters initialise slowly on a CPU
-        detector = Sam3Model(video_config.detector_config)
-        tracker = Sam3TrackerModel(tracker_config_from(video_config))
-    tracker.vision_encoder.backbone = detector.vision_encoder.backbone
-    size = int(video_config.detector_config.vision_config.backbone_config.image_size)
-    return finish(detector, tracker, None, PixelSpec(size=size), dev, dt, "random-init", ["random weights"])

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deployments.errors import BadInput
+from sam3d_common.errors import BadInput
 
-from .sam3_loading import Sam3Models
+from .loading import Sam3Models
 
 
 @dataclass

@@ -51,18 +51,32 @@ class Sam3Settings(_Strict):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     score_threshold: float = Field(0.5, ge=0, le=1)
-    max_batch_size: int = Field(8, ge=1, le=64)  # images per @serve.batch encoder call
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
     embedding_cache_mb: int = Field(512, ge=0)  # per replica, on the model's device; 0 disables the cache
     max_instances: int = Field(10, ge=1, le=100)  # text prompts: instances returned at most
-    # Browser payload of POST /v1/embed (deployments/segmenter/embedding_codec.py): compact ≈ 3.3-4 MB.
+    # Browser payload of POST /v1/embed (deployments/segmenter/sam3/embedding_codec.py); sizes and
+    # fidelity of each profile: docs/sam3-embedding-format.md.
     embedding_profile: Literal["compact", "int8", "fp16", "fp32"] = "compact"
     onnx_cache_dir: str | None = None  # where the click decoder is exported once; default: the temp dir
-    # torch.compile of the ViT (deployments/segmenter/sam3_compile.py), padded to the batch sizes 1, 2, 4, ...
-    # max_batch_size and compiled in the replica's constructor. "auto": on CUDA only.
+    # torch.compile of the ViT (deployments/segmenter/sam3/compile.py), padded to the batch sizes 1, 2, 4, ...
+    # EncoderBatching.max_batch_size and compiled before the replica serves. "auto": on CUDA only.
     compile: Literal["auto", "on", "off"] = "auto"
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # No CUDA-graph modes ("reduce-overhead", "max-autotune"): their graphs are recorded per thread
+    # and broke under the encoder's concurrent callers on the H200 (docs/sam3.md).
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     compile_backend: Literal["inductor", "aot_eager"] = "inductor"  # aot_eager: fast to build (CPU tests)
+    # The ViT's linear layers in FP8 with per-row scales (deployments/segmenter/fp8_linear.py);
+    # needs compute capability 8.9+ (Ada, Hopper). Off: bf16 as trained.
+    vit_fp8: bool = False
+
+
+class EncoderBatching(_Strict):
+    """The Segmenter deployment's `user_config` (Serve calls `reconfigure` with it at start and
+    whenever it changes, without a restart): how @serve.batch groups images for one SAM 3
+    encoder pass. The deployment's max_ongoing_requests must be ≥ max_batch_size, or a batch
+    could never fill; the replica checks this and refuses the config otherwise."""
+
+    max_batch_size: int = Field(8, ge=1, le=64)  # images per encoder call
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
 
 
 class SegmenterSettings(_Strict):
@@ -96,6 +110,11 @@ class Sam3dSettings(_Strict):
     # refreshed by the Gaussian decoder every `preview_refit_every` previews ("decoder": the
     # decoder at every preview), which runs in `preview_dtype`.
     compile_geometry: bool = True
+    # torch.compile mode for the compiled blocks: "reduce-overhead" adds CUDA graphs (the
+    # geometry stage's shapes are fixed).
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
+    # The appearance flow transformer's blocks too (token counts vary per request: dynamic shapes).
+    compile_appearance: bool = False
     warm_up: bool = True  # one synthetic request at start, before the replica reports healthy
     preview_colors: Literal["latent", "decoder"] = "latent"
     preview_refit_every: int = Field(5, ge=1, le=100)
@@ -117,7 +136,7 @@ class MeshBakerSettings(_Strict):
 
 class StoreSettings(_Strict):
     url: str = "./artifacts"  # a local folder, or any fsspec URL (s3://bucket/prefix, gs://...)
-    # Retention (serve_app/store.py): older artifacts are not served and get deleted; beyond
+    # Retention (sam3d_common/store.py): older artifacts are not served and get deleted; beyond
     # the size cap the oldest go first. None switches either off.
     ttl_s: float | None = Field(24 * 3600, gt=0)
     max_total_bytes: int | None = Field(None, ge=1024 * 1024)
@@ -155,8 +174,8 @@ class StreamSettings(_Strict):
     # first second; use it with limits.max_active_streams no larger than the reconstructor's
     # slots + queue per ingress replica, so that a full queue is a 503 before the body is read.
     answer_at: Literal["accepted", "first_event"] = "accepted"
-    # compact encoding: a key frame every N frames; zlib level 1 is ~6 % larger than 6 at
-    # half the encode time (bench/results/codec.txt); None sends no compressed frames.
+    # compact encoding: a key frame every N frames, and the zlib level of its bodies (None sends
+    # none compressed); why level 1 is the default: the codec figures in README (Benchmarks).
     compact_key_every: int = Field(16, ge=1, le=1000)
     compact_zlib_level: int | None = Field(1, ge=0, le=9)
 
@@ -190,7 +209,18 @@ class JobSettings(_Strict):
     max_running: int = Field(4, ge=1, le=1000)  # jobs whose pipeline runs at once
     max_queued: int = Field(32, ge=0, le=100_000)  # more waiting jobs → 503 queue_full
     max_jobs: int = Field(1000, ge=1, le=1_000_000)  # jobs kept, finished ones included
-    ttl_s: float = Field(3600, gt=0)  # a finished job is forgotten this long after it ends
+    ttl_s: float = Field(3600, gt=0)  # a finished job and its artifacts go this long after it ends
+    # Where jobs are kept (serve_app/job_store.py): None is a SQLite file, jobs.sqlite3, in the
+    # artifact folder (which must then be local); or sqlite:////abs/path.db; or a Redis URL,
+    # redis://host:6379/0 (rediss:// for TLS), shared by every replica.
+    store_url: str | None = Field(None, pattern=r"^(sqlite:///|rediss?://|unix://)")
+    store_prefix: str = Field("sam3d:jobs:", min_length=1, max_length=100)  # Redis key prefix
+    store_password_env: str | None = None  # env var holding the Redis password (a mounted secret)
+    # A manager's jobs are failed as `interrupted` once its heartbeat is this old (it died).
+    owner_lease_s: float = Field(10, gt=0, le=3600)
+    # The latest voxel frame is written to the store at most this often (and at each stage's end).
+    frame_store_every_s: float = Field(0.5, ge=0, le=60)
+    poll_s: float = Field(0.25, gt=0, le=60)  # events of a job run by another manager: store polling
 
 
 class AppSettings(_Strict):
