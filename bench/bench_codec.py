@@ -49,7 +49,7 @@ def photo_streams() -> tuple[dict[str, list], str]:
     from deployments.reconstructor.inflation import InflationReconstructor
     from deployments.segmenter.base import Box, SegmentPrompt
     from deployments.segmenter.grabcut import GrabCutSegmenter
-    from photos import ROCKET_BOX, photo_array
+    from tests.photos import ROCKET_BOX, photo_array
 
     async def run(image, mask):
         out = []
@@ -118,7 +118,7 @@ def wire_bytes(frames: list, level) -> dict:
 def frames_30k() -> dict[str, tuple[VoxelFrame, VoxelFrame]]:
     """Two 30,000-voxel 64^3 cases: (key frame, next frame with changed colours)."""
     import cv2
-    from photos import photo_array
+    from tests.photos import photo_array
 
     n, target = 64, 30_000
     g = np.indices((n, n, n)).transpose(1, 2, 3, 0) - (n - 1) / 2

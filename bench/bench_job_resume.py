@@ -104,7 +104,7 @@ def main() -> None:
     a = ap.parse_args()
     folder = tempfile.mkdtemp()
     (base, srv), (other, srv2) = serve_in_thread(folder), serve_in_thread(folder)
-    rows = [row for enc in ("compact", "seed") for row in one(base, other, enc)]
+    rows = [row for enc in ("compact", "full") for row in one(base, other, enc)]
     srv.should_exit = srv2.should_exit = True
     lines = ["Resume of a job's SSE stream mid-appearance (64³ grid, 30+30 steps, coffee photo):",
              "bytes/time from reconnect (Last-Event-ID: 0) to an up-to-date picture vs replaying",

@@ -5,7 +5,7 @@ Runs each photo several times and prints the median time to the first frame, to
 min_step_s so a viewer can watch) and with pacing off (pure compute), side by side; the
 frames a client received and those the stream coalesced; the same request through the
 in-process pipeline (no Serve, no HTTP) as a ratio; and the IoU of the returned mask.png with
-the mask of the former segmenter settings (GrabCut, 5 iterations at 384 px, no early stop).
+the mask of the former segmenter (cv2.grabCut, 5 iterations at 384 px).
 
     python -m bench.bench_local [--runs 5] [--out bench/results/local.txt]
 """
@@ -30,15 +30,15 @@ from PIL import Image  # noqa: E402
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
+from bench.bench_embedded_stages import grabcut_before  # noqa: E402
 from tests.conftest import deploy_config, free_port, local_config  # noqa: E402
 from tests.photos import ROCKET_BOX, photo_array, photo_bytes  # noqa: E402
 from deployments.segmenter.base import Box, SegmentPrompt  # noqa: E402
-from deployments.segmenter.grabcut import GrabCutSegmenter  # noqa: E402
 from serve_app.client import iter_events  # noqa: E402
 from serve_app.local import LocalClients  # noqa: E402
 from serve_app.schemas import GenerateRequest  # noqa: E402
 from serve_app.service import GenerateService  # noqa: E402
-from sam3d_common.settings import GrabCutSettings, load_settings  # noqa: E402
+from sam3d_common.settings import load_settings  # noqa: E402
 from sam3d_common.store import ArtifactStore  # noqa: E402
 from serve_app.wire import FrameWriter, paced  # noqa: E402
 
@@ -70,11 +70,9 @@ def one_run(base: str, name: str) -> dict:
 
 
 def reference_mask(name: str) -> np.ndarray:
-    """The mask of the segmenter as it was before issue 12: 5 GrabCut iterations at 384 px."""
+    """The mask of the segmenter as it was before issue 12: cv2.grabCut, 5 iterations at 384 px."""
     box = PHOTOS[name].get("box_prompts")
-    prompt = SegmentPrompt(box=Box(**box[0]) if box else None)
-    seg = GrabCutSegmenter(GrabCutSettings(iterations=5, max_side=384, stable_fraction=0.0))
-    return seg.segment(photo_array(name), prompt).mask
+    return grabcut_before(photo_array(name), SegmentPrompt(box=Box(**box[0]) if box else None))
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -99,13 +97,28 @@ def in_process_glb(args: dict, name: str) -> float:
     return asyncio.run(run())
 
 
+def deploy(cfg: dict, wait_s: float = 600) -> None:
+    """deploy_config, waiting past Serve's own 60 s limit: on 2 cores shared with other work a
+    redeploy can take longer."""
+    try:
+        deploy_config(cfg)
+    except TimeoutError:
+        deadline = time.monotonic() + wait_s
+        while serve.status().applications[cfg["applications"][0]["name"]].status != "RUNNING":
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/local.txt")
     a = ap.parse_args()
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a new instance, never one another process left running on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
     lines = [f"# photo → GLB on serve_config.local.yaml, {os.cpu_count()} CPU cores, "
@@ -114,10 +127,10 @@ def main() -> None:
     results = {}
     refs = {name: reference_mask(name) for name in PHOTOS}
     try:
-        for label, pace in (("as shipped (min_step_s 0.1)", None), ("pacing off (min_step_s 0)", 0.0)):
+        for label, pace in (("pacing off (min_step_s 0)", 0.0), ("as shipped (min_step_s 0.1)", None)):
             store = tempfile.mkdtemp()
             cfg = local_config(store) if pace is None else local_config(store, min_step_s=pace)
-            deploy_config(cfg)
+            deploy(cfg)
             for name in PHOTOS:
                 one_run(base, name)  # warm-up
                 runs = [one_run(base, name) for _ in range(a.runs)]
@@ -128,12 +141,13 @@ def main() -> None:
                 in_process_glb(args, name)  # warm-up
                 local = statistics.median(in_process_glb(args, name) for _ in range(a.runs))
                 med["iou"] = iou(runs[0]["mask"], refs[name])
+                med["http_ratio"] = med["complete"] / local
                 results[(label, name)] = med
                 lines.append(
                     f"{label:<28} {name:<10} first frame {med['first_frame']:.3f} s   first geometry "
                     f"{med['first_geometry']:.3f} s   complete {med['complete']:.3f} s   GLB on disk "
                     f"{med['glb']:.3f} s   in-process {local:.3f} s (HTTP/in-process "
-                    f"{med['complete'] / local:.2f}x)   frames {med['frames']:g} (+{med['coalesced']:g} "
+                    f"{med['http_ratio']:.2f}x)   frames {med['frames']:g} (+{med['coalesced']:g} "
                     f"coalesced)   mask IoU vs 5-iteration GrabCut {med['iou']:.3f}   GLB "
                     f"{runs[0]['glb_bytes']:,} B   stages " + " ".join(f"{k}={v:.3f}" for k, v in stages.items()))
                 print(lines[-1], flush=True)
@@ -141,10 +155,12 @@ def main() -> None:
         for name in PHOTOS:
             shipped = results[("as shipped (min_step_s 0.1)", name)]["glb"]
             raw = results[("pacing off (min_step_s 0)", name)]
-            ok = raw["first_geometry"] <= 0.3 and raw["glb"] <= 1.0 and raw["iou"] >= 0.95
-            lines.append(f"{name:<10} pacing costs {shipped / raw['glb']:.2f}x the unpaced photo→GLB time; "
-                         f"goal (pacing off: first geometry ≤ 0.3 s, GLB ≤ 1 s, IoU ≥ 0.95) "
-                         f"{'met' if ok else 'NOT met'}")
+            checks = [("first geometry", raw["first_geometry"], "≤", 0.3, "s"), ("GLB", raw["glb"], "≤", 1.0, "s"),
+                      ("mask IoU", raw["iou"], "≥", 0.95, ""), ("HTTP/in-process", raw["http_ratio"], "≤", 1.05, "x")]
+            verdicts = [f"{what} {got:.3f}{unit} {op} {goal:g}{unit} {'yes' if (got <= goal if op == '≤' else got >= goal) else 'NO'}"
+                        for what, got, op, goal, unit in checks]
+            lines.append(f"{name:<10} pacing off: " + ", ".join(verdicts) +
+                         f"; pacing costs {shipped / raw['glb']:.2f}x the unpaced photo→GLB time")
         lines.append(f"load average at the end {os.getloadavg()[0]:.1f} (other work on the same cores "
                      "inflates every figure)")
         print("\n".join(lines[-len(PHOTOS) - 1:]))

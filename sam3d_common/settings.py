@@ -38,6 +38,10 @@ class ImageGeneratorSettings(_Strict):
 class GrabCutSettings(_Strict):
     iterations: int = Field(5, ge=1, le=20)
     max_side: int = Field(384, ge=64, le=4096)  # GrabCut runs at this size, the mask is scaled back
+    # Its iterations run on a copy at most this wide; then only the edge is re-cut at max_side
+    # (deployments/segmenter/graphcut.py). A value ≥ max_side iterates at max_side throughout.
+    coarse_side: int = Field(160, ge=16, le=4096)
+    edge_band: int = Field(4, ge=1, le=64)  # pixels either side of the coarse edge re-cut at max_side
     border_fraction: float = Field(0.04, gt=0, lt=0.4)
     # Iterations stop early once fewer than this share of pixels change, or after time_budget_s
     # of CPU time (checked between iterations), far below the segmenter stage's limit.
@@ -64,7 +68,7 @@ class Sam3Settings(_Strict):
     # and broke under the encoder's concurrent callers on the H200 (docs/sam3.md).
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     compile_backend: Literal["inductor", "aot_eager"] = "inductor"  # aot_eager: fast to build (CPU tests)
-    # The ViT's linear layers in FP8 with per-row scales (deployments/segmenter/fp8_linear.py);
+    # The ViT's linear layers in FP8 with per-row scales (deployments/segmenter/sam3/fp8_linear.py);
     # needs compute capability 8.9+ (Ada, Hopper). Off: bf16 as trained.
     vit_fp8: bool = False
 

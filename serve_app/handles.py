@@ -1,6 +1,7 @@
 """StageClients over Ray Serve DeploymentHandles (the production wiring of the pipeline)."""
 from __future__ import annotations
 
+import time
 from typing import AsyncIterator
 
 import numpy as np
@@ -31,7 +32,7 @@ class HandleClients:
         return await self.image_generator.describe.remote()
 
     async def segment(self, image: np.ndarray, prompt: SegmentPrompt):
-        return await self.segmenter.segment.remote(image, prompt)
+        return await self.segmenter.segment.remote(image, prompt, sent_at=time.time())
 
     async def reconstruct(self, image: np.ndarray, mask: np.ndarray,
                           options: ReconstructOptions) -> AsyncIterator:
@@ -39,7 +40,8 @@ class HandleClients:
 
         # Our actor id, so the reconstructor stops if this replica dies mid-stream.
         caller = ray.get_runtime_context().get_actor_id()
-        gen = self.reconstructor.options(stream=True).stream.remote(image, mask, options, caller)
+        gen = self.reconstructor.options(stream=True).stream.remote(image, mask, options, caller,
+                                                                    sent_at=time.time())
         try:
             async for item in gen:
                 yield item
@@ -48,7 +50,7 @@ class HandleClients:
             gen.cancel()
 
     async def bake(self, recon: Reconstruction, artifact_id: str, options: BakeOptions):
-        return await self.mesh_baker.bake.remote(recon, artifact_id, options)
+        return await self.mesh_baker.bake.remote(recon, artifact_id, options, sent_at=time.time())
 
     async def bake_texture(self, recon: Reconstruction, artifact_id: str, options: BakeOptions):
         return await self.mesh_baker.bake_texture.remote(recon, artifact_id, options)

@@ -23,11 +23,11 @@ from serve_app.service import GenerateService
 from serve_app.admission import StreamAdmission
 from serve_app.auth import install_auth
 from serve_app.headers import install_headers
-from serve_app.metrics import MetricsMiddleware
+from sam3d_common.metrics import MetricsMiddleware
 from serve_app.openapi import errors, install_openapi, ref
 from sam3d_common.store import CONTENT_TYPES, ArtifactNotFound, ArtifactPending, InvalidArtifactRef, content_type
 from serve_app.stream_response import WatchedStreamingResponse
-from serve_app.wire import FrameWriter, binary_body, paced
+from serve_app.wire import FrameWriter, binary_body, paced, registered
 
 # Serve 2.60 honours these client headers in its proxy, before our code runs.
 TIMEOUT_HEADER = "x-request-timeout-seconds"
@@ -90,17 +90,6 @@ def client_stream_policy(request: Request, honor: bool) -> tuple[float | None, b
         except ValueError:
             pass
     return deadline, request.headers.get(NO_DISCONNECT_HEADER) != "?1"
-
-
-async def _registered(streams: dict, request_id: str, writer: FrameWriter, body):
-    """Keep the stream's writer findable by id while it runs (for key-frame requests)."""
-    streams[request_id] = writer
-    try:
-        async for chunk in body:
-            yield chunk
-    finally:
-        streams.pop(request_id, None)
-        await body.aclose()
 
 
 def build_fastapi_app(service: GenerateService, segmenter=None, jobs=None) -> FastAPI:
@@ -166,7 +155,7 @@ def build_fastapi_app(service: GenerateService, segmenter=None, jobs=None) -> Fa
         else:
             body, media_type = paced(events, service.settings.stream, writer.sse), "text/event-stream"
         return WatchedStreamingResponse(
-            _registered(streams, job.request_id, writer, body), media_type=media_type,
+            registered(streams, job.request_id, writer, body), media_type=media_type,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                      "X-Sam3d-Request-Id": job.request_id},
             watch_disconnect=watch,

@@ -32,7 +32,8 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from sam3d_common.errors import Busy, StageError, StageTimeout
+from sam3d_common.errors import StageError, StageTimeout
+from serve_app.job_errors import JobCancelled, JobInterrupted, JobNotFound, QueueFull
 from serve_app.job_live import Live as _Live, Subscriber as _Subscriber
 from serve_app.job_manifest import build_manifest, inputs_of
 from serve_app.job_store import (CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, UNFINISHED,
@@ -45,31 +46,8 @@ from sam3d_common.store import ID_PATTERN, ArtifactStore
 
 log = logging.getLogger("sam3d.jobs")
 
-__all__ = ["JobManager", "JobNotFound", "JobCancelled", "JobInterrupted", "QueueFull", "urls",
-           "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "TERMINAL"]
-
-
-class JobNotFound(StageError):
-    status = 404
-    code = "not_found"
-
-
-class JobCancelled(StageError):
-    status = 409
-    code = "cancelled"
-
-
-class JobInterrupted(StageError):
-    """The manager that ran the job stopped (replica killed, restarted or redeployed)."""
-
-    status = 503
-    code = "interrupted"
-
-
-class QueueFull(Busy):
-    """More jobs wait than `jobs.max_queued`, or `jobs.max_jobs` unfinished jobs are kept."""
-
-    code = "queue_full"
+# Importable from here, as before the store existed.
+__all__ = ["JobManager", "JobNotFound", "JobCancelled", "JobInterrupted", "QueueFull", "urls"]
 
 
 class JobManager:
@@ -273,12 +251,18 @@ class JobManager:
             deadline = time.monotonic() + self.settings.timeouts.request_s
             agen = run_pipeline(job, self.clients)
             async for ev in agen:
+                if live.cancel_reason:
+                    # Python 3.11's wait_for may swallow a cancel that meets a finished step
+                    # (fixed in 3.12); the reason stays, so the job stops at the next event.
+                    raise asyncio.CancelledError
                 if time.monotonic() > deadline:
                     raise StageTimeout("the job exceeded its time limit")
                 if ev["type"] == "complete":
                     complete = ev  # sent once the artifacts are served (_finish)
                     continue
                 await self._record(live, ev)
+            if live.cancel_reason:
+                raise asyncio.CancelledError
             state = SUCCEEDED
         except asyncio.CancelledError:
             state = CANCELLED if live.cancel_reason else FAILED

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from typing import AsyncIterator, Callable
 
+from sam3d_common import metrics
 from serve_app.protocol import FRAME_EVENTS
 from sam3d_common.settings import StreamSettings
 
@@ -36,8 +37,10 @@ def _is_droppable(ev: dict) -> bool:
 class FramePacer:
     def __init__(self, events: AsyncIterator[dict], settings: StreamSettings,
                  encode: Callable[[dict], tuple[object, int]]):
-        """`encode(event) -> (what to yield, its size in bytes on the wire)`."""
+        """`encode(event) -> (what to yield, its size in bytes on the wire)`; the encoder's
+        name (FrameWriter.sse, .binary, .python) is the `transport` tag of the stream metrics."""
         self._events = events
+        self.transport = getattr(encode, "__name__", "other")
         self._settings = settings
         self._encode = encode
         self._queue: deque = deque()
@@ -53,7 +56,10 @@ class FramePacer:
             before = len(self._queue)
             self._queue = deque(q for q in self._queue
                                 if not (isinstance(q, dict) and q.get("stage") == stage and _is_droppable(q)))
-            self.coalesced += before - len(self._queue)
+            dropped = before - len(self._queue)
+            if dropped:
+                self.coalesced += dropped
+                metrics.record("sam3d_frames_total", dropped, transport=self.transport, outcome="coalesced")
         self._queue.append(item)
         self.max_pending = max(self.max_pending, len(self._queue))
         self._ready.set()
@@ -94,8 +100,10 @@ class FramePacer:
                     item["coalesced_frames"] = self.coalesced
                 data, size = self._encode(item)
                 self.bytes_sent += size
+                metrics.record("sam3d_stream_bytes_total", size, transport=self.transport)
                 if item.get("type") in FRAME_EVENTS:
                     self.frames_sent += 1
+                    metrics.record("sam3d_frames_total", transport=self.transport, outcome="sent")
                     gap = max(1.0 / self._settings.max_frames_per_s, size / self._settings.max_bytes_per_s)
                     next_frame_at = time.monotonic() + gap
                 yield data

@@ -20,6 +20,7 @@ from sam3d_common.errors import BadInput
 from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import Reconstruction, ReconstructOptions, StepFrame
 from deployments.segmenter.base import SegmentPrompt, SegmentResult
+from sam3d_common import metrics
 from serve_app.inputs import at_size, png_bytes
 from serve_app.protocol import Encoding, make_event
 from serve_app.time_limits import QueueNotice, timed_stream, within
@@ -50,6 +51,8 @@ class Job:
     mask_as_given: bool = False
     # (width, height) of the photo as sent; per-pixel artifacts (mask.png) come back at it.
     input_size: tuple[int, int] | None = None
+    # The stage running now (as in sam3d_stage_seconds), so a failure is counted against it.
+    stage: str = "request"
 
 
 class StageClients(Protocol):
@@ -105,6 +108,7 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
 
     if text_route:
         t = time.monotonic()
+        job.stage = "prompt_enhancer"
         yield p.stamp(make_event("loading", stage="prompt_enhancer", message="enhancing the prompt"))
         enhanced = await within(clients.enhance(job.prompt), to.prompt_enhancer_s, "prompt enhancer")
         timings["prompt_enhancer"] = time.monotonic() - t
@@ -113,11 +117,13 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
         yield p.stamp(make_event("loading", stage="image_generator", message=enhanced.image_prompt,
                                  segmentation_label=seg_prompt.label))
         t = time.monotonic()
+        job.stage = "image_generator"
         image = await within(clients.generate_image(enhanced.image_prompt, job.seed),
                              to.image_generator_s, "image generator")
         timings["image_generator"] = time.monotonic() - t
 
     t = time.monotonic()
+    job.stage = "segmenter"
     yield p.stamp(make_event("loading", stage="segmenter", message="finding the object",
                              image_width=int(image.shape[1]), image_height=int(image.shape[0])))
     if job.mask_as_given and seg_prompt.mask is not None:
@@ -142,6 +148,8 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
 
     t = time.monotonic()
     recon = None
+    job.stage = "reconstructor"
+    steps = metrics.StepMeter()
     options = dataclasses.replace(job.options, seed=job.seed)
     took = False
     async for item in timed_stream(clients.reconstruct(image, mask, options), to.queue_s, to.step_s,
@@ -156,6 +164,7 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
             yield p.stamp(make_event("loading", stage="queue", step=1, total_steps=1, queue_position=0,
                                      message=f"a GPU took the request after {time.monotonic() - t:.1f} s"))
         if isinstance(item, StepFrame):
+            steps.frame(item.stage, item.step, item.total_steps)
             ev = make_event(item.stage, stage=item.stage, step=item.step, total_steps=item.total_steps)
             ev["_frame"] = item.frame
             yield p.stamp(ev)
@@ -166,6 +175,7 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
     timings["reconstructor"] = time.monotonic() - t
 
     t = time.monotonic()
+    job.stage = "mesh_baker"
     yield p.stamp(make_event("loading", stage="mesh_baker", message="meshing"))
     baked = await within(clients.bake(recon, job.request_id, job.bake), to.mesh_baker_s, "mesh baker")
     timings["mesh_baker"] = time.monotonic() - t

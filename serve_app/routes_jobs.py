@@ -10,14 +10,13 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from serve_app.http_util import error_response, exception_response, validation_message
-from serve_app.ingress import _registered
 from serve_app.request_parsing import MULTIPART_BODY, parse_generate
 from serve_app.openapi import errors, ref
 from serve_app.schemas import GenerateRequest
 from serve_app.protocol import BINARY_MEDIA_TYPE, format_sse
 from serve_app.service import GenerateService
 from serve_app.stream_response import WatchedStreamingResponse
-from serve_app.wire import FrameWriter, binary_body, paced
+from serve_app.wire import FrameWriter, binary_body, paced, registered
 
 # Inputs travel as digests in the manifest, never as copies of the image.
 _NOT_IN_MANIFEST = {"image_b64", "image_url", "mask_b64"}
@@ -128,7 +127,7 @@ def build_jobs_router(service: GenerateService, jobs, streams: dict | None = Non
             body, media_type = binary_body(_no_cursor(stream), service.settings.stream, writer), BINARY_MEDIA_TYPE
         else:
             body, media_type = paced(stream, service.settings.stream, sse), "text/event-stream"
-        return WatchedStreamingResponse(_registered(streams, job_id, writer, body), media_type=media_type,
+        return WatchedStreamingResponse(registered(streams, job_id, writer, body), media_type=media_type,
                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                                                  "X-Sam3d-Request-Id": job_id})
 

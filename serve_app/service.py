@@ -13,7 +13,8 @@ from deployments.image_generator.unavailable import MESSAGE as NO_GENERATOR
 from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import ReconstructOptions
 from deployments.segmenter.base import Box, Point, SegmentPrompt, check_clicks_inside
-from serve_app import inputs, metrics
+from sam3d_common import metrics
+from serve_app import inputs
 from serve_app.http_util import RETRY_AFTER_S
 from serve_app.pipeline import Job, StageClients, run_pipeline
 from serve_app.protocol import FRAME_EVENTS, make_event
@@ -125,9 +126,11 @@ class GenerateService:
                 held.append(ev)
                 if self.settings.stream.answer_at == "first_event" or accepted(ev):
                     break
-        except BaseException:
+        except BaseException as exc:
             await agen.aclose()
             self._discard(job.request_id)
+            if isinstance(exc, Exception):  # not a cancellation (client gone)
+                _count_error(exc, job.stage)
             raise
 
         async def events():
@@ -143,6 +146,7 @@ class GenerateService:
             except Exception as exc:  # noqa: BLE001 - every failure must reach the client
                 ev = error_event(exc, job.request_id, seq + 1)
                 metrics.stream_event(ev)
+                metrics.stage_error(job.stage, ev["code"])
                 yield ev
             finally:
                 await agen.aclose()
@@ -167,6 +171,13 @@ async def _chain(first: list[dict], rest: AsyncIterator[dict]) -> AsyncIterator[
         yield ev
     async for ev in rest:
         yield ev
+
+
+def _count_error(exc: BaseException, stage: str) -> None:
+    """A failure before the stream's headers: counted by the stage it hit and its code; bad
+    input found by a stage counts too (code bad_input)."""
+    err = as_stage_error(exc)
+    metrics.stage_error(stage, err.code if err is not None else "internal")
 
 
 def error_event(exc: BaseException, request_id: str, seq: int) -> dict:

@@ -62,3 +62,14 @@ async def binary_body(events: AsyncIterator[dict], settings: StreamSettings,
     yield stream_header()
     async for chunk in paced(events, settings, writer.binary):
         yield chunk
+
+
+async def registered(streams: dict, request_id: str, writer: FrameWriter, body):
+    """Keep the stream's writer findable by id while it runs (for key-frame requests)."""
+    streams[request_id] = writer
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        streams.pop(request_id, None)
+        await body.aclose()

@@ -4,14 +4,17 @@ Run by tests/test_cluster_multinode.py in its own process (its own Ray, never th
 Prints one JSON line of observations on stdout; the test asserts on them.
 
 Nodes: a head with no CPU (like cluster/rayservice.yaml's), a CPU worker, and a "GPU" worker
-advertising a fake GPU and `accelerator_type:H100`. Reconstructor and Segmenter ask for
-`num_gpus` and `accelerator_type: H100` as serve_config.yaml does (fractions, so both fit the
-one fake GPU). The GPU node is removed mid-stream and a fresh one added, as the autoscaler
-would replace a lost node.
+advertising two fake GPUs and `accelerator_type:H100`. Reconstructor and Segmenter ask for
+`num_gpus` and `accelerator_type: H100` as serve_config.yaml does (halves, so the Segmenter
+and up to three Reconstructor replicas fit). The Reconstructor autoscales with
+serve_config.yaml's policy (one ongoing request per replica) and short delays: concurrent
+streams add a replica, idleness removes it. Then the GPU node is removed mid-stream and a
+fresh one added, as the autoscaler would replace a lost node.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -25,6 +28,12 @@ from ray.cluster_utils import Cluster
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
 
+# Handles and replicas report their load to Serve's autoscaler every 10 s by default; every
+# 0.5 s here, so the test sees scaling within seconds (set before Ray starts: the nodes'
+# processes inherit it).
+os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import free_port, local_config  # noqa: E402
@@ -35,13 +44,18 @@ from serve_app.client import iter_events  # noqa: E402
 # relaying the stream) lands on the GPU node and dies with it. GPU nodes carry a label and
 # serve_config.yaml's CPU deployments select nodes without it, as in cluster/.
 POOL_LABEL = "sam3d.io/pool"
-GPU_NODE = {"num_cpus": 1, "num_gpus": 1, "resources": {"accelerator_type:H100": 1},
+GPU_NODE = {"num_cpus": 1, "num_gpus": 2, "resources": {"accelerator_type:H100": 1},
             "labels": {POOL_LABEL: "gpu"}}
 PRODUCTION = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]
 SELECTORS = {d["name"]: d["ray_actor_options"].get("label_selector")
              for d in PRODUCTION["deployments"]}
 ON_GPU = {"Reconstructor": {"num_cpus": 0.25, "num_gpus": 0.5, "accelerator_type": "H100"},
           "Segmenter": {"num_cpus": 0.25, "num_gpus": 0.5, "accelerator_type": "H100"}}
+RECONSTRUCTOR = next(d for d in PRODUCTION["deployments"] if d["name"] == "Reconstructor")
+# serve_config.yaml's policy (target: one ongoing request each) with delays for a test.
+AUTOSCALING = {**RECONSTRUCTOR["autoscaling_config"], "min_replicas": 1, "max_replicas": 2,
+               "upscale_delay_s": 0.5, "downscale_delay_s": 2.0, "look_back_period_s": 1.0}
+LONG_STREAM = {"geometry_steps": 80}  # ~9 s at the test's 0.1 s per step
 
 
 def test_config(store: str) -> dict:
@@ -55,6 +69,9 @@ def test_config(store: str) -> dict:
         if selector:
             d["ray_actor_options"]["label_selector"] = selector
         d.pop("graceful_shutdown_timeout_s", None)
+        if d["name"] == "Reconstructor":
+            d.update(max_ongoing_requests=RECONSTRUCTOR["max_ongoing_requests"],
+                     autoscaling_config=AUTOSCALING)
     return {"applications": [app]}
 
 
@@ -78,10 +95,10 @@ def wait_running(timeout: float) -> float:
     raise TimeoutError(f"app not RUNNING after {timeout} s: {serve.status().applications}")
 
 
-def stream(url: str, on_first_frame=None) -> list[str]:
+def stream(url: str, on_first_frame=None, **fields) -> list[str]:
     """The stream's event types, repeats collapsed; an error event adds its code."""
     types: list[str] = []
-    for _, event in iter_events(url, image=photo_bytes("coffee"), timeout=60):
+    for _, event in iter_events(url, image=photo_bytes("coffee"), timeout=60, **fields):
         if not types or types[-1] != event["type"]:
             types.append(event["type"])
         if event["type"] == "geometry" and on_first_frame is not None:
@@ -90,6 +107,35 @@ def stream(url: str, on_first_frame=None) -> list[str]:
         if event["type"] == "error":
             types.append(event.get("code", ""))
     return types
+
+
+def autoscale(url: str, obs: dict) -> None:
+    """Three concurrent long streams on one Reconstructor replica (one request each): Serve adds
+    a second replica (max_replicas 2); once idle, it removes it again. The third stream keeps
+    the load up until the second replica has started, however slowly this machine starts it."""
+    t0 = time.monotonic()
+    results: list[list[str]] = []
+    threads = [threading.Thread(target=lambda: results.append(stream(url, **LONG_STREAM)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    peak, peak_nodes = 1, []
+    while any(t.is_alive() for t in threads):
+        nodes = placement().get("Reconstructor", [])
+        if len(nodes) > peak:
+            peak, peak_nodes = len(nodes), nodes
+            obs["scaled_up_s"] = round(time.monotonic() - t0, 1)
+        time.sleep(0.25)
+    for t in threads:
+        t.join()
+    obs["autoscale_streams"] = [r[-1] for r in results]
+    obs["autoscale_peak"], obs["autoscale_peak_nodes"] = peak, sorted(set(peak_nodes))
+    t1 = time.monotonic()
+    while len(placement().get("Reconstructor", [])) > 1 and time.monotonic() - t1 < 30:
+        time.sleep(0.25)
+    obs["scaled_down_s"] = round(time.monotonic() - t1, 1)
+    obs["replicas_idle"] = len(placement().get("Reconstructor", []))
+    obs["autoscale_s"] = round(time.monotonic() - t0, 1)
 
 
 def main() -> int:
@@ -123,6 +169,7 @@ def run(cluster: Cluster, obs: dict) -> dict:
                         "gpu": gpu_node.node_id}
         obs["placement"] = placement()
         obs["first"] = stream(url)
+        autoscale(url, obs)
 
         # Mid-stream: the GPU node goes away under the running reconstruction.
         removed = threading.Event()

@@ -5,6 +5,9 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
+
+import pytest
 
 from conftest import free_port
 
@@ -37,3 +40,23 @@ class RedisServer:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    """A RedisServer for a test module (import this fixture into it); skipped without the binary."""
+    if MISSING:
+        pytest.skip(MISSING)
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def jobs_store_args(request) -> dict:
+    """`args.jobs` keys for each store: SQLite beside the artifacts, or the module's Redis
+    under a key prefix of its own."""
+    if request.param == "sqlite":
+        return {}
+    url = request.getfixturevalue("redis_server").url
+    return {"store_url": url, "store_prefix": f"test:{uuid.uuid4().hex}:"}

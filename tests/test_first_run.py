@@ -183,18 +183,17 @@ def test_grabcut_reports_no_score_rather_than_zero(tmp_path):
 # ---- bounded, faster embedded stages ------------------------------------------------------------
 
 def _count_grabcut(monkeypatch):
-    import cv2
-
-    from deployments.segmenter import grabcut
+    """Count GrabCut's cuts (one per iteration, one more for the edge at the working size)."""
+    from deployments.segmenter import graphcut
 
     calls = []
-    real = cv2.grabCut
+    real = graphcut.MinCut.solve
 
     def counting(*args):
-        calls.append(args[-1])
+        calls.append(1)
         return real(*args)
 
-    monkeypatch.setattr(grabcut.cv2, "grabCut", counting)
+    monkeypatch.setattr(graphcut.MinCut, "solve", counting)
     return calls
 
 
@@ -207,7 +206,7 @@ def test_grabcut_work_is_bounded_by_its_time_budget(monkeypatch):
     calls = _count_grabcut(monkeypatch)
     seg = GrabCutSegmenter(GrabCutSettings(iterations=20, stable_fraction=0, time_budget_s=1e-6))
     assert seg.segment(photo_array("coffee"), SegmentPrompt()).mask.any()
-    assert len(calls) == 1  # the budget was spent after the first iteration
+    assert len(calls) == 2  # the budget was spent after the first iteration; then the edge
 
 
 def test_grabcut_stops_when_the_mask_is_stable_with_the_same_mask(monkeypatch):
@@ -220,7 +219,7 @@ def test_grabcut_stops_when_the_mask_is_stable_with_the_same_mask(monkeypatch):
     full = GrabCutSegmenter(GrabCutSettings(iterations=8, stable_fraction=0)).segment(img, SegmentPrompt()).mask
     calls = _count_grabcut(monkeypatch)
     early = GrabCutSegmenter(GrabCutSettings(iterations=8, stable_fraction=0.002)).segment(img, SegmentPrompt()).mask
-    assert len(calls) < 8
+    assert len(calls) < 8 + 1
     assert (early & full).sum() / (early | full).sum() > 0.99
 
 
@@ -315,7 +314,7 @@ c = TestClient(build_fastapi_app(GenerateService(s, LocalClients(s, store), stor
 r = c.post("/v1/generate", files=[("image", ("c.png", photo_bytes("coffee")))])
 assert r.status_code == 200 and "event: complete" in r.text, r.text[-500:]
 from deployments import image_generator, segmenter
-from serve_app import settings as S
+from sam3d_common import settings as S
 for make, cfg in ((segmenter.make_backend, S.SegmenterSettings(backend="sam3")),
                   (image_generator.make_backend, S.ImageGeneratorSettings(backend="diffusers"))):
     try:

@@ -12,19 +12,10 @@ import uuid
 import numpy as np
 import pytest
 
-from redis_server import MISSING, RedisServer
+from redis_server import redis_server  # noqa: F401 - a fixture
 from serve_app.job_store import (CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, SqliteJobStore,
                                  StoreConfigError, open_job_store, pack_frame, unpack_frame)
 from serve_app.protocol import VoxelFrame
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    if MISSING:
-        pytest.skip(MISSING)
-    server = RedisServer()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -182,3 +173,12 @@ def test_store_urls(tmp_path):
         open_job_store(None, "s3://bucket/artifacts")
     with pytest.raises(StoreConfigError, match="sqlite:///"):
         open_job_store("postgres://db", str(tmp_path))
+
+
+def test_build_app_needs_a_jobs_store_beside_a_remote_artifact_store():
+    from serve_app.app import build_app
+    from sam3d_common.settings import ConfigError
+
+    with pytest.raises(ConfigError, match="args.jobs.store_url"):
+        build_app({"store": {"url": "s3://bucket/artifacts"}})
+    build_app({"store": {"url": "s3://bucket/artifacts"}, "jobs": {"store_url": "redis://127.0.0.1:6379/1"}})

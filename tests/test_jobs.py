@@ -19,6 +19,7 @@ import uvicorn
 
 from conftest import free_port
 from photos import photo_bytes
+from redis_server import jobs_store_args, redis_server  # noqa: F401 - fixtures
 from serve_app.client import FrameDecoder
 from serve_app.ingress import build_fastapi_app
 from serve_app.inputs import decode_image
@@ -349,9 +350,10 @@ def test_jobs_through_the_serve_graph(local_app):
         assert http.get(f"{base}/v1/jobs/{'f' * 32}").status_code == 404
 
 
-def test_finished_jobs_expire_after_ttl_and_beyond_max_jobs(tmp_path):
+def test_finished_jobs_expire_after_ttl_and_beyond_max_jobs(tmp_path, jobs_store_args):
     settings = load_settings({**SETTINGS, "store": {"url": str(tmp_path)},
-                              "jobs": {"max_running": 1, "max_queued": 4, "max_jobs": 2, "ttl_s": 0.5}})
+                              "jobs": {"max_running": 1, "max_queued": 4, "max_jobs": 2, "ttl_s": 0.5,
+                                       **jobs_store_args}})
     store = ArtifactStore(str(tmp_path))
     service = GenerateService(settings, LocalClients(settings, store), store)
     manager = JobManager(service.clients, store, settings)

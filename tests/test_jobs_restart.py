@@ -9,7 +9,6 @@ older than `jobs.owner_lease_s`. Two replicas at once share their jobs through t
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from redis_server import MISSING, RedisServer
+from redis_server import jobs_store_args, redis_server  # noqa: F401 - fixtures
 from serve_app.client import FrameDecoder
 from serve_app.protocol import FRAME_EVENTS
 from test_jobs import BODY, read_events, submit, wait
@@ -36,21 +35,10 @@ SETTINGS = {
 }
 
 
-@pytest.fixture(scope="module")
-def redis_url():
-    if MISSING:
-        pytest.skip(MISSING)
-    server = RedisServer()
-    yield server.url
-    server.stop()
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def replicas(request, tmp_path):
+@pytest.fixture
+def replicas(jobs_store_args, tmp_path):
     """start() → (base URL, process) of a new replica over the same artifacts and job store."""
-    jobs = dict(SETTINGS["jobs"])
-    if request.param == "redis":
-        jobs.update(store_url=request.getfixturevalue("redis_url"), store_prefix=f"t{os.getpid()}{time.time_ns()}:")
+    jobs = {**SETTINGS["jobs"], **jobs_store_args}
     settings = json.dumps({**SETTINGS, "jobs": jobs})
     procs = []
 

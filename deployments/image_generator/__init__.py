@@ -7,6 +7,7 @@ from typing import Protocol
 import numpy as np
 from ray import serve
 
+from sam3d_common import metrics
 from sam3d_common.settings import ImageGeneratorSettings
 
 
@@ -35,9 +36,14 @@ def make_backend(settings: ImageGeneratorSettings) -> ImageGeneratorBackend:
 class ImageGenerator:
     def __init__(self, settings: dict | None = None):
         self.backend = make_backend(ImageGeneratorSettings.model_validate(settings or {}))
+        metrics.gpu_memory("ImageGenerator")
 
     async def generate(self, prompt: str, seed: int | None = None) -> np.ndarray:
         return await asyncio.to_thread(self.backend.generate, prompt, seed)
 
     def describe(self) -> dict:
         return {"backend": self.backend.name, "available": self.backend.available}
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: also refreshes the GPU memory gauges."""
+        metrics.gpu_memory("ImageGenerator")

@@ -5,6 +5,7 @@ import asyncio
 
 from ray import serve
 
+from sam3d_common import metrics
 from sam3d_common.settings import MeshBakerSettings, StoreSettings
 from sam3d_common.store import ArtifactStore
 
@@ -23,7 +24,9 @@ class MeshBaker:
         )
 
     async def bake(self, recon: Reconstruction, artifact_id: str,
-                   options: BakeOptions | None = None) -> BakeResult:
+                   options: BakeOptions | None = None, sent_at: float | None = None) -> BakeResult:
+        """`sent_at`: the caller's time.time() when it sent the call (queue-wait metric)."""
+        metrics.queue_wait("mesh_baker", sent_at)
         return await asyncio.to_thread(self.backend.bake, recon, artifact_id, options)
 
     async def bake_texture(self, recon: Reconstruction, artifact_id: str,

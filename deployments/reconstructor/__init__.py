@@ -7,6 +7,7 @@ from typing import AsyncIterator
 import numpy as np
 from ray import serve
 
+from sam3d_common import metrics
 from sam3d_common.settings import ReconstructorSettings
 
 from .base import ReconstructOptions, Reconstruction, ReconstructorBackend, Started, StepFrame, StreamItem
@@ -49,13 +50,16 @@ class Reconstructor:
         self.active = 0
         self.cancelled = 0
         self.completed = 0
+        metrics.gpu_memory("Reconstructor")
 
     async def stream(self, image: np.ndarray, mask: np.ndarray,
-                     options: ReconstructOptions, caller: str | None = None
-                     ) -> AsyncIterator[StreamItem]:
+                     options: ReconstructOptions, caller: str | None = None,
+                     sent_at: float | None = None) -> AsyncIterator[StreamItem]:
         # Async generator all the way down: Serve cancels it on client disconnect and the
         # backend stops at its next step boundary. Serve does not when the calling replica
         # (ingress or job manager, `caller`: its actor id) dies, so a watcher does.
+        # `sent_at`: the caller's time.time() when it sent the call (queue-wait metric).
+        metrics.queue_wait("reconstructor", sent_at)
         self.active += 1
         watcher = (asyncio.create_task(_cancel_when_gone(caller, asyncio.current_task()))
                    if caller else None)
@@ -86,3 +90,4 @@ class Reconstructor:
         check = getattr(self.backend, "check_health", None)
         if check is not None:
             check()
+        metrics.gpu_memory("Reconstructor")

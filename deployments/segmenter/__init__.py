@@ -13,6 +13,7 @@ import logging
 import numpy as np
 from ray import serve
 
+from sam3d_common import metrics
 from sam3d_common.errors import NotConfigured
 from sam3d_common.settings import ConfigError, EncoderBatching, SegmenterSettings
 
@@ -87,6 +88,7 @@ class Segmenter:
         self.backend = make_backend(self.settings, batching)
         self._inflight: dict[str, asyncio.Future] = {}
         self.reconfigure(batching.model_dump())
+        metrics.gpu_memory("Segmenter")
 
     def reconfigure(self, user_config: dict) -> None:
         """Serve's user_config hook (EncoderBatching): encoder batch size and wait, no restart."""
@@ -99,7 +101,10 @@ class Segmenter:
 
     # ---- the graph's interface ----------------------------------------------------------------------
 
-    async def segment(self, image: np.ndarray, prompt: SegmentPrompt) -> SegmentResult:
+    async def segment(self, image: np.ndarray, prompt: SegmentPrompt,
+                      sent_at: float | None = None) -> SegmentResult:
+        """`sent_at`: the caller's time.time() when it sent the call (queue-wait metric)."""
+        metrics.queue_wait("segmenter", sent_at)
         sam = self._sam3_or_none()
         if sam is None:
             # A thread keeps the replica's event loop free for health checks while OpenCV/torch run.
@@ -117,6 +122,10 @@ class Segmenter:
     def describe(self) -> dict:
         describe = getattr(self.backend, "describe", None)
         return describe() if callable(describe) else {"backend": self.backend.name}
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: also refreshes the GPU memory gauges."""
+        metrics.gpu_memory("Segmenter")
 
     # ---- SAM 3 only: embeddings for the browser -----------------------------------------------------
 

@@ -131,7 +131,9 @@ try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   context.setDefaultTimeout(30_000);
   const errors = { page: [], http: [], foreign: [] };
-  let page = await open(context, `${base}/?test=1`, errors);
+  // steps=24: the job runs long enough that the page, which connects to its events after the
+  // 202, sees the geometry grow even on a loaded machine (a job does not wait for its reader).
+  let page = await open(context, `${base}/?test=1&steps=24`, errors);
 
   // 1. Capabilities.
   const caps = await page.evaluate(() => ({ mode: window.viewer.state.segmentMode, text: document.getElementById("text-reason").textContent,
@@ -284,13 +286,14 @@ try {
 
   // 5. A lost frame is recovered through a key frame; Stop ends a run.
   await page.close();
-  page = await open(context, `${base}/?test=1&drop_frame=3&drop_connection=8&steps=30`, errors);
+  page = await open(context, `${base}/?test=1&drop_frame=3&drop_connection=12&steps=100`, errors);
   await choosePhoto(page, photoPath);
   await clickPhoto(page, CUP); // SAM 3 needs a prompt; GrabCut would take the border as background
   await waitMasks(page, 1);
   const lossy = (await runToEnd(page)).run;
   check("resync_after_lost_frame", lossy.phase === "complete" && lossy.droppedForTest === 3 && lossy.resyncs >= 1 &&
-    lossy.decodeErrors === 0, { phase: lossy.phase, dropped: lossy.droppedForTest, resyncs: lossy.resyncs });
+    lossy.decodeErrors === 0, { phase: lossy.phase, dropped: lossy.droppedForTest, resyncs: lossy.resyncs,
+    resumes: lossy.resumes, events: lossy.eventCounts, decoded: lossy.framesDecoded });
   // The server's own picture of the finished job: its log from the start ends with one key frame.
   const log = await (await fetch(`${base}/v1/jobs/${lossy.job.job_id}/events`)).text();
   const logged = log.split("\n").filter((l) => l.startsWith("data: ")).map((l) => JSON.parse(l.slice(6)));

@@ -2,7 +2,7 @@
 agreement with the server's Python (run: python tests/vectors/make_click_vectors.py):
 
 - embedding_small.bin: a /v1/embed payload (compact profile: u8 + zlib) of small random tensors, and
-  embedding_small.json: its header and every dequantised value as deployments/segmenter/embedding_codec
+  embedding_small.json: its header and every dequantised value as deployments/segmenter/sam3/embedding_codec
   decodes them;
 - click_masks.json: low-res logits, their bilinear upsampling to image sizes as torch does it
   (align_corners=False, as deployments/segmenter/sam3._upsample) and the output select_mask picks.

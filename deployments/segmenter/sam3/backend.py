@@ -35,7 +35,6 @@ from .encoder import (
 )
 from .compile import batch_buckets, compiled_vit
 from .loading import Sam3Models, load_sam3_models
-from .fp8_linear import fp8_problem, use_fp8_linears
 
 log = logging.getLogger(__name__)
 MASK_LOGIT_SCALE = 10.0  # a user's binary mask enters the decoder as logits of ±this
@@ -50,6 +49,8 @@ class Sam3Segmenter:
         self.settings = settings
         self.models = models if models is not None else load_sam3_models(settings)
         if settings.vit_fp8:
+            from .fp8_linear import fp8_problem, use_fp8_linears  # torch at import: only when asked for
+
             problem = fp8_problem(self.models.device)
             if problem:
                 raise ModelUnavailable(f"segmenter.sam3.vit_fp8 is on, but {problem}")
