@@ -10,9 +10,16 @@ real GPU's; decode and buffer-fill figures are the browser's JavaScript and hold
 1. a 30,000-voxel 64^3 frame (bench_codec's photo-painted shell; key frame and the next delta frame,
    deflated at the server's default level 1): decode (VoxelStreamDecoder), fill of the InstancedMesh
    matrices and colours (Scene.setVoxels), and draw with the upload (render + a 1-pixel readback);
-2. click → mask with onnxruntime-web (wasm, one thread): the tiny decoder of the test checkpoint on a
-   real embedding, and the full-size decoder (random weights, 17 MB) on random full-size features
-   (1x256x72x72, 1x32x288x288, 1x64x144x144): first click (session warm-up included), 20 more;
+2. click → mask with onnxruntime-web (wasm; threads as the page sets them): the tiny decoder of the
+   test checkpoint on a real embedding, and the full-size decoder (random weights, 17 MB) on random
+   full-size features (1x256x72x72, 1x32x288x288, 1x64x144x144): first click (session warm-up
+   included), 20 more, alternating between the graph the page uses (onnx_decoder_fast, features laid
+   out once per photo: token_layout_ms) and the tracker's modules exported as they are (reference),
+   with the share of mask pixels on which the two agree (random weights: agreement, not quality);
+   click → overlay drawn for a 4032x3024 phone photo, decoding at the photo's size vs at the view
+   size the page uses (segment.js viewSize);
+   and a variant the page does not use, page_int8 (onnxruntime's dynamic quantization: constant
+   matrices in 8 bits, activations quantized per call), with its agreement;
 3. frames per second while orbiting a 200,000-triangle meshopt-compressed GLB (model.glb's default
    face budget), and the same GLB's load time.
 
@@ -42,7 +49,7 @@ from sam3d_common.store import ArtifactStore  # noqa: E402
 BENCH_ID = "0000000000000000000000000000beef"
 
 
-def full_size_decoder(path: Path) -> Path:
+def full_size_decoder(path: Path, fast: bool = True) -> Path:
     """The click decoder at full SAM 3 size (256-wide, 72² embedding, 1008 px input), random weights:
     only its prompt encoder and mask decoder are built, which is all the ONNX graph holds."""
     import types
@@ -60,7 +67,7 @@ def full_size_decoder(path: Path) -> Path:
         prompt_encoder=tracker_modules.Sam3TrackerPromptEncoder(cfg.prompt_encoder_config),
         mask_decoder=tracker_modules.Sam3TrackerMaskDecoder(cfg.mask_decoder_config),
         shared_image_embedding=tracker_modules.Sam3TrackerPositionalEmbedding(cfg.prompt_encoder_config))
-    return export_click_decoder(parts, path)
+    return export_click_decoder(parts, path, fast=fast)
 
 
 def prepare(store_dir: Path) -> dict:
@@ -72,9 +79,18 @@ def prepare(store_dir: Path) -> dict:
     store.put(BENCH_ID, "frame-delta.bin", delta_msg)
     pos, faces, colors = sphere(224)
     store.put(BENCH_ID, "big.glb", meshopt_glb(pos, faces, colors))
-    full = full_size_decoder(store_dir / "decoder-full.onnx")
-    store.put(BENCH_ID, "decoder-full.bin", full.read_bytes())
-    return {"full_decoder_bytes": full.stat().st_size, "full_decoder_url": f"/v1/artifacts/{BENCH_ID}/decoder-full.bin",
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    paths = {name: full_size_decoder(store_dir / f"decoder-{name}.onnx", fast=fast)
+             for name, fast in (("page", True), ("reference", False))}
+    # A variant, not what the page uses: the page graph with its constant matrices in 8 bits.
+    paths["page_int8"] = store_dir / "decoder-page_int8.onnx"
+    quantize_dynamic(str(paths["page"]), str(paths["page_int8"]), weight_type=QuantType.QUInt8)
+    urls, sizes = {}, {}
+    for name, path in paths.items():
+        store.put(BENCH_ID, f"decoder-{name}.bin", path.read_bytes())
+        urls[name], sizes[name] = f"/v1/artifacts/{BENCH_ID}/decoder-{name}.bin", path.stat().st_size
+    return {"full_decoder_bytes": sizes, "full_decoder_urls": urls,
             "voxels": key.count, "key_bytes": len(key_msg), "delta_bytes": len(delta_msg),
             "glb_triangles": len(faces), "glb_url": f"/v1/artifacts/{BENCH_ID}/big.glb",
             "key_url": f"/v1/artifacts/{BENCH_ID}/frame-key.bin", "delta_url": f"/v1/artifacts/{BENCH_ID}/frame-delta.bin"}
@@ -111,7 +127,7 @@ def main() -> None:
     chromium_version = subprocess.run([chromium, "--version"], capture_output=True, text=True).stdout.strip()
     out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "browser": chromium_version,
                        "webgl": "SwiftShader (CPU)", "seconds": round(time.time() - t0, 1)},
-           "inputs": {k: v for k, v in inputs.items() if not k.endswith("_url")}, **result}
+           "inputs": {k: v for k, v in inputs.items() if not k.endswith(("_url", "_urls"))}, **result}
     opts.out.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
 

@@ -90,27 +90,75 @@ try {
       embed_ms: Math.round(s.timings.embed_ms) };
   });
 
-  // 2b. The same with the full-size decoder on random full-size features.
-  out.click_to_mask_full_size = await page.evaluate(async (url) => {
-    const { Sam3Clicks, loadOrt } = await import("./static/sam3-click.js");
+  // 2a. A phone photo's size (4032×3024): click → overlay drawn, decoding at the photo's size (as the
+  // page did) vs at the view size it decodes at now (segment.js viewSize), the overlay drawn either way.
+  out.click_to_overlay_phone_photo = await page.evaluate(async () => {
+    const { viewSize } = await import("./static/segment.js");
+    const s = window.viewer.segmentation.sam3;
+    const { panel } = window.viewer;
+    const [W, H] = [4032, 3024];
+    const saved = panel.photo;
+    panel.photo = { ...saved, width: W, height: H };
+    const t = { photo_size: [], view_size: [] };
+    for (let i = 0; i < 6; i++) {
+      for (const [k, [w, h]] of [["photo_size", [W, H]], ["view_size", viewSize(W, H)]]) {
+        const t0 = performance.now();
+        const r = await s.decode([{ x: (280 + i) * W / 600, y: 230 * H / 400, label: 1 }], null, w, h);
+        panel.setMask(r.mask, w, h);
+        t[k].push(performance.now() - t0);
+      }
+    }
+    panel.photo = saved;
+    panel.setMask(null);
+    const med = (a) => Math.round(a.slice(1).sort((x, y) => x - y)[(a.length - 1) >> 1] * 10) / 10;
+    return { decoder: "tiny", photo: [W, H], view: viewSize(W, H), photo_size_ms_median: med(t.photo_size), view_size_ms_median: med(t.view_size) };
+  });
+
+  // 2b. The full-size decoder on random full-size features: the tracker's graph as exported before
+  // (reference, NCHW inputs) and the reassociated one the page uses, clicks alternating between the two.
+  out.click_to_mask_full_size = await page.evaluate(async (variants) => {
+    const { Sam3Clicks, decoderFeeds, loadOrt } = await import("./static/sam3-click.js");
     const ort = await loadOrt();
-    const s = new Sam3Clicks({ decoderUrl: url.replace(/^\//, "") });
-    await s.loadDecoder();
     const shapes = { image_embed: [1, 256, 72, 72], high_res_feats_0: [1, 32, 288, 288], high_res_feats_1: [1, 64, 144, 144] };
-    const feeds = {};
+    const tensors = {};
     for (const [name, dims] of Object.entries(shapes)) {
       const data = new Float32Array(dims.reduce((a, b) => a * b, 1));
       for (let i = 0; i < data.length; i++) data[i] = Math.random() - 0.5;
-      feeds[name] = new ort.Tensor("float32", data, dims);
+      tensors[name] = { data, dims };
     }
-    s.embedding = { header: { input_size: 1008, original_size: [400, 600] }, feeds };
-    const times = [];
-    for (let i = 0; i < 21; i++) times.push((await s.decode([{ x: 280 + i, y: 230, label: 1 }], null, 600, 400)).ms);
-    const warm = times.slice(1).sort((a, b) => a - b);
-    return { decoder: "full size, random weights", first_ms: Math.round(times[0] * 10) / 10,
-      median_ms: Math.round(warm[warm.length >> 1] * 10) / 10, p90_ms: Math.round(warm[Math.floor(warm.length * 0.9)] * 10) / 10,
-      decoder_load_ms: Math.round(s.timings.decoder_load_ms) };
-  }, input.full_decoder_url);
+    const nchw = Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, new ort.Tensor("float32", t.data, t.dims)]));
+    const t0 = performance.now();
+    const tokens = await decoderFeeds(tensors);
+    const layoutMs = performance.now() - t0;
+    const runs = {};
+    for (const [name, url] of Object.entries(variants)) {
+      const s = new Sam3Clicks({ decoderUrl: url.replace(/^\//, "") });
+      await s.loadDecoder();
+      s.embedding = { header: { input_size: 1008, original_size: [400, 600] }, feeds: name === "reference" ? nchw : tokens, maskSide: 288 };
+      runs[name] = { s, times: [], masks: [] };
+    }
+    for (let i = 0; i < 21; i++) {
+      for (const r of Object.values(runs)) {
+        const res = await r.s.decode([{ x: 280 + i, y: 230, label: 1 }], null, 600, 400);
+        r.times.push(res.ms);
+        if (i < 3) r.masks.push(res.mask);
+      }
+    }
+    const r1 = (v) => Math.round(v * 10) / 10;
+    const out = { decoder: "full size, random weights", threads: ort.env.wasm.numThreads,
+      cross_origin_isolated: globalThis.crossOriginIsolated, token_layout_ms: r1(layoutMs) };
+    const ref = runs.reference;
+    for (const [name, r] of Object.entries(runs)) {
+      const warm = r.times.slice(1).sort((a, b) => a - b);
+      let same = 0, total = 0;
+      r.masks.forEach((m, k) => { for (let i = 0; i < m.length; i++) { same += m[i] === ref.masks[k][i]; total++; } });
+      out[name] = { first_ms: r1(r.times[0]), median_ms: r1(warm[warm.length >> 1]), p90_ms: r1(warm[Math.floor(warm.length * 0.9)]),
+        decoder_load_ms: Math.round(r.s.timings.decoder_load_ms), mask_agreement_with_reference: same / total };
+    }
+    out.median_ratio_reference_over_page = r1(out.reference.median_ms / out.page.median_ms);
+    out.min_ratio_reference_over_page = r1(Math.min(...ref.times) / Math.min(...runs.page.times));
+    return out;
+  }, input.full_decoder_urls);
 
   // 3. Orbiting a 200,000-triangle GLB.
   out.glb_orbit = await page.evaluate(async (url) => {

@@ -172,8 +172,12 @@ class StreamSettings(_Strict):
 
     max_frames_per_s: float = Field(10.0, gt=0, le=1000)
     max_bytes_per_s: int = Field(1_000_000, ge=1000)
-    # Headers wait for the reconstructor's first frame, so a full queue is a real 503.
-    hold_headers_for_first_frame: bool = True
+    # When the response headers go out. "accepted": once the reconstructor has taken the request
+    # or holds it in its queue (a place-in-line event), so a full queue is still a real 503, but
+    # segmenting is not seen until then. "first_event": at once, every stage visible from the
+    # first second; use it with limits.max_active_streams no larger than the reconstructor's
+    # slots + queue per ingress replica, so that a full queue is a 503 before the body is read.
+    answer_at: Literal["accepted", "first_event"] = "accepted"
     # compact encoding: a key frame every N frames, and the zlib level of its bodies (None sends
     # none compressed); why level 1 is the default: the codec figures in README (Benchmarks).
     compact_key_every: int = Field(16, ge=1, le=1000)
@@ -196,7 +200,8 @@ class TimeoutSettings(_Strict):
     prompt_enhancer_s: float = Field(60, gt=0)
     image_generator_s: float = Field(180, gt=0)
     segmenter_s: float = Field(120, gt=0)
-    queue_s: float = Field(120, gt=0)  # from the reconstructor call to its first frame
+    queue_s: float = Field(120, gt=0)  # from the reconstructor call to its first item
+    queue_notice_s: float = Field(0.25, gt=0, le=10)  # how often a waiting request hears its place in line
     step_s: float = Field(120, gt=0)  # the longest gap between two reconstructor items
     mesh_baker_s: float = Field(180, gt=0)
     request_s: float = Field(900, gt=0)  # the whole stream

@@ -23,7 +23,8 @@ from deployments.segmenter.base import SegmentPrompt, SegmentResult
 from sam3d_common import metrics
 from serve_app.inputs import at_size, png_bytes
 from serve_app.protocol import Encoding, make_event
-from serve_app.time_limits import timed_stream, within
+from serve_app.time_limits import QueueNotice, timed_stream, within
+from serve_app.waiting import LINE
 from sam3d_common.settings import TimeoutSettings
 
 log = logging.getLogger("sam3d.pipeline")
@@ -31,7 +32,7 @@ log = logging.getLogger("sam3d.pipeline")
 # Share of overall progress per stage; the text route adds the first two.
 WEIGHTS = {
     "request": 0.0, "prompt_enhancer": 0.02, "image_generator": 0.13, "segmenter": 0.08,
-    "geometry": 0.4, "appearance": 0.27, "mesh_baker": 0.08, "store": 0.02,
+    "queue": 0.0, "geometry": 0.4, "appearance": 0.27, "mesh_baker": 0.08, "store": 0.02,
 }
 
 
@@ -150,7 +151,18 @@ async def run_pipeline(job: Job, clients: StageClients) -> AsyncIterator[dict]:
     job.stage = "reconstructor"
     steps = metrics.StepMeter()
     options = dataclasses.replace(job.options, seed=job.seed)
-    async for item in timed_stream(clients.reconstruct(image, mask, options), to.queue_s, to.step_s):
+    took = False
+    async for item in timed_stream(clients.reconstruct(image, mask, options), to.queue_s, to.step_s,
+                                   LINE, to.queue_notice_s):
+        if isinstance(item, QueueNotice):
+            yield p.stamp(make_event("loading", stage="queue", message=f"waiting for a GPU: number "
+                                     f"{item.position} in line", queue_position=item.position,
+                                     queue_length=item.waiting))
+            continue
+        if not took:  # the reconstructor's first item: a replica runs the request from here
+            took = True
+            yield p.stamp(make_event("loading", stage="queue", step=1, total_steps=1, queue_position=0,
+                                     message=f"a GPU took the request after {time.monotonic() - t:.1f} s"))
         if isinstance(item, StepFrame):
             steps.frame(item.stage, item.step, item.total_steps)
             ev = make_event(item.stage, stage=item.stage, step=item.step, total_steps=item.total_steps)

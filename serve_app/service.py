@@ -18,6 +18,7 @@ from serve_app import inputs
 from serve_app.http_util import RETRY_AFTER_S
 from serve_app.pipeline import Job, StageClients, run_pipeline
 from serve_app.protocol import FRAME_EVENTS, make_event
+from serve_app.protocol.events import RECONSTRUCTOR_STAGES
 from serve_app.schemas import GenerateRequest
 from serve_app.time_limits import until_deadline
 from sam3d_common.settings import AppSettings
@@ -106,8 +107,10 @@ class GenerateService:
                                                            or req.box_prompts))
 
     async def start(self, job: Job, deadline_s: float | None = None) -> AsyncIterator[dict]:
-        """Run until the reconstructor's first frame (or the first event, if configured) and
-        raise what fails before it, so a full queue or a queue timeout is a real HTTP status.
+        """Run until the reconstructor has accepted the request (stream.answer_at "accepted": its
+        first `queue` event, i.e. a replica took it or it holds a place in the queue) or until the
+        first event ("first_event"), and raise what fails before, so a full queue is a real HTTP
+        status.
 
         After that, failures, including the whole-request deadline, become an `error` event:
         the stream never just stops.
@@ -121,7 +124,7 @@ class GenerateService:
         try:
             async for ev in until_deadline(agen, deadline):
                 held.append(ev)
-                if not self.settings.stream.hold_headers_for_first_frame or ev["type"] in FRAME_EVENTS:
+                if self.settings.stream.answer_at == "first_event" or accepted(ev):
                     break
         except BaseException as exc:
             await agen.aclose()
@@ -156,6 +159,11 @@ class GenerateService:
         """Delete a request's artifacts in a thread, without awaiting (this may run while the
         stream is being cancelled)."""
         asyncio.get_running_loop().run_in_executor(None, self.store.delete, request_id)
+
+
+def accepted(ev: dict) -> bool:
+    """The event shows the reconstructor took the request or queued it: past a full-queue refusal."""
+    return ev["type"] in FRAME_EVENTS or ev["stage"] in RECONSTRUCTOR_STAGES
 
 
 async def _chain(first: list[dict], rest: AsyncIterator[dict]) -> AsyncIterator[dict]:

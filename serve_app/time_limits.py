@@ -1,5 +1,6 @@
 """Every time limit of a request, as async wrappers: one awaited stage call (`within`), a
-stage's stream with a limit on its first item and on each gap (`timed_stream`), and a stream
+stage's stream with a limit on its first item and on each gap, telling a waiting request its
+place in line (`timed_stream`), and a stream
 cut off at an absolute deadline (`until_deadline`). Each raises a StageError subclass whose
 message names the limit, so callers map it to a status or an `error` event.
 """
@@ -7,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable
 
 from sam3d_common.errors import QueueTimeout, StageTimeout
+from serve_app.waiting import WaitLine
 
 
 async def within(aw: Awaitable, seconds: float, stage: str):
@@ -27,25 +30,60 @@ async def _next_within(it: AsyncIterator, seconds: float):
     return await asyncio.wait_for(it.__anext__(), seconds)
 
 
-async def timed_stream(agen: AsyncIterator, first_s: float, gap_s: float) -> AsyncIterator:
+@dataclass
+class QueueNotice:
+    """The request still waits for a reconstructor slot: its place in line (serve_app.waiting)."""
+
+    position: int
+    waiting: int
+    waited_s: float
+
+
+async def timed_stream(agen: AsyncIterator, first_s: float, gap_s: float, line: WaitLine | None = None,
+                       notice_s: float = 0.25) -> AsyncIterator:
     """Items of the reconstructor's stream, with a limit on the first (queueing: QueueTimeout)
-    and on each gap (StageTimeout). Closes the stream when it ends or fails."""
+    and on each gap (StageTimeout). Closes the stream when it ends or fails.
+
+    Until the first item arrives the request holds a place in `line`; every `notice_s` of that
+    wait a QueueNotice is yielded when the place changed (the first one after `notice_s`).
+    """
     it = agen.__aiter__()
-    limit, first = first_s, True
+    nxt = asyncio.ensure_future(it.__anext__())
+    t0 = time.monotonic()
     try:
+        with (line if line is not None else WaitLine()).waiting() as ticket:
+            shown = None
+            while not nxt.done():
+                left = first_s - (time.monotonic() - t0)
+                if left <= 0:
+                    raise QueueTimeout(f"no reconstructor could take the request within {first_s:g} s; "
+                                       "retry in a while")
+                await asyncio.wait({nxt}, timeout=min(left, notice_s))
+                if not nxt.done() and line is not None:
+                    place = (line.position(ticket), len(line))
+                    if place != shown:
+                        shown = place
+                        yield QueueNotice(place[0], place[1], time.monotonic() - t0)
+        try:
+            item = nxt.result()
+        except StopAsyncIteration:
+            return
+        yield item
         while True:
             try:
-                item = await _next_within(it, limit)
+                item = await _next_within(it, gap_s)
             except StopAsyncIteration:
                 return
             except asyncio.TimeoutError:
-                if first:
-                    raise QueueTimeout(f"no reconstructor could take the request within {first_s:g} s; "
-                                       "retry in a while") from None
                 raise StageTimeout(f"the reconstructor made no progress for {gap_s:g} s") from None
-            limit, first = gap_s, False
             yield item
     finally:
+        if not nxt.done():
+            nxt.cancel()
+            try:
+                await nxt
+            except BaseException:  # noqa: BLE001 - the cancelled wait ends however it ends
+                pass
         aclose = getattr(it, "aclose", None)
         if aclose is not None:
             await aclose()

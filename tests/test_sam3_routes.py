@@ -188,7 +188,7 @@ def test_onnx_route_exports_once_and_serves_a_runnable_model(client, sam3):
     r = client.get(ONNX_ROUTE)
     assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
     session = ort.InferenceSession(r.content, providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()][:3] == ["image_embed", "high_res_feats_0", "high_res_feats_1"]
+    assert [i.name for i in session.get_inputs()][:3] == ["image_tokens", "high_res_tokens_0", "high_res_tokens_1"]
     again = client.get(ONNX_ROUTE, headers={"If-None-Match": r.headers["etag"]})
     assert again.status_code == 304
     assert client.get(ONNX_ROUTE).content == r.content

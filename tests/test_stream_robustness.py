@@ -173,12 +173,15 @@ def test_full_queue_is_a_503_with_reason(long_app):
     assert queued_result["events"][-1][1]["type"] == "complete"  # the queued one got its turn
 
 
-def test_timed_out_in_queue_is_a_503_with_reason(long_app):
+def test_timed_out_in_queue_hears_its_place_then_an_error_with_retry(long_app):
+    """A queued request is answered (its place in line is news), so its queue timeout comes as
+    an error event, with the Retry-After a 503 would have carried."""
     running = RawStream(long_app, "/short/v1/generate", BODY)
     running.read_until(b"event: geometry")
-    with pytest.raises(GenerateError) as info:
-        list(iter_events(long_app + "/short", image=photo_bytes("coffee")))
-    assert info.value.status == 503 and info.value.code == "queue_timeout"
+    events = [ev for _, ev in iter_events(long_app + "/short", image=photo_bytes("coffee"))]
+    assert [ev["queue_position"] for ev in events if ev.get("queue_position")][:1] == [1]
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "queue_timeout"
+    assert events[-1]["retry_after_s"] == 5
     running.close()
     time.sleep(0.5)
 

@@ -210,7 +210,7 @@ def test_viewer_in_chromium(viewer_server, tmp_path):
     assert proc.returncode == 0 and report["ok"], json.dumps(report, indent=1)[-6000:]
     checks = report["checks"]
     expected = {
-        "capabilities_shape_the_page", "refusal_shows_server_message", "click_shows_mask", "mask_overlay_drawn",
+        "capabilities_shape_the_page", "refusal_shows_server_message", "queue_position_shown", "click_shows_mask", "mask_overlay_drawn",
         "box_drag_gives_mask", "undo_restores_click", "complete", "voxel_instances_grow", "every_frame_drawn", "stages_done", "voxel_view_draws_last_frame", "mesh_preview_view",
         "glb_view_has_file_triangles", "splats_load_with_file_count", "meshopt_glb_loads",
         "resync_after_lost_frame", "resume_after_dropped_connection", "stop_ends_the_run", "exif_photo_upright", "no_page_errors",

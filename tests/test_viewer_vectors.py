@@ -50,3 +50,21 @@ def test_click_vectors_match_the_python_decoding():
     for case, now in zip(saved, click_masks()["cases"]):
         assert case["index"] == now["index"]
         np.testing.assert_allclose(case["upsampled"], now["upsampled"], atol=1e-5)
+
+
+def test_token_layout_vector_is_current():
+    """token_layout.json (read by tests/js/sam3-click.test.mjs) is what token_layout gives today."""
+    from make_token_layout_vector import vector
+
+    assert json.loads((VECTORS / "token_layout.json").read_text()) == vector()
+
+
+def test_viewer_progress_rows_are_the_protocol_stages():
+    """serve_app/static/progress.js has one row per protocol stage, in the protocol's order."""
+    import re
+
+    from serve_app.protocol import STAGES
+
+    js = (VECTORS.parents[1] / "serve_app/static/progress.js").read_text()
+    block = js[js.index("export const STAGES"):js.index("];", js.index("export const STAGES"))]
+    assert tuple(re.findall(r'\["(\w+)",', block)) == STAGES

@@ -10,6 +10,7 @@ and the page asks POST /v1/segment per click. The browser tests (tests/browser/)
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import socket
 import sys
@@ -23,6 +24,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 
+from deployments.reconstructor.base import Started  # noqa: E402
 from deployments.segmenter import Segmenter  # noqa: E402
 from meshopt_glb import meshopt_glb, sphere  # noqa: E402
 from serve_app.ingress import build_fastapi_app  # noqa: E402
@@ -36,6 +38,21 @@ FAST = {"reconstructor": {"grid_size": 48, "inflation": {"geometry_steps": 8, "a
         "segmenter": {"grabcut": {"max_side": 256, "iterations": 3}}}
 
 
+class OneSlot(LocalClients):
+    """The embedded reconstructor behind one slot, as a GPU replica is: a second request waits in line
+    (hearing its place) until the first ends; it announces each start as the deployment does."""
+
+    def __init__(self, settings, store):
+        super().__init__(settings, store)
+        self.slot = asyncio.Semaphore(1)
+
+    async def reconstruct(self, image, mask, options):
+        async with self.slot:
+            yield Started()
+            async for item in self.reconstructor.stream(image, mask, options):
+                yield item
+
+
 def build(store_dir: Path, sam3: bool):
     args = {**FAST, "store": {"url": str(store_dir)}}
     if sam3:
@@ -47,7 +64,7 @@ def build(store_dir: Path, sam3: bool):
             "onnx_cache_dir": str(store_dir / "onnx")}}
     settings = load_settings(args)
     store = ArtifactStore(str(store_dir))
-    service = GenerateService(settings, LocalClients(settings, store), store)
+    service = GenerateService(settings, OneSlot(settings, store), store)
     segmenter = Segmenter.func_or_class(settings.segmenter.model_dump())
     return build_fastapi_app(service, segmenter), store
 

@@ -10,9 +10,9 @@ from ray import serve
 from sam3d_common import metrics
 from sam3d_common.settings import ReconstructorSettings
 
-from .base import ReconstructOptions, Reconstruction, ReconstructorBackend, StepFrame, StreamItem
+from .base import ReconstructOptions, Reconstruction, ReconstructorBackend, Started, StepFrame, StreamItem
 
-__all__ = ["Reconstructor", "make_backend", "ReconstructOptions", "Reconstruction", "StepFrame"]
+__all__ = ["Reconstructor", "make_backend", "ReconstructOptions", "Reconstruction", "Started", "StepFrame"]
 
 
 def make_backend(settings: ReconstructorSettings) -> ReconstructorBackend:
@@ -64,6 +64,7 @@ class Reconstructor:
         watcher = (asyncio.create_task(_cancel_when_gone(caller, asyncio.current_task()))
                    if caller else None)
         try:
+            yield Started()  # the caller stops counting itself as waiting in line
             async for item in self.backend.stream(image, mask, options):
                 yield item
             self.completed += 1

@@ -90,7 +90,13 @@ class Reconstruction:
         return int(self.occupancy.shape[0])
 
 
-StreamItem = Union[StepFrame, Reconstruction]
+@dataclass
+class Started:
+    """First item of the Reconstructor deployment's stream: a replica has taken the request (it
+    no longer waits in the caller's queue). Backends never yield it."""
+
+
+StreamItem = Union[Started, StepFrame, Reconstruction]
 
 
 def shell(occ: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ STAGES = (
     "prompt_enhancer",
     "image_generator",
     "segmenter",
+    "queue",
     "geometry",
     "appearance",
     "mesh_baker",
@@ -44,7 +45,10 @@ STAGES = (
 # total_steps, progress, t; see make_event). Voxel frames carry the fields of
 # their encoding (see full_codec / compact codec) in addition.
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
-    "loading": ("message",),
+    # stage `queue`: while the request waits for a reconstructor slot, `queue_position` (1 = next)
+    # and `queue_length` (requests of this ingress replica waiting), sent when they change; then
+    # one event with step 1/1 and queue_position 0 when a replica takes the request.
+    "loading": ("message", "queue_position", "queue_length"),
     # `key_frame: true` marks the frame a resumed job stream (GET /v1/jobs/{id}/events)
     # sends after the missed events: the whole current picture, whatever its seq.
     "geometry": ("encoding", "voxel_count", "grid_size", "key_frame"),
@@ -68,6 +72,8 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 FRAME_EVENTS = ("geometry", "appearance")
+# Stages that run once the reconstructor has taken the request or holds it in its queue.
+RECONSTRUCTOR_STAGES = ("queue", "geometry", "appearance")
 
 
 def make_event(type_: str, *, stage: str, step: int = 0, total_steps: int = 0, **fields: Any) -> dict:

@@ -66,14 +66,14 @@ export class PhotoPanel {
     this.onPhoto(this.photo);
   }
 
-  /** Show a 0/1 mask of the photo's size (null: none): a blue tint inside, a bright edge. */
-  setMask(mask) {
+  /** Show a 0/1 mask (null: none) of w × h pixels over the whole photo (default: the photo's size):
+   * a blue tint inside, a bright edge. */
+  setMask(mask, w = this.photo?.width, h = this.photo?.height) {
     if (!mask || !this.photo) {
       this.maskLayer = null;
       this.draw();
       return;
     }
-    const { width: w, height: h } = this.photo;
     const layer = document.createElement("canvas");
     layer.width = w;
     layer.height = h;

@@ -6,6 +6,7 @@ export const STAGES = [
   ["prompt_enhancer", "Prompt"],
   ["image_generator", "Image"],
   ["segmenter", "Segmenting"],
+  ["queue", "Waiting for a GPU"],
   ["geometry", "Geometry"],
   ["appearance", "Colours"],
   ["mesh_baker", "Meshing"],

@@ -1,8 +1,10 @@
 // SAM 3 clicks decoded in the browser: the server encodes the photo once (POST /v1/embed, the compact
 // payload of docs/sam3-embedding-format.md); each click or box then runs the ONNX click decoder
 // (GET /v1/models/sam3-click-decoder.onnx) in onnxruntime-web, from the vendored wasm build (on up
-// to 4 threads when the page is cross-origin isolated, else on one). Mask selection and upsampling follow deployments/segmenter/sam3/onnx_decoder.py, so the browser's
-// mask is the one POST /v1/segment would give for the same prompts.
+// to 4 threads when the page is cross-origin isolated, else on one). The features are laid out once per
+// photo as the decoder takes them (tokenLayout). Mask selection and upsampling follow
+// deployments/segmenter/sam3/onnx_decoder.py, so the browser's mask is the one POST /v1/segment would give
+// for the same prompts.
 
 import { apiFetch } from "./apikey.js";
 
@@ -75,6 +77,47 @@ function halfToFloat(h) {
   return out;
 }
 
+/**
+ * The encoder's NCHW features → the click decoder's channels-last inputs (onnx_decoder_fast.token_layout),
+ * once per photo: image_tokens (HW×C, row y·W + x), high_res_tokens_1 (4HW×C1, rows (y, x, i, j) for pixel
+ * (2y+i, 2x+j)) and high_res_tokens_0 (16HW×C0, rows (y, x, i, j, i2, j2) for (4y+2i+i2, 4x+2j+j2)).
+ * `tensors`: name → {data: Float32Array, dims: [1, C, h, w]} → name → {data, dims: [rows, C]}.
+ */
+export function tokenLayout(tensors) {
+  const [, , H, W] = tensors.image_embed.dims;
+  const out = {};
+  for (const [name, src, levels] of [["image_tokens", "image_embed", 0], ["high_res_tokens_1", "high_res_feats_1", 1],
+    ["high_res_tokens_0", "high_res_feats_0", 2]]) {
+    const { data, dims } = tensors[src];
+    const C = dims[1];
+    const B = 1 << levels;
+    const [h, w] = [H * B, W * B];
+    if (dims[2] !== h || dims[3] !== w) throw new Error(`${src} is ${dims.join("x")}, expected 1x${C}x${h}x${w}`);
+    // Row of pixel (Y, X): its cell's index times B², plus the bits of (Y mod B, X mod B) interleaved,
+    // the coarsest first (i, j, then i2, j2).
+    const sub = new Int32Array(B * B);
+    for (let yy = 0; yy < B; yy++) {
+      for (let xx = 0; xx < B; xx++) {
+        let k = 0;
+        for (let bit = levels - 1; bit >= 0; bit--) k = k * 4 + ((yy >> bit) & 1) * 2 + ((xx >> bit) & 1);
+        sub[yy * B + xx] = k;
+      }
+    }
+    const rowOf = new Int32Array(h * w);
+    for (let Y = 0; Y < h; Y++) {
+      for (let X = 0; X < w; X++) rowOf[Y * w + X] = ((Y >> levels) * W + (X >> levels)) * B * B + sub[(Y % B) * B + (X % B)];
+    }
+    const o = new Float32Array(data.length);
+    const plane = h * w;
+    for (let c = 0; c < C; c++) {
+      const base = c * plane;
+      for (let p = 0; p < plane; p++) o[rowOf[p] * C + c] = data[base + p];
+    }
+    out[name] = { data: o, dims: [plane, C] };
+  }
+  return out;
+}
+
 /** The output to show, as the tracker picks it (onnx_decoder.select_mask). */
 export function selectMask(ious, masks, side, multimask, delta = 0.05, thresh = 0.98) {
   let best = 1;
@@ -115,6 +158,14 @@ export function upsampleMask(logits, m, width, height) {
   return out;
 }
 
+/** ORT tensors of the decoder's per-photo inputs, from the parsed embedding's NCHW tensors. */
+export async function decoderFeeds(tensors) {
+  const ort = await loadOrt();
+  const feeds = {};
+  for (const [name, t] of Object.entries(tokenLayout(tensors))) feeds[name] = new ort.Tensor("float32", t.data, t.dims);
+  return feeds;
+}
+
 /** One photo's SAM 3 embedding in the browser, and the click decoder that runs on it. */
 export class Sam3Clicks {
   constructor({ base = document.baseURI, decoderUrl = "v1/models/sam3-click-decoder.onnx" } = {}) {
@@ -132,7 +183,8 @@ export class Sam3Clicks {
     const ort = await loadOrt();
     const r = await fetch(new URL(this.decoderUrl, this.base));
     if (!r.ok) throw new Error(`the click decoder could not be fetched (${r.status})`);
-    this.session = await ort.InferenceSession.create(new Uint8Array(await r.arrayBuffer()), { executionProviders: ["wasm"] });
+    this.session = await ort.InferenceSession.create(new Uint8Array(await r.arrayBuffer()),
+      { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
     this.timings.decoder_load_ms = performance.now() - t0;
     return this.session;
   }
@@ -147,9 +199,7 @@ export class Sam3Clicks {
     if (!res.ok) throw await errorOf(res);
     const { header, tensors } = await parseEmbedding(await res.arrayBuffer());
     const ort = await loadOrt();
-    const feeds = {};
-    for (const [name, t] of Object.entries(tensors)) feeds[name] = new ort.Tensor("float32", t.data, t.dims);
-    this.embedding = { header, feeds, id: res.headers.get("X-Embedding-Id"), bytes: Number(res.headers.get("content-length")) || 0 };
+    this.embedding = { header, feeds: await decoderFeeds(tensors), maskSide: tensors.high_res_feats_0.dims[2], id: res.headers.get("X-Embedding-Id"), bytes: Number(res.headers.get("content-length")) || 0 };
     this.timings.embed_ms = performance.now() - t0;
     return this.embedding;
   }
@@ -180,7 +230,7 @@ export class Sam3Clicks {
     coords.push(0, 0);
     labels.push(-1);
     const n = labels.length;
-    const side = feeds.high_res_feats_0.dims[2];
+    const side = this.embedding.maskSide; // mask_input is as large as high_res_feats_0
     const out = await this.session.run({
       ...feeds,
       point_coords: new ort.Tensor("float32", Float32Array.from(coords), [1, n, 2]),
@@ -191,7 +241,8 @@ export class Sam3Clicks {
     const masks = out.masks.data;
     const m = out.masks.dims[2];
     const k = selectMask(out.iou_predictions.data, masks, m, points.length === 1 && !box);
-    const mask = upsampleMask(masks.subarray(k * m * m, (k + 1) * m * m), m, width, height);
-    return { mask, ms: performance.now() - t0, index: k, score: out.iou_predictions.data[k] };
+    const logits = masks.slice(k * m * m, (k + 1) * m * m);
+    const mask = upsampleMask(logits, m, width, height);
+    return { mask, ms: performance.now() - t0, index: k, score: out.iou_predictions.data[k], logits, m };
   }
 }

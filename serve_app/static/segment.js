@@ -2,12 +2,22 @@
 //  - SAM 3 backend ("browser_decoding"): the photo is embedded once on the server and every click or
 //    box is decoded here (sam3-click.js); a text label goes to POST /v1/segment with the embedding id;
 //  - otherwise (the embedded GrabCut segmenter): POST /v1/segment with the photo, per prompt change.
-// Either way the result is a 0/1 mask at the photo's size as the page shows it (EXIF orientation
-// applied, as the server applies it), which Generate then sends as the object mask.
+// Either way the result is a 0/1 mask of the photo as the page shows it (EXIF orientation applied, as
+// the server applies it), which Generate then sends as the object mask at the photo's size; a mask
+// decoded here is shown at most VIEW_MAX_SIDE pixels long and scaled to the photo for Generate.
 
-import { Sam3Clicks } from "./sam3-click.js";
+import { Sam3Clicks, upsampleMask } from "./sam3-click.js";
 import { errorOf } from "./stream.js";
 import { apiFetch } from "./apikey.js";
+
+/** Longest side of a mask decoded in the browser for showing (about the overlay's size on a laptop screen). */
+export const VIEW_MAX_SIDE = 1024;
+
+/** The size a width × height photo's mask is shown at: the photo's, or scaled down to VIEW_MAX_SIDE. */
+export function viewSize(width, height) {
+  const k = Math.min(1, VIEW_MAX_SIDE / Math.max(width, height));
+  return [Math.max(1, Math.round(width * k)), Math.max(1, Math.round(height * k))];
+}
 
 async function fileBase64(file) {
   const bytes = new Uint8Array(await file.arrayBuffer());
@@ -75,8 +85,12 @@ export class Segmentation {
     const t0 = performance.now();
     if (this.sam3 && !label) {
       await this.ready;
-      const { mask, ms } = await this.sam3.decode(points, box, width, height);
-      this.last = { mask, width, height, ms, where: "browser" };
+      // Shown at a view size (a phone photo has 12 M pixels: scaling the logits to it and drawing
+      // them would take longer than the decoder); full() gives the photo-size mask, for Generate.
+      const [vw, vh] = viewSize(width, height);
+      const { mask, ms, logits, m } = await this.sam3.decode(points, box, vw, vh);
+      this.last = { mask, width: vw, height: vh, ms, where: "browser",
+        full: () => ({ mask: upsampleMask(logits, m, width, height), width, height }) };
       return this.last;
     }
     const body = { points, max_instances: 0 };

@@ -30,7 +30,7 @@ function freshRun() {
     phase: "idle", // idle · streaming · complete · error · stopped
     requestId: null, progress: 0, events: 0, eventCounts: {}, framesDecoded: 0,
     voxelCountsDrawn: [], resyncs: 0, decodeErrors: 0, droppedForTest: null,
-    error: null, complete: null, glbTriangles: 0, splats: 0, artifactErrors: [],
+    error: null, complete: null, glbTriangles: 0, splats: 0, artifactErrors: [], queuePositions: [],
     job: null, resumes: 0, nonFrameSeqs: [],
   };
 }
@@ -81,7 +81,7 @@ async function startPage() {
     try {
       const out = await segmenting;
       mask = out;
-      panel.setMask(out && out.mask);
+      panel.setMask(out && out.mask, out?.width, out?.height);
       if (out) {
         const area = out.mask.reduce((a, b) => a + b, 0);
         state.masks.push({ ms: Math.round(out.ms * 10) / 10, where: out.where, area });
@@ -244,6 +244,9 @@ async function startPage() {
       run.error = { code: ev.code, message: ev.message, status: null };
       progress.fail(ev.code, ev.message);
       return;
+    } else if (ev.type === "loading" && ev.queue_position > 0) {
+      detail = `number ${ev.queue_position} in line${ev.queue_length > 1 ? ` of ${ev.queue_length}` : ""}`;
+      run.queuePositions.push(ev.queue_position);
     } else if (ev.type === "loading" && ev.mask_url && !mask) {
       detail = `mask ${(100 * ev.mask_fraction).toFixed(1)} %`;
     }
@@ -261,8 +264,10 @@ async function startPage() {
       const { points, box } = panel.prompts();
       form.append("image", photo.file, photo.file.name || "photo");
       if (mask && mask.mask.some((v) => v)) {
-        // Exactly the mask the person saw over the photo.
-        form.append("mask", await maskPng(mask.mask, mask.width, mask.height), "mask.png");
+        // Exactly the mask the person saw over the photo (at the photo's size: decoded in the browser
+        // it was shown at a view size, and the same logits are now scaled to the photo).
+        const full = mask.full ? mask.full() : mask;
+        form.append("mask", await maskPng(full.mask, full.width, full.height), "mask.png");
       } else {
         if (points.length) form.append("point_prompts", JSON.stringify(points));
         if (box) form.append("box_prompts", JSON.stringify([box]));

@@ -9,7 +9,8 @@
 //  2. a 4xx from POST /v1/jobs (the viewer runs jobs) shows the server's message;
 //  3. a click on the cup gives a mask overlay (decoded in the browser with SAM 3: the same mask as
 //     POST /v1/segment for the same click);
-//  4. Generate: the voxel instance count drawn grows across frames, the last frame's count is what
+//  4. Generate, first waiting behind another client's request (the page shows its place in line for
+//     the reconstructor's one slot): the voxel instance count drawn grows across frames, the last frame's count is what
 //     the InstancedMesh draws, the voxel view is not blank; the GLB loads with its file's triangle
 //     count; the splats load with the PLY's count; a meshopt-compressed GLB loads; screenshots;
 //  5. a lost frame (?drop_frame) is recovered through a key frame (a reconnection to the job's
@@ -75,9 +76,28 @@ async function waitMasks(page, n) {
   return page.evaluate(() => ({ masks: window.viewer.state.masks, errors: window.viewer.state.segmentErrors }));
 }
 
-async function runToEnd(page) {
+/** Another client's stream that holds the reconstructor's one slot (tests/viewer_server.py) from its
+ * first frame until `signal` aborts it. Resolves once it holds the slot. */
+async function holdSlot(photoPath, signal) {
+  const form = new FormData();
+  form.append("image", new Blob([readFileSync(photoPath)], { type: "image/png" }), "other.png");
+  form.append("point_prompts", JSON.stringify([{ ...CUP, label: 1 }]));
+  form.append("geometry_steps", "100"); // long enough to still run when the page's request arrives
+  const res = await fetch(`${base}/v1/generate`, { method: "POST", body: form, signal });
+  if (!res.ok) throw new Error(`the slot-holding request got ${res.status}`);
+  const reader = res.body.getReader();
+  let text = "";
+  while (!text.includes("event: geometry")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error("the slot-holding request ended before its first frame");
+    text += new TextDecoder().decode(value);
+  }
+  return reader;
+}
+
+async function runToEnd(page, { clicked = false } = {}) {
   const t0 = Date.now();
-  await page.click("#generate");
+  if (!clicked) await page.click("#generate");
   await page.waitForFunction(() => window.viewer.state.run.phase !== "streaming", null, { timeout: TIMEOUT_MS });
   await page.evaluate(() => window.viewer.state.run.artifacts);
   const run = await page.evaluate(() => JSON.parse(JSON.stringify({ ...window.viewer.state.run, artifacts: undefined, complete: undefined })));
@@ -207,8 +227,18 @@ try {
       await page.textContent("#prompt-summary"));
   }
 
-  // 4. Generate.
-  const { run, seconds } = await runToEnd(page);
+  // 4. Generate while another request holds the reconstructor's one slot: the run shows its place
+  // in line ("Waiting for a GPU"), then streams once the other request is stopped.
+  const other = new AbortController();
+  await holdSlot(photoPath, other.signal);
+  await page.click("#generate");
+  await page.waitForFunction(() => window.viewer.state.run.queuePositions.length > 0 || window.viewer.state.run.phase !== "streaming",
+    null, { timeout: TIMEOUT_MS, polling: 20 });
+  const queueRow = await page.$eval('#stages li[data-stage="queue"]', (li) => [li.className, li.querySelector(".detail").textContent]);
+  other.abort();
+  const { run, seconds } = await runToEnd(page, { clicked: true });
+  check("queue_position_shown", run.queuePositions[0] === 1 && queueRow[0] === "active" && /number 1 in line/.test(queueRow[1]),
+    { positions: run.queuePositions, row: queueRow });
   report.seconds_to_complete = seconds;
   report.main_run = { eventCounts: run.eventCounts, voxelCountsDrawn: run.voxelCountsDrawn, usedMask: run.usedMask };
   check("complete", run.phase === "complete" && run.usedMask, { phase: run.phase, error: run.error, usedMask: run.usedMask });

@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
 
-import { parseEmbedding, selectMask, upsampleMask } from "../../serve_app/static/sam3-click.js";
+import { parseEmbedding, selectMask, tokenLayout, upsampleMask } from "../../serve_app/static/sam3-click.js";
 
 const VECTORS = join(dirname(fileURLToPath(import.meta.url)), "..", "vectors");
 const load = (name) => JSON.parse(readFileSync(join(VECTORS, name), "utf8"));
@@ -46,4 +46,15 @@ test("mask choice and upsampling agree with select_mask and torch's bilinear int
     }
     assert.ok(compared > 0.99 * mask.length);
   }
+});
+
+test("the decoder's channels-last inputs are laid out as onnx_decoder_fast.token_layout lays them out", () => {
+  const v = load("token_layout.json");
+  const tensors = Object.fromEntries(Object.entries(v.inputs).map(([k, t]) => [k, { data: Float32Array.from(t.data), dims: t.dims }]));
+  const got = tokenLayout(tensors);
+  for (const [name, want] of Object.entries(v.outputs)) {
+    assert.deepEqual(got[name].dims, want.dims, name);
+    assert.deepEqual(Array.from(got[name].data), want.data, name);
+  }
+  assert.throws(() => tokenLayout({ ...tensors, high_res_feats_0: tensors.high_res_feats_1 }), /expected 1x2x8x12/);
 });

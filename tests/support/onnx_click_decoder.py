@@ -7,7 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
-from deployments.segmenter.sam3.onnx_decoder import OUTPUT_NAMES
+from deployments.segmenter.sam3.onnx_decoder import FEATURE_NAMES, INPUT_NAMES, OUTPUT_NAMES
+from deployments.segmenter.sam3.onnx_decoder_fast import token_layout
 
 
 class OnnxClickDecoder:
@@ -19,15 +20,17 @@ class OnnxClickDecoder:
         self.session = ort.InferenceSession(str(path), providers=list(providers))
         shape = self.session.get_inputs()[5].shape  # mask_input 1x1xMxM
         self.mask_size = int(shape[-1])
+        self.tokens = self.session.get_inputs()[0].name == INPUT_NAMES[0]  # else a reference export
 
     def __call__(self, feats: dict[str, np.ndarray], point_coords: np.ndarray, point_labels: np.ndarray, mask_input: np.ndarray | None = None):
+        """feats: the encoder's NCHW image_embed, high_res_feats_0/1 (laid out here as the graph
+        takes them, as the browser does once per photo)."""
         has = mask_input is not None
         if mask_input is None:
             mask_input = np.zeros((1, 1, self.mask_size, self.mask_size), np.float32)
+        nchw = {k: np.asarray(feats[k], np.float32) for k in FEATURE_NAMES}
         feeds = {
-            "image_embed": np.ascontiguousarray(feats["image_embed"], np.float32),
-            "high_res_feats_0": np.ascontiguousarray(feats["high_res_feats_0"], np.float32),
-            "high_res_feats_1": np.ascontiguousarray(feats["high_res_feats_1"], np.float32),
+            **(token_layout(**nchw) if self.tokens else nchw),
             "point_coords": np.asarray(point_coords, np.float32),
             "point_labels": np.asarray(point_labels, np.float32),
             "mask_input": np.asarray(mask_input, np.float32),

@@ -1,10 +1,11 @@
 """SAM 3 click/box mask decoder (prompt encoder + mask decoder) as ONNX, for onnxruntime and onnxruntime-web.
 
-Contract (SAM 2 style; batch 1; N prompt points, N dynamic):
+Contract (SAM 2 style; batch 1; N prompt points, N dynamic). The encoder's features go in channels
+last, laid out once per photo by `token_layout` (onnx_decoder_fast; the browser: sam3-click.js):
 
-    inputs   image_embed        float32 1x256x72x72     (from the embedding payload)
-             high_res_feats_0   float32 1x32x288x288
-             high_res_feats_1   float32 1x64x144x144
+    inputs   image_tokens       float32 5184x256   image_embed 1x256x72x72, row y*72 + x
+             high_res_tokens_0  float32 82944x32   high_res_feats_0 1x32x288x288, rows (y, x, i, j, i2, j2)
+             high_res_tokens_1  float32 20736x64   high_res_feats_1 1x64x144x144, rows (y, x, i, j)
              point_coords       float32 1xNx2   pixel (x, y) scaled to the encoder input: x*S/W, y*S/H
              point_labels       float32 1xN     1 object, 0 background, 2/3 box corners, -1 padding point
              mask_input         float32 1x1x288x288  previous low-res mask logits (zeros when unused)
@@ -16,6 +17,8 @@ Contract (SAM 2 style; batch 1; N prompt points, N dynamic):
 `prompt_arrays` builds point_coords/point_labels the way the tracker does (box corners, then one padding
 point); `select_mask` picks the output the tracker itself returns. The low-res logits are scaled to the
 image with bilinear interpolation and thresholded at 0. Sizes above are for the full model (S = 1008).
+The graph is onnx_decoder_fast's reassociated one (export_click_decoder(fast=False) writes the tracker's
+modules as they are, with the encoder's NCHW features as inputs: REFERENCE_INPUT_NAMES).
 """
 from __future__ import annotations
 
@@ -28,18 +31,13 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-INPUT_NAMES = [
-    "image_embed",
-    "high_res_feats_0",
-    "high_res_feats_1",
-    "point_coords",
-    "point_labels",
-    "mask_input",
-    "has_mask_input",
-]
+FEATURE_NAMES = ["image_embed", "high_res_feats_0", "high_res_feats_1"]
+PROMPT_NAMES = ["point_coords", "point_labels", "mask_input", "has_mask_input"]
+INPUT_NAMES = ["image_tokens", "high_res_tokens_0", "high_res_tokens_1", *PROMPT_NAMES]
+REFERENCE_INPUT_NAMES = [*FEATURE_NAMES, *PROMPT_NAMES]
 OUTPUT_NAMES = ["masks", "iou_predictions", "object_score_logits"]
 OPSET = 17
-EXPORT_VERSION = 2  # part of the exported file's name: bump when the graph changes
+EXPORT_VERSION = 3  # part of the exported file's name: bump when the graph changes
 
 
 def prompt_arrays(points, box, original_size: tuple[int, int], input_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,20 +144,32 @@ def example_inputs(tracker, num_points: int = 2):
     )
 
 
-def export_click_decoder(tracker, path: str | Path, opset: int = OPSET) -> Path:
-    """Write the decoder of `tracker` (a transformers Sam3TrackerModel) to `path` in fp32, atomically."""
+def export_click_decoder(tracker, path: str | Path, opset: int = OPSET, fast: bool = True) -> Path:
+    """Write the decoder of `tracker` (a transformers Sam3TrackerModel) to `path` in fp32, atomically.
+
+    `fast`: the reassociated graph of onnx_decoder_fast (same contract and results, a fraction of
+    the work per click); False: the tracker's modules as they are (the reference, for benchmarks).
+    """
     import torch
+
+    from .onnx_decoder_fast import fast_decoder_module, token_layout
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = _decoder_module(tracker)
+    example = example_inputs(tracker)
+    if fast:
+        module, names = fast_decoder_module(tracker), INPUT_NAMES
+        tokens = token_layout(*(t.numpy() for t in example[:3]))
+        example = (*(torch.from_numpy(tokens[n]) for n in INPUT_NAMES[:3]), *example[3:])
+    else:
+        module, names = _decoder_module(tracker), REFERENCE_INPUT_NAMES
     tmp = path.with_suffix(path.suffix + ".tmp")
     with torch.no_grad():
         torch.onnx.export(
             module,
-            example_inputs(tracker),
+            example,
             str(tmp),
-            input_names=INPUT_NAMES,
+            input_names=names,
             output_names=OUTPUT_NAMES,
             dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
             opset_version=opset,
