@@ -4,7 +4,8 @@ Runs each photo several times and prints the median time to the first frame, to
 `complete`, and to the GLB on disk, for the local config as shipped (steps paced with
 min_step_s so a viewer can watch) and with pacing off (pure compute), side by side; the
 frames a client received and those the stream coalesced; the same request through the
-in-process pipeline (no Serve, no HTTP) as a ratio; and the IoU of the returned mask.png with
+in-process pipeline (no Serve, no HTTP), run alternately with the HTTP runs, as a ratio of
+medians and the range of per-pair ratios; and the IoU of the returned mask.png with
 the mask of the former segmenter (cv2.grabCut, 5 iterations at 384 px).
 
     python -m bench.bench_local [--runs 5] [--out bench/results/local.txt]
@@ -131,23 +132,30 @@ def main() -> None:
             store = tempfile.mkdtemp()
             cfg = local_config(store) if pace is None else local_config(store, min_step_s=pace)
             deploy(cfg)
+            args = cfg["applications"][0]["args"]
             for name in PHOTOS:
                 one_run(base, name)  # warm-up
-                runs = [one_run(base, name) for _ in range(a.runs)]
+                in_process_glb(args, name)  # warm-up
+                # Interleaved, so a swing in the machine's load hits both sides of the ratio.
+                runs, locals_ = [], []
+                for _ in range(a.runs):
+                    runs.append(one_run(base, name))
+                    locals_.append(in_process_glb(args, name))
                 keys = ("first_frame", "first_geometry", "complete", "glb", "frames", "coalesced")
                 med = {k: statistics.median(r[k] for r in runs) for k in keys}
                 stages = {k: statistics.median(r["timings"][k] for r in runs) for k in runs[0]["timings"]}
-                args = cfg["applications"][0]["args"]
-                in_process_glb(args, name)  # warm-up
-                local = statistics.median(in_process_glb(args, name) for _ in range(a.runs))
+                local = statistics.median(locals_)
+                pairs = sorted(r["complete"] / t for r, t in zip(runs, locals_))
                 med["iou"] = iou(runs[0]["mask"], refs[name])
                 med["http_ratio"] = med["complete"] / local
                 results[(label, name)] = med
                 lines.append(
                     f"{label:<28} {name:<10} first frame {med['first_frame']:.3f} s   first geometry "
-                    f"{med['first_geometry']:.3f} s   complete {med['complete']:.3f} s   GLB on disk "
-                    f"{med['glb']:.3f} s   in-process {local:.3f} s (HTTP/in-process "
-                    f"{med['http_ratio']:.2f}x)   frames {med['frames']:g} (+{med['coalesced']:g} "
+                    f"{med['first_geometry']:.3f} s   complete {med['complete']:.3f} s "
+                    f"({min(r['complete'] for r in runs):.3f}-{max(r['complete'] for r in runs):.3f})   "
+                    f"GLB on disk {med['glb']:.3f} s   in-process {local:.3f} s "
+                    f"({min(locals_):.3f}-{max(locals_):.3f}) (HTTP/in-process {med['http_ratio']:.2f}x, "
+                    f"per pair {pairs[0]:.2f}-{pairs[-1]:.2f}x)   frames {med['frames']:g} (+{med['coalesced']:g} "
                     f"coalesced)   mask IoU vs 5-iteration GrabCut {med['iou']:.3f}   GLB "
                     f"{runs[0]['glb_bytes']:,} B   stages " + " ".join(f"{k}={v:.3f}" for k, v in stages.items()))
                 print(lines[-1], flush=True)

@@ -170,6 +170,7 @@ class StreamSettings(_Strict):
     so every stream stays under these rates; frames that come faster are coalesced, the
     newest replacing older unsent ones (never the last frame of a stage, never an event)."""
 
+    # Caps frames that a newer one may replace; a stage's last frame waits only for the bytes.
     max_frames_per_s: float = Field(10.0, gt=0, le=1000)
     max_bytes_per_s: int = Field(1_000_000, ge=1000)
     # When the response headers go out. "accepted": once the reconstructor has taken the request

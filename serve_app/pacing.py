@@ -2,16 +2,20 @@
 
 Ray Serve applies no flow control from a slow HTTP reader back to the replica (its ASGI
 message queues are unbounded), so nothing tells us how fast the client reads. Instead each
-stream releases frames at most `max_frames_per_s` and `max_bytes_per_s`. A producer task
-drains the pipeline as fast as it yields, so upstream frames never pile up in Ray either;
-when a new frame of a stage arrives while an older one of that stage is still unsent, the
-newer one replaces it ("latest wins"). The last frame of each stage and every non-frame
-event are never dropped. Frames are encoded when they are sent, so delta encodings are
+stream releases frames at most `max_bytes_per_s`, and frames that a newer one may still
+replace at most `max_frames_per_s`. A producer task drains the pipeline as fast as it
+yields, so upstream frames never pile up in Ray either; when a new frame of a stage arrives
+while an older one of that stage is still unsent, the newer one replaces it ("latest wins").
+The last frame of each stage and every non-frame event are never dropped. A frame that
+nothing can replace (a stage's last frame, a key frame) waits only for the byte budget, not
+for the frame-rate gap: holding it back would coalesce nothing and only delay it and the
+events behind it (`complete`). Frames are encoded when they are sent, so delta encodings are
 always taken against what the client actually received.
 
 Bound: at most one pending frame per stage plus the final frames and events, whatever the
 number of steps; the bytes a stream can push into Serve's queues are at most
-max_bytes_per_s times its duration.
+max_bytes_per_s times its duration plus one frame; frames sent are at most max_frames_per_s
+per second plus the last frame of each stage.
 """
 from __future__ import annotations
 
@@ -51,7 +55,8 @@ class FramePacer:
         self.max_pending = 0
 
     def _put(self, item) -> None:
-        if isinstance(item, dict) and _is_droppable(item):
+        if isinstance(item, dict) and item.get("type") in FRAME_EVENTS:
+            # Any newer frame of a stage, its last one included, replaces older unsent ones.
             stage = item["stage"]
             before = len(self._queue)
             self._queue = deque(q for q in self._queue
@@ -77,7 +82,8 @@ class FramePacer:
 
     async def __aiter__(self) -> AsyncIterator:
         producer = asyncio.create_task(self._produce())
-        next_frame_at = 0.0
+        next_frame_at = 0.0  # the frame-rate gap: for frames a newer one may replace
+        next_byte_at = 0.0  # the byte budget: for every frame
         try:
             while True:
                 if not self._queue:
@@ -86,10 +92,16 @@ class FramePacer:
                     continue
                 head = self._queue[0]
                 if isinstance(head, dict) and head.get("type") in FRAME_EVENTS:
-                    wait = next_frame_at - time.monotonic()
+                    ready_at = max(next_frame_at, next_byte_at) if _is_droppable(head) else next_byte_at
+                    wait = ready_at - time.monotonic()
                     if wait > 0:
-                        # Newer frames may replace this one meanwhile; look again after.
-                        await asyncio.sleep(wait)
+                        # A newer frame may replace this one meanwhile (a stage's last frame
+                        # need not wait for the rate gap): look again on arrival or after.
+                        self._ready.clear()
+                        try:
+                            await asyncio.wait_for(self._ready.wait(), wait)
+                        except asyncio.TimeoutError:
+                            pass
                         continue
                 item = self._queue.popleft()
                 if item is _END:
@@ -104,8 +116,9 @@ class FramePacer:
                 if item.get("type") in FRAME_EVENTS:
                     self.frames_sent += 1
                     metrics.record("sam3d_frames_total", transport=self.transport, outcome="sent")
-                    gap = max(1.0 / self._settings.max_frames_per_s, size / self._settings.max_bytes_per_s)
-                    next_frame_at = time.monotonic() + gap
+                    now = time.monotonic()
+                    next_frame_at = now + 1.0 / self._settings.max_frames_per_s
+                    next_byte_at = now + size / self._settings.max_bytes_per_s
                 yield data
         finally:
             producer.cancel()

@@ -104,3 +104,38 @@ def test_closing_the_consumer_closes_the_pipeline():
         await agen.aclose()
     asyncio.run(go())
     assert closed == [True]
+
+
+def test_last_frames_and_complete_do_not_wait_for_the_frame_rate():
+    # At 2 frames/s, holding each stage's last frame for the rate gap would put `complete`
+    # at least 1 s after the first frame; nothing could replace those frames meanwhile.
+    t0 = time.monotonic()
+    out, pacer = run(fast_pipeline(), StreamSettings(max_frames_per_s=2))
+    elapsed = time.monotonic() - t0
+    frames = [(e["type"], e["step"]) for e in out if e["type"] in ("geometry", "appearance")]
+    assert frames[-2:] == [("geometry", 50), ("appearance", 30)] and len(frames) <= 3
+    assert out[-1]["type"] == "complete" and out[-1]["coalesced_frames"] == 80 - len(frames)
+    assert elapsed < 0.4, elapsed
+
+
+def test_rate_still_caps_replaceable_frames():
+    async def steady():
+        for k in range(1, 41):
+            await asyncio.sleep(0.01)
+            yield frame("geometry", k, 40)
+    t0 = time.monotonic()
+    out, pacer = run(steady(), StreamSettings(max_frames_per_s=10))
+    elapsed = time.monotonic() - t0
+    steps = [e["step"] for e in out]
+    # Over ~0.4 s at 10 frames/s: the first frame, a few replaceable ones, and the last.
+    assert steps[-1] == 40 and len(steps) <= 10 * elapsed + 2, (steps, elapsed)
+
+
+def test_last_frames_still_wait_for_the_byte_budget():
+    t0 = time.monotonic()
+    out, pacer = run(fast_pipeline(10, 10), StreamSettings(max_frames_per_s=1000, max_bytes_per_s=10_000),
+                     size=5_000)
+    frames = [e for e in out if e["type"] in ("geometry", "appearance")]
+    # 5 KB frames at 10 KB/s: each frame after the first waits 0.5 s, the last ones too.
+    assert time.monotonic() - t0 >= 0.5 * (len(frames) - 1) - 0.05
+    assert frames[-1]["step"] == 10

@@ -1,0 +1,120 @@
+"""Where Serve's extra time goes: one request through HTTP + Serve vs the in-process pipeline.
+
+For each photo, runs the request alternately through Serve over HTTP and through the same
+pipeline in this process (LocalClients, no Ray, no HTTP), pacing off, and splits the time to
+`complete` by the pipeline's own clock (each event's `t`, seconds since the pipeline began):
+
+  before the pipeline   client send, proxy, ingress parse, decode and validate
+                        (arrival of the first geometry frame minus its `t`)
+  segmenter, reconstructor, mesh baker
+                        each stage as the pipeline timed it (`complete.timings`): over Serve
+                        that includes the handle call, argument and result transfer
+  after the pipeline    `complete` reaching the client (arrival minus `t` minus the first part)
+
+    python -m bench.bench_serve_overhead [--runs 7] [--out bench/results/serve_overhead.txt]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import ray  # noqa: E402
+from ray import serve  # noqa: E402
+
+from bench.bench_local import PHOTOS, deploy  # noqa: E402
+from tests.conftest import free_port, local_config  # noqa: E402
+from tests.photos import photo_bytes  # noqa: E402
+from serve_app.client import iter_events  # noqa: E402
+from serve_app.local import LocalClients  # noqa: E402
+from serve_app.schemas import GenerateRequest  # noqa: E402
+from serve_app.service import GenerateService  # noqa: E402
+from serve_app.wire import FrameWriter, paced  # noqa: E402
+from sam3d_common.settings import load_settings  # noqa: E402
+from sam3d_common.store import ArtifactStore  # noqa: E402
+
+STAGES = ("segmenter", "reconstructor", "mesh_baker")
+
+
+def split(timeline: list[tuple[float, dict]]) -> dict:
+    """{part: seconds} of one request from (arrival since the request began, event) pairs."""
+    geo = next((a, ev) for a, ev in timeline if ev["type"] == "geometry")
+    done = next((a, ev) for a, ev in timeline if ev["type"] == "complete")
+    before = geo[0] - geo[1]["t"]
+    out = {"before": before, **{s: done[1]["timings"][s] for s in STAGES}}
+    out["after"] = done[0] - done[1]["t"] - before
+    out["total"] = done[0]
+    out["frames"] = sum(ev["type"] in ("geometry", "appearance") for _, ev in timeline)
+    return out
+
+
+def http_run(base: str, name: str) -> dict:
+    t0 = time.monotonic()
+    return split([(a - t0, ev) for a, ev in iter_events(base, image=photo_bytes(name), **PHOTOS[name])])
+
+
+def in_process_run(service: GenerateService, name: str) -> dict:
+    async def run():
+        t0 = time.monotonic()
+        job = await service.prepare(GenerateRequest.model_validate(PHOTOS[name]), image_bytes=photo_bytes(name))
+        writer = FrameWriter(job.encoding, service.settings.stream)
+        return [(time.monotonic() - t0, ev)
+                async for ev in paced(await service.start(job), service.settings.stream, writer.python)]
+    return split(asyncio.run(run()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/serve_overhead.txt")
+    a = ap.parse_args()
+    port = free_port()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = f"http://127.0.0.1:{port}"
+    cfg = local_config(tempfile.mkdtemp(), min_step_s=0.0)
+    lines = [f"# Serve + HTTP vs in-process, serve_config.local.yaml with min_step_s 0, "
+             f"{os.cpu_count()} CPU cores, median of {a.runs} alternating runs per side; "
+             f"load average at start {os.getloadavg()[0]:.1f}", "",
+             f"{'photo':<10} {'side':<11} " + " ".join(f"{p:>13}" for p in
+                                                       ("before", *STAGES, "after", "complete")) + "   frames"]
+    try:
+        deploy(cfg)
+        args = cfg["applications"][0]["args"]
+        settings = load_settings(args)
+        store = ArtifactStore(args["store"]["url"])
+        service = GenerateService(settings, LocalClients(settings, store), store)
+        for name in PHOTOS:
+            http_run(base, name), in_process_run(service, name)  # warm-up
+            sides = {"HTTP+Serve": [], "in-process": []}
+            for _ in range(a.runs):
+                sides["HTTP+Serve"].append(http_run(base, name))
+                sides["in-process"].append(in_process_run(service, name))
+            med = {side: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                   for side, runs in sides.items()}
+            med["extra"] = {k: med["HTTP+Serve"][k] - med["in-process"][k] for k in med["in-process"]}
+            for side, m in med.items():
+                lines.append(f"{name:<10} {side:<11} " + " ".join(
+                    f"{m[k] * 1000:>10.0f} ms" for k in ("before", *STAGES, "after", "total"))
+                    + f"   {m['frames']:g}")
+            print("\n".join(lines[-3:]), flush=True)
+        lines.append(f"load average at the end {os.getloadavg()[0]:.1f} (other work on the same cores "
+                     "inflates every figure)")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
