@@ -135,6 +135,8 @@ def test_saturated_reconstructor_over_http_shows_queue_positions(ray_serve, tmp_
     app = cfg["applications"][0]
     app["name"], app["route_prefix"] = "queue", "/queue"
     assert app["args"]["stream"]["answer_at"] == "first_event"
+    for d in app["deployments"]:  # beside the session's main app on a 2-core machine
+        d.setdefault("ray_actor_options", {})["num_cpus"] = 0.01
     deploy_config(cfg)
     try:
         results: list = [None] * 5
