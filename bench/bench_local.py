@@ -111,17 +111,22 @@ def deploy(cfg: dict, wait_s: float = 600) -> None:
             time.sleep(1)
 
 
+def start_local_serve() -> str:
+    """A new local Ray (address="local": never one another process left running on this
+    machine) with Serve's HTTP proxy on a free loopback port; returns its base URL."""
+    port = free_port()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return f"http://127.0.0.1:{port}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/local.txt")
     a = ap.parse_args()
-    port = free_port()
-    # address="local": a new instance, never one another process left running on this machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    base = f"http://127.0.0.1:{port}"
+    base = start_local_serve()
     lines = [f"# photo → GLB on serve_config.local.yaml, {os.cpu_count()} CPU cores, "
              f"median of {a.runs} runs (after one warm-up run per photo); load average at start "
              f"{os.getloadavg()[0]:.1f}", ""]

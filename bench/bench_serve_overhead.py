@@ -29,8 +29,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
-from bench.bench_local import PHOTOS, deploy  # noqa: E402
-from tests.conftest import free_port, local_config  # noqa: E402
+from bench.bench_local import PHOTOS, deploy, start_local_serve  # noqa: E402
+from tests.conftest import local_config  # noqa: E402
 from tests.photos import photo_bytes  # noqa: E402
 from serve_app.client import iter_events  # noqa: E402
 from serve_app.local import LocalClients  # noqa: E402
@@ -75,11 +75,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/serve_overhead.txt")
     a = ap.parse_args()
-    port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    base = f"http://127.0.0.1:{port}"
+    base = start_local_serve()
     cfg = local_config(tempfile.mkdtemp(), min_step_s=0.0)
     lines = [f"# Serve + HTTP vs in-process, serve_config.local.yaml with min_step_s 0, "
              f"{os.cpu_count()} CPU cores, median of {a.runs} alternating runs per side; "
