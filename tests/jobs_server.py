@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-import httpx  # noqa: E402
-import uvicorn  # noqa: E402
 
 from serve_app.ingress import build_fastapi_app  # noqa: E402
+from tests.support.http_thread import serve_in_thread  # noqa: E402
 from serve_app.local import LocalClients  # noqa: E402
 from serve_app.service import GenerateService  # noqa: E402
 from sam3d_common.settings import load_settings  # noqa: E402
@@ -33,18 +30,7 @@ def main() -> None:
     settings = load_settings({**args, "store": {"url": store_dir}})
     store = ArtifactStore(store_dir)
     app = build_fastapi_app(GenerateService(settings, LocalClients(settings, store), store))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(400):
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
+    url = serve_in_thread(app, tries=400)
     print(json.dumps({"url": url, "pid": os.getpid()}), flush=True)
     while True:
         time.sleep(3600)

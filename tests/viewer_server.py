@@ -12,22 +12,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-import httpx  # noqa: E402
-import uvicorn  # noqa: E402
 
 from deployments.reconstructor.base import Started  # noqa: E402
 from deployments.segmenter import Segmenter  # noqa: E402
 from meshopt_glb import meshopt_glb, sphere  # noqa: E402
 from serve_app.ingress import build_fastapi_app  # noqa: E402
+from tests.support.http_thread import serve_in_thread  # noqa: E402
 from serve_app.local import LocalClients  # noqa: E402
 from serve_app.service import GenerateService  # noqa: E402
 from sam3d_common.settings import load_settings  # noqa: E402
@@ -78,18 +75,7 @@ def main() -> None:
     app, store = build(opts.store, opts.sam3)
     pos, faces, colors = sphere()
     store.put("0000000000000000000000000000feed", "meshopt.glb", meshopt_glb(pos, faces, colors))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
+    url = serve_in_thread(app)
     print(json.dumps({"url": url, "meshopt_glb": "/v1/artifacts/0000000000000000000000000000feed/meshopt.glb",
                       "meshopt_triangles": len(faces)}), flush=True)
     while True:
