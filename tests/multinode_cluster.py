@@ -99,10 +99,11 @@ def wait_running(timeout: float) -> float:
     raise TimeoutError(f"app not RUNNING after {timeout} s: {serve.status().applications}")
 
 
-def stream(url: str, on_first_frame=None, **fields) -> list[str]:
-    """The stream's event types, repeats collapsed; an error event adds its code."""
+def event_types(events, on_first_frame=None) -> list[str]:
+    """The types of (t, event) pairs, repeats collapsed; an error event adds its code;
+    `on_first_frame()` runs at the first geometry frame."""
     types: list[str] = []
-    for _, event in iter_events(url, image=photo_bytes("coffee"), timeout=60, **fields):
+    for _, event in events:
         if not types or types[-1] != event["type"]:
             types.append(event["type"])
         if event["type"] == "geometry" and on_first_frame is not None:
@@ -111,6 +112,11 @@ def stream(url: str, on_first_frame=None, **fields) -> list[str]:
         if event["type"] == "error":
             types.append(event.get("code", ""))
     return types
+
+
+def stream(url: str, on_first_frame=None, **fields) -> list[str]:
+    """The stream's event types (event_types)."""
+    return event_types(iter_events(url, image=photo_bytes("coffee"), timeout=60, **fields), on_first_frame)
 
 
 def autoscale(url: str, obs: dict) -> None:
@@ -189,17 +195,8 @@ def proxies(ports: dict, want: set[str], timeout: float = 30) -> dict[str, dict]
 
 
 def job_events(url: str, job_id: str, on_first_frame=None) -> list[str]:
-    """A job's event types through GET /v1/jobs/{id}/events (repeats collapsed, error codes added)."""
-    types: list[str] = []
-    for _, event in iter_job_events(url, job_id, timeout=120):
-        if not types or types[-1] != event["type"]:
-            types.append(event["type"])
-        if event["type"] == "geometry" and on_first_frame is not None:
-            on_first_frame()
-            on_first_frame = None
-        if event["type"] == "error":
-            types.append(event.get("code", ""))
-    return types
+    """A job's event types through GET /v1/jobs/{id}/events (event_types)."""
+    return event_types(iter_job_events(url, job_id, timeout=120), on_first_frame)
 
 
 def job_status(url: str, job_id: str) -> dict:
