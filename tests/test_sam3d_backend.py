@@ -14,13 +14,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from sam3d_common.errors import BadInput, ModelUnavailable, StageError
 from deployments.reconstructor.base import (GaussianData, MeshData, Pose, ReconstructOptions,
                                            Reconstruction, StepFrame)
 from deployments.reconstructor.sam3d import (CHECKPOINT_FILES, Sam3dReconstructor,
                                              required_files, startup_problems)
-from deployments.reconstructor.sam3d_grid import (color_order, fill_colors, map_to_view, quaternion_to_matrix,
+from deployments.reconstructor.sam3d_grid import (color_order, map_to_view, quaternion_to_matrix,
                                                   surface, view_from_local, voxel_colors)
 from deployments.reconstructor.sam3d_upstream import unsafe_targets
 from sam3d_common.settings import Sam3dSettings
@@ -452,6 +453,22 @@ def test_voxel_colors_from_gaussians():
     assert out[0].tolist() == [255, 255, 255] and out[1].tolist() == [255, 0, 0]
     # all transparent: plain mean
     assert voxel_colors(dc[1:], np.zeros((1, 3)))[0].tolist() == [85, 0, 170]
+
+
+def fill_colors(occ: np.ndarray, coords: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """The reference for color_order (how appearance frames were coloured before it): an
+    (m, m, m, 3) uint8 volume with `colors` at `coords` and every other cell the colour of the
+    nearest coloured voxel."""
+    m = occ.shape[0]
+    vol = np.zeros((m, m, m, 3), np.uint8)
+    if len(coords) == 0:
+        return vol
+    have = np.zeros((m, m, m), bool)
+    c = np.asarray(coords, dtype=np.int64)
+    have[c[:, 0], c[:, 1], c[:, 2]] = True
+    vol[c[:, 0], c[:, 1], c[:, 2]] = colors
+    _, near = ndimage.distance_transform_edt(~have, return_indices=True)
+    return vol[near[0], near[1], near[2]]
 
 
 def test_fill_colors_reaches_interior_voxels():

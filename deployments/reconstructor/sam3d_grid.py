@@ -119,32 +119,18 @@ def voxel_colors(features_dc: np.ndarray, opacity: np.ndarray) -> np.ndarray:
     return np.clip(mean * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def fill_colors(occ: np.ndarray, coords: np.ndarray, colors: np.ndarray) -> np.ndarray:
-    """(m, m, m, 3) uint8 volume: `colors` at `coords`, and every other cell the colour of the
-    nearest coloured voxel, so interior voxels and resampled cells all have one."""
-    m = occ.shape[0]
-    vol = np.zeros((m, m, m, 3), np.uint8)
-    if len(coords) == 0:
-        return vol
-    have = np.zeros((m, m, m), bool)
-    c = np.asarray(coords, dtype=np.int64)
-    have[c[:, 0], c[:, 1], c[:, 2]] = True
-    vol[c[:, 0], c[:, 1], c[:, 2]] = colors
-    _, near = ndimage.distance_transform_edt(~have, return_indices=True)
-    return vol[near[0], near[1], near[2]]
-
-
 def color_order(occ_shape: int, coords: np.ndarray, source: np.ndarray) -> np.ndarray:
     """For each occupied view cell (`source >= 0`, in that order), the row of `coords` whose
-    colour it shows: the same choice as `ViewMapping.sample(fill_colors(occ, coords, colors))`
-    for any `colors`, computed once so that each appearance frame is a single gather."""
+    colour it shows: the colour of the coloured voxel nearest the local voxel the cell samples
+    (Euclidean distance transform), so that interior voxels and resampled cells all have one.
+    Computed once per run, so that each appearance frame is a single gather."""
     m = occ_shape
     c = np.asarray(coords, dtype=np.int64)
     flat = (c[:, 0] * m + c[:, 1]) * m + c[:, 2]
     have = np.zeros(m ** 3, bool)
     have[flat] = True
     row = np.full(m ** 3, -1, np.int64)
-    row[flat] = np.arange(len(c))  # a repeated coordinate keeps its last row, as fill_colors does
+    row[flat] = np.arange(len(c))  # a repeated coordinate keeps its last row
     _, near = ndimage.distance_transform_edt(~have.reshape(m, m, m), return_indices=True)
     nearest = ((near[0] * m + near[1]) * m + near[2]).reshape(-1)
     return row[nearest[source[source >= 0]]]
