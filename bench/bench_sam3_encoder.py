@@ -9,7 +9,10 @@ bf16. Levers, each measured on its own in the same run:
 - hot_path: today's encode path (one pinned uint8 upload per batch, no identity resize, ids hashed before
             batching, no copies at batch 1), eager;
 - sdpa_cudnn / sdpa_flash: hot_path with SDPA restricted to one kernel (CUDA only);
-- compile_<mode>: hot_path with the ViT under torch.compile, padded to batch buckets, compiled at start.
+- compile_<mode>[_<scope>][_qkv]: hot_path under torch.compile, padded to batch buckets, compiled at start
+            (--compile-variants mode:scope[:qkv], scope "vit" or "encoder" = ViT + tracker neck; qkv: one
+            stacked q/k/v projection per attention layer, vit_fused_qkv); a kernel profile of the last one
+            (bench/gpu_profile.py: attention kernel names, matrix-multiply and Triton shares).
 The payload: the previous codec (float64 statistics, zlib default strategy, from float32 host copies)
 against today's (quantised on the device, float32 statistics, Huffman-only deflate).
 
@@ -95,7 +98,8 @@ import torch  # noqa: E402
 
 from deployments.segmenter.sam3 import embedding_codec  # noqa: E402
 from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
-from deployments.segmenter.sam3.compile import CompiledVit, batch_buckets  # noqa: E402
+from bench.gpu_profile import kernel_profile  # noqa: E402
+from deployments.segmenter.sam3.compile import batch_buckets  # noqa: E402
 from deployments.segmenter.sam3.encoder import ImageEmbedding, image_id, tracker_features  # noqa: E402
 from tests.support.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
 from tests.support.sam3_testing import random_init_models, tiny_video_config  # noqa: E402
@@ -293,11 +297,13 @@ def measure_lever(name, encode, size, device, args, report):
     out["serve_batch"].update(max_batch=args.serve_max_batch, concurrency=args.concurrency)
     report["levers"][name] = out
     print("lever", name, json.dumps(out), flush=True)
+    if args.json_out:  # as it goes: a run stopped by its time limit keeps what it measured
+        Path(args.json_out).write_text(json.dumps(report, indent=2))
 
 
 def first_request(settings, models, size, device, max_batch):
     """A replica's start (constructor: compilation and warm-up when on) and its first /v1/embed."""
-    models.vit = None
+    models.compiled = None
     sync(device)
     t0 = time.perf_counter()
     backend = Sam3Segmenter(settings, models=models, max_batch_size=max_batch)
@@ -348,11 +354,45 @@ def fp8_lever(args, base, bf16_backend, models, size, device, compile_backend, r
     print("fp8 agreement", json.dumps(report["levers"][name]["agreement_vs_bf16"]), flush=True)
 
 
+def payload_figures(args, backend, models, size, device, report):
+    """The browser payload, before and now, on one full-size embedding; fidelity of today's payload."""
+    emb = backend.encode_batch(fresh_images(1, size, 7), ["payload"])[0]
+    report["payload"] = {
+        "before": {**ms(timed(lambda: payload_before(emb, size), torch.device("cpu"), warmup=1, iters=5)),
+                   "bytes": len(payload_before(emb, size))},
+        "now": {**ms(timed(lambda: backend.embedding_payload(emb), device, warmup=1, iters=5)),
+                "bytes": len(backend.embedding_payload(emb))},
+        "one_deflate_thread": one_deflate_thread(lambda: {
+            **ms(timed(lambda: backend.embedding_payload(emb), device, warmup=1, iters=5)),
+            "bytes": len(backend.embedding_payload(emb))}),
+    }
+    if not args.skip_fidelity:
+        import copy
+
+        from tests.support.sam3_fidelity import agreement, decode_masks
+
+        tracker32 = copy.deepcopy(models.tracker).float()
+        feats = emb.click_features()
+        prompts = random_prompts(size, count=32, seed=1)
+        reference = decode_masks(tracker32, feats, prompts)
+        for key, data in (("now", backend.embedding_payload(emb)), ("before", payload_before(emb, size))):
+            report["payload"][key].update(agreement(reference, decode_masks(tracker32, embedding_codec.decode(data)[1], prompts)))
+        report["payload"]["codec_fidelity_numpy_path"] = codec_fidelity(tracker32, feats, size, "compact", prompts)
+        del tracker32
+    print("payload", json.dumps(report["payload"]), flush=True)
+
+
+def lever_name(mode: str, scope: str, qkv: bool) -> str:
+    return f"compile_{mode}" + ("" if scope == "vit" else f"_{scope}") + ("_qkv" if qkv else "")
+
+
 def summary(report: dict) -> dict:
-    """The issue's figures at the top level, read from the run's own levers: the served path is
-    the default-mode compiled ViT when it was measured, else the eager hot path."""
+    """The issue's figures at the top level, read from the run's own levers: the served path is the
+    compiled variant Sam3Settings' defaults select when it was measured, else the eager hot path."""
     levers = report.get("levers", {})
-    served = next((n for n in ("compile_default", "hot_path") if "encode_bs1" in levers.get(n, {})), None)
+    d = Sam3Settings()
+    shipped = lever_name(d.compile_mode, d.compile_scope, d.vit_fused_qkv)
+    served = next((n for n in (shipped, "hot_path") if "encode_bs1" in levers.get(n, {})), None)
     lever = levers.get(served, {})
     return {"encode_lever": served,
             "encode_p50_ms": lever.get("encode_bs1", {}).get("p50_ms"),
@@ -372,6 +412,11 @@ def main():
     ap.add_argument("--compile-modes", default="default",
                     help="comma-separated torch.compile modes to measure ('' for none), e.g. "
                          "default,max-autotune-no-cudagraphs (autotuning takes minutes per batch size)")
+    ap.add_argument("--compile-variants", default=None,
+                    help="instead of --compile-modes: comma-separated mode:scope[:qkv], e.g. "
+                         "default:vit,default:encoder,reduce-overhead:encoder:qkv (qkv ones last: they change the model)")
+    ap.add_argument("--skip-before", action="store_true", help="skip the reproduced previous path")
+    ap.add_argument("--skip-payload", action="store_true", help="skip the payload figures")
     ap.add_argument("--max-batch", type=int, default=16, help="the replica's max_batch_size: compiled buckets 1, 2, 4 .. this")
     ap.add_argument("--skip-sdpa", action="store_true", help="skip the SDPA-kernel levers")
     ap.add_argument("--batches", default="8,16", help="batch sizes measured directly (each one a compiled shape)")
@@ -413,7 +458,8 @@ def main():
     backend, report["first_request_eager"] = first_request(Sam3Settings(**base, compile="off"), models, size, device, args.max_batch)
     print("first_request_eager", json.dumps(report["first_request_eager"]), flush=True)
     hot = backend.encode_batch
-    measure_lever("before", lambda ims, ids: encode_before(models, ims), size, device, args, report)
+    if not args.skip_before:
+        measure_lever("before", lambda ims, ids: encode_before(models, ims), size, device, args, report)
     measure_lever("hot_path", hot, size, device, args, report)
     if device.type == "cuda" and not args.skip_sdpa:
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -428,37 +474,18 @@ def main():
                 report["levers"][label] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
                 print("lever", label, "failed:", report["levers"][label]["error"], flush=True)
 
-    # The browser payload, before and now, on one full-size embedding; fidelity of today's payload.
-    emb = backend.encode_batch(fresh_images(1, size, 7), ["payload"])[0]
-    report["payload"] = {
-        "before": {**ms(timed(lambda: payload_before(emb, size), torch.device("cpu"), warmup=1, iters=5)),
-                   "bytes": len(payload_before(emb, size))},
-        "now": {**ms(timed(lambda: backend.embedding_payload(emb), device, warmup=1, iters=5)),
-                "bytes": len(backend.embedding_payload(emb))},
-        "one_deflate_thread": one_deflate_thread(lambda: {
-            **ms(timed(lambda: backend.embedding_payload(emb), device, warmup=1, iters=5)),
-            "bytes": len(backend.embedding_payload(emb))}),
-    }
-    if not args.skip_fidelity:
-        import copy
+    if not args.skip_payload:
+        payload_figures(args, backend, models, size, device, report)
 
-        from tests.support.sam3_fidelity import agreement, decode_masks
-
-        tracker32 = copy.deepcopy(models.tracker).float()
-        feats = emb.click_features()
-        prompts = random_prompts(size, count=32, seed=1)
-        reference = decode_masks(tracker32, feats, prompts)
-        for key, data in (("now", backend.embedding_payload(emb)), ("before", payload_before(emb, size))):
-            report["payload"][key].update(agreement(reference, decode_masks(tracker32, embedding_codec.decode(data)[1], prompts)))
-        report["payload"]["codec_fidelity_numpy_path"] = codec_fidelity(tracker32, feats, size, "compact", prompts)
-        del tracker32
-    print("payload", json.dumps(report["payload"]), flush=True)
-
-    # Compiled ViT, one mode at a time (dynamo's caches reset in between).
-    for mode in [m for m in args.compile_modes.split(",") if m]:
+    # Compiled, one variant at a time (dynamo's caches reset in between); a kernel profile of the last.
+    variants = args.compile_variants or ",".join(f"{m}:vit" for m in args.compile_modes.split(",") if m)
+    last = None
+    for variant in [v for v in variants.split(",") if v]:
+        mode, scope, *extra = variant.split(":")
         torch._dynamo.reset()
-        name = f"compile_{mode}" if compile_backend == "inductor" else f"compile_{compile_backend}"
-        settings = Sam3Settings(**base, compile="on", compile_mode=mode, compile_backend=compile_backend)
+        name = lever_name(mode if compile_backend == "inductor" else compile_backend, scope, "qkv" in extra)
+        settings = Sam3Settings(**base, compile="on", compile_mode=mode, compile_backend=compile_backend,
+                                compile_scope=scope, vit_fused_qkv="qkv" in extra)
         try:
             backend_c, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
         except Exception as exc:  # noqa: BLE001
@@ -468,16 +495,22 @@ def main():
         report[f"first_request_{name}"]["buckets"] = list(batch_buckets(args.max_batch))
         print(f"first_request_{name}", json.dumps(report[f"first_request_{name}"]), flush=True)
         measure_lever(name, backend_c.encode_batch, size, device, args, report)
-        models.vit = None
-        if compile_backend != "inductor":
-            break  # the mode only matters to inductor
-    assert CompiledVit  # imported for readers: the compiled path is sam3_compile.CompiledVit
+        last = (name, backend_c)
+    if last is not None:
+        name, backend_c = last
+        report["kernel_profile"] = {"lever": name}
+        for bs in (1, max(args.batch_sizes or [1])):
+            batch, ids = fresh_images(bs, size, 900 + bs), [f"p{i}" for i in range(bs)]
+            report["kernel_profile"][f"bs{bs}"] = kernel_profile(lambda: backend_c.encode_batch(batch, ids),
+                                                                 lambda: sync(device))
+        print("kernel_profile", json.dumps(report["kernel_profile"]), flush=True)
+        models.compiled = None
     if args.fp8:
         fp8_lever(args, base, backend, models, size, device, compile_backend, report)
 
     if device.type == "cuda":
         report["peak_mb_total"] = round(torch.cuda.max_memory_allocated() / 2**20)
-    before = report["levers"]["before"]
+    before = report["levers"].get("before") or report["levers"]["hot_path"]
     bss = args.batch_sizes
     lines = [f"{'lever':36s} {'bs1 p50 ms':>10s} {'x':>5s} " + " ".join(f"{f'bs{b} img/s':>10s}" for b in bss)
              + f" {'serve img/s':>11s} {'x':>5s} {'peak MB':>8s}"]
@@ -490,9 +523,10 @@ def main():
                      + " ".join(f"{r[f'direct_bs{b}']['images_per_s']:10.2f}" for b in bss)
                      + f" {r['serve_batch']['images_per_s']:11.2f} {r['serve_batch']['images_per_s'] / before['serve_batch']['images_per_s']:5.2f} "
                      f"{str(peak):>8s}")
-    p = report["payload"]
-    lines.append(f"payload compact: before {p['before']['p50_ms']} ms {p['before']['bytes']} B, now {p['now']['p50_ms']} ms "
-                 f"{p['now']['bytes']} B ({p['before']['p50_ms'] / p['now']['p50_ms']:.2f}x)")
+    p = report.get("payload")
+    if p:
+        lines.append(f"payload compact: before {p['before']['p50_ms']} ms {p['before']['bytes']} B, now {p['now']['p50_ms']} ms "
+                     f"{p['now']['bytes']} B ({p['before']['p50_ms'] / p['now']['p50_ms']:.2f}x)")
     print("\n".join(lines))
     report["table"] = lines
     report.update(summary(report))

@@ -12,6 +12,7 @@ Every path starts from a cached `ImageEmbedding`, so an image is encoded once wh
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import tempfile
@@ -30,10 +31,11 @@ from .encoder import (
     ImageEmbedding,
     check_image,
     detector_vision_embeds,
+    encode_core,
     encode_images,
     image_id,
 )
-from .compile import batch_buckets, compiled_vit
+from .compile import batch_buckets, compiled_encoder
 from .loading import Sam3Models, load_sam3_models
 
 log = logging.getLogger(__name__)
@@ -55,8 +57,12 @@ class Sam3Segmenter:
             if problem:
                 raise ModelUnavailable(f"segmenter.sam3.vit_fp8 is on, but {problem}")
             use_fp8_linears(self.models.detector.vision_encoder.backbone)
-        if self.models.vit is None:  # compiled and warmed up here, before the replica reports healthy
-            self.models.vit = compiled_vit(self.models, settings, max_batch_size)
+        if settings.vit_fused_qkv:
+            from .vit_qkv import fuse_qkv
+
+            fuse_qkv(self.models.detector.vision_encoder.backbone)
+        if self.models.compiled is None:  # compiled and warmed up here, before the replica reports healthy
+            self.models.compiled = compiled_encoder(self.models, settings, max_batch_size, self._encode_core)
         self.cache: EmbeddingCache[ImageEmbedding] = EmbeddingCache(settings.embedding_cache_mb * 1024 * 1024)
         self.images_encoded = 0
         self.encoder_batches = 0
@@ -64,11 +70,19 @@ class Sam3Segmenter:
         self._onnx: LazyExport | None = None
         self._onnx_lock = threading.Lock()
 
+    def _encode_core(self, px, vit):
+        return encode_core(self.models, px, vit)
+
+    def _gpu_exclusive(self):
+        """Held around GPU work other than encoding: excludes it while CUDA graphs are being recorded."""
+        compiled = self.models.compiled
+        return compiled.exclusive if compiled is not None else contextlib.nullcontext()
+
     def set_max_batch_size(self, n: int) -> None:
-        """Encoder batches of up to n images from now on: the compiled ViT compiles what it lacks."""
-        vit = self.models.vit
-        if vit is not None and hasattr(vit, "set_buckets"):
-            vit.set_buckets(batch_buckets(n), self.models.pixels.size, self.models.device, self.models.dtype)
+        """Encoder batches of up to n images from now on: the compiled encoder compiles what it lacks."""
+        compiled = self.models.compiled
+        if compiled is not None:
+            compiled.set_buckets(batch_buckets(n), self.models.pixels.size, self.models.device, self.models.dtype)
 
     # ---- embeddings -------------------------------------------------------------------------------
 
@@ -118,13 +132,15 @@ class Sam3Segmenter:
         # On a GPU the features are quantised there and only u8 codes come to the host; on the CPU numpy's
         # float32 path is the faster one (bench/results/sam3_payload.txt).
         on_gpu = self.models.device.type == "cuda"
-        return embedding_codec.encode(
-            embedding.click_tensors() if on_gpu else embedding.click_features(),
-            embedding_id=embedding.embedding_id,
-            original_size=embedding.original_size,
-            input_size=self.input_size,
-            profile=profile,
-        )
+        with self._gpu_exclusive():
+            features = embedding.click_tensors() if on_gpu else embedding.click_features()
+            return embedding_codec.encode(
+                features,
+                embedding_id=embedding.embedding_id,
+                original_size=embedding.original_size,
+                input_size=self.input_size,
+                profile=profile,
+            )
 
     # ---- prompts ----------------------------------------------------------------------------------
 
@@ -147,6 +163,10 @@ class Sam3Segmenter:
         """A prompt that check_prompt has accepted for the embedding's image."""
         if mask_only(prompt):
             return self.given_mask(prompt)
+        with self._gpu_exclusive():
+            return self._decode(embedding, prompt)
+
+    def _decode(self, embedding: ImageEmbedding, prompt: SegmentPrompt) -> SegmentResult:
         label = (prompt.label or "").strip()
         if prompt.points or (prompt.box is not None and not label):
             return self._interactive(embedding, prompt.points, prompt.box, prompt.mask)
@@ -268,7 +288,9 @@ class Sam3Segmenter:
             "device": str(m.device),
             "dtype": str(m.dtype).replace("torch.", ""),
             "input_size": self.input_size,
-            "compiled_vit": None if m.vit is None else {"batch_sizes": list(m.vit.buckets), "warmup_s": m.vit.warmup_s},
+            "compiled_vit": None if m.compiled is None else {
+                "batch_sizes": list(m.compiled.buckets), "warmup_s": m.compiled.warmup_s, "mode": m.compiled.mode,
+                "scope": m.compiled.scope},
             "text_prompts": m.tokenizer is not None,
             "images_encoded": self.images_encoded,
             "encoder_batches": self.encoder_batches,

@@ -140,8 +140,20 @@ def detector_vision_embeds(models: Sam3Models, spatial):
     )
 
 
+def encode_core(models: Sam3Models, px, vit=None):
+    """Normalised pixels B x 3 x S x S → (spatial B x C x g x g, high_res_feats_0, high_res_feats_1,
+    image_embed): the ViT (`vit`, a callable like the backbone; the backbone itself when None) and the
+    tracker's neck. This is what compile.CompiledEncoder compiles (all of it, or the ViT alone)."""
+    backbone = models.detector.vision_encoder.backbone
+    hidden = (backbone if vit is None else vit)(px).last_hidden_state  # B x g*g x C
+    grid = px.shape[-1] // models.detector.config.vision_config.backbone_config.patch_size
+    spatial = hidden.reshape(hidden.shape[0], grid, grid, hidden.shape[-1]).permute(0, 3, 1, 2).contiguous()
+    feats_0, feats_1, embed = tracker_features(models, spatial)
+    return spatial, feats_0, feats_1, embed
+
+
 def encode_images(models: Sam3Models, images: list[np.ndarray], ids: list[str]) -> list[ImageEmbedding]:
-    """One batched ViT pass for all images (ids: their content ids, hashed by the caller, off this thread).
+    """One batched encoder pass for all images (ids: their content ids, hashed by the caller, off this thread).
 
     Each result owns its tensors: a batch of one keeps the outputs as they are (no copy); in a larger batch
     each image's slices are copied once, so that a cached embedding does not hold its batch-mates' memory.
@@ -152,13 +164,9 @@ def encode_images(models: Sam3Models, images: list[np.ndarray], ids: list[str]) 
         return []
     if len(ids) != len(images):
         raise ValueError("one id per image")
-    patch = models.detector.config.vision_config.backbone_config.patch_size
     with torch.inference_mode():
         px = pixel_values(models, images)
-        hidden = models.run_vit(px)  # B x g*g x C
-        grid = px.shape[-1] // patch
-        spatial = hidden.reshape(hidden.shape[0], grid, grid, hidden.shape[-1]).permute(0, 3, 1, 2).contiguous()
-        feats_0, feats_1, embed = tracker_features(models, spatial)
+        spatial, feats_0, feats_1, embed = models.encode(px)
         if len(images) == 1:
             own = lambda t, i: t  # noqa: E731 - the whole batch is this image's
         else:

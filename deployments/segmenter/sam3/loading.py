@@ -57,13 +57,15 @@ class Sam3Models:
     dtype: Any  # torch.dtype
     source: str
     notes: list[str] = field(default_factory=list)
-    vit: Any = None  # px -> ViT last_hidden_state when compiled (sam3_compile.CompiledVit); None: eager
+    compiled: Any = None  # the encoder under torch.compile (compile.CompiledEncoder); None: eager
 
-    def run_vit(self, px):
-        """B x 3 x S x S → B x g*g x C: the ViT, compiled if it was."""
-        if self.vit is not None:
-            return self.vit(px)
-        return self.detector.vision_encoder.backbone(px).last_hidden_state
+    def encode(self, px):
+        """B x 3 x S x S → (spatial, high_res_feats_0, high_res_feats_1, image_embed): compiled if it was."""
+        if self.compiled is not None:
+            return self.compiled(px)
+        from .encoder import encode_core
+
+        return encode_core(self, px)
 
     @property
     def input_size(self) -> int:

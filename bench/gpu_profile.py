@@ -1,0 +1,60 @@
+"""Where a GPU call's time goes: CUDA kernel time under torch.profiler, grouped by kind of kernel.
+
+Used by the GPU benchmarks to check which attention kernel a compiled graph really calls and what
+share matrix multiplies, attention and the rest take. Groups are read from kernel names (cuDNN,
+FlashAttention, CUTLASS/cuBLAS GEMMs, Triton kernels that inductor generated), so "other" holds
+whatever matches none of them.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+GROUPS = (
+    ("attention_cudnn", re.compile(r"cudnn.*(attn|sdpa|fmha|flash)|(attn|sdpa|fmha).*cudnn", re.I)),
+    ("attention_flash", re.compile(r"flash", re.I)),
+    ("attention_other", re.compile(r"fmha|attention|attn|efficient", re.I)),
+    ("gemm", re.compile(r"gemm|cutlass|sm90_xmma|nvjet|cublas|matmul|_mm_", re.I)),
+    ("triton", re.compile(r"^triton", re.I)),
+    ("conv", re.compile(r"conv|implicit_", re.I)),
+)
+
+
+def group_of(name: str) -> str:
+    for group, pattern in GROUPS:
+        if pattern.search(name):
+            return group
+    return "other"
+
+
+def kernel_profile(fn, sync, runs: int = 5, top: int = 12) -> dict:
+    """Run fn() `runs` times under the profiler (after one unprofiled call); → per-run milliseconds of
+    CUDA kernel time by group, the top kernels, and the wall time per run."""
+    import time
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        for _ in range(runs):
+            fn()
+        sync()
+        wall = (time.perf_counter() - t) / runs
+    per_kernel: dict[str, float] = defaultdict(float)
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            per_kernel[event.name] += event.device_time / 1000.0  # µs → ms
+    groups: dict[str, float] = defaultdict(float)
+    for name, t_ms in per_kernel.items():
+        groups[group_of(name)] += t_ms
+    total = sum(groups.values())
+    return {
+        "wall_ms_per_run": round(1000 * wall, 2),
+        "kernel_ms_per_run": round(total / runs, 2),
+        "groups_ms_per_run": {g: round(v / runs, 2) for g, v in sorted(groups.items(), key=lambda kv: -kv[1])},
+        "top_kernels": [{"name": n[:120], "group": group_of(n), "ms_per_run": round(v / runs, 3)}
+                        for n, v in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:top]],
+    }
