@@ -10,9 +10,9 @@ bf16. Levers, each measured on its own in the same run:
             batching, no copies at batch 1), eager;
 - sdpa_cudnn / sdpa_flash: hot_path with SDPA restricted to one kernel (CUDA only);
 - compile_<mode>[_<scope>][_qkv]: hot_path under torch.compile, padded to batch buckets, compiled at start
-            (--compile-variants mode:scope[:qkv], scope "vit" or "encoder" = ViT + tracker neck; qkv: one
-            stacked q/k/v projection per attention layer, vit_fused_qkv); a kernel profile of the last one
-            (bench/gpu_profile.py: attention kernel names, matrix-multiply and Triton shares).
+            (--compile-variants mode:scope, scope "vit" or "encoder" = ViT + tracker neck); a kernel
+            profile of the last one (bench/gpu_profile.py: attention kernel names, matrix-multiply and
+            Triton shares).
 The payload: the previous codec (float64 statistics, zlib default strategy, from float32 host copies)
 against today's (quantised on the device, float32 statistics, Huffman-only deflate).
 
@@ -382,8 +382,8 @@ def payload_figures(args, backend, models, size, device, report):
     print("payload", json.dumps(report["payload"]), flush=True)
 
 
-def lever_name(mode: str, scope: str, qkv: bool) -> str:
-    return f"compile_{mode}" + ("" if scope == "vit" else f"_{scope}") + ("_qkv" if qkv else "")
+def lever_name(mode: str, scope: str) -> str:
+    return f"compile_{mode}" + ("" if scope == "vit" else f"_{scope}")
 
 
 def summary(report: dict) -> dict:
@@ -391,7 +391,7 @@ def summary(report: dict) -> dict:
     compiled variant Sam3Settings' defaults select when it was measured, else the eager hot path."""
     levers = report.get("levers", {})
     d = Sam3Settings()
-    shipped = lever_name(d.compile_mode, d.compile_scope, d.vit_fused_qkv)
+    shipped = lever_name(d.compile_mode, d.compile_scope)
     served = next((n for n in (shipped, "hot_path") if "encode_bs1" in levers.get(n, {})), None)
     lever = levers.get(served, {})
     return {"encode_lever": served,
@@ -413,8 +413,7 @@ def main():
                     help="comma-separated torch.compile modes to measure ('' for none), e.g. "
                          "default,max-autotune-no-cudagraphs (autotuning takes minutes per batch size)")
     ap.add_argument("--compile-variants", default=None,
-                    help="instead of --compile-modes: comma-separated mode:scope[:qkv], e.g. "
-                         "default:vit,default:encoder,reduce-overhead:encoder:qkv (qkv ones last: they change the model)")
+                    help="instead of --compile-modes: comma-separated mode:scope, e.g. default:vit,default:encoder")
     ap.add_argument("--skip-before", action="store_true", help="skip the reproduced previous path")
     ap.add_argument("--skip-payload", action="store_true", help="skip the payload figures")
     ap.add_argument("--max-batch", type=int, default=16, help="the replica's max_batch_size: compiled buckets 1, 2, 4 .. this")
@@ -481,11 +480,11 @@ def main():
     variants = args.compile_variants or ",".join(f"{m}:vit" for m in args.compile_modes.split(",") if m)
     last = None
     for variant in [v for v in variants.split(",") if v]:
-        mode, scope, *extra = variant.split(":")
+        mode, scope = variant.split(":")
         torch._dynamo.reset()
-        name = lever_name(mode if compile_backend == "inductor" else compile_backend, scope, "qkv" in extra)
+        name = lever_name(mode if compile_backend == "inductor" else compile_backend, scope)
         settings = Sam3Settings(**base, compile="on", compile_mode=mode, compile_backend=compile_backend,
-                                compile_scope=scope, vit_fused_qkv="qkv" in extra)
+                                compile_scope=scope)
         try:
             backend_c, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
         except Exception as exc:  # noqa: BLE001

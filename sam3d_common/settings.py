@@ -64,13 +64,12 @@ class Sam3Settings(_Strict):
     # torch.compile of the ViT (deployments/segmenter/sam3/compile.py), padded to the batch sizes 1, 2, 4, ...
     # EncoderBatching.max_batch_size and compiled before the replica serves. "auto": on CUDA only.
     compile: Literal["auto", "on", "off"] = "auto"
-    # "reduce-overhead" adds CUDA graphs, recorded and replayed on the compiled encoder's own thread.
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
+    # No CUDA-graph modes ("reduce-overhead", "max-autotune"): they failed under the encoder's
+    # worker threads on the H200 and H100 (docs/sam3.md).
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     compile_backend: Literal["inductor", "aot_eager"] = "inductor"  # aot_eager: fast to build (CPU tests)
     # What is compiled: "vit" the ViT alone, "encoder" the ViT and the click decoder's feature neck.
     compile_scope: Literal["vit", "encoder"] = "vit"
-    # One stacked q/k/v matrix multiply per ViT attention layer (deployments/segmenter/sam3/vit_qkv.py).
-    vit_fused_qkv: bool = False
     # The ViT's linear layers in FP8 with per-row scales (deployments/segmenter/sam3/fp8_linear.py);
     # needs compute capability 8.9+ (Ada, Hopper). Off: bf16 as trained.
     vit_fp8: bool = False

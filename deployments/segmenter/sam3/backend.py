@@ -12,7 +12,6 @@ Every path starts from a cached `ImageEmbedding`, so an image is encoded once wh
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import tempfile
@@ -57,10 +56,6 @@ class Sam3Segmenter:
             if problem:
                 raise ModelUnavailable(f"segmenter.sam3.vit_fp8 is on, but {problem}")
             use_fp8_linears(self.models.detector.vision_encoder.backbone)
-        if settings.vit_fused_qkv:
-            from .vit_qkv import fuse_qkv
-
-            fuse_qkv(self.models.detector.vision_encoder.backbone)
         if self.models.compiled is None:  # compiled and warmed up here, before the replica reports healthy
             self.models.compiled = compiled_encoder(self.models, settings, max_batch_size, self._encode_core)
         self.cache: EmbeddingCache[ImageEmbedding] = EmbeddingCache(settings.embedding_cache_mb * 1024 * 1024)
@@ -72,11 +67,6 @@ class Sam3Segmenter:
 
     def _encode_core(self, px, vit):
         return encode_core(self.models, px, vit)
-
-    def _gpu_exclusive(self):
-        """Held around GPU work other than encoding: excludes it while CUDA graphs are being recorded."""
-        compiled = self.models.compiled
-        return compiled.exclusive if compiled is not None else contextlib.nullcontext()
 
     def set_max_batch_size(self, n: int) -> None:
         """Encoder batches of up to n images from now on: the compiled encoder compiles what it lacks."""
@@ -132,15 +122,13 @@ class Sam3Segmenter:
         # On a GPU the features are quantised there and only u8 codes come to the host; on the CPU numpy's
         # float32 path is the faster one (bench/results/sam3_payload.txt).
         on_gpu = self.models.device.type == "cuda"
-        with self._gpu_exclusive():
-            features = embedding.click_tensors() if on_gpu else embedding.click_features()
-            return embedding_codec.encode(
-                features,
-                embedding_id=embedding.embedding_id,
-                original_size=embedding.original_size,
-                input_size=self.input_size,
-                profile=profile,
-            )
+        return embedding_codec.encode(
+            embedding.click_tensors() if on_gpu else embedding.click_features(),
+            embedding_id=embedding.embedding_id,
+            original_size=embedding.original_size,
+            input_size=self.input_size,
+            profile=profile,
+        )
 
     # ---- prompts ----------------------------------------------------------------------------------
 
@@ -163,10 +151,6 @@ class Sam3Segmenter:
         """A prompt that check_prompt has accepted for the embedding's image."""
         if mask_only(prompt):
             return self.given_mask(prompt)
-        with self._gpu_exclusive():
-            return self._decode(embedding, prompt)
-
-    def _decode(self, embedding: ImageEmbedding, prompt: SegmentPrompt) -> SegmentResult:
         label = (prompt.label or "").strip()
         if prompt.points or (prompt.box is not None and not label):
             return self._interactive(embedding, prompt.points, prompt.box, prompt.mask)

@@ -8,25 +8,17 @@ so no request pays for compilation. The padded rows are dropped from the output.
 `scope` says what is compiled: "vit" the ViT alone (the tracker's neck runs eagerly after it), "encoder"
 the ViT and the tracker's neck as one graph (px → the four tensors an ImageEmbedding holds).
 
-Every call runs on the compiled encoder's own thread. With `mode="reduce-overhead"` inductor records CUDA
-graphs, and it keeps them per thread: a graph is recorded during the warm-up on that thread and replayed
-there for every request, whichever worker thread the request came from. Recording must not overlap with
-kernels other threads launch on the legacy default stream (the capture is invalidated), so the backend
-holds `exclusive` around its other GPU work whenever graphs are recorded after the constructor.
+No CUDA-graph modes: inductor records its graphs per thread, and the encoder is called from a pool of
+worker threads (docs/sam3.md: a recording broken by another thread's kernels on the H200, an
+AssertionError with the calls moved to one thread of their own on the H100).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 log = logging.getLogger(__name__)
-
-CUDA_GRAPH_MODES = ("reduce-overhead",)
-WARM_UP_CALLS = {"reduce-overhead": 3}  # cudagraph trees: a warm-up run, a recording, then replays
 
 
 def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
@@ -46,7 +38,7 @@ def compile_wanted(setting: str, device) -> bool:
 
 class CompiledEncoder:
     """Callable px (B x 3 x S x S) → (spatial B x C x g x g, high_res_feats_0, high_res_feats_1,
-    image_embed), compiled per bucket, run on its own thread."""
+    image_embed), compiled per bucket."""
 
     def __init__(self, encode: Callable, backbone, buckets: tuple[int, ...], mode: str = "default",
                  backend: str = "inductor", scope: str = "vit"):
@@ -56,9 +48,6 @@ class CompiledEncoder:
 
         self.buckets, self.mode, self.scope = buckets, mode, scope
         self.warmup_s: float | None = None
-        self.cuda_graphs = backend == "inductor" and mode in CUDA_GRAPH_MODES
-        # Held while CUDA graphs are recorded after the constructor; the backend's other GPU work takes it.
-        self.exclusive = threading.RLock() if self.cuda_graphs else contextlib.nullcontext()
         kwargs = {"backend": backend, "dynamic": False}
         if backend == "inductor":
             kwargs["mode"] = mode
@@ -69,7 +58,6 @@ class CompiledEncoder:
             self._fn = lambda px: encode(px, vit)
         # One graph per bucket: make sure dynamo keeps them all rather than falling back to eager.
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(buckets))
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam3-encoder")
 
     def set_buckets(self, buckets: tuple[int, ...], size: int, device, dtype) -> None:
         """Serve batches up to a new size: compiles (warms up) the buckets not compiled yet."""
@@ -79,8 +67,7 @@ class CompiledEncoder:
         self.buckets = buckets
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(buckets))
         if new:
-            with self.exclusive:
-                self.warm_up(size, device, dtype, new)
+            self.warm_up(size, device, dtype, new)
 
     def bucket(self, n: int) -> int:
         for b in self.buckets:
@@ -89,22 +76,14 @@ class CompiledEncoder:
         return n  # larger than any bucket (a direct caller): compiled for that shape on first use
 
     def __call__(self, px):
-        return self._thread.submit(self._run, px).result()
-
-    def _run(self, px):
         import torch
 
-        with torch.inference_mode():  # thread-local: this thread's own (and padding made outside it recompiles)
-            px = px.contiguous()  # the layout compiled for; another layout would recompile
-            n = px.shape[0]
-            b = self.bucket(n)
-            if b != n:
-                px = torch.cat([px, px.new_zeros((b - n, *px.shape[1:]))])
-            if self.cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-                # A replay overwrites the graph's outputs: each result gets its own memory now.
-                return tuple(t[:n].clone() for t in self._fn(px))
-            return tuple(t[:n] for t in self._fn(px))
+        px = px.contiguous()  # the layout compiled for; another layout would recompile
+        n = px.shape[0]
+        b = self.bucket(n)
+        if b != n:
+            px = torch.cat([px, px.new_zeros((b - n, *px.shape[1:]))])
+        return tuple(t[:n] for t in self._fn(px))
 
     def warm_up(self, size: int, device, dtype, buckets: tuple[int, ...] | None = None) -> float:
         """Compile every bucket (or those given) now, on zero images; → seconds spent."""
@@ -113,8 +92,7 @@ class CompiledEncoder:
         t = time.perf_counter()
         with torch.inference_mode():
             for b in buckets or self.buckets:
-                for _ in range(WARM_UP_CALLS.get(self.mode, 1) if self.cuda_graphs else 1):
-                    self(torch.zeros((b, 3, size, size), device=device, dtype=dtype))
+                self(torch.zeros((b, 3, size, size), device=device, dtype=dtype))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.warmup_s = time.perf_counter() - t
