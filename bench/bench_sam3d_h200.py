@@ -286,6 +286,13 @@ def main():
         seen["downsample_factor"] = self.downsample_factor
 
     sam3d_run.UpstreamRun.start_appearance = start_appearance
+    real_finish = sam3d_run.UpstreamRun.finish
+
+    def finish(self, *a, **k):
+        seen["final_latent"] = self.app.x[0].float().clone()
+        return real_finish(self, *a, **k)
+
+    sam3d_run.UpstreamRun.finish = finish
     for name in ("prepare", "geometry_step", "geometry_preview", "start_appearance", "appearance_step",
                  "appearance_preview", "finish"):
         setattr(sam3d_run.UpstreamRun, name, timed(name, getattr(sam3d_run.UpstreamRun, name)))
@@ -362,6 +369,7 @@ def main():
         log("bake threads", out)
         save()
     occupancies: dict = {}
+    latents: dict = {}
 
     def iou(a, b):
         if a is None or b is None:
@@ -399,6 +407,11 @@ def main():
              "compiled": bool(model.settings.compile_geometry and model.compiled_blocks),
              "timers_ms": {k: ms(k) for k in sorted(TIMES)}}
         occupancies[tag] = seen.get("local_occupancy")
+        latent, ref = seen.get("final_latent"), latents.get("ours_cadence1")
+        if latent is not None:
+            latents.setdefault(tag, latent)
+            if ref is not None and ref.shape == latent.shape:
+                r["final_latent_rel_error_vs_cadence1"] = round(float((latent - ref).norm() / ref.norm()), 5)
         final_of[tag] = final
         R[tag] = r
         log(tag, json.dumps({k: v for k, v in r.items() if k != "timers_ms"}))
@@ -499,6 +512,8 @@ def main():
         save()
 
     levers = {"compile_off": None,
+              "appearance_cfg_batched": {"batch_cfg_appearance": True},
+              "preview_refit_every_25": {"preview_refit_every": 25},
               "preview_refit_every_12": {"preview_refit_every": 12},
               "device_context": {},
               "compile_reduce_overhead": {"compile_mode": "reduce-overhead"},
@@ -519,11 +534,22 @@ def main():
                 ours("lever_" + tag, 1)
         else:
             ours("lever_" + tag, 1)
+        with_settings()  # back to the defaults: each lever on its own
     R["levers_image_to_glb_s"] = {"defaults": c1 and c1["image_to_glb_s"], **{
         tag: R.get("lever_" + tag, {}).get("image_to_glb_s") for tag in levers}}
     R["levers_step_ms"] = {tag: {k: step_ms(R.get(run), k) for k in ("geometry_step", "appearance_step")}
                            for tag, run in [("defaults", "ours_cadence1")]
                            + [(t, "lever_" + t) for t in levers]}
+    if CUDA and time.perf_counter() - T0 < ARGS.deadline:
+        from bench.sam3d_profile import profile_stages
+
+        with_settings()
+        try:
+            R["kernel_profile"] = profile_stages(model, image, mask, ARGS.steps, sync)
+        except Exception as exc:  # noqa: BLE001 - the figures above stand without it
+            R["kernel_profile"] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]}
+        log("kernel profile", json.dumps(R["kernel_profile"])[:3000])
+        save()
 
 
     R["summary"] = {
