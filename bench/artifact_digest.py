@@ -18,6 +18,8 @@ import yaml
 
 from serve_app.local import LocalClients
 from serve_app.schemas import GenerateRequest
+from serve_app.prepare import prepare_job
+from serve_app.run import start_run
 from serve_app.service import GenerateService
 from sam3d_common.settings import load_settings
 from sam3d_common.store import ArtifactStore
@@ -41,19 +43,23 @@ async def digest(name: str, encoding: str, store_dir: str) -> list[str]:
     store = ArtifactStore(store_dir)
     service = GenerateService(settings, LocalClients(settings, store), store)
     req = GenerateRequest.model_validate({**PHOTOS[name], "encoding": encoding})
-    job = await service.prepare(req, image_bytes=photo_bytes(name))
+    job = await prepare_job(service, req, image_bytes=photo_bytes(name))
     writer = FrameWriter(job.encoding, settings.stream)
     frames = hashlib.sha256()
     n = 0
-    async for ev in await service.start(job):
-        ev, _ = writer.python(ev)
-        if ev["type"] in ("geometry", "appearance"):
-            n += 1
-            for key in sorted(ev):
-                if key not in ("t", "request_id"):
-                    frames.update(f"{key}={ev[key]!r};".encode())
-        elif ev["type"] == "error":
-            raise RuntimeError(ev["message"])
+    stream = await start_run(service, job)
+    try:
+        async for ev in stream.events:
+            ev, _ = writer.python(ev)
+            if ev["type"] in ("geometry", "appearance"):
+                n += 1
+                for key in sorted(ev):
+                    if key not in ("t", "request_id"):
+                        frames.update(f"{key}={ev[key]!r};".encode())
+            elif ev["type"] == "error":
+                raise RuntimeError(ev["message"])
+    finally:
+        await stream.close()
     lines = [f"{name:<10} {encoding:<8} frames {n} stream {frames.hexdigest()[:16]}"]
     folder = Path(store_dir) / job.request_id
     for path in sorted(folder.iterdir()):

@@ -41,7 +41,9 @@ from serve_app.schemas import GenerateRequest  # noqa: E402
 from serve_app.service import GenerateService  # noqa: E402
 from sam3d_common.settings import load_settings  # noqa: E402
 from sam3d_common.store import ArtifactStore  # noqa: E402
-from serve_app.wire import FrameWriter, paced  # noqa: E402
+from serve_app.prepare import prepare_job  # noqa: E402
+from serve_app.run import start_run  # noqa: E402
+from serve_app.wire import encode_and_pace  # noqa: E402
 
 PHOTOS = {"coffee": {}, "chelsea": {}, "astronaut": {}, "rocket": {"box_prompts": [ROCKET_BOX]}}
 
@@ -89,10 +91,13 @@ def in_process_glb(args: dict, name: str) -> float:
     async def run() -> float:
         t0 = time.monotonic()
         req = GenerateRequest.model_validate(PHOTOS[name])
-        job = await service.prepare(req, image_bytes=photo_bytes(name))
-        writer = FrameWriter(job.encoding, settings.stream)
-        async for _ in paced(await service.start(job), settings.stream, writer.python):
-            pass
+        job = await prepare_job(service, req, image_bytes=photo_bytes(name))
+        stream = await start_run(service, job)
+        try:
+            async for _ in encode_and_pace(stream, job.encoding, "python", settings.stream):
+                pass
+        finally:
+            await stream.close()
         return time.monotonic() - t0
 
     return asyncio.run(run())

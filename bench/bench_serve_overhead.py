@@ -36,7 +36,9 @@ from serve_app.client import iter_events  # noqa: E402
 from serve_app.local import LocalClients  # noqa: E402
 from serve_app.schemas import GenerateRequest  # noqa: E402
 from serve_app.service import GenerateService  # noqa: E402
-from serve_app.wire import FrameWriter, paced  # noqa: E402
+from serve_app.prepare import prepare_job  # noqa: E402
+from serve_app.run import start_run  # noqa: E402
+from serve_app.wire import encode_and_pace  # noqa: E402
 from sam3d_common.settings import load_settings  # noqa: E402
 from sam3d_common.store import ArtifactStore  # noqa: E402
 
@@ -63,10 +65,13 @@ def http_run(base: str, name: str) -> dict:
 def in_process_run(service: GenerateService, name: str) -> dict:
     async def run():
         t0 = time.monotonic()
-        job = await service.prepare(GenerateRequest.model_validate(PHOTOS[name]), image_bytes=photo_bytes(name))
-        writer = FrameWriter(job.encoding, service.settings.stream)
-        return [(time.monotonic() - t0, ev)
-                async for ev in paced(await service.start(job), service.settings.stream, writer.python)]
+        job = await prepare_job(service, GenerateRequest.model_validate(PHOTOS[name]), image_bytes=photo_bytes(name))
+        stream = await start_run(service, job)
+        try:
+            return [(time.monotonic() - t0, ev)
+                    async for ev in encode_and_pace(stream, job.encoding, "python", service.settings.stream)]
+        finally:
+            await stream.close()
     return split(asyncio.run(run()))
 
 

@@ -17,10 +17,12 @@ from deployments.reconstructor import Reconstructor
 from deployments.segmenter import Segmenter
 from serve_app.handles import HandleClients
 from serve_app.schemas import GenerateRequest
+from serve_app.prepare import prepare_job
+from serve_app.run import start_run
 from serve_app.service import GenerateService
 from sam3d_common.settings import ConfigError, load_settings
 from sam3d_common.store import ArtifactStore
-from serve_app.wire import FrameWriter, paced
+from serve_app.wire import encode_and_pace
 
 
 @serve.deployment(name="JobManager", num_replicas=1, max_ongoing_requests=10_000)
@@ -82,11 +84,13 @@ class Ingress:
         Bad input raises sam3d_common.errors.BadInput before the first event.
         """
         req = GenerateRequest.model_validate(request)
-        job = await self.service.prepare(req, image_array=image)
-        events = await self.service.start(job)
-        writer = FrameWriter(job.encoding, self.settings.stream)
-        async for event in paced(events, self.settings.stream, writer.python):
-            yield event
+        job = await prepare_job(self.service, req, image_array=image)
+        run = await start_run(self.service, job)
+        try:
+            async for event in encode_and_pace(run, job.encoding, "python", self.settings.stream):
+                yield event
+        finally:  # ended, or the caller went away (Serve cancels this generator)
+            await run.close()
 
     async def describe(self) -> dict:
         return await self.service.clients.describe()

@@ -19,6 +19,8 @@ from serve_app.schemas import GenerateRequest
 from serve_app.http_util import error_response, exception_response, validation_message
 from serve_app.offline_docs import add_offline_docs
 from serve_app.request_parsing import MULTIPART_BODY, parse_generate
+from serve_app.prepare import prepare_job
+from serve_app.run import start_run
 from serve_app.service import GenerateService
 from serve_app.admission import StreamAdmission
 from serve_app.auth import install_auth
@@ -26,8 +28,8 @@ from serve_app.headers import install_headers
 from sam3d_common.metrics import MetricsMiddleware
 from serve_app.openapi import errors, install_openapi, ref
 from sam3d_common.store import CONTENT_TYPES, ArtifactNotFound, ArtifactPending, InvalidArtifactRef, content_type
-from serve_app.stream_response import WatchedStreamingResponse
-from serve_app.wire import FrameWriter, binary_body, paced, registered
+from serve_app.stream_response import StreamResponse
+from serve_app.wire import FrameWriter, encode_and_pace, transport_of
 
 # Serve 2.60 honours these client headers in its proxy, before our code runs.
 TIMEOUT_HEADER = "x-request-timeout-seconds"
@@ -140,26 +142,20 @@ def build_fastapi_app(service: GenerateService, segmenter=None, jobs=None) -> Fa
                   "application/json": {"schema": ref(GenerateRequest)},
                   "multipart/form-data": {"schema": MULTIPART_BODY}}}})
     async def generate(request: Request):
+        """parse → prepare → run → encode and pace → respond; the stream's owner (`run`)
+        closes it when it ends or the client leaves (serve_app/stream_owner.py)."""
         deadline_s, watch = client_stream_policy(request, service.settings.honor_client_serve_headers)
         try:
             req, image_bytes, masks = await parse_generate(request, service.settings.limits.max_json_bytes)
-            job = await service.prepare(req, image_bytes=image_bytes, mask_bytes=masks)
-            events = await service.start(job, deadline_s=deadline_s)
+            job = await prepare_job(service, req, image_bytes=image_bytes, mask_bytes=masks)
+            run = await start_run(service, job, deadline_s=deadline_s)
         except ValidationError as exc:
             return error_response(422, "bad_input", validation_message(exc))
         except Exception as exc:  # noqa: BLE001 - mapped to a status with a reason
             return exception_response(exc)
-        writer = FrameWriter(job.encoding, service.settings.stream)
-        if BINARY_MEDIA_TYPE in request.headers.get("accept", ""):
-            body, media_type = binary_body(events, service.settings.stream, writer), BINARY_MEDIA_TYPE
-        else:
-            body, media_type = paced(events, service.settings.stream, writer.sse), "text/event-stream"
-        return WatchedStreamingResponse(
-            registered(streams, job.request_id, writer, body), media_type=media_type,
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                     "X-Sam3d-Request-Id": job.request_id},
-            watch_disconnect=watch,
-        )
+        transport = transport_of(request)
+        body = encode_and_pace(run, job.encoding, transport, service.settings.stream, streams)
+        return StreamResponse(run, body, transport, watch_disconnect=watch)
 
     @app.post("/v1/streams/{request_id}/keyframe", status_code=202, responses=errors(401, 404, 422, 429),
               summary="Ask a running stream for a key frame (resynchronisation)")

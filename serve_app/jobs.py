@@ -40,7 +40,7 @@ from serve_app.job_store import (CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, 
                                  JobStore, open_job_store)
 from serve_app.pipeline import Job, StageClients, run_pipeline
 from serve_app.protocol import FRAME_EVENTS
-from serve_app.service import error_event
+from serve_app.run import error_event
 from sam3d_common.settings import AppSettings
 from sam3d_common.store import ID_PATTERN, ArtifactStore
 

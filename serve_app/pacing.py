@@ -40,10 +40,12 @@ def _is_droppable(ev: dict) -> bool:
 
 class FramePacer:
     def __init__(self, events: AsyncIterator[dict], settings: StreamSettings,
-                 encode: Callable[[dict], tuple[object, int]]):
+                 encode: Callable[[dict], tuple[object, int]], opening: bytes | None = None):
         """`encode(event) -> (what to yield, its size in bytes on the wire)`; the encoder's
-        name (FrameWriter.sse, .binary, .python) is the `transport` tag of the stream metrics."""
+        name (FrameWriter.sse, .binary, .python) is the `transport` tag of the stream metrics.
+        `opening`: yielded first, outside the budget and the metrics (the binary stream header)."""
         self._events = events
+        self._opening = opening
         self.transport = getattr(encode, "__name__", "other")
         self._settings = settings
         self._encode = encode
@@ -81,6 +83,8 @@ class FramePacer:
             self._put(_END)
 
     async def __aiter__(self) -> AsyncIterator:
+        if self._opening is not None:
+            yield self._opening
         producer = asyncio.create_task(self._produce())
         next_frame_at = 0.0  # the frame-rate gap: for frames a newer one may replace
         next_byte_at = 0.0  # the byte budget: for every frame
@@ -121,11 +125,10 @@ class FramePacer:
                     next_byte_at = now + size / self._settings.max_bytes_per_s
                 yield data
         finally:
+            # Only the pacer's own task stops here: cancelling it ends the source where it
+            # waits; closing the source is its owner's (serve_app/stream_owner.py).
             producer.cancel()
             try:
                 await producer
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
-            aclose = getattr(self._events, "aclose", None)
-            if aclose is not None:
-                await aclose()

@@ -13,10 +13,12 @@ from serve_app.http_util import error_response, exception_response, validation_m
 from serve_app.request_parsing import MULTIPART_BODY, parse_generate
 from serve_app.openapi import errors, ref
 from serve_app.schemas import GenerateRequest
-from serve_app.protocol import BINARY_MEDIA_TYPE, format_sse
+from serve_app.prepare import prepare_job
+from serve_app.protocol import BINARY_MEDIA_TYPE
 from serve_app.service import GenerateService
-from serve_app.stream_response import WatchedStreamingResponse
-from serve_app.wire import FrameWriter, binary_body, paced, registered
+from serve_app.stream_owner import StreamOwner
+from serve_app.stream_response import StreamResponse
+from serve_app.wire import encode_and_pace, transport_of
 
 # Inputs travel as digests in the manifest, never as copies of the image.
 _NOT_IN_MANIFEST = {"image_b64", "image_url", "mask_b64"}
@@ -74,7 +76,7 @@ def build_jobs_router(service: GenerateService, jobs, streams: dict | None = Non
         """Same body and validation as POST /v1/generate; answers 202 with the job's URLs."""
         try:
             req, image_bytes, masks = await parse_generate(request)
-            job = await service.prepare(req, image_bytes=image_bytes, mask_bytes=masks)
+            job = await prepare_job(service, req, image_bytes=image_bytes, mask_bytes=masks)
             fields = req.model_dump(exclude=_NOT_IN_MANIFEST)
             fields["image_source"] = ("upload" if image_bytes is not None else "image_b64" if req.image_b64
                                       else "image_url" if req.image_url else None)
@@ -115,30 +117,11 @@ def build_jobs_router(service: GenerateService, jobs, streams: dict | None = Non
             info = await jobs.status(job_id)
         except Exception as exc:  # noqa: BLE001
             return exception_response(exc)
-        writer = FrameWriter(info["encoding"], service.settings.stream)
-        stream = jobs.events(job_id, after)
-
-        def sse(event: dict) -> tuple[bytes, int]:
-            cursor = event.pop("_cursor", None)
-            data = format_sse(writer.encode(event), cursor)
-            return data, len(data)
-
-        if BINARY_MEDIA_TYPE in request.headers.get("accept", ""):
-            body, media_type = binary_body(_no_cursor(stream), service.settings.stream, writer), BINARY_MEDIA_TYPE
-        else:
-            body, media_type = paced(stream, service.settings.stream, sse), "text/event-stream"
-        return WatchedStreamingResponse(registered(streams, job_id, writer, body), media_type=media_type,
-                                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                                                 "X-Sam3d-Request-Id": job_id})
+        # The subscription is all this stream owns: closing it leaves the job running.
+        stream = StreamOwner(job_id, jobs.events(job_id, after))
+        stream.on_close(stream.events.aclose)
+        transport = transport_of(request)
+        body = encode_and_pace(stream, info["encoding"], transport, service.settings.stream, streams)
+        return StreamResponse(stream, body, transport, watch_disconnect=True)
 
     return router
-
-
-async def _no_cursor(events):
-    """Binary records carry no SSE id; clients resume from the highest seq they saw."""
-    try:
-        async for ev in events:
-            ev.pop("_cursor", None)
-            yield ev
-    finally:
-        await events.aclose()

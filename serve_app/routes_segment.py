@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import Field, ValidationError
 
 from sam3d_common.errors import BadInput, StageError, as_stage_error
-from deployments.segmenter.base import Box, Point, SegmentPrompt
+from deployments.segmenter.base import Box, Point, SegmentPrompt, check_clicks_inside
 from deployments.segmenter.sam3.encoder import image_id
 from serve_app.http_util import exception_response, form_data, json_object, media_type, validation_message
 from serve_app.inputs import b64_bytes, decode_image, decode_mask, fit_image, png_bytes
@@ -90,10 +90,12 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
     onnx_cache: dict[str, Any] = {}
     onnx_lock = asyncio.Lock()
 
-    def load_image(data: bytes, mask_data: bytes | None = None):
-        """→ (image scaled to max_image_side, mask likewise or None, scale, size as sent)."""
+    def load_image(data: bytes, mask_data: bytes | None = None, points: list[PointPrompt] = ()):
+        """→ (image scaled to max_image_side, mask likewise or None, scale, size as sent);
+        BadInput for a click outside the image as sent."""
         rgb, _alpha = decode_image(data, limits)
         sent = rgb.shape[:2]
+        check_clicks_inside(points, sent)
         mask = decode_mask(mask_data, sent, limits) if mask_data else None
         image, mask, scale = fit_image(rgb, mask, limits.max_image_side)
         return np.ascontiguousarray(image), mask, scale, sent
@@ -179,7 +181,8 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
         if req.image_b64 is None:
             raise BadInput("mask_b64 needs image_b64: send the image with the mask")
         mask_data = b64_bytes(req.mask_b64, "mask_b64") if req.mask_b64 else None
-        image, mask, scale, sent = await asyncio.to_thread(load_image, b64_bytes(req.image_b64, "image_b64"), mask_data)
+        image, mask, scale, sent = await asyncio.to_thread(load_image, b64_bytes(req.image_b64, "image_b64"),
+                                                           mask_data, req.points)
         # The SAM 3 backend finds this image's embedding in its cache by content, so no re-encoding.
         result = await seg.segment(image, _prompt(req, scale, mask))
         if scale != 1.0:  # the client's coordinates and masks are in the image as sent

@@ -1,7 +1,7 @@
 """Every time limit of a request, as async wrappers: one awaited stage call (`within`), a
 stage's stream with a limit on its first item and on each gap, telling a waiting request its
-place in line (`timed_stream`), and a stream
-cut off at an absolute deadline (`until_deadline`). Each raises a StageError subclass whose
+place in line (`timed_stream`), and the next item of a stream cut off at an absolute deadline
+(`next_before`). Each raises a StageError subclass whose
 message names the limit, so callers map it to a status or an `error` event.
 """
 from __future__ import annotations
@@ -89,15 +89,12 @@ async def timed_stream(agen: AsyncIterator, first_s: float, gap_s: float, line: 
             await aclose()
 
 
-async def until_deadline(agen: AsyncIterator[dict], deadline: float) -> AsyncIterator[dict]:
-    """Items of `agen` until the time.monotonic() `deadline`, then StageTimeout. Works per item
-    so the timeout is raised inside this generator, never into whatever task happens to
-    iterate it. Leaves closing `agen` to its owner."""
-    while True:
-        try:
-            ev = await _next_within(agen, deadline - time.monotonic())
-        except StopAsyncIteration:
-            return
-        except asyncio.TimeoutError:
-            raise StageTimeout("the request exceeded its time limit") from None
-        yield ev
+async def next_before(it: AsyncIterator, deadline: float):
+    """The next item of `it` if it comes before the time.monotonic() `deadline`, else
+    StageTimeout; StopAsyncIteration at its end. Awaited by whoever iterates `it`, so the
+    timeout is raised there, never into whatever task happens to run; closing `it` is left to
+    its owner."""
+    try:
+        return await _next_within(it, deadline - time.monotonic())
+    except asyncio.TimeoutError:
+        raise StageTimeout("the request exceeded its time limit") from None

@@ -1,18 +1,26 @@
-"""From pipeline events to bytes on the wire, in the request's encoding and transport.
+"""The encode-and-pace step: a stream's events → what its transport sends, paced.
 
 One FrameWriter per stream holds the frame encoder, so `compact` sends delta frames against
 what this client has received, and a client may ask for a key frame (resynchronisation).
-Transports: SSE (`text/event-stream`, frames base64 inside the JSON) or the binary
-length-prefixed records of serve_app.protocol.binary_transport (`application/octet-stream`).
+Transports: SSE (`text/event-stream`, frames base64 inside the JSON), the binary
+length-prefixed records of serve_app.protocol.binary_transport (`application/octet-stream`),
+or event dicts for the Python API. A resumed job's key frame carries `_cursor`, the SSE id
+to send with it; binary records carry no SSE id (clients resume from the highest seq).
 """
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import AsyncIterator, Literal
+
+from starlette.requests import Request
 
 from serve_app.pacing import FramePacer
-from serve_app.protocol import (FRAME_EVENTS, encode_event_fields, format_sse, frame_encoder,
-                                pack_event, pack_frame_event, stream_header)
+from serve_app.protocol import (BINARY_MEDIA_TYPE, FRAME_EVENTS, encode_event_fields, format_sse,
+                                frame_encoder, pack_event, pack_frame_event, stream_header)
+from serve_app.stream_owner import StreamOwner
 from sam3d_common.settings import StreamSettings
+
+Transport = Literal["sse", "binary", "python"]
+MEDIA_TYPES = {"sse": "text/event-stream", "binary": BINARY_MEDIA_TYPE}
 
 
 class FrameWriter:
@@ -34,10 +42,12 @@ class FrameWriter:
         return event
 
     def sse(self, event: dict) -> tuple[bytes, int]:
-        data = format_sse(self.encode(event))
+        cursor = event.pop("_cursor", None)
+        data = format_sse(self.encode(event), cursor)
         return data, len(data)
 
     def binary(self, event: dict) -> tuple[bytes, int]:
+        event.pop("_cursor", None)
         frame = event.get("_frame")
         if frame is not None and event["type"] in FRAME_EVENTS and self.encoding == "compact":
             del event["_frame"]
@@ -53,23 +63,22 @@ class FrameWriter:
         return event, len(event.get("voxel_data", "")) + len(event.get("frame_data", "")) + 200
 
 
-def paced(events: AsyncIterator[dict], settings: StreamSettings, encode) -> AsyncIterator:
-    return FramePacer(events, settings, encode).__aiter__()
+def transport_of(request: Request) -> Transport:
+    """Binary records for `Accept: application/octet-stream`, else SSE."""
+    return "binary" if BINARY_MEDIA_TYPE in request.headers.get("accept", "") else "sse"
 
 
-async def binary_body(events: AsyncIterator[dict], settings: StreamSettings,
-                      writer: FrameWriter) -> AsyncIterator[bytes]:
-    yield stream_header()
-    async for chunk in paced(events, settings, writer.binary):
-        yield chunk
-
-
-async def registered(streams: dict, request_id: str, writer: FrameWriter, body):
-    """Keep the stream's writer findable by id while it runs (for key-frame requests)."""
-    streams[request_id] = writer
-    try:
-        async for chunk in body:
-            yield chunk
-    finally:
-        streams.pop(request_id, None)
-        await body.aclose()
+def encode_and_pace(stream: StreamOwner, encoding: str, transport: Transport, settings: StreamSettings,
+                    streams: dict[str, FrameWriter] | None = None) -> AsyncIterator:
+    """The owner's events encoded for `transport` and paced (serve_app.pacing); binary streams
+    open with the stream header. While the stream runs its writer is in `streams` under the
+    stream's id (POST /v1/streams/{id}/keyframe); the owner's close stops the pacer and takes
+    the writer out again."""
+    writer = FrameWriter(encoding, settings)
+    opening = stream_header() if transport == "binary" else None
+    body = FramePacer(stream.events, settings, getattr(writer, transport), opening=opening).__aiter__()
+    stream.on_close(body.aclose)
+    if streams is not None:
+        streams[stream.request_id] = writer
+        stream.on_close(lambda: streams.pop(stream.request_id, None))
+    return body

@@ -29,6 +29,7 @@ from serve_app.schemas import GenerateRequest
 from serve_app.local import LocalClients
 from serve_app.protocol import (BINARY_MEDIA_TYPE, FRAME_EVENTS, BinaryStreamReader, RecordKind,
                                 SSEParser, StreamDecoder, split_frame_payload)
+from serve_app.prepare import prepare_job
 from serve_app.service import GenerateService
 from sam3d_common.settings import load_settings
 from sam3d_common.store import ArtifactStore
@@ -365,7 +366,7 @@ def test_finished_jobs_expire_after_ttl_and_beyond_max_jobs(tmp_path, jobs_store
 
     async def scenario():
         async def run_one():
-            job = await service.prepare(body.model_copy())
+            job = await prepare_job(service, body.model_copy())
             st = await manager.submit(job, {})
             async for _ in manager.events(st["job_id"]):
                 pass

@@ -14,6 +14,8 @@ from photos import photo_bytes
 from serve_app.local import LocalClients
 from serve_app.pipeline import run_pipeline
 from serve_app.schemas import GenerateRequest
+from serve_app.prepare import prepare_job
+from serve_app.run import start_run
 from serve_app.service import GenerateService
 from sam3d_common.settings import load_settings
 from sam3d_common.store import ArtifactStore
@@ -49,7 +51,7 @@ def service(tmp_path, **kw) -> GenerateService:
 
 async def job_of(svc: GenerateService):
     req = GenerateRequest.model_validate({"point_prompts": [{"x": 250, "y": 200, "label": 1}]})
-    return await svc.prepare(req, image_bytes=photo_bytes("coffee"))
+    return await prepare_job(svc, req, image_bytes=photo_bytes("coffee"))
 
 
 async def test_waiting_requests_hear_their_place_in_line(tmp_path):
@@ -84,21 +86,20 @@ def _moves(places: list[int]) -> list[int]:
 
 
 async def test_headers_wait_for_the_queue_not_for_the_first_frame(tmp_path):
-    """answer_at "accepted": start() returns once the request holds a place in line."""
+    """answer_at "accepted": start_run() returns once the request holds a place in line."""
     svc = service(tmp_path, slots=1)
     first, second = await job_of(svc), await job_of(svc)
-    running = await svc.start(first)
-    it = running.__aiter__()
-    while (await it.__anext__())["type"] != "geometry":
+    running = await start_run(svc, first)
+    while (await running.events.__anext__())["type"] != "geometry":
         pass
     t0 = time.monotonic()
-    waiting = await svc.start(second)
-    held = [ev async for ev in _take_until_queue(waiting)]
+    waiting = await start_run(svc, second)
+    held = [ev async for ev in _take_until_queue(waiting.events)]
     assert time.monotonic() - t0 < 5
     assert held[-1]["stage"] == "queue" and held[-1]["queue_position"] == 1
     assert not any(ev["type"] in ("geometry", "appearance") for ev in held)
-    await it.aclose()
-    await waiting.aclose()
+    await running.close()
+    await waiting.close()
 
 
 async def _take_until_queue(events):
@@ -111,15 +112,15 @@ async def _take_until_queue(events):
 async def test_a_full_queue_is_still_an_http_status(tmp_path):
     svc = service(tmp_path, refuse=True)
     with pytest.raises(Busy):
-        await svc.start(await job_of(svc))
+        await start_run(svc, await job_of(svc))
 
 
 async def test_first_event_answers_at_once(tmp_path):
     svc = service(tmp_path, slots=1, stream={"answer_at": "first_event"})
-    events = await svc.start(await job_of(svc))
-    first = await events.__anext__()
+    stream = await start_run(svc, await job_of(svc))
+    first = await stream.events.__anext__()
     assert first["type"] == "loading" and first["stage"] == "request"
-    await events.aclose()
+    await stream.close()
 
 
 # --- over HTTP, under Ray Serve, with the local config's admission ----------------------------------

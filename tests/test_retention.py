@@ -12,6 +12,8 @@ from sam3d_common.errors import BadInput
 from photos import photo_bytes
 from serve_app.local import LocalClients
 from serve_app.schemas import GenerateRequest
+from serve_app.prepare import prepare_job
+from serve_app.run import start_run
 from serve_app.service import GenerateService
 from sam3d_common.settings import load_settings
 from sam3d_common.store import ArtifactNotFound, ArtifactStore, Retention
@@ -92,11 +94,11 @@ async def test_retention_abandoned_stream_leaves_no_artifact(tmp_path):
     settings = load_settings({**FAST, "store": {"url": str(tmp_path)}})
     store = ArtifactStore(str(tmp_path))
     service = GenerateService(settings, LocalClients(settings, store), store)
-    job = await service.prepare(GenerateRequest(), image_bytes=photo_bytes("coffee"))
-    events = await service.start(job)
-    first = await events.__anext__()
+    job = await prepare_job(service, GenerateRequest(), image_bytes=photo_bytes("coffee"))
+    stream = await start_run(service, job)
+    first = await stream.events.__anext__()
     assert (tmp_path / first["request_id"] / "mask.png").is_file()
-    await events.aclose()  # the client left mid-stream
+    await stream.close()  # the client left mid-stream
     for _ in range(50):
         if not (tmp_path / first["request_id"] / "mask.png").is_file():
             break

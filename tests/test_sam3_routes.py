@@ -142,6 +142,14 @@ def test_large_photos_are_scaled_and_masks_come_back_at_the_sent_size(sam3):
     assert mask_of(r.json()["mask_png_b64"]).shape == (120, 160)
     eid = r.json()["embedding_id"]
     assert sam3.inner.backend.cached(eid).original_size == (60, 80)
+    # Clicks are checked once, against the photo as sent (not the 80x60 it is encoded at)...
+    r = client.post("/v1/segment", json={"image_b64": base64.b64encode(png(image)).decode(),
+                                         "points": [{"x": 170, "y": 10}]})
+    assert r.status_code == 422
+    assert r.json()["error"]["message"] == "click (170, 10) lies outside the 160x120 image"
+    # ...and against a cached embedding by the segmenter, which alone knows its image's size.
+    r = client.post("/v1/segment", json={"embedding_id": eid, "points": [{"x": 90, "y": 10}]})
+    assert r.status_code == 422 and r.json()["error"]["message"] == "click (90, 10) lies outside the 80x60 image"
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from sam3d_common.errors import QueueTimeout, StageTimeout
-from serve_app.time_limits import timed_stream, until_deadline, within
+from serve_app.time_limits import next_before, timed_stream, within
 
 
 async def _slow(delays: list[float], closed: list | None = None):
@@ -36,12 +36,21 @@ async def test_timed_stream_limits_the_first_item_and_each_gap_and_closes():
     assert closed == [True]
 
 
-async def test_until_deadline_cuts_a_stream_at_an_absolute_time():
-    assert [i async for i in until_deadline(_slow([0.0, 0.0]), time.monotonic() + 1.0)] == [0, 1]
-    got = []
+async def _items_before(it, deadline):
+    out = []
+    while True:
+        try:
+            out.append(await next_before(it, deadline))
+        except StopAsyncIteration:
+            return out
+
+
+async def test_next_before_cuts_a_stream_at_an_absolute_time():
+    assert await _items_before(_slow([0.0, 0.0]), time.monotonic() + 1.0) == [0, 1]
+    it, deadline, got = _slow([0.0, 0.05, 1.0]), time.monotonic() + 0.3, []
     with pytest.raises(StageTimeout, match="exceeded its time limit"):
-        async for i in until_deadline(_slow([0.0, 0.05, 1.0]), time.monotonic() + 0.3):
-            got.append(i)
+        while True:
+            got.append(await next_before(it, deadline))
     assert got == [0, 1]
     with pytest.raises(StageTimeout):  # a deadline already past: no item at all
-        [i async for i in until_deadline(_slow([0.0]), time.monotonic() - 1)]
+        await next_before(_slow([0.0]), time.monotonic() - 1)

@@ -140,7 +140,10 @@ class Sam3Segmenter:
         return self.answer(self.embed(image), prompt)
 
     def segment_with_embedding(self, embedding: ImageEmbedding, prompt: SegmentPrompt) -> SegmentResult:
+        """A prompt against a cached embedding: its clicks are checked here, against the
+        embedding's image, since only the segmenter knows that image's size."""
         check_prompt(prompt, embedding.original_size)
+        check_clicks_inside(prompt.points, embedding.original_size)
         return self.answer(embedding, prompt)
 
     def given_mask(self, prompt: SegmentPrompt) -> SegmentResult:
@@ -288,13 +291,16 @@ def mask_only(prompt: SegmentPrompt) -> bool:
 
 
 def check_prompt(prompt: SegmentPrompt, size: tuple[int, int]) -> None:
+    """What SAM 3 needs of a prompt for an image of `size` (h, w). Whether the clicks lie
+    inside the image is checked once, by whoever holds the image as the client sent it: the
+    app's routes for a photo (serve_app/prepare.py, serve_app/routes_segment.py),
+    segment_with_embedding for a cached embedding."""
     h, w = size
     if not prompt.points and prompt.box is None and not (prompt.label or "").strip() and prompt.mask is None:
         raise BadInput("SAM 3 needs something to look for: a label, a click or a box")
     for p in prompt.points:
         if p.label not in (0, 1):
             raise BadInput(f"click labels are 1 (object) or 0 (background), got {p.label!r}")
-    check_clicks_inside(prompt.points, size)
     if prompt.points and not any(p.label == 1 for p in prompt.points):
         raise BadInput("at least one click must mark the object (label 1)")
     b = prompt.box
