@@ -12,8 +12,7 @@ from serve_app.schemas import GenerateRequest
 _JSON_LIST_FIELDS = ("point_prompts", "box_prompts", "mask_b64")
 
 
-async def parse_generate(request: Request, max_json_bytes: int = 64 * 1024 * 1024
-                         ) -> tuple[GenerateRequest, bytes | None, list[bytes]]:
+async def parse_generate(request: Request, max_json_bytes: int) -> tuple[GenerateRequest, bytes | None, list[bytes]]:
     ctype = media_type(request)
     image_bytes, masks = None, []
     if ctype == "multipart/form-data":

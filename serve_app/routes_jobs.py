@@ -75,7 +75,7 @@ def build_jobs_router(service: GenerateService, jobs, streams: dict | None = Non
     async def submit(request: Request):
         """Same body and validation as POST /v1/generate; answers 202 with the job's URLs."""
         try:
-            req, image_bytes, masks = await parse_generate(request)
+            req, image_bytes, masks = await parse_generate(request, service.settings.limits.max_json_bytes)
             job = await prepare_job(service, req, image_bytes=image_bytes, mask_bytes=masks)
             fields = req.model_dump(exclude=_NOT_IN_MANIFEST)
             fields["image_source"] = ("upload" if image_bytes is not None else "image_b64" if req.image_b64

@@ -118,8 +118,9 @@ def test_json_body_over_the_size_limit_is_413(tmp_path):
     settings = load_settings({"store": {"url": str(tmp_path)}, "limits": {"max_json_bytes": 10_000}})
     store = ArtifactStore(str(tmp_path))
     client = TestClient(build_fastapi_app(GenerateService(settings, NoClients(settings, store), store)))
-    resp = client.post("/v1/generate", json={"prompt": "x" * 100_000})
-    assert resp.status_code == 413 and resp.json()["error"]["code"] == "bad_input"
+    for route in ("/v1/generate", "/v1/jobs"):  # the jobs route reads the same body the same way
+        resp = client.post(route, json={"prompt": "x" * 100_000})
+        assert resp.status_code == 413 and resp.json()["error"]["code"] == "bad_input", route
 
 
 def test_multipart_fields_still_parse_as_before(client):
