@@ -109,6 +109,17 @@ def deploy(cfg: dict, wait_s: float = 600) -> None:
             time.sleep(1)
 
 
+def stop_local_serve() -> None:
+    serve.shutdown()
+    ray.shutdown()
+
+
+def write_results(out: Path, lines: list[str]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
 def start_local_serve() -> str:
     """A new local Ray (address="local": never one another process left running on this
     machine) with Serve's HTTP proxy on a free loopback port; returns its base URL."""
@@ -177,11 +188,8 @@ def main() -> None:
                      "inflates every figure)")
         print("\n".join(lines[-len(PHOTOS) - 1:]))
     finally:
-        serve.shutdown()
-        ray.shutdown()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {a.out}")
+        stop_local_serve()
+    write_results(a.out, lines)
 
 
 if __name__ == "__main__":

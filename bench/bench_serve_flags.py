@@ -24,10 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import ray  # noqa: E402
-from ray import serve  # noqa: E402
 
-from bench.bench_local import PHOTOS, deploy, start_local_serve  # noqa: E402
+from bench.bench_local import PHOTOS, deploy, start_local_serve, stop_local_serve, write_results  # noqa: E402
 from serve_app.client import iter_events, new_client  # noqa: E402
 from tests.conftest import local_config  # noqa: E402
 from tests.photos import photo_bytes  # noqa: E402
@@ -85,11 +83,8 @@ def main() -> None:
                      "inflates every figure)")
     finally:
         http.close()
-        serve.shutdown()
-        ray.shutdown()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {a.out}")
+        stop_local_serve()
+    write_results(a.out, lines)
 
 
 if __name__ == "__main__":

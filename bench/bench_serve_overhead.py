@@ -30,10 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import httpx  # noqa: E402
-import ray  # noqa: E402
-from ray import serve  # noqa: E402
 
-from bench.bench_local import PHOTOS, deploy, start_local_serve  # noqa: E402
+from bench.bench_local import PHOTOS, deploy, start_local_serve, stop_local_serve, write_results  # noqa: E402
 from tests.conftest import local_config  # noqa: E402
 from tests.photos import photo_bytes  # noqa: E402
 from serve_app.client import iter_events  # noqa: E402
@@ -119,11 +117,8 @@ def main() -> None:
         lines.append(f"load average at the end {os.getloadavg()[0]:.1f} (other work on the same cores "
                      "inflates every figure)")
     finally:
-        serve.shutdown()
-        ray.shutdown()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {a.out}")
+        stop_local_serve()
+    write_results(a.out, lines)
 
 
 if __name__ == "__main__":
