@@ -18,35 +18,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from deployments.reconstructor.inflation import relax  # noqa: E402
 from deployments.segmenter import grabcut, graphcut  # noqa: E402
 from deployments.segmenter.base import Box, SegmentPrompt  # noqa: E402
 from tests.photos import ROCKET_BOX, photo_array  # noqa: E402
+from tests.support.grabcut_reference import former_grabcut as grabcut_before, iou  # noqa: E402
 from sam3d_common.settings import GrabCutSettings  # noqa: E402
 
 PROMPTS = {"coffee": SegmentPrompt(), "chelsea": SegmentPrompt(), "astronaut": SegmentPrompt(),
            "rocket": SegmentPrompt(box=Box(**ROCKET_BOX))}
-
-
-def grabcut_before(img: np.ndarray, prompt: SegmentPrompt, side: int = 384) -> np.ndarray:
-    """The former segmenter: cv2.grabCut, 5 iterations at `side` px, the same seeds and clean-up."""
-    seg = grabcut.GrabCutSegmenter(GrabCutSettings(max_side=side))
-    h, w = img.shape[:2]
-    scale = min(1.0, side / max(h, w))
-    small = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-    seeds = seg._seed_mask(prompt, small.shape[:2], scale)
-    cv2.setRNGSeed(0)
-    cv2.grabCut(np.ascontiguousarray(small[:, :, ::-1]), seeds, None, np.zeros((1, 65)), np.zeros((1, 65)),
-                5, cv2.GC_INIT_WITH_MASK)
-    fg = seg._clean((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD), prompt, scale)
-    return cv2.resize(fg.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_LINEAR) >= 128
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
 
 
 def relax_before(u, inside, sweeps):

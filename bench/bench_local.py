@@ -6,7 +6,9 @@ min_step_s so a viewer can watch) and with pacing off (pure compute), side by si
 frames a client received and those the stream coalesced; the same request through the
 in-process pipeline (no Serve, no HTTP), run alternately with the HTTP runs, as a ratio of
 medians and the range of per-pair ratios; and the IoU of the returned mask.png with
-the mask of the former segmenter (cv2.grabCut, 5 iterations at 384 px).
+the mask of the former segmenter (cv2.grabCut, 5 iterations at 384 px). Requests go out
+through serve_app.client's iter_events, as the Python client sends them (a connection per
+request); the GLB and the mask are fetched on one kept-alive connection.
 
     python -m bench.bench_local [--runs 5] [--out bench/results/local.txt]
 """
@@ -31,11 +33,11 @@ from PIL import Image  # noqa: E402
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
-from bench.bench_embedded_stages import grabcut_before  # noqa: E402
+from tests.support.grabcut_reference import former_grabcut, iou  # noqa: E402
 from tests.conftest import deploy_config, free_port, local_config  # noqa: E402
 from tests.photos import ROCKET_BOX, photo_array, photo_bytes  # noqa: E402
 from deployments.segmenter.base import Box, SegmentPrompt  # noqa: E402
-from serve_app.client import iter_events  # noqa: E402
+from serve_app.client import iter_events, new_client  # noqa: E402
 from serve_app.local import LocalClients  # noqa: E402
 from serve_app.schemas import GenerateRequest  # noqa: E402
 from serve_app.service import GenerateService  # noqa: E402
@@ -48,7 +50,7 @@ from serve_app.wire import encode_and_pace  # noqa: E402
 PHOTOS = {"coffee": {}, "chelsea": {}, "astronaut": {}, "rocket": {"box_prompts": [ROCKET_BOX]}}
 
 
-def one_run(base: str, name: str) -> dict:
+def one_run(base: str, name: str, http: httpx.Client) -> dict:
     t0 = time.monotonic()
     first = complete = first_geometry = None
     frames = 0
@@ -63,9 +65,9 @@ def one_run(base: str, name: str) -> dict:
             t_complete = arrival
         elif ev["type"] == "error":
             raise RuntimeError(ev["message"])
-    glb = httpx.get(base + complete["model_glb_url"]).content
+    glb = http.get(base + complete["model_glb_url"]).content
     t_glb = time.monotonic()
-    mask = np.asarray(Image.open(io.BytesIO(httpx.get(base + complete["mask_url"]).content))) >= 128
+    mask = np.asarray(Image.open(io.BytesIO(http.get(base + complete["mask_url"]).content))) >= 128
     return {"first_frame": first - t0, "first_geometry": first_geometry - t0,
             "complete": t_complete - t0, "glb": t_glb - t0, "frames": frames,
             "coalesced": complete.get("coalesced_frames", 0), "glb_bytes": len(glb),
@@ -75,11 +77,7 @@ def one_run(base: str, name: str) -> dict:
 def reference_mask(name: str) -> np.ndarray:
     """The mask of the segmenter as it was before issue 12: cv2.grabCut, 5 iterations at 384 px."""
     box = PHOTOS[name].get("box_prompts")
-    return grabcut_before(photo_array(name), SegmentPrompt(box=Box(**box[0]) if box else None))
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
+    return former_grabcut(photo_array(name), SegmentPrompt(box=Box(**box[0]) if box else None))
 
 
 def in_process_glb(args: dict, name: str) -> float:
@@ -116,6 +114,17 @@ def deploy(cfg: dict, wait_s: float = 600) -> None:
             time.sleep(1)
 
 
+def stop_local_serve() -> None:
+    serve.shutdown()
+    ray.shutdown()
+
+
+def write_results(out: Path, lines: list[str]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
 def start_local_serve() -> str:
     """A new local Ray (address="local": never one another process left running on this
     machine) with Serve's HTTP proxy on a free loopback port; returns its base URL."""
@@ -136,6 +145,7 @@ def main() -> None:
              f"median of {a.runs} runs (after one warm-up run per photo); load average at start "
              f"{os.getloadavg()[0]:.1f}", ""]
     results = {}
+    http = new_client(60.0)
     refs = {name: reference_mask(name) for name in PHOTOS}
     try:
         for label, pace in (("pacing off (min_step_s 0)", 0.0), ("as shipped (min_step_s 0.1)", None)):
@@ -144,12 +154,12 @@ def main() -> None:
             deploy(cfg)
             args = cfg["applications"][0]["args"]
             for name in PHOTOS:
-                one_run(base, name)  # warm-up
+                one_run(base, name, http)  # warm-up
                 in_process_glb(args, name)  # warm-up
                 # Interleaved, so a swing in the machine's load hits both sides of the ratio.
                 runs, locals_ = [], []
                 for _ in range(a.runs):
-                    runs.append(one_run(base, name))
+                    runs.append(one_run(base, name, http))
                     locals_.append(in_process_glb(args, name))
                 keys = ("first_frame", "first_geometry", "complete", "glb", "frames", "coalesced")
                 med = {k: statistics.median(r[k] for r in runs) for k in keys}
@@ -183,11 +193,8 @@ def main() -> None:
                      "inflates every figure)")
         print("\n".join(lines[-len(PHOTOS) - 1:]))
     finally:
-        serve.shutdown()
-        ray.shutdown()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {a.out}")
+        stop_local_serve()
+    write_results(a.out, lines)
 
 
 if __name__ == "__main__":

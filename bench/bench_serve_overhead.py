@@ -2,7 +2,10 @@
 
 For each photo, runs the request alternately through Serve over HTTP and through the same
 pipeline in this process (LocalClients, no Ray, no HTTP), pacing off, and splits the time to
-`complete` by the pipeline's own clock (each event's `t`, seconds since the pipeline began):
+`complete` by the pipeline's own clock (each event's `t`, seconds since the pipeline began).
+Two HTTP sides, side by side: serve_app.client's iter_events as it is (a connection per
+request, one TLS context per process), and a plain httpx.Client built per request, as the
+client did before (httpx loads the CA bundle for every Client it builds):
 
   before the pipeline   client send, proxy, ingress parse, decode and validate
                         (arrival of the first geometry frame minus its `t`)
@@ -26,10 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import ray  # noqa: E402
-from ray import serve  # noqa: E402
+import httpx  # noqa: E402
 
-from bench.bench_local import PHOTOS, deploy, start_local_serve  # noqa: E402
+from bench.bench_local import PHOTOS, deploy, start_local_serve, stop_local_serve, write_results  # noqa: E402
 from tests.conftest import local_config  # noqa: E402
 from tests.photos import photo_bytes  # noqa: E402
 from serve_app.client import iter_events  # noqa: E402
@@ -57,9 +59,16 @@ def split(timeline: list[tuple[float, dict]]) -> dict:
     return out
 
 
-def http_run(base: str, name: str) -> dict:
+def http_run(base: str, name: str, own_tls: bool = False) -> dict:
+    """own_tls: the request through a plain httpx.Client built inside the timed window."""
     t0 = time.monotonic()
-    return split([(a - t0, ev) for a, ev in iter_events(base, image=photo_bytes(name), **PHOTOS[name])])
+    client = httpx.Client(timeout=300.0) if own_tls else None
+    try:
+        return split([(a - t0, ev) for a, ev in iter_events(base, image=photo_bytes(name), client=client,
+                                                            **PHOTOS[name])])
+    finally:
+        if client is not None:
+            client.close()
 
 
 def in_process_run(service: GenerateService, name: str) -> dict:
@@ -95,9 +104,10 @@ def main() -> None:
         service = GenerateService(settings, LocalClients(settings, store), store)
         for name in PHOTOS:
             http_run(base, name), in_process_run(service, name)  # warm-up
-            sides = {"HTTP+Serve": [], "in-process": []}
+            sides = {"HTTP+Serve": [], "TLS/request": [], "in-process": []}
             for _ in range(a.runs):
                 sides["HTTP+Serve"].append(http_run(base, name))
+                sides["TLS/request"].append(http_run(base, name, own_tls=True))
                 sides["in-process"].append(in_process_run(service, name))
             med = {side: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                    for side, runs in sides.items()}
@@ -106,15 +116,14 @@ def main() -> None:
                 lines.append(f"{name:<10} {side:<11} " + " ".join(
                     f"{m[k] * 1000:>10.0f} ms" for k in ("before", *STAGES, "after", "total"))
                     + f"   {m['frames']:g}")
-            print("\n".join(lines[-3:]), flush=True)
+            print("\n".join(lines[-4:]), flush=True)
+        lines.append("TLS/request: a plain httpx.Client built per request (the client before); "
+                     "HTTP+Serve: serve_app.client as it is; extra: HTTP+Serve minus in-process")
         lines.append(f"load average at the end {os.getloadavg()[0]:.1f} (other work on the same cores "
                      "inflates every figure)")
     finally:
-        serve.shutdown()
-        ray.shutdown()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {a.out}")
+        stop_local_serve()
+    write_results(a.out, lines)
 
 
 if __name__ == "__main__":
