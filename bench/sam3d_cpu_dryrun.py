@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch.overrides import TorchFunctionMode
 
+from tests.support.spconv_cpu import submanifold_conv_cpu
+
 
 def _cpu(v):
     if isinstance(v, str) and v.startswith("cuda"):
@@ -20,28 +22,6 @@ class CudaToCpu(TorchFunctionMode):
         return func(*[_cpu(a) for a in args], **{k: _cpu(v) for k, v in (kwargs or {}).items()})
 
 
-def _submanifold_conv_cpu(self, x):
-    """spconv's CPU path refuses a bias: a plain 27-neighbour gather instead."""
-    f, c = x.features, x.indices.long()
-    grid = torch.full((x.batch_size, *x.spatial_shape), -1, dtype=torch.long)
-    grid[c[:, 0], c[:, 1], c[:, 2], c[:, 3]] = torch.arange(len(c))
-    out = torch.zeros(len(c), self.out_channels, dtype=f.dtype)
-    k = self.kernel_size[0] // 2
-    shape = torch.tensor(x.spatial_shape)
-    for dx in range(-k, k + 1):
-        for dy in range(-k, k + 1):
-            for dz in range(-k, k + 1):
-                n = c[:, 1:] + torch.tensor([dx, dy, dz])
-                ok = ((n >= 0) & (n < shape)).all(1)
-                idx = torch.full((len(c),), -1, dtype=torch.long)
-                idx[ok] = grid[c[ok, 0], n[ok, 0], n[ok, 1], n[ok, 2]]
-                m = idx >= 0
-                out[m] += f[idx[m]] @ self.weight[:, dx + k, dy + k, dz + k, :].t().to(f.dtype)
-    if self.bias is not None:
-        out += self.bias.to(f.dtype)
-    return x.replace_feature(out)
-
-
 def install() -> type:
     """Call before anything upstream runs; returns the mode class for worker threads."""
     torch.Tensor.cuda = lambda self, *a, **k: self
@@ -50,7 +30,7 @@ def install() -> type:
     CudaToCpu().__enter__()
     import spconv.pytorch as spc
 
-    spc.SubMConv3d.forward = _submanifold_conv_cpu
+    spc.SubMConv3d.forward = submanifold_conv_cpu
     from deployments.reconstructor import sam3d_upstream
 
     sam3d_upstream.cuda_problem = lambda: None

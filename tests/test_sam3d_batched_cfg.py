@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 
-def _upstream():
+def _upstream(monkeypatch):
     import sys
 
     from deployments.reconstructor import sam3d_upstream
@@ -18,8 +18,9 @@ def _upstream():
     root = sam3d_upstream.vendored_root()
     if root is not None and str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    for name in ("ATTN_BACKEND", "SPARSE_ATTN_BACKEND"):  # read at import by upstream's attention modules
+        monkeypatch.setenv(name, "sdpa")
     try:
-        sam3d_upstream.import_pipeline()
         from sam3d_objects.model.backbone.generator.classifier_free_guidance import ClassifierFreeGuidance
         from sam3d_objects.model.backbone.tdfy_dit.models.structured_latent_flow import SLatFlowModelTdfyWrapper
     except Exception as exc:  # noqa: BLE001 - not installed, or a dependency missing
@@ -29,11 +30,19 @@ def _upstream():
 
 def test_batched_guidance_equals_two_calls(monkeypatch):
     monkeypatch.setenv("LIDRA_SKIP_INIT", "true")
-    ClassifierFreeGuidance, Wrapper = _upstream()
+    ClassifierFreeGuidance, Wrapper = _upstream(monkeypatch)
     import torch
 
     from deployments.reconstructor.sam3d_levers import set_batched_cfg
 
+    try:
+        import spconv.pytorch as spc
+
+        from tests.support.spconv_cpu import submanifold_conv_cpu
+
+        monkeypatch.setattr(spc.SubMConv3d, "forward", submanifold_conv_cpu)
+    except ImportError:
+        pass  # another sparse backend: upstream's own modules decide
     torch.manual_seed(0)
     backbone = Wrapper(resolution=16, in_channels=8, model_channels=64, cond_channels=32, out_channels=8,
                        num_blocks=2, num_heads=4, io_block_channels=[32], patch_size=2, pe_mode="ape",
