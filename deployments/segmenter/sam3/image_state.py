@@ -44,13 +44,15 @@ class PhotoTerms:
         self.made[name] = make()
         return self.made[name]
 
-    def by_head(self, m: torch.Tensor, x0: bool = True, pe_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """[x0 @ m] [+ ipe @ m + pe_bias] as (H, L, d), m: (C, H*d)."""
+    def by_head(self, m: torch.Tensor, x0: bool = True, pe_bias: torch.Tensor | None = None,
+                channels_first: bool = False) -> torch.Tensor:
+        """[x0 @ m] [+ ipe @ m + pe_bias] as (H, L, d), or (H, d, L) when channels_first; m: (C, H*d)."""
         def make():
             p = self.x0 @ m if x0 else 0.0
             if pe_bias is not None:
                 p = p + self.ipe @ m + pe_bias
-            return p.reshape(p.shape[0], self.heads, -1).transpose(0, 1).contiguous()
+            p = p.reshape(p.shape[0], self.heads, -1)
+            return (p.permute(1, 2, 0) if channels_first else p.transpose(0, 1)).contiguous()
         return self._term(make)
 
     def lin(self, m: torch.Tensor) -> torch.Tensor:
@@ -75,9 +77,13 @@ class Tokens0:
         """((X [+ ipe]) @ m [+ pe_bias]) per head against q (H, d, Nt) → (H, L, Nt)."""
         return self.terms.by_head(m, pe_bias=pe_bias) @ q
 
+    def token_scores(self, m, q, pe_bias):
+        """q (H, Nt, d) per head against ((X + ipe) @ m + pe_bias) → (H, Nt, L)."""
+        return q @ self.terms.by_head(m, pe_bias=pe_bias, channels_first=True)
+
     def values(self, a, m):
-        """Per head a_h^T (X @ m)_h: a (H, L, Nt) → (H, Nt, d)."""
-        return a.transpose(1, 2) @ self.terms.by_head(m)
+        """Per head a_h (X @ m)_h: a (H, Nt, L) → (H, Nt, d)."""
+        return a @ self.terms.by_head(m)
 
     def centred_sq(self, e):
         return self.terms.centred_sq(e)
@@ -171,10 +177,18 @@ class NormedTokens:
             out = out + self.terms.by_head(m, x0=False, pe_bias=pe_bias) @ q
         return out
 
+    def token_scores(self, m, q, pe_bias):
+        """q (H, Nt, d) per head against ((X + ipe) @ m + pe_bias) → (H, Nt, L)."""
+        heads, nt, _ = q.shape
+        length, k = self.f.shape
+        z = (q @ self._per_head(m).transpose(1, 2)).reshape(heads * nt, k)  # (H*Nt, K)
+        low = (z @ self.f.T).reshape(heads, nt, length)  # one (H*Nt x K) @ (K x L) product
+        x0_part = (q @ self.terms.by_head(centred(self.g[:, None] * m), channels_first=True)) * self.w.T[None]
+        return x0_part + low + q @ self.terms.by_head(m, x0=False, pe_bias=pe_bias, channels_first=True)
+
     def values(self, a, m):
-        """Per head a_h^T (X @ m)_h: a (H, L, Nt) → (H, Nt, d)."""
-        heads, length, nt = a.shape
-        x0_part = (a * self.w[None]).transpose(1, 2) @ self.terms.by_head(centred(self.g[:, None] * m))
-        # a^T F as one (H*Nt x L) @ (L x K) product.
-        af = (a.transpose(0, 1).reshape(length, heads * nt).T @ self.f).reshape(heads, nt, -1)
+        """Per head a_h (X @ m)_h: a (H, Nt, L) → (H, Nt, d)."""
+        heads, nt, length = a.shape
+        x0_part = (a * self.w.T[None]) @ self.terms.by_head(centred(self.g[:, None] * m))
+        af = (a.reshape(heads * nt, length) @ self.f).reshape(heads, nt, -1)  # a F as one product
         return x0_part + af @ self._per_head(m)

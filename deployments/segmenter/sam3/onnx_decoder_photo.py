@@ -2,8 +2,9 @@
 
 The photo graph takes the encoder's NCHW features once per photo and returns everything a click needs
 that depends only on the photo: the products of the image tokens with the decoder's fixed matrices
-(image_state.PhotoTerms: photo_0, photo_1, ...) and the high-resolution features laid out channels last
-(high_res_tokens_0/1, as onnx_decoder_fast.token_layout). The click graph takes those plus the prompts
+(image_state.PhotoTerms: photo_0, photo_1, ...) and the high-resolution features laid out as the
+upscaler's transposed convolutions output their pixels, plus those convolutions' biases (high_res_bias_0/1).
+The click graph takes those plus the prompts
 and runs the tracker's prompt encoder and mask decoder with the image side in image_state's low-rank
 form, so no per-click product touches the 72x72x256 image tokens with a 256-wide matrix; the first
 transposed convolution of the upscaler is such a product too (x2 @ W1), read out the same way. Outputs
@@ -21,7 +22,7 @@ from .decoder_parts import DecoderParts, token_attention, write_onnx
 from .image_state import NormedTokens, PhotoTerms, Tokens0
 
 FEATURE_NAMES = ["image_embed", "high_res_feats_0", "high_res_feats_1"]
-HIGH_RES_NAMES = ["high_res_tokens_0", "high_res_tokens_1"]
+HIGH_RES_NAMES = ["high_res_bias_0", "high_res_bias_1"]
 PROMPT_NAMES = ["point_coords", "point_labels"]
 
 
@@ -33,9 +34,9 @@ def _heads_of(att, x):
 
 def _tokens_to_image(att, state, tq):
     """Tokens (Nt, C) attend to the image tokens in `state` (keys with the positional encoding)."""
-    q = _heads_of(att, att.q_proj(tq))
-    scores = state.by_head(att.k_proj.weight.T, q, pe_bias=att.k_proj.bias) * att.scaling  # (H, L, Nt)
-    a = torch.softmax(scores, dim=1)
+    q = _heads_of(att, att.q_proj(tq)).transpose(1, 2)  # (H, Nt, d)
+    scores = state.token_scores(att.k_proj.weight.T, q, att.k_proj.bias) * att.scaling  # (H, Nt, L)
+    a = torch.softmax(scores, dim=2)
     out = state.values(a, att.v_proj.weight.T) + att.v_proj.bias.reshape(att.num_attention_heads, 1, -1)
     return att.o_proj(out.transpose(0, 1).reshape(tq.shape[0], -1))
 
@@ -59,7 +60,7 @@ def _transposed_conv(conv):
 class PhotoClickDecoder(DecoderParts):
     """The decoder's function on (photo terms, prompts); also computes the photo terms (`photo`)."""
 
-    def _run(self, terms: PhotoTerms, high_res_tokens_0, high_res_tokens_1, point_coords, point_labels, grid):
+    def _run(self, terms: PhotoTerms, high_res_bias_0, high_res_bias_1, point_coords, point_labels, grid):
         md = self.mask_decoder
         tf = md.transformer
         h, w = grid
@@ -78,14 +79,15 @@ class PhotoClickDecoder(DecoderParts):
             state = _image_to_tokens(layer.cross_attn_image_to_token, state, t + qpe, t, layer.layer_norm4)
         t = tf.layer_norm_final_attn(t + _tokens_to_image(tf.final_attn_token_to_image, state, t + qpe))
 
-        # Upscaler, channels last: rows (y, x, i, j) at 2x, then (y, x, i, j, i2, j2) at 4x.
-        w1, b1 = _transposed_conv(md.upscale_conv1)
-        w2, b2 = _transposed_conv(md.upscale_conv2)
-        c1, c0 = high_res_tokens_1.shape[1], high_res_tokens_0.shape[1]
-        up = (state.readout(w1) + b1).reshape(-1, c1) + high_res_tokens_1
+        # Upscaler, channels last: rows (y, x, i, j) at 2x, then (y, x, i, j, i2, j2) at 4x; each transposed
+        # convolution's bias and high-resolution features are one per-photo term (_high_res_bias).
+        w1, _ = _transposed_conv(md.upscale_conv1)
+        w2, _ = _transposed_conv(md.upscale_conv2)
+        c1, c0 = md.upscale_conv1.weight.shape[1], md.upscale_conv2.weight.shape[1]
+        up = (state.readout(w1) + high_res_bias_1).reshape(-1, c1)
         ln = md.upscale_layer_norm  # channels last here: a plain layer norm over the last axis
         up = md.activation(nn.functional.layer_norm(up, (c1,), ln.weight, ln.bias, ln.eps))
-        up = md.activation((up @ w2 + b2).reshape(-1, c0) + high_res_tokens_0)
+        up = md.activation((up @ w2 + high_res_bias_0).reshape(-1, c0))
         n = md.num_mask_tokens
         hyper = torch.stack([md.output_hypernetworks_mlps[i](t[2 + i]) for i in range(n)], dim=0)  # (n, c0)
         masks = (up @ hyper.T).reshape(h, w, 2, 2, 2, 2, n).permute(6, 0, 2, 4, 1, 3, 5).reshape(1, n, 4 * h, 4 * w)
@@ -96,22 +98,31 @@ class PhotoClickDecoder(DecoderParts):
     def heads(self) -> int:
         return self.mask_decoder.transformer.layers[0].cross_attn_image_to_token.num_attention_heads
 
+    def _high_res_bias(self, high_res_feats_0, high_res_feats_1):
+        """The encoder's high-resolution features (NCHW) plus the transposed convolutions' biases, laid out
+        as the convolutions' outputs: (HW, 4*C1) rows (y, x), columns (i, j, c) for pixel (2y+i, 2x+j);
+        (4HW, 4*C0) rows (y, x, i, j), columns (i2, j2, c) for pixel (4y+2i+i2, 4x+2j+j2)."""
+        md = self.mask_decoder
+        (_, c0, h4, w4), c1 = high_res_feats_0.shape, high_res_feats_1.shape[1]
+        h, w = h4 // 4, w4 // 4
+        hr1 = high_res_feats_1.reshape(c1, h, 2, w, 2).permute(1, 3, 2, 4, 0).reshape(h * w, 4 * c1)
+        hr0 = high_res_feats_0.reshape(c0, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0).reshape(4 * h * w, 4 * c0)
+        return hr0 + _transposed_conv(md.upscale_conv2)[1], hr1 + _transposed_conv(md.upscale_conv1)[1]
+
     def photo(self, image_embed, high_res_feats_0, high_res_feats_1) -> dict:
-        """NCHW features (batch 1) → {photo_i: ..., high_res_tokens_0/1: ...}."""
+        """NCHW features (batch 1) → {photo_i: ..., high_res_bias_0/1: ...}."""
         _, c, h, w = image_embed.shape
         x0 = image_embed.reshape(c, h * w).T + self.prompt_encoder.no_mask_embed.weight
         ipe = self.image_pe(image_embed[0, 0]).reshape(h * w, c)
         terms = PhotoTerms(self.heads(), x0=x0, ipe=ipe)
-        c1, c0 = high_res_feats_1.shape[1], high_res_feats_0.shape[1]
-        hr1 = high_res_feats_1.reshape(c1, h, 2, w, 2).permute(1, 3, 2, 4, 0).reshape(-1, c1)
-        hr0 = high_res_feats_0.reshape(c0, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0).reshape(-1, c0)
+        hb0, hb1 = self._high_res_bias(high_res_feats_0, high_res_feats_1)
         # The click side with a placeholder click asks for the terms; only they are kept.
-        self._run(terms, hr0, hr1, torch.zeros(1, 1, 2), -torch.ones(1, 1), (h, w))
-        return {**terms.made, "high_res_tokens_0": hr0, "high_res_tokens_1": hr1}
+        self._run(terms, hb0, hb1, torch.zeros(1, 1, 2), -torch.ones(1, 1), (h, w))
+        return {**terms.made, "high_res_bias_0": hb0, "high_res_bias_1": hb1}
 
     def click(self, inputs: dict, grid: tuple[int, int]):
         terms = PhotoTerms(self.heads(), inputs=inputs)
-        return self._run(terms, inputs["high_res_tokens_0"], inputs["high_res_tokens_1"],
+        return self._run(terms, inputs["high_res_bias_0"], inputs["high_res_bias_1"],
                          inputs["point_coords"], inputs["point_labels"], grid)
 
 
