@@ -1,24 +1,26 @@
 """SAM 3 click/box mask decoder (prompt encoder + mask decoder) as ONNX, for onnxruntime and onnxruntime-web.
 
-Contract (SAM 2 style; batch 1; N prompt points, N dynamic). The encoder's features go in channels
-last, laid out once per photo by `token_layout` (onnx_decoder_fast; the browser: sam3-click.js):
+Contract (export version 4; SAM 2 style; batch 1; N prompt points, N dynamic). Two graphs: the photo
+graph (photo_graph_path: `<name>.photo.onnx` beside the click graph) runs once per photo, the click
+graph once per click (onnx_decoder_photo; the browser: sam3-click.js):
 
-    inputs   image_tokens       float32 5184x256   image_embed 1x256x72x72, row y*72 + x
-             high_res_tokens_0  float32 82944x32   high_res_feats_0 1x32x288x288, rows (y, x, i, j, i2, j2)
-             high_res_tokens_1  float32 20736x64   high_res_feats_1 1x64x144x144, rows (y, x, i, j)
-             point_coords       float32 1xNx2   pixel (x, y) scaled to the encoder input: x*S/W, y*S/H
-             point_labels       float32 1xN     1 object, 0 background, 2/3 box corners, -1 padding point
-             mask_input         float32 1x1x288x288  previous low-res mask logits (zeros when unused)
-             has_mask_input     float32 1       1 to use mask_input, else 0
-    outputs  masks              float32 1x4x288x288  low-res logits; 0 = single-mask token, 1..3 multimask
-             iou_predictions    float32 1x4
-             object_score_logits float32 1x1
+    photo graph  in   image_embed 1x256x72x72, high_res_feats_0 1x32x288x288, high_res_feats_1 1x64x144x144
+                 out  photo_0 ... photo_K   products of the image tokens with the decoder's fixed matrices
+                      high_res_bias_0 20736x128, high_res_bias_1 5184x256   features + upscaler biases
+    click graph  in   the photo graph's outputs, by name, then
+                      point_coords   float32 1xNx2   pixel (x, y) scaled to the encoder input: x*S/W, y*S/H
+                      point_labels   float32 1xN     1 object, 0 background, 2/3 box corners, -1 padding point
+                 out  masks          float32 1x4x288x288  low-res logits; 0 = single-mask token, 1..3 multimask
+                      iou_predictions float32 1x4
+                      object_score_logits float32 1x1
 
 `prompt_arrays` builds point_coords/point_labels the way the tracker does (box corners, then one padding
 point); `select_mask` picks the output the tracker itself returns. The low-res logits are scaled to the
 image with bilinear interpolation and thresholded at 0. Sizes above are for the full model (S = 1008).
-The graph is onnx_decoder_fast's reassociated one (export_click_decoder(fast=False) writes the tracker's
-modules as they are, with the encoder's NCHW features as inputs: REFERENCE_INPUT_NAMES).
+export_click_decoder(graph=...) also writes the earlier single graphs: "tokens" (version 3,
+onnx_decoder_fast: INPUT_NAMES, features laid out by `token_layout`) and "reference" (the tracker's
+modules as they are: REFERENCE_INPUT_NAMES); both also take a previous mask (mask_input 1x1x288x288
+logits with has_mask_input 1), which the version 4 pair does not.
 """
 from __future__ import annotations
 
