@@ -112,6 +112,7 @@ def main() -> None:
         try:
             info = json.loads(server.stdout.readline())
             (Path(tmp) / "in.json").write_text(json.dumps({**inputs, "url": info["url"]}))
+            load_before = os.getloadavg()
             t0 = time.time()
             proc = subprocess.run([node, str(ROOT / "bench/viewer_browser.mjs"), str(Path(tmp) / "in.json"),
                                    str(DATA / "coffee.png")],
@@ -125,7 +126,9 @@ def main() -> None:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     chromium_version = subprocess.run([chromium, "--version"], capture_output=True, text=True).stdout.strip()
     out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "browser": chromium_version,
-                       "webgl": "SwiftShader (CPU)", "seconds": round(time.time() - t0, 1)},
+                       "webgl": "SwiftShader (CPU)", "seconds": round(time.time() - t0, 1),
+                       "load_average_1m_at_start": round(load_before[0], 1),
+                       "load_average_1m_at_end": round(os.getloadavg()[0], 1)},
            "inputs": {k: v for k, v in inputs.items() if not k.endswith(("_url", "_urls"))}, **result}
     opts.out.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))

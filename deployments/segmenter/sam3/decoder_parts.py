@@ -65,3 +65,21 @@ def write_onnx(module: nn.Module, example: tuple, path, input_names: list[str], 
                           dynamic_axes=dynamic_axes or {}, opset_version=opset, do_constant_folding=True, dynamo=False)
     tmp.replace(path)
     return path
+
+
+def two_way_tokens(tf, qpe: torch.Tensor, tokens_to_image, image_to_tokens) -> torch.Tensor:
+    """The tracker's two-way transformer `tf` on the prompt-token side, (Nt, C) → (Nt, C); the image side
+    is the caller's: tokens_to_image(att, queries) gives the attention's output for the tokens, and
+    image_to_tokens(layer, keys, values) updates the caller's image tokens (and their layer norm)."""
+    t = qpe
+    for layer in tf.layers:
+        if layer.skip_first_layer_pe:
+            t = token_attention(layer.self_attn, t, t, t)
+        else:
+            q = t + qpe
+            t = t + token_attention(layer.self_attn, q, q, t)
+        t = layer.layer_norm1(t)
+        t = layer.layer_norm2(t + tokens_to_image(layer.cross_attn_token_to_image, t + qpe))
+        t = layer.layer_norm3(t + layer.mlp(t))
+        image_to_tokens(layer, t + qpe, t)
+    return tf.layer_norm_final_attn(t + tokens_to_image(tf.final_attn_token_to_image, t + qpe))

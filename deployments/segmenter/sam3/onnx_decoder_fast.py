@@ -25,7 +25,7 @@ def fast_decoder_module(tracker):
     import torch
     from torch import nn
 
-    from .decoder_parts import DecoderParts, token_attention as self_attn
+    from .decoder_parts import DecoderParts, two_way_tokens
 
     def t2i(att, tq, kin, v):
         """Tokens attend to the image: tq (Nt, C) queries, kin (L, C) keys, v (L, C) values."""
@@ -86,18 +86,14 @@ def fast_decoder_module(tracker):
             x = image_tokens + dense  # (L, C)
             ipe = self.image_pe(mask_input[0, 0, :h, :w]).reshape(h * w, -1)
             qpe = self.prompt_tokens(point_coords, point_labels)
-            t = qpe
-            for layer in tf.layers:
-                if layer.skip_first_layer_pe:
-                    t = self_attn(layer.self_attn, t, t, t)
-                else:
-                    q = t + qpe
-                    t = t + self_attn(layer.self_attn, q, q, t)
-                t = layer.layer_norm1(t)
-                t = layer.layer_norm2(t + t2i(layer.cross_attn_token_to_image, t + qpe, x + ipe, x))
-                t = layer.layer_norm3(t + layer.mlp(t))
-                x = layer.layer_norm4(x + i2t(layer.cross_attn_image_to_token, x + ipe, t + qpe, t))
-            t = tf.layer_norm_final_attn(t + t2i(tf.final_attn_token_to_image, t + qpe, x + ipe, x))
+            image = {"x": x}
+
+            def image_to_tokens(layer, tk, tv):
+                x = image["x"]
+                image["x"] = layer.layer_norm4(x + i2t(layer.cross_attn_image_to_token, x + ipe, tk, tv))
+
+            t = two_way_tokens(tf, qpe, lambda att, tq: t2i(att, tq, image["x"] + ipe, image["x"]), image_to_tokens)
+            x = image["x"]
 
             # Upscaler, channels last: rows (y, x, i, j) at 2x, then (y, x, i, j, i2, j2) at 4x.
             w1, b1 = transposed_conv_weight(md.upscale_conv1)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .decoder_parts import DecoderParts, token_attention, write_onnx
+from .decoder_parts import DecoderParts, two_way_tokens, write_onnx
 from .image_state import NormedTokens, PhotoTerms, Tokens0
 
 FEATURE_NAMES = ["image_embed", "high_res_feats_0", "high_res_feats_1"]
@@ -65,19 +65,13 @@ class PhotoClickDecoder(DecoderParts):
         tf = md.transformer
         h, w = grid
         qpe = self.prompt_tokens(point_coords, point_labels)
-        t = qpe
-        state = Tokens0(terms)
-        for layer in tf.layers:
-            if layer.skip_first_layer_pe:
-                t = token_attention(layer.self_attn, t, t, t)
-            else:
-                q = t + qpe
-                t = t + token_attention(layer.self_attn, q, q, t)
-            t = layer.layer_norm1(t)
-            t = layer.layer_norm2(t + _tokens_to_image(layer.cross_attn_token_to_image, state, t + qpe))
-            t = layer.layer_norm3(t + layer.mlp(t))
-            state = _image_to_tokens(layer.cross_attn_image_to_token, state, t + qpe, t, layer.layer_norm4)
-        t = tf.layer_norm_final_attn(t + _tokens_to_image(tf.final_attn_token_to_image, state, t + qpe))
+        image = {"state": Tokens0(terms)}
+
+        def image_to_tokens(layer, tk, tv):
+            image["state"] = _image_to_tokens(layer.cross_attn_image_to_token, image["state"], tk, tv, layer.layer_norm4)
+
+        t = two_way_tokens(tf, qpe, lambda att, tq: _tokens_to_image(att, image["state"], tq), image_to_tokens)
+        state = image["state"]
 
         # Upscaler, channels last: rows (y, x, i, j) at 2x, then (y, x, i, j, i2, j2) at 4x; each transposed
         # convolution's bias and high-resolution features are one per-photo term (_high_res_bias).
