@@ -13,13 +13,13 @@ real GPU's; decode and buffer-fill figures are the browser's JavaScript and hold
 2. click → mask with onnxruntime-web (wasm; threads as the page sets them): the tiny decoder of the
    test checkpoint on a real embedding, and the full-size decoder (random weights, 17 MB) on random
    full-size features (1x256x72x72, 1x32x288x288, 1x64x144x144): first click (session warm-up
-   included), 20 more, alternating between the graph the page uses (onnx_decoder_fast, features laid
-   out once per photo: token_layout_ms) and the tracker's modules exported as they are (reference),
-   with the share of mask pixels on which the two agree (random weights: agreement, not quality);
+   included), 20 more, alternating between the graphs: the pair the page uses (export v4,
+   onnx_decoder_photo: its photo graph once per photo, photo_ms), the previous single graph
+   (page_v3, onnx_decoder_fast, features laid out once per photo: photo_ms) and the tracker's modules
+   exported as they are (reference), with the share of mask pixels on which each agrees with the
+   reference (random weights: agreement, not quality);
    click → overlay drawn for a 4032x3024 phone photo, decoding at the photo's size vs at the view
    size the page uses (segment.js viewSize);
-   and a variant the page does not use, page_int8 (onnxruntime's dynamic quantization: constant
-   matrices in 8 bits, activations quantized per call), with its agreement;
 3. frames per second while orbiting a 200,000-triangle meshopt-compressed GLB (model.glb's default
    face budget), and the same GLB's load time.
 
@@ -49,9 +49,10 @@ from sam3d_common.store import ArtifactStore  # noqa: E402
 BENCH_ID = "0000000000000000000000000000beef"
 
 
-def full_size_decoder(path: Path, fast: bool = True) -> Path:
+def full_size_decoder(path: Path, graph: str = "photo") -> Path:
     """The click decoder at full SAM 3 size (256-wide, 72² embedding, 1008 px input), random weights:
-    only its prompt encoder and mask decoder are built, which is all the ONNX graph holds."""
+    only its prompt encoder and mask decoder are built, which is all the ONNX graph holds. graph: as
+    export_click_decoder's ("photo" also writes onnx_decoder.photo_graph_path(path))."""
     import types
 
     import torch
@@ -67,7 +68,7 @@ def full_size_decoder(path: Path, fast: bool = True) -> Path:
         prompt_encoder=tracker_modules.Sam3TrackerPromptEncoder(cfg.prompt_encoder_config),
         mask_decoder=tracker_modules.Sam3TrackerMaskDecoder(cfg.mask_decoder_config),
         shared_image_embedding=tracker_modules.Sam3TrackerPositionalEmbedding(cfg.prompt_encoder_config))
-    return export_click_decoder(parts, path, fast=fast)
+    return export_click_decoder(parts, path, graph=graph)
 
 
 def prepare(store_dir: Path) -> dict:
@@ -79,13 +80,11 @@ def prepare(store_dir: Path) -> dict:
     store.put(BENCH_ID, "frame-delta.bin", delta_msg)
     pos, faces, colors = sphere(224)
     store.put(BENCH_ID, "big.glb", meshopt_glb(pos, faces, colors))
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from deployments.segmenter.sam3.onnx_decoder import photo_graph_path
 
-    paths = {name: full_size_decoder(store_dir / f"decoder-{name}.onnx", fast=fast)
-             for name, fast in (("page", True), ("reference", False))}
-    # A variant, not what the page uses: the page graph with its constant matrices in 8 bits.
-    paths["page_int8"] = store_dir / "decoder-page_int8.onnx"
-    quantize_dynamic(str(paths["page"]), str(paths["page_int8"]), weight_type=QuantType.QUInt8)
+    paths = {name: full_size_decoder(store_dir / f"decoder-{name}.onnx", graph=graph)
+             for name, graph in (("page", "photo"), ("page_v3", "tokens"), ("reference", "reference"))}
+    paths["page_photo"] = photo_graph_path(paths["page"])
     urls, sizes = {}, {}
     for name, path in paths.items():
         store.put(BENCH_ID, f"decoder-{name}.bin", path.read_bytes())
@@ -113,6 +112,7 @@ def main() -> None:
         try:
             info = json.loads(server.stdout.readline())
             (Path(tmp) / "in.json").write_text(json.dumps({**inputs, "url": info["url"]}))
+            load_before = os.getloadavg()
             t0 = time.time()
             proc = subprocess.run([node, str(ROOT / "bench/viewer_browser.mjs"), str(Path(tmp) / "in.json"),
                                    str(DATA / "coffee.png")],
@@ -126,7 +126,9 @@ def main() -> None:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     chromium_version = subprocess.run([chromium, "--version"], capture_output=True, text=True).stdout.strip()
     out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "browser": chromium_version,
-                       "webgl": "SwiftShader (CPU)", "seconds": round(time.time() - t0, 1)},
+                       "webgl": "SwiftShader (CPU)", "seconds": round(time.time() - t0, 1),
+                       "load_average_1m_at_start": round(load_before[0], 1),
+                       "load_average_1m_at_end": round(os.getloadavg()[0], 1)},
            "inputs": {k: v for k, v in inputs.items() if not k.endswith(("_url", "_urls"))}, **result}
     opts.out.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))

@@ -1,9 +1,10 @@
 // The page side of bench/bench_click_decoder_cpu.py (run that, not this):
-//   node bench/click_decoder_cpu.mjs REPS NAME=FILE.onnx ...   → one JSON line
+//   node bench/click_decoder_cpu.mjs REPS NAME=FILE.onnx NAME=PHOTO.onnx+CLICK.onnx ...   → one JSON line
 // Each decoder runs in onnxruntime-web's wasm build (the one the page vendors) on one thread under
 // Node, on the same random full-size features; clicks alternate between the decoders. Per click it
 // records the process's CPU time (user + system), which other work on a shared machine inflates far
-// less than wall time, and the wall time.
+// less than wall time, and the wall time. A two-graph decoder (export v4, onnx_decoder_photo) runs its
+// photo graph once on the features (its CPU time: photo_cpu_ms), then its click graph per click.
 import { readFileSync } from "node:fs";
 
 import { selectMask, tokenLayout } from "../serve_app/static/sam3-click.js";
@@ -27,10 +28,21 @@ const c0 = process.cpuUsage();
 const tokens = Object.fromEntries(Object.entries(tokenLayout(tensors)).map(([k, t]) => [k, new ort.Tensor("float32", t.data, t.dims)]));
 const layout = process.cpuUsage(c0);
 const runs = [];
+const options = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
 for (const spec of specs) {
-  const [name, file] = spec.split("=");
-  const session = await ort.InferenceSession.create(readFileSync(file), { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
-  runs.push({ name, session, feeds: session.inputNames[0] === "image_tokens" ? tokens : nchw, cpu: [], wall: [], picks: [] });
+  const [name, files] = spec.split("=");
+  const [first, second] = files.split("+");
+  const session = await ort.InferenceSession.create(readFileSync(second || first), options);
+  let feeds = session.inputNames[0] === "image_tokens" ? tokens : nchw;
+  let photoCpu = null;
+  if (second) {
+    const photo = await ort.InferenceSession.create(readFileSync(first), options);
+    const p0 = process.cpuUsage();
+    feeds = await photo.run(nchw);
+    const p = process.cpuUsage(p0);
+    photoCpu = Math.round((p.user + p.system) / 100) / 10;
+  }
+  runs.push({ name, session, feeds, photoCpu, cpu: [], wall: [], picks: [] });
 }
 for (let i = 0; i < reps; i++) {
   const prompts = { point_coords: new ort.Tensor("float32", Float32Array.from([500 + 7 * i, 400, 0, 0]), [1, 2, 2]),
@@ -40,7 +52,8 @@ for (let i = 0; i < reps; i++) {
   for (const r of runs) {
     const cpu0 = process.cpuUsage();
     const w0 = performance.now();
-    const out = await r.session.run({ ...r.feeds, ...prompts });
+    const feeds = { ...r.feeds, ...prompts };
+    const out = await r.session.run(Object.fromEntries(r.session.inputNames.map((k) => [k, feeds[k]])));
     r.wall.push(performance.now() - w0);
     const cpu = process.cpuUsage(cpu0);
     r.cpu.push((cpu.user + cpu.system) / 1000);
@@ -59,5 +72,6 @@ for (const r of runs) {
   let same = 0, total = 0;
   r.picks.forEach((p, i) => { for (let j = 0; j < p.length; j++) { same += (p[j] > 0) === (ref.picks[i][j] > 0); total++; } });
   out.decoders[r.name] = { cpu_ms: stats(r.cpu), wall_ms: stats(r.wall), [`low_res_mask_agreement_with_${ref.name}`]: same / total };
+  if (r.photoCpu !== null) out.decoders[r.name].photo_graph_cpu_ms = r.photoCpu;
 }
 console.log(JSON.stringify(out));

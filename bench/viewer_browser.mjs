@@ -114,10 +114,11 @@ try {
     return { decoder: "tiny", photo: [W, H], view: viewSize(W, H), photo_size_ms_median: med(t.photo_size), view_size_ms_median: med(t.view_size) };
   });
 
-  // 2b. The full-size decoder on random full-size features: the tracker's graph as exported before
-  // (reference, NCHW inputs) and the reassociated one the page uses, clicks alternating between the two.
-  out.click_to_mask_full_size = await page.evaluate(async (variants) => {
-    const { Sam3Clicks, decoderFeeds, loadOrt } = await import("./static/sam3-click.js");
+  // 2b. The full-size decoder on random full-size features: the pair the page uses (export v4, photo
+  // graph once per photo), the single graph before it (page_v3, features laid out once per photo) and
+  // the tracker's graph as exported before both (reference, NCHW inputs), clicks alternating.
+  out.click_to_mask_full_size = await page.evaluate(async (urls) => {
+    const { Sam3Clicks, loadOrt } = await import("./static/sam3-click.js");
     const ort = await loadOrt();
     const shapes = { image_embed: [1, 256, 72, 72], high_res_feats_0: [1, 32, 288, 288], high_res_feats_1: [1, 64, 144, 144] };
     const tensors = {};
@@ -127,14 +128,12 @@ try {
       tensors[name] = { data, dims };
     }
     const nchw = Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, new ort.Tensor("float32", t.data, t.dims)]));
-    const t0 = performance.now();
-    const tokens = await decoderFeeds(tensors);
-    const layoutMs = performance.now() - t0;
     const runs = {};
-    for (const [name, url] of Object.entries(variants)) {
-      const s = new Sam3Clicks({ decoderUrl: url.replace(/^\//, "") });
+    for (const name of ["reference", "page", "page_v3"]) {
+      const s = new Sam3Clicks({ decoderUrl: urls[name].replace(/^\//, ""), photoUrl: (urls[`${name}_photo`] || "").replace(/^\//, "") || null });
       await s.loadDecoder();
-      s.embedding = { header: { input_size: 1008, original_size: [400, 600] }, feeds: name === "reference" ? nchw : tokens, maskSide: 288 };
+      const feeds = name === "reference" ? nchw : await s.photoFeeds(tensors);
+      s.embedding = { header: { input_size: 1008, original_size: [400, 600] }, feeds, maskSide: 288 };
       runs[name] = { s, times: [], masks: [] };
     }
     for (let i = 0; i < 21; i++) {
@@ -146,17 +145,19 @@ try {
     }
     const r1 = (v) => Math.round(v * 10) / 10;
     const out = { decoder: "full size, random weights", threads: ort.env.wasm.numThreads,
-      cross_origin_isolated: globalThis.crossOriginIsolated, token_layout_ms: r1(layoutMs) };
+      cross_origin_isolated: globalThis.crossOriginIsolated };
     const ref = runs.reference;
     for (const [name, r] of Object.entries(runs)) {
       const warm = r.times.slice(1).sort((a, b) => a - b);
       let same = 0, total = 0;
       r.masks.forEach((m, k) => { for (let i = 0; i < m.length; i++) { same += m[i] === ref.masks[k][i]; total++; } });
       out[name] = { first_ms: r1(r.times[0]), median_ms: r1(warm[warm.length >> 1]), p90_ms: r1(warm[Math.floor(warm.length * 0.9)]),
-        decoder_load_ms: Math.round(r.s.timings.decoder_load_ms), mask_agreement_with_reference: same / total };
+        min_ms: r1(warm[0]), decoder_load_ms: Math.round(r.s.timings.decoder_load_ms), mask_agreement_with_reference: same / total };
+      if (r.s.timings.photo_ms !== undefined) out[name].photo_ms = r1(r.s.timings.photo_ms);
     }
     out.median_ratio_reference_over_page = r1(out.reference.median_ms / out.page.median_ms);
-    out.min_ratio_reference_over_page = r1(Math.min(...ref.times) / Math.min(...runs.page.times));
+    out.median_ratio_page_v3_over_page = Math.round((out.page_v3.median_ms / out.page.median_ms) * 100) / 100;
+    out.min_ratio_page_v3_over_page = Math.round((out.page_v3.min_ms / out.page.min_ms) * 100) / 100;
     return out;
   }, input.full_decoder_urls);
 

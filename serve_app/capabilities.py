@@ -17,7 +17,7 @@ from serve_app.openapi import errors
 
 from deployments.image_generator.unavailable import MESSAGE as NO_GENERATOR
 from serve_app.protocol import ENCODINGS, PROTOCOL_VERSION
-from serve_app.routes_segment import ONNX_ROUTE
+from serve_app.routes_segment import ONNX_PHOTO_ROUTE, ONNX_ROUTE
 from serve_app.service import GenerateService
 
 
@@ -29,7 +29,7 @@ def build_capabilities_router(service: GenerateService, segment_routes: bool) ->
     async def capabilities() -> dict:
         settings = service.settings
         sam3 = segment_routes and settings.segmenter.backend == "sam3"
-        routes = ["/v1/segment", "/v1/embed", ONNX_ROUTE] if sam3 else ["/v1/segment"] if segment_routes else []
+        routes = ["/v1/segment", "/v1/embed", ONNX_ROUTE, ONNX_PHOTO_ROUTE] if sam3 else ["/v1/segment"] if segment_routes else []
         try:
             text = await service.text_route_available()
         except Exception:  # noqa: BLE001 - a generator that cannot describe itself is not available

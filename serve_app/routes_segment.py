@@ -2,7 +2,8 @@
 
     POST /v1/embed                          image → compact embedding payload (+ its id)
     POST /v1/segment                        embedding_id or image, with label / clicks / box → mask PNG
-    GET  /v1/models/sam3-click-decoder.onnx the ONNX click decoder for onnxruntime-web
+    GET  /v1/models/sam3-click-decoder.onnx the ONNX click decoder for onnxruntime-web (per click)
+    GET  /v1/models/sam3-click-decoder.photo.onnx   its photo graph (run once per photo: the click graph's inputs)
 
 `build_segment_router(get_segmenter, limits)` returns an APIRouter. `get_segmenter()` gives an object
 with the Segmenter deployment's async methods (embed, segment, segment_cached, click_decoder_onnx);
@@ -30,6 +31,7 @@ from serve_app.schemas import PointPrompt, RequestModel
 from sam3d_common.settings import LimitsSettings
 
 ONNX_ROUTE = "/v1/models/sam3-click-decoder.onnx"
+ONNX_PHOTO_ROUTE = ONNX_ROUTE.removesuffix(".onnx") + ".photo.onnx"  # the page derives it the same way
 
 
 class SegmentRequest(RequestModel):
@@ -64,8 +66,8 @@ class SegmenterHandleAdapter:
     async def segment_cached(self, embedding_id: str, prompt: SegmentPrompt):
         return await self._for(embedding_id).segment_cached.remote(embedding_id, prompt)
 
-    async def click_decoder_onnx(self) -> dict:
-        return await self.handle.click_decoder_onnx.remote()
+    async def click_decoder_onnx(self, graph: str = "click") -> dict:
+        return await self.handle.click_decoder_onnx.remote(graph)
 
 
 def _encodings(payload: bytes) -> dict[str, str]:
@@ -82,6 +84,8 @@ _EMBED_200 = {"description": "the embedding payload (binary, metadata in X-Embed
 _SEGMENT_200 = {"description": "the mask as base64 PNG, its score and the instances",
                 "content": {"application/json": {"schema": {"type": "object"}}}}
 _ONNX_200 = {"description": "the ONNX click decoder", "content": {"application/octet-stream": _BINARY}}
+_ONNX_PHOTO_200 = {"description": "the click decoder's photo graph (the encoder's features → the click graph's inputs)",
+                   "content": {"application/octet-stream": _BINARY}}
 
 
 def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSettings | None = None) -> APIRouter:
@@ -195,20 +199,29 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
         points = [Point(p.x * scale, p.y * scale, p.label) for p in req.points]
         return SegmentPrompt(label=req.label, points=points, box=box, mask=mask)
 
+    async def onnx_graph(request: Request, graph: str) -> Response:
+        try:
+            async with onnx_lock:
+                if graph not in onnx_cache:
+                    out = await get_segmenter().click_decoder_onnx(graph)
+                    onnx_cache[graph] = {"data": out["data"], "etag": f'"{out["filename"]}"'}
+        except Exception as exc:  # noqa: BLE001
+            return exception_response(exc)
+        cached = onnx_cache[graph]
+        headers = {"ETag": cached["etag"], "Cache-Control": "public, max-age=86400"}
+        if request.headers.get("if-none-match") == cached["etag"]:
+            return Response(status_code=304, headers=headers)
+        return Response(cached["data"], media_type="application/octet-stream", headers=headers)
+
     @router.get(ONNX_ROUTE, response_class=Response, responses={200: _ONNX_200, 304: {"description": "not modified (If-None-Match)"},
                                        **errors(500, 501, 503, 504)})
     async def click_decoder(request: Request):
-        try:
-            async with onnx_lock:
-                if "data" not in onnx_cache:
-                    out = await get_segmenter().click_decoder_onnx()
-                    onnx_cache.update(data=out["data"], etag=f'"{out["filename"]}"')
-        except Exception as exc:  # noqa: BLE001
-            return exception_response(exc)
-        headers = {"ETag": onnx_cache["etag"], "Cache-Control": "public, max-age=86400"}
-        if request.headers.get("if-none-match") == onnx_cache["etag"]:
-            return Response(status_code=304, headers=headers)
-        return Response(onnx_cache["data"], media_type="application/octet-stream", headers=headers)
+        return await onnx_graph(request, "click")
+
+    @router.get(ONNX_PHOTO_ROUTE, response_class=Response,
+                responses={200: _ONNX_PHOTO_200, 304: {"description": "not modified (If-None-Match)"}, **errors(500, 501, 503, 504)})
+    async def click_decoder_photo(request: Request):
+        return await onnx_graph(request, "photo")
 
     return router
 
@@ -245,4 +258,4 @@ def _segment_response(result, req: SegmentRequest, embedding_id: str | None) -> 
     return JSONResponse(body)
 
 
-__all__ = ["build_segment_router", "SegmenterHandleAdapter", "ONNX_ROUTE", "StageError"]
+__all__ = ["build_segment_router", "SegmenterHandleAdapter", "ONNX_ROUTE", "ONNX_PHOTO_ROUTE", "StageError"]

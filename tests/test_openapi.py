@@ -16,6 +16,7 @@ EXPECTED = {
     ("post", "/v1/embed"): {200, 400, 401, 413, 415, 422, 429, 500, 501, 503, 504},
     ("post", "/v1/segment"): {200, 400, 401, 404, 413, 415, 422, 429, 500, 501, 503, 504},
     ("get", "/v1/models/sam3-click-decoder.onnx"): {200, 304, 500, 501, 503, 504},
+    ("get", "/v1/models/sam3-click-decoder.photo.onnx"): {200, 304, 500, 501, 503, 504},
     ("post", "/v1/streams/{request_id}/keyframe"): {202, 401, 404, 422, 429},
     ("get", "/v1/artifacts/{artifact_id}/{name}"): {200, 400, 404, 422},
     ("get", "/v1/protocol"): {200},

@@ -33,8 +33,8 @@ class StubSegmenter:
     async def segment_cached(self, embedding_id, prompt):
         raise EmbeddingNotFound(f"no embedding {embedding_id[:16]!r}")
 
-    async def click_decoder_onnx(self):
-        return {"data": b"onnx", "filename": "decoder.onnx"}
+    async def click_decoder_onnx(self, graph="click"):
+        return {"data": b"onnx", "filename": f"decoder-{graph}.onnx"}
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from PIL import Image  # noqa: E402
 from deployments.segmenter import Segmenter  # noqa: E402
 from deployments.segmenter.sam3.embedding_codec import decode  # noqa: E402
 from tests.support.sam3_testing import write_tiny_checkpoint  # noqa: E402
-from serve_app.routes_segment import ONNX_ROUTE, build_segment_router  # noqa: E402
+from serve_app.routes_segment import ONNX_PHOTO_ROUTE, ONNX_ROUTE, build_segment_router  # noqa: E402
 from sam3d_common.settings import LimitsSettings  # noqa: E402
 
 
@@ -196,11 +196,17 @@ def test_onnx_route_exports_once_and_serves_a_runnable_model(client, sam3):
     r = client.get(ONNX_ROUTE)
     assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
     session = ort.InferenceSession(r.content, providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()][:3] == ["image_tokens", "high_res_tokens_0", "high_res_tokens_1"]
+    photo = client.get(ONNX_PHOTO_ROUTE)
+    assert photo.status_code == 200 and photo.headers["etag"] != r.headers["etag"]
+    photo_session = ort.InferenceSession(photo.content, providers=["CPUExecutionProvider"])
+    # The photo graph turns the encoder's features into the click graph's inputs (then the prompts).
+    assert [i.name for i in photo_session.get_inputs()] == ["image_embed", "high_res_feats_0", "high_res_feats_1"]
+    assert [i.name for i in session.get_inputs()] == [o.name for o in photo_session.get_outputs()] + ["point_coords", "point_labels"]
     again = client.get(ONNX_ROUTE, headers={"If-None-Match": r.headers["etag"]})
     assert again.status_code == 304
     assert client.get(ONNX_ROUTE).content == r.content
-    assert sam3.calls["click_decoder_onnx"] == 1
+    assert client.get(ONNX_PHOTO_ROUTE).content == photo.content
+    assert sam3.calls["click_decoder_onnx"] == 2  # once per graph
 
 
 def test_grabcut_backend_gives_501_for_sam3_routes_and_still_segments_images():

@@ -136,7 +136,8 @@ def test_capabilities_sam3_and_generator(tmp_path):
     caps = app_client(tmp_path, generator=True, segmenter={"backend": "sam3"}).get("/v1/capabilities").json()
     assert caps["segmenter"]["browser_decoding"] is True
     assert caps["segmenter"]["click_decoder_url"] == "/v1/models/sam3-click-decoder.onnx"
-    assert set(caps["segmenter"]["routes"]) == {"/v1/segment", "/v1/embed", "/v1/models/sam3-click-decoder.onnx"}
+    assert set(caps["segmenter"]["routes"]) == {"/v1/segment", "/v1/embed", "/v1/models/sam3-click-decoder.onnx",
+                                                "/v1/models/sam3-click-decoder.photo.onnx"}
     assert caps["text_to_3d"] == {"available": True, "reason": None}
 
 

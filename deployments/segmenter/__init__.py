@@ -154,10 +154,15 @@ class Segmenter:
             )
         return await asyncio.to_thread(sam.segment_with_embedding, embedding, prompt)
 
-    async def click_decoder_onnx(self) -> dict:
-        """{filename, data}: the ONNX click decoder, exported once per replica."""
+    async def click_decoder_onnx(self, graph: str = "click") -> dict:
+        """{filename, data}: the ONNX click decoder's click graph, or (graph="photo") the photo graph
+        that the page runs once per photo to make the click graph's inputs; exported once per replica."""
+        from .sam3.onnx_decoder import photo_graph_path
+
         sam = self._sam3("the click decoder model")
         path = await asyncio.to_thread(sam.click_decoder_path)
+        if graph == "photo":
+            path = photo_graph_path(path)
         return {"filename": path.name, "data": await asyncio.to_thread(path.read_bytes)}
 
     # ---- internals ----------------------------------------------------------------------------------

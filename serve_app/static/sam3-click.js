@@ -1,8 +1,9 @@
 // SAM 3 clicks decoded in the browser: the server encodes the photo once (POST /v1/embed, the compact
 // payload of docs/sam3-embedding-format.md); each click or box then runs the ONNX click decoder
 // (GET /v1/models/sam3-click-decoder.onnx) in onnxruntime-web, from the vendored wasm build (on up
-// to 4 threads when the page is cross-origin isolated, else on one). The features are laid out once per
-// photo as the decoder takes them (tokenLayout). Mask selection and upsampling follow
+// to 4 threads when the page is cross-origin isolated, else on one). Once per photo, the decoder's
+// photo graph (the same URL ending .photo.onnx; export version 4) turns the features into the click
+// graph's inputs; a version 3 decoder takes them laid out by tokenLayout. Mask selection and upsampling follow
 // deployments/segmenter/sam3/onnx_decoder.py, so the browser's mask is the one POST /v1/segment would give
 // for the same prompts.
 
@@ -158,35 +159,64 @@ export function upsampleMask(logits, m, width, height) {
   return out;
 }
 
-/** ORT tensors of the decoder's per-photo inputs, from the parsed embedding's NCHW tensors. */
-export async function decoderFeeds(tensors) {
+/**
+ * ORT tensors of the decoder's per-photo inputs, from the parsed embedding's NCHW tensors: the photo
+ * graph's outputs (`photoSession`, export version 4), else the features laid out by tokenLayout.
+ */
+export async function decoderFeeds(tensors, photoSession = null) {
   const ort = await loadOrt();
+  if (photoSession) {
+    const nchw = {};
+    for (const name of photoSession.inputNames) nchw[name] = new ort.Tensor("float32", tensors[name].data, tensors[name].dims);
+    return photoSession.run(nchw);
+  }
   const feeds = {};
   for (const [name, t] of Object.entries(tokenLayout(tensors))) feeds[name] = new ort.Tensor("float32", t.data, t.dims);
   return feeds;
 }
 
+/** The photo graph's URL beside a click decoder's (routes_segment.ONNX_PHOTO_ROUTE). */
+export function photoGraphUrl(decoderUrl) {
+  return decoderUrl.replace(/\.onnx$/, "") + ".photo.onnx";
+}
+
 /** One photo's SAM 3 embedding in the browser, and the click decoder that runs on it. */
 export class Sam3Clicks {
-  constructor({ base = document.baseURI, decoderUrl = "v1/models/sam3-click-decoder.onnx" } = {}) {
+  constructor({ base = document.baseURI, decoderUrl = "v1/models/sam3-click-decoder.onnx", photoUrl = null } = {}) {
     this.base = base;
     this.decoderUrl = decoderUrl;
+    this.photoUrl = photoUrl || photoGraphUrl(decoderUrl);
     this.session = null;
+    this.photoSession = null;
     this.embedding = null;
     this.timings = {};
   }
 
-  /** Fetch the decoder (cached by the browser) and start its session; once per page. */
+  /** Fetch the decoder (cached by the browser) and start its session, and its photo graph's when it
+   * has one; once per page. */
   async loadDecoder() {
     if (this.session) return this.session;
     const t0 = performance.now();
     const ort = await loadOrt();
-    const r = await fetch(new URL(this.decoderUrl, this.base));
-    if (!r.ok) throw new Error(`the click decoder could not be fetched (${r.status})`);
-    this.session = await ort.InferenceSession.create(new Uint8Array(await r.arrayBuffer()),
-      { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+    const create = async (url) => {
+      const r = await fetch(new URL(url, this.base));
+      if (!r.ok) throw new Error(`the click decoder could not be fetched (${r.status})`);
+      return ort.InferenceSession.create(new Uint8Array(await r.arrayBuffer()), { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+    };
+    const session = await create(this.decoderUrl);
+    if (session.inputNames[0] === "photo_0") this.photoSession = await create(this.photoUrl);
+    this.session = session;
     this.timings.decoder_load_ms = performance.now() - t0;
     return this.session;
+  }
+
+  /** The click graph's per-photo inputs for the parsed embedding's NCHW tensors (see decoderFeeds). */
+  async photoFeeds(tensors) {
+    await this.loadDecoder();
+    const t0 = performance.now();
+    const feeds = await decoderFeeds(tensors, this.photoSession);
+    this.timings.photo_ms = performance.now() - t0;
+    return feeds;
   }
 
   /** POST the photo to /v1/embed once; resolves when clicks can be decoded. `onError(HttpError)`. */
@@ -199,7 +229,7 @@ export class Sam3Clicks {
     if (!res.ok) throw await errorOf(res);
     const { header, tensors } = await parseEmbedding(await res.arrayBuffer());
     const ort = await loadOrt();
-    this.embedding = { header, feeds: await decoderFeeds(tensors), maskSide: tensors.high_res_feats_0.dims[2], id: res.headers.get("X-Embedding-Id"), bytes: Number(res.headers.get("content-length")) || 0 };
+    this.embedding = { header, feeds: await this.photoFeeds(tensors), maskSide: tensors.high_res_feats_0.dims[2], id: res.headers.get("X-Embedding-Id"), bytes: Number(res.headers.get("content-length")) || 0 };
     this.timings.embed_ms = performance.now() - t0;
     return this.embedding;
   }
@@ -231,13 +261,16 @@ export class Sam3Clicks {
     labels.push(-1);
     const n = labels.length;
     const side = this.embedding.maskSide; // mask_input is as large as high_res_feats_0
-    const out = await this.session.run({
+    const all = {
       ...feeds,
       point_coords: new ort.Tensor("float32", Float32Array.from(coords), [1, n, 2]),
       point_labels: new ort.Tensor("float32", Float32Array.from(labels), [1, n]),
-      mask_input: new ort.Tensor("float32", new Float32Array(side * side), [1, 1, side, side]),
-      has_mask_input: new ort.Tensor("float32", Float32Array.of(0), [1]),
-    });
+    };
+    if (this.session.inputNames.includes("mask_input")) { // export version 3 and the reference take a previous mask
+      all.mask_input = new ort.Tensor("float32", new Float32Array(side * side), [1, 1, side, side]);
+      all.has_mask_input = new ort.Tensor("float32", Float32Array.of(0), [1]);
+    }
+    const out = await this.session.run(Object.fromEntries(this.session.inputNames.map((k) => [k, all[k]])));
     const masks = out.masks.data;
     const m = out.masks.dims[2];
     const k = selectMask(out.iou_predictions.data, masks, m, points.length === 1 && !box);

@@ -1,28 +1,29 @@
 """SAM 3 click/box mask decoder (prompt encoder + mask decoder) as ONNX, for onnxruntime and onnxruntime-web.
 
-Contract (SAM 2 style; batch 1; N prompt points, N dynamic). The encoder's features go in channels
-last, laid out once per photo by `token_layout` (onnx_decoder_fast; the browser: sam3-click.js):
+Contract (export version 4; SAM 2 style; batch 1; N prompt points, N dynamic). Two graphs: the photo
+graph (photo_graph_path: `<name>.photo.onnx` beside the click graph) runs once per photo, the click
+graph once per click (onnx_decoder_photo; the browser: sam3-click.js):
 
-    inputs   image_tokens       float32 5184x256   image_embed 1x256x72x72, row y*72 + x
-             high_res_tokens_0  float32 82944x32   high_res_feats_0 1x32x288x288, rows (y, x, i, j, i2, j2)
-             high_res_tokens_1  float32 20736x64   high_res_feats_1 1x64x144x144, rows (y, x, i, j)
-             point_coords       float32 1xNx2   pixel (x, y) scaled to the encoder input: x*S/W, y*S/H
-             point_labels       float32 1xN     1 object, 0 background, 2/3 box corners, -1 padding point
-             mask_input         float32 1x1x288x288  previous low-res mask logits (zeros when unused)
-             has_mask_input     float32 1       1 to use mask_input, else 0
-    outputs  masks              float32 1x4x288x288  low-res logits; 0 = single-mask token, 1..3 multimask
-             iou_predictions    float32 1x4
-             object_score_logits float32 1x1
+    photo graph  in   image_embed 1x256x72x72, high_res_feats_0 1x32x288x288, high_res_feats_1 1x64x144x144
+                 out  photo_0 ... photo_K   products of the image tokens with the decoder's fixed matrices
+                      high_res_bias_0 20736x128, high_res_bias_1 5184x256   features + upscaler biases
+    click graph  in   the photo graph's outputs, by name, then
+                      point_coords   float32 1xNx2   pixel (x, y) scaled to the encoder input: x*S/W, y*S/H
+                      point_labels   float32 1xN     1 object, 0 background, 2/3 box corners, -1 padding point
+                 out  masks          float32 1x4x288x288  low-res logits; 0 = single-mask token, 1..3 multimask
+                      iou_predictions float32 1x4
+                      object_score_logits float32 1x1
 
 `prompt_arrays` builds point_coords/point_labels the way the tracker does (box corners, then one padding
 point); `select_mask` picks the output the tracker itself returns. The low-res logits are scaled to the
 image with bilinear interpolation and thresholded at 0. Sizes above are for the full model (S = 1008).
-The graph is onnx_decoder_fast's reassociated one (export_click_decoder(fast=False) writes the tracker's
-modules as they are, with the encoder's NCHW features as inputs: REFERENCE_INPUT_NAMES).
+export_click_decoder(graph=...) also writes the earlier single graphs: "tokens" (version 3,
+onnx_decoder_fast: INPUT_NAMES, features laid out by `token_layout`) and "reference" (the tracker's
+modules as they are: REFERENCE_INPUT_NAMES); both also take a previous mask (mask_input 1x1x288x288
+logits with has_mask_input 1), which the version 4 pair does not.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 from pathlib import Path
@@ -37,7 +38,7 @@ INPUT_NAMES = ["image_tokens", "high_res_tokens_0", "high_res_tokens_1", *PROMPT
 REFERENCE_INPUT_NAMES = [*FEATURE_NAMES, *PROMPT_NAMES]
 OUTPUT_NAMES = ["masks", "iou_predictions", "object_score_logits"]
 OPSET = 17
-EXPORT_VERSION = 3  # part of the exported file's name: bump when the graph changes
+EXPORT_VERSION = 4  # part of the exported file's name: bump when the graph changes
 
 
 def prompt_arrays(points, box, original_size: tuple[int, int], input_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,39 +79,21 @@ def select_mask(ious: np.ndarray, masks: np.ndarray, multimask: bool, delta: flo
 def _decoder_module(tracker):
     """An nn.Module that runs the tracker's prompt encoder and mask decoder once, returning all 4 masks."""
     import torch
-    from torch import nn
 
-    class ClickDecoder(nn.Module):
-        def __init__(self, tracker):
-            super().__init__()
-            cpu32 = {"device": "cpu", "dtype": torch.float32}
-            self.prompt_encoder = copy.deepcopy(tracker.prompt_encoder).to(**cpu32)
-            self.mask_decoder = copy.deepcopy(tracker.mask_decoder).to(**cpu32)
-            self.image_embedding = copy.deepcopy(tracker.shared_image_embedding).to(**cpu32)
+    from .decoder_parts import DecoderParts
 
-        def image_pe(self, image_embed):
-            """The tracker's image-wide positional encoding, computed from the input's grid at run time
-            (a constant would add 5 MB to the file)."""
-            _, _, height, width = image_embed.shape
-            ones = torch.ones_like(image_embed[0, 0])
-            y = (ones.cumsum(dim=0) - 0.5) / height
-            x = (ones.cumsum(dim=1) - 0.5) / width
-            return self.image_embedding(torch.stack([x, y], dim=-1)).permute(2, 0, 1)[None]
-
+    class ClickDecoder(DecoderParts):
         def forward(self, image_embed, high_res_feats_0, high_res_feats_1, point_coords, point_labels, mask_input, has_mask_input):
             pe, md = self.prompt_encoder, self.mask_decoder
-            labels = point_labels.round().to(torch.int64)[:, None]
-            sparse = pe._embed_points(point_coords[:, None], labels, pad=False)  # 1x1xNxC
+            tokens = self.prompt_tokens(point_coords, point_labels)[None, None]
             _, channels, height, width = image_embed.shape
             has = has_mask_input.reshape(1, 1, 1, 1)
             no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)  # broadcast, not a folded 72x72 constant
             dense = has * pe.mask_embed(mask_input) + (1.0 - has) * no_mask
-            tokens = torch.cat([md.obj_score_token.weight, md.iou_token.weight, md.mask_tokens.weight], dim=0)
-            tokens = torch.cat([tokens[None, None], sparse], dim=2)
             queries, keys = md.transformer(
                 point_embeddings=tokens,
                 image_embeddings=image_embed + dense,
-                image_positional_embeddings=self.image_pe(image_embed),
+                image_positional_embeddings=self.image_pe(image_embed[0, 0]).permute(2, 0, 1)[None],
                 attention_similarity=None,
             )
             image = keys.transpose(2, 3).reshape(1, channels, height, width)
@@ -144,40 +127,40 @@ def example_inputs(tracker, num_points: int = 2):
     )
 
 
-def export_click_decoder(tracker, path: str | Path, opset: int = OPSET, fast: bool = True) -> Path:
+def photo_graph_path(path: str | Path) -> Path:
+    """Where the photo graph of the click decoder at `path` is written (export version 4)."""
+    path = Path(path)
+    return path.with_name(path.stem + ".photo.onnx")
+
+
+def export_click_decoder(tracker, path: str | Path, opset: int = OPSET, graph: str = "photo") -> Path:
     """Write the decoder of `tracker` (a transformers Sam3TrackerModel) to `path` in fp32, atomically.
 
-    `fast`: the reassociated graph of onnx_decoder_fast (same contract and results, a fraction of
-    the work per click); False: the tracker's modules as they are (the reference, for benchmarks).
+    graph "photo": onnx_decoder_photo's pair, the click graph at `path` and the photo graph at
+    photo_graph_path(path) (what the page runs); "tokens": onnx_decoder_fast's single graph (export
+    version 3, INPUT_NAMES); "reference": the tracker's modules as they are (REFERENCE_INPUT_NAMES).
+    The last two are kept for benchmarks and for the previous-mask prompt, which only they take.
     """
     import torch
 
+    from .decoder_parts import write_onnx
     from .onnx_decoder_fast import fast_decoder_module, token_layout
+    from .onnx_decoder_photo import export_photo_click
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     example = example_inputs(tracker)
-    if fast:
+    if graph == "photo":
+        export_photo_click(tracker, path, photo_graph_path(path), example[:3], OUTPUT_NAMES, opset)
+        return Path(path)
+    if graph == "tokens":
         module, names = fast_decoder_module(tracker), INPUT_NAMES
         tokens = token_layout(*(t.numpy() for t in example[:3]))
         example = (*(torch.from_numpy(tokens[n]) for n in INPUT_NAMES[:3]), *example[3:])
-    else:
+    elif graph == "reference":
         module, names = _decoder_module(tracker), REFERENCE_INPUT_NAMES
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with torch.no_grad():
-        torch.onnx.export(
-            module,
-            example,
-            str(tmp),
-            input_names=names,
-            output_names=OUTPUT_NAMES,
-            dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    tmp.replace(path)
-    return path
+    else:
+        raise ValueError(f"unknown click decoder graph {graph!r}")
+    return write_onnx(module, example, path, names, OUTPUT_NAMES, opset,
+                      {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}})
 
 
 class LazyExport:
@@ -189,7 +172,7 @@ class LazyExport:
 
     def get(self, tracker) -> Path:
         with self._lock:
-            if not self.path.is_file():
+            if not (self.path.is_file() and photo_graph_path(self.path).is_file()):
                 log.info("exporting the SAM 3 click decoder to %s", self.path)
                 export_click_decoder(tracker, self.path)
             return self.path

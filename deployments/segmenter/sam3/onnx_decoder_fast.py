@@ -18,14 +18,14 @@ onnx_decoder's contract; the results equal the tracker's up to float rounding (t
 """
 from __future__ import annotations
 
-import copy
-
 
 def fast_decoder_module(tracker):
     """An nn.Module with the contract of onnx_decoder (7 inputs → masks, iou_predictions,
     object_score_logits), computed with the reassociated attention described above."""
     import torch
     from torch import nn
+
+    from .decoder_parts import DecoderParts, two_way_tokens
 
     def t2i(att, tq, kin, v):
         """Tokens attend to the image: tq (Nt, C) queries, kin (L, C) keys, v (L, C) values."""
@@ -54,37 +54,13 @@ def fast_decoder_module(tracker):
         vo = v @ att.o_proj.weight.reshape(c, heads, d).permute(1, 2, 0)  # (H, Nt, C)
         return a @ vo.reshape(heads * nt, c) + att.o_proj.bias
 
-    def self_attn(att, q, k, v):
-        """Standard attention among the few tokens (N, C)."""
-        heads, d = att.num_attention_heads, att.head_dim
-        n = q.shape[0]
-        qh = att.q_proj(q).reshape(n, heads, d).transpose(0, 1)
-        kh = att.k_proj(k).reshape(n, heads, d).transpose(0, 1)
-        vh = att.v_proj(v).reshape(n, heads, d).transpose(0, 1)
-        a = torch.softmax((qh @ kh.transpose(1, 2)) * att.scaling, dim=-1)
-        return att.o_proj((a @ vh).transpose(0, 1).reshape(n, heads * d))
-
     def transposed_conv_weight(conv):
         """(Cin, Cout, 2, 2) stride-2 ConvTranspose2d → (Cin, 4*Cout) columns in (i, j, cout) order."""
         w = conv.weight
         cin, cout = w.shape[:2]
         return w.permute(0, 2, 3, 1).reshape(cin, 4 * cout), conv.bias.repeat(4)
 
-    class FastClickDecoder(nn.Module):
-        def __init__(self, tracker):
-            super().__init__()
-            cpu32 = {"device": "cpu", "dtype": torch.float32}
-            self.prompt_encoder = copy.deepcopy(tracker.prompt_encoder).to(**cpu32)
-            self.mask_decoder = copy.deepcopy(tracker.mask_decoder).to(**cpu32)
-            self.image_embedding = copy.deepcopy(tracker.shared_image_embedding).to(**cpu32)
-
-        def image_pe(self, height: int, width: int, like):
-            """The tracker's positional encoding of the image grid, (L, C), computed at run time."""
-            ones = torch.ones_like(like[0, 0])
-            y = (ones.cumsum(dim=0) - 0.5) / height
-            x = (ones.cumsum(dim=1) - 0.5) / width
-            return self.image_embedding(torch.stack([x, y], dim=-1)).reshape(height * width, -1)
-
+    class FastClickDecoder(DecoderParts):
         def mask_embed(self, mask_input, h: int, w: int):
             """The prompt encoder's mask embedding (two 2x2 stride-2 convolutions, a 1x1 one) per
             4x4 patch of mask_input, channels last: (L, C)."""
@@ -105,25 +81,19 @@ def fast_decoder_module(tracker):
             pe, md = self.prompt_encoder, self.mask_decoder
             tf = md.transformer
             h, w = mask_input.shape[2] // 4, mask_input.shape[3] // 4
-            labels = point_labels.round().to(torch.int64)[:, None]
-            sparse = pe._embed_points(point_coords[:, None], labels, pad=False)[0, 0]  # (N, C)
             has = has_mask_input.reshape(1, 1)
             dense = has * self.mask_embed(mask_input, h, w) + (1.0 - has) * pe.no_mask_embed.weight
             x = image_tokens + dense  # (L, C)
-            ipe = self.image_pe(h, w, mask_input[:, :, :h, :w])
-            qpe = torch.cat([md.obj_score_token.weight, md.iou_token.weight, md.mask_tokens.weight, sparse], dim=0)
-            t = qpe
-            for layer in tf.layers:
-                if layer.skip_first_layer_pe:
-                    t = self_attn(layer.self_attn, t, t, t)
-                else:
-                    q = t + qpe
-                    t = t + self_attn(layer.self_attn, q, q, t)
-                t = layer.layer_norm1(t)
-                t = layer.layer_norm2(t + t2i(layer.cross_attn_token_to_image, t + qpe, x + ipe, x))
-                t = layer.layer_norm3(t + layer.mlp(t))
-                x = layer.layer_norm4(x + i2t(layer.cross_attn_image_to_token, x + ipe, t + qpe, t))
-            t = tf.layer_norm_final_attn(t + t2i(tf.final_attn_token_to_image, t + qpe, x + ipe, x))
+            ipe = self.image_pe(mask_input[0, 0, :h, :w]).reshape(h * w, -1)
+            qpe = self.prompt_tokens(point_coords, point_labels)
+            image = {"x": x}
+
+            def image_to_tokens(layer, tk, tv):
+                x = image["x"]
+                image["x"] = layer.layer_norm4(x + i2t(layer.cross_attn_image_to_token, x + ipe, tk, tv))
+
+            t = two_way_tokens(tf, qpe, lambda att, tq: t2i(att, tq, image["x"] + ipe, image["x"]), image_to_tokens)
+            x = image["x"]
 
             # Upscaler, channels last: rows (y, x, i, j) at 2x, then (y, x, i, j, i2, j2) at 4x.
             w1, b1 = transposed_conv_weight(md.upscale_conv1)
