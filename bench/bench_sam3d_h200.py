@@ -512,7 +512,6 @@ def main():
         save()
 
     levers = {"compile_off": None,
-              "appearance_cfg_batched": {"batch_cfg_appearance": True},
               "preview_refit_every_25": {"preview_refit_every": 25},
               "preview_refit_every_12": {"preview_refit_every": 12},
               "device_context": {},

@@ -121,8 +121,6 @@ class Sam3dSettings(_Strict):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
     # The appearance flow transformer's blocks too (token counts vary per request: dynamic shapes).
     compile_appearance: bool = False
-    # The appearance stage's guided steps as one backbone call on a batch of two, not two calls.
-    batch_cfg_appearance: bool = False
     warm_up: bool = True  # one synthetic request at start, before the replica reports healthy
     preview_colors: Literal["latent", "decoder"] = "latent"
     preview_refit_every: int = Field(5, ge=1, le=100)

@@ -28,7 +28,7 @@ import numpy as np
 
 from .base import GaussianData, MeshData, Pose
 from .sam3d_grid import quaternion_to_matrix, voxel_colors
-from .sam3d_levers import LatentColors, set_batched_cfg
+from .sam3d_levers import LatentColors
 
 _SEED_SOURCE = random.SystemRandom()
 
@@ -225,7 +225,6 @@ class UpstreamRun:
         self.preview_coords = own if factor == 1 else undo_downsample(own, pruned)
         gen = p.models["slat_generator"]
         self._configure(gen, p.slat_cfg_strength)
-        set_batched_cfg(gen.reverse_fn, self.model.settings.batch_cfg_appearance)
         with self._ctx(p.dtype):
             noise = self._noise((1, len(own), 8))
             args, kwargs = p.get_condition_input(
