@@ -3,9 +3,9 @@ run: every carried package and stand-in imports (and from where), upstream's inf
 pipeline imports with this project's attention choice, and, where CUDA is present, spconv's
 kernels run one submanifold convolution. Prints one JSON report; exits 1 if anything failed.
 
-On the GPU machine, after `. .sam3d/setup.sh`:  python3 .sam3d/verify_imports.py
+On the GPU machine, after `. .sam3d/setup.sh`:  python3 .sam3d/verify_imports.py [REPORT.json]
 Here (CPU), with the dry-run PYTHONPATH of tools/gpu_bundle/README.md:
-    python tools/gpu_bundle/verify_imports.py
+    python tools/gpu_bundle/verify_imports.py [REPORT.json]
 Copied into .sam3d/ by tools/gpu_bundle/build.sh."""
 from __future__ import annotations
 
@@ -53,7 +53,10 @@ def try_import(name: str, report: dict, dist: str | None = None) -> object | Non
         report[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
                         "traceback": traceback.format_exc()[-1500:]}
         return None
-    version_of = version(dist) or getattr(module, "__version__", None)
+    try:  # utils3d's module __getattr__ raises ImportError for unknown names
+        version_of = version(dist) or getattr(module, "__version__", None)
+    except Exception:  # noqa: BLE001
+        version_of = None
     report[name] = {"ok": True, "from": where(module), "version": version_of}
     return module
 
@@ -111,7 +114,12 @@ def main() -> int:
         spconv_on_gpu(report)
     failed = sorted(k for k, v in report.items() if isinstance(v, dict) and not v.get("ok"))
     report["failed"] = failed
-    print(json.dumps(report, indent=1, default=str))
+    text = json.dumps(report, indent=1, default=str)
+    if len(sys.argv) > 1:  # upstream's imports print to stdout too: the report to its own file
+        with open(sys.argv[1], "w") as f:
+            f.write(text)
+    else:
+        print(text)
     print(f"verify_imports: {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
