@@ -35,22 +35,11 @@ from deployments.segmenter.sam3.encoder import pixel_values  # noqa: E402
 from tests.support.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
 from tests.support.sam3_testing import random_init_models, tiny_tokenizer, tiny_video_config  # noqa: E402
 from sam3d_common.settings import EncoderBatching, Sam3Settings  # noqa: E402
-from bench.bench_sam3_encoder import sync, timed  # noqa: E402  (one copy of the timing helpers)
+from bench.bench_sam3_encoder import peak_mb, sync, timed  # noqa: E402  (one copy of the timing helpers)
 
 
 def ms(times):
     return {"median_ms": round(1000 * statistics.median(times), 2), "p90_ms": round(1000 * np.quantile(times, 0.9), 2)}
-
-
-def peak_mb(device, fn):
-    if device.type != "cuda":
-        fn()
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return round(torch.cuda.max_memory_allocated() / 2**20)
 
 
 def install_replica_context(deployment, max_ongoing: int):

@@ -22,6 +22,8 @@ What was verified where is in docs/sam3d.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -187,51 +189,57 @@ class Sam3dReconstructor:
         geometry_steps, appearance_steps = self.steps(options)
         run = await self._call(self.model.begin, image, mask, options.seed,
                                geometry_steps, appearance_steps, options.fast)
-        step = None
+        state: dict = {"step": None}  # the step queued on the GPU (for the cancellation below)
         try:
             await self._call(run.prepare)
-            # Step k+1 is queued on the GPU before step k's frame is built and sent, so
-            # building and sending overlap the next step; a cancellation lets at most that
-            # one queued step run.
-            final = pending = None
-            for k in range(1, geometry_steps + 1):
-                step = self._gpu(self._geometry_step, run,
-                                 should_emit(k, geometry_steps, options.geometry_every))
-                if pending is not None:
-                    final, frame = await pending
-                    yield StepFrame("geometry", k - 1, geometry_steps, frame)
-                preview = await step
-                pending = None if preview is None else self._cpu(self._geometry_frame, preview)
-            final, frame = await pending  # the last step is always shown
-            pending = None
+            final = None
+            async with contextlib.aclosing(self._stage(
+                    run, state, "geometry", geometry_steps, options.geometry_every,
+                    self._geometry_step, self._geometry_frame)) as frames:
+                async for final, frame in frames:
+                    yield frame
+            final, frame = await state["pending"]  # the last step is always shown
             if not final[0].occupancy.any():
                 raise StageError("SAM 3D Objects decoded no voxels for this image and mask")
             yield StepFrame("geometry", geometry_steps, geometry_steps, frame)
             geometry, mapping = final
             view_shell = await self._call(self._start_appearance, run, geometry, mapping)
-            colors = None
             order: dict = {}  # the per-run colour gather (sam3d_grid.color_order), built once
-            for k in range(1, appearance_steps + 1):
-                step = self._gpu(self._appearance_step, run,
-                                 should_emit(k, appearance_steps, options.colors_every))
-                if pending is not None:
-                    colors, frame = await pending
-                    yield StepFrame("appearance", k - 1, appearance_steps, frame)
-                preview = await step
-                pending = None if preview is None else self._cpu(
-                    self._appearance_frame, geometry.occupancy, mapping, view_shell, preview, order)
-            step = self._gpu(run.finish)  # the final decode overlaps the last frame's build
-            colors, frame = await pending
+            build = functools.partial(self._appearance_frame, geometry.occupancy, mapping, view_shell, order=order)
+            async with contextlib.aclosing(self._stage(
+                    run, state, "appearance", appearance_steps, options.colors_every,
+                    self._appearance_step, build)) as frames:
+                async for _, frame in frames:
+                    yield frame
+            state["step"] = self._gpu(run.finish)  # the final decode overlaps the last frame's build
+            colors, frame = await state["pending"]
             yield StepFrame("appearance", appearance_steps, appearance_steps, frame)
-            assets = await step
+            assets = await state["step"]
             yield Reconstruction(occupancy=mapping.occupancy, colors=colors, backend=self.name,
                                  mesh=assets.mesh, gaussians=assets.gaussians, pose=assets.pose)
         finally:
             # Queued behind any step still on the worker; shielded so a second cancellation
             # cannot drop it from the queue.
+            step = state["step"]
             if step is not None and not step.done():
                 step.add_done_callback(lambda f: f.cancelled() or f.exception())
             await asyncio.shield(self._call(run.release))
+
+    async def _stage(self, run: Sam3dRun, state: dict, stage: str, total: int, every: int, gpu_step, build):
+        """One stage's steps: step k+1 is queued on the GPU before step k's frame is built
+        (`build(preview)`, on the frame thread) and sent, so building and sending overlap the
+        next step; a cancellation lets at most that one queued step run. Yields (what `build`
+        returned first, the StepFrame) for every shown step but the last, whose build is left
+        in state["pending"]; state["step"] is the step on the GPU."""
+        pending = None
+        for k in range(1, total + 1):
+            state["step"] = self._gpu(gpu_step, run, should_emit(k, total, every))
+            if pending is not None:
+                value, frame = await pending
+                yield value, StepFrame(stage, k - 1, total, frame)
+            preview = await state["step"]
+            pending = None if preview is None else self._cpu(build, preview)
+        state["pending"] = pending
 
     # The GPU worker's functions: a step, and the preview's decode when the step is shown.
 
