@@ -60,6 +60,14 @@ def _after(request: Request) -> int | None:
     return value if value >= -1 else None
 
 
+async def _answer(call):
+    """The job manager's answer, or its error as a status with a reason."""
+    try:
+        return await call
+    except Exception as exc:  # noqa: BLE001 - mapped to a status with a reason
+        return exception_response(exc)
+
+
 def build_jobs_router(service: GenerateService, jobs, streams: dict | None = None) -> APIRouter:
     """`streams`: the ingress's registry of running streams' writers, so that
     POST /v1/streams/{job_id}/keyframe reaches a job's events stream on this replica too."""
@@ -90,18 +98,12 @@ def build_jobs_router(service: GenerateService, jobs, streams: dict | None = Non
     @router.get("/v1/jobs/{job_id}", summary="A job's state, queue position, progress and artifacts",
                 responses=errors(401, 404, 422, 429))
     async def status(job_id: str):
-        try:
-            return await jobs.status(job_id)
-        except Exception as exc:  # noqa: BLE001
-            return exception_response(exc)
+        return await _answer(jobs.status(job_id))
 
     @router.delete("/v1/jobs/{job_id}", summary="Cancel a job (its running stage stops within a step)",
                    responses=errors(401, 404, 422, 429))
     async def cancel(job_id: str):
-        try:
-            return await jobs.cancel(job_id)
-        except Exception as exc:  # noqa: BLE001
-            return exception_response(exc)
+        return await _answer(jobs.cancel(job_id))
 
     @router.get("/v1/jobs/{job_id}/events", summary="A job's events, resumable with Last-Event-ID",
                 responses={200: {"description": "the events", "content": {
