@@ -52,4 +52,3 @@ class LatentColors:
         self.calls += 1
         a = np.concatenate([latent.astype(np.float64), np.ones((len(latent), 1))], axis=1)
         return np.clip(np.rint(a @ self.weights), 0, 255).astype(np.uint8)
-

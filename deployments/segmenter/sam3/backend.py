@@ -30,7 +30,6 @@ from .encoder import (
     ImageEmbedding,
     check_image,
     detector_vision_embeds,
-    encode_core,
     encode_images,
     image_id,
 )
@@ -57,16 +56,13 @@ class Sam3Segmenter:
                 raise ModelUnavailable(f"segmenter.sam3.vit_fp8 is on, but {problem}")
             use_fp8_linears(self.models.detector.vision_encoder.backbone)
         if self.models.compiled is None:  # compiled and warmed up here, before the replica reports healthy
-            self.models.compiled = compiled_encoder(self.models, settings, max_batch_size, self._encode_core)
+            self.models.compiled = compiled_encoder(self.models, settings, max_batch_size)
         self.cache: EmbeddingCache[ImageEmbedding] = EmbeddingCache(settings.embedding_cache_mb * 1024 * 1024)
         self.images_encoded = 0
         self.encoder_batches = 0
         self._count_lock = threading.Lock()
         self._onnx: LazyExport | None = None
         self._onnx_lock = threading.Lock()
-
-    def _encode_core(self, px, vit):
-        return encode_core(self.models, px, vit)
 
     def set_max_batch_size(self, n: int) -> None:
         """Encoder batches of up to n images from now on: the compiled encoder compiles what it lacks."""

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+
+from .encoder import encode_core
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,9 @@ class CompiledEncoder:
     """Callable px (B x 3 x S x S) → (spatial B x C x g x g, high_res_feats_0, high_res_feats_1,
     image_embed), compiled per bucket."""
 
-    def __init__(self, encode: Callable, backbone, buckets: tuple[int, ...], mode: str = "default",
-                 backend: str = "inductor", scope: str = "vit"):
-        """encode(px, vit) → the four tensors, running `vit` (a callable like the backbone) for the ViT."""
+    def __init__(self, models, buckets: tuple[int, ...], mode: str = "default", backend: str = "inductor",
+                 scope: str = "vit"):
+        """models: the loaded Sam3Models; encoder.encode_core is what runs."""
         import torch
         import torch._dynamo
 
@@ -52,10 +53,10 @@ class CompiledEncoder:
         if backend == "inductor":
             kwargs["mode"] = mode
         if scope == "encoder":
-            self._fn = torch.compile(lambda px: encode(px, backbone), **kwargs)
+            self._fn = torch.compile(lambda px: encode_core(models, px), **kwargs)
         else:
-            vit = torch.compile(backbone, **kwargs)
-            self._fn = lambda px: encode(px, vit)
+            vit = torch.compile(models.detector.vision_encoder.backbone, **kwargs)
+            self._fn = lambda px: encode_core(models, px, vit)
         # One graph per bucket: make sure dynamo keeps them all rather than falling back to eager.
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(buckets))
 
@@ -101,14 +102,13 @@ class CompiledEncoder:
         return self.warmup_s
 
 
-def compiled_encoder(models, settings, max_batch_size: int, encode: Callable) -> CompiledEncoder | None:
+def compiled_encoder(models, settings, max_batch_size: int) -> CompiledEncoder | None:
     """settings: Sam3Settings. The encoder compiled and warmed up for batches up to max_batch_size, or
     None when compilation is off."""
     if not compile_wanted(settings.compile, models.device):
         return None
     compiled = CompiledEncoder(
-        encode,
-        models.detector.vision_encoder.backbone,
+        models,
         batch_buckets(max_batch_size),
         mode=settings.compile_mode,
         backend=settings.compile_backend,

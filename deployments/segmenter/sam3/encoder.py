@@ -1,6 +1,7 @@
 """SAM 3 image encoding: one ViT pass per image feeds both the click decoder and the concept detector."""
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -166,7 +167,8 @@ def encode_images(models: Sam3Models, images: list[np.ndarray], ids: list[str]) 
         raise ValueError("one id per image")
     with torch.inference_mode():
         px = pixel_values(models, images)
-        spatial, feats_0, feats_1, embed = models.encode(px)
+        encode = functools.partial(encode_core, models) if models.compiled is None else models.compiled
+        spatial, feats_0, feats_1, embed = encode(px)
         if len(images) == 1:
             own = lambda t, i: t  # noqa: E731 - the whole batch is this image's
         else:

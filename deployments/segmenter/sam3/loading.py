@@ -59,14 +59,6 @@ class Sam3Models:
     notes: list[str] = field(default_factory=list)
     compiled: Any = None  # the encoder under torch.compile (compile.CompiledEncoder); None: eager
 
-    def encode(self, px):
-        """B x 3 x S x S → (spatial, high_res_feats_0, high_res_feats_1, image_embed): compiled if it was."""
-        if self.compiled is not None:
-            return self.compiled(px)
-        from .encoder import encode_core
-
-        return encode_core(self, px)
-
     @property
     def input_size(self) -> int:
         return int(self.tracker.config.prompt_encoder_config.image_size)
