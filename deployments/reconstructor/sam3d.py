@@ -192,11 +192,10 @@ class Sam3dReconstructor:
         state: dict = {"step": None}  # the step queued on the GPU (for the cancellation below)
         try:
             await self._call(run.prepare)
-            final = None
             async with contextlib.aclosing(self._stage(
                     run, state, "geometry", geometry_steps, options.geometry_every,
                     self._geometry_step, self._geometry_frame)) as frames:
-                async for final, frame in frames:
+                async for _, frame in frames:
                     yield frame
             final, frame = await state["pending"]  # the last step is always shown
             if not final[0].occupancy.any():
