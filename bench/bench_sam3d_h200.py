@@ -383,6 +383,8 @@ def main():
         TIMES.clear()
         drawn.clear()
         reset_peak()
+        trunk = graphed_trunk(p.models["ss_generator"].reverse_fn.backbone)
+        replays = trunk.replays if trunk is not None else 0
         options = ReconstructOptions(seed=1234, geometry_every=every, colors_every=every, fast=fast,
                                      geometry_steps=steps, appearance_steps=steps)
         try:
@@ -405,6 +407,7 @@ def main():
              "artifacts_bytes": baked.artifacts, "peak_gpu_gib": peak_gib(),
              "occupancy_iou_vs_cadence1": iou(seen.get("local_occupancy"), reference[0]),
              "compiled": bool(model.settings.compile_geometry and model.compiled_blocks),
+             "geometry_graph_replays": (trunk.replays - replays) if trunk is not None else None,
              "timers_ms": {k: ms(k) for k in sorted(TIMES)}}
         occupancies[tag] = seen.get("local_occupancy")
         latent, ref = seen.get("final_latent"), latents.get("ours_cadence1")
@@ -418,31 +421,24 @@ def main():
         save()
         return r
 
-    from deployments.reconstructor.sam3d_levers import transformer_blocks
+    from deployments.reconstructor.sam3d_graphs import graphed_trunk
+    from deployments.reconstructor.sam3d_levers import apply_speed_settings
 
-    blocks = transformer_blocks(p.models["ss_generator"].reverse_fn.backbone)
     R["compiled_blocks"] = model.compiled_blocks
-
-    app_backbone = p.models["slat_generator"].reverse_fn.backbone
-    app_blocks = list(getattr(app_backbone, "blocks", None) or transformer_blocks(app_backbone))
+    lever_keys = ("compile_geometry", "compile_appearance", "compile_mode", "geometry_cuda_graph",
+                  "dense_appearance")
 
     def with_settings(**update):
-        """Settings for the next runs; blocks (re)compiled as UpstreamModel would, then the
-        replica's warm-up, so that compiling is not counted in the run."""
+        """Settings for the next runs, applied as UpstreamModel applies them at start, then the
+        replica's warm-up (compiles, graph captures), so that neither is counted in the run."""
         before = model.settings
         model.settings = settings.model_copy(update=update)
         s = model.settings
-        for group, on, kw in ((blocks, s.compile_geometry, {}),
-                              (app_blocks, s.compile_appearance, {"dynamic": True})):
-            for b in group:
-                if on and CUDA:
-                    b.compile(mode=s.compile_mode, **kw)
-                else:
-                    b._compiled_call_impl = None
-        keys = ("compile_geometry", "compile_appearance", "compile_mode")
-        if any(getattr(before, k) != getattr(s, k) for k in keys) and s.warm_up:
-            log("re-warm-up", R.setdefault("re_warm_up_s", {}).setdefault(
-                "/".join(f"{k}={getattr(s, k)}" for k in keys), round(model.warm_up(), 2)))
+        if any(getattr(before, k) != getattr(s, k) for k in lever_keys):
+            model.compiled_blocks = apply_speed_settings(p.models, s, CUDA)
+            if s.warm_up:
+                log("re-warm-up", R.setdefault("re_warm_up_s", {}).setdefault(
+                    "/".join(f"{k}={getattr(s, k)}" for k in lever_keys), round(model.warm_up(), 2)))
 
     with_settings()
     R["warm_up_s"] = round(model.warm_up(), 2)  # what a replica does before it reports healthy
@@ -512,11 +508,14 @@ def main():
         save()
 
     levers = {"compile_off": None,
+              "geometry_cuda_graph": {"geometry_cuda_graph": True},
+              "dense_appearance": {"dense_appearance": True},
+              "compile_appearance": {"compile_appearance": True},
+              "graph_and_compiled_appearance": {"geometry_cuda_graph": True, "compile_appearance": True},
               "preview_refit_every_25": {"preview_refit_every": 25},
               "preview_refit_every_12": {"preview_refit_every": 12},
               "device_context": {},
               "compile_reduce_overhead": {"compile_mode": "reduce-overhead"},
-              "compile_appearance": {"compile_appearance": True},
               "previews_by_decoder_fp16": {"preview_colors": "decoder"},
               "previews_by_decoder_fp32": {"preview_colors": "decoder", "preview_dtype": "float32"}}
     for tag, update in levers.items():

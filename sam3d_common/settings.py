@@ -119,7 +119,12 @@ class Sam3dSettings(_Strict):
     # torch.compile mode for the compiled blocks: "reduce-overhead" adds CUDA graphs (the
     # geometry stage's shapes are fixed).
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
-    # The appearance flow transformer's blocks too (token counts vary per request: dynamic shapes).
+    # The geometry blocks replayed as one CUDA graph per CFG pass (its shapes never change).
+    geometry_cuda_graph: bool = False
+    # The appearance flow transformer's blocks on plain feature tensors (one object per
+    # request), eager (`dense_appearance`) or compiled with a dynamic token count
+    # (`compile_appearance`, CUDA only; implies dense).
+    dense_appearance: bool = False
     compile_appearance: bool = False
     warm_up: bool = True  # one synthetic request at start, before the replica reports healthy
     preview_colors: Literal["latent", "decoder"] = "latent"

@@ -1,9 +1,14 @@
 """Speed levers around upstream's SAM 3D generators, each behind a Sam3dSettings switch.
 
-- `compile_blocks`: a flow transformer's blocks compiled with torch.compile at start (the
-  warm-up request pays for it): the geometry stage's by default, the appearance stage's
-  (sparse, a token count per request, so dynamic shapes) behind `compile_appearance`
-  (measured gains: docs/sam3d.md).
+- `apply_speed_settings` puts the generators in the state the settings ask for, and can be
+  called again with other settings (the benchmark switches levers one at a time):
+  - `compile_geometry`: the stage-1 flow transformer's blocks compiled with torch.compile
+    (the warm-up request pays for it);
+  - `geometry_cuda_graph`: those blocks replayed as one CUDA graph per pass
+    (`sam3d_graphs.GraphedTrunk`);
+  - `dense_appearance` / `compile_appearance`: the appearance transformer's blocks on plain
+    feature tensors, eager or compiled with a dynamic token count (`sam3d_dense`).
+  Measured gains: the README's SAM 3D section and docs/sam3d.md.
 - `LatentColors`: an appearance preview without the Gaussian decoder. At the first preview of
   a run (and every `refit_every`-th after) the decoder runs and a least-squares affine map from
   each voxel's 8 latent channels to its decoded colour is fitted; previews in between apply
@@ -17,8 +22,12 @@ import torch
 
 
 def transformer_blocks(module) -> list:
-    """The members of `module`'s top-level ModuleLists (a DiT's blocks)."""
-    return [b for m in module.children() if isinstance(m, torch.nn.ModuleList) for b in m]
+    """The members of `module`'s top-level ModuleLists (a DiT's blocks), looking through a
+    GraphedTrunk to the blocks it runs."""
+    from .sam3d_graphs import GraphedTrunk
+
+    return [inner for m in module.children() if isinstance(m, torch.nn.ModuleList) for b in m
+            for inner in (b.blocks if isinstance(b, GraphedTrunk) else [b])]
 
 
 def compile_blocks(module, blocks=None, **compile_kwargs) -> int:
@@ -30,6 +39,37 @@ def compile_blocks(module, blocks=None, **compile_kwargs) -> int:
     for block in blocks:
         block.compile(**compile_kwargs)
     return len(blocks)
+
+
+def apply_speed_settings(models: dict, settings, cuda: bool) -> int:
+    """Configure the pipeline's generators as `settings` asks (CUDA-only levers stay off
+    without CUDA); returns how many blocks are compiled. Safe to call again with new settings:
+    blocks are (un)compiled, dense forwards installed or removed, captured graphs dropped."""
+    from .sam3d_dense import install_dense_blocks, remove_dense_blocks
+    from .sam3d_graphs import graphed_trunk, install_graphed_trunk
+
+    geometry = models["ss_generator"].reverse_fn.backbone
+    appearance = models["slat_generator"].reverse_fn.backbone
+    compiled = 0
+    if cuda and settings.compile_geometry:
+        compiled += compile_blocks(geometry, mode=settings.compile_mode)
+    else:
+        for block in transformer_blocks(geometry):
+            block._compiled_call_impl = None
+    app_blocks = list(getattr(appearance, "blocks", None) or transformer_blocks(appearance))
+    remove_dense_blocks(app_blocks)
+    if settings.dense_appearance or settings.compile_appearance:
+        compile_dense = cuda and settings.compile_appearance
+        changed = install_dense_blocks(
+            app_blocks, {"mode": settings.compile_mode} if compile_dense else None)
+        compiled += changed if compile_dense else 0
+    trunk = graphed_trunk(geometry)
+    if cuda and settings.geometry_cuda_graph and trunk is None:
+        trunk = install_graphed_trunk(geometry)
+    if trunk is not None:
+        trunk.reset()  # captured with the blocks as they were
+        trunk.enabled = bool(cuda and settings.geometry_cuda_graph)
+    return compiled
 
 
 class LatentColors:

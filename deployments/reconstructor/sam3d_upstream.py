@@ -221,19 +221,10 @@ class UpstreamModel:
                 f"SAM 3D Objects failed to load from {checkpoint_dir}: {type(exc).__name__}: "
                 f"{exc} (the depth model MoGe also needs the hub id in pipeline.yaml reachable, "
                 "a warm HF_HOME cache, or reconstructor.sam3d.depth_model_dir)") from exc
-        self.compiled_blocks = 0
-        if torch.cuda.is_available():
-            from .sam3d_levers import compile_blocks
+        from .sam3d_levers import apply_speed_settings
 
-            models = self.pipeline.models
-            if settings.compile_geometry:
-                self.compiled_blocks += compile_blocks(
-                    models["ss_generator"].reverse_fn.backbone, mode=settings.compile_mode)
-            if settings.compile_appearance:
-                backbone = models["slat_generator"].reverse_fn.backbone
-                self.compiled_blocks += compile_blocks(
-                    backbone, getattr(backbone, "blocks", None), mode=settings.compile_mode,
-                    dynamic=True)
+        self.compiled_blocks = apply_speed_settings(self.pipeline.models, settings,
+                                                    torch.cuda.is_available())
 
     def warm_up(self) -> float:
         """One tiny synthetic request through every call a real one makes, so that the first

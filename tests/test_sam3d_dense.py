@@ -1,0 +1,202 @@
+"""The SAM 3D speed levers that change how upstream's transformers run, on the CPU:
+
+- `sam3d_dense`: the appearance blocks on plain feature tensors give upstream's block output
+  (eager and compiled with a dynamic token count), fall back to upstream's forward for batches,
+  and the whole tiny SLAT flow model gives the same velocity with them;
+- `sam3d_graphs.GraphedTrunk`: off CUDA it is exactly the block loop it replaces, and the
+  blocks stay reachable for compilation;
+- `apply_speed_settings` switches the levers on and off again.
+
+The tests against upstream's classes need `sam3d_objects` (not installable in CI: not on
+PyPI, no network to GitHub) and skip without it; tools/gpu_bundle's `--cpu-site` builds a site
+where they run.
+"""
+from __future__ import annotations
+
+import os
+import types
+
+import pytest
+import torch
+
+from deployments.reconstructor.sam3d_dense import (dense_block_forward, install_dense_blocks,
+                                                   remove_dense_blocks)
+from deployments.reconstructor.sam3d_graphs import (GraphedTrunk, graphed_trunk,
+                                                    install_graphed_trunk)
+from deployments.reconstructor.sam3d_levers import apply_speed_settings, transformer_blocks
+from sam3d_common.settings import Sam3dSettings
+
+
+def _upstream_sparse():
+    """Upstream's sparse modules with PyTorch attention (the service's choice without
+    flash_attn), or a skip."""
+    for key in ("ATTN_BACKEND", "SPARSE_ATTN_BACKEND"):
+        os.environ.setdefault(key, "sdpa")
+    os.environ.setdefault("LIDRA_SKIP_INIT", "true")
+    try:
+        sp = pytest.importorskip("sam3d_objects.model.backbone.tdfy_dit.modules.sparse",
+                                 reason="upstream sam3d_objects is not installed")
+        from sam3d_objects.model.backbone.tdfy_dit.models.structured_latent_flow import SLatFlowModel
+        from sam3d_objects.model.backbone.tdfy_dit.modules.sparse.transformer.modulated import (
+            ModulatedSparseTransformerCrossBlock)
+    except ImportError as exc:  # installed, but a dependency (spconv) is missing
+        pytest.skip(f"upstream sam3d_objects does not import here: {exc}")
+    if sp.ATTN != "sdpa":
+        pytest.skip(f"upstream's sparse attention was imported with {sp.ATTN}")
+    from deployments.reconstructor.sam3d_attention import install_varlen_sdpa
+
+    install_varlen_sdpa()
+    return sp, ModulatedSparseTransformerCrossBlock, SLatFlowModel
+
+
+def _randomise(module, std=0.2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():  # upstream zero-inits the modulation and output layers
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return module
+
+
+def _coords(n, side, batches=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for b in range(batches):
+        xyz = torch.unique(torch.randint(0, side, (n, 3), generator=g), dim=0)
+        rows.append(torch.cat([torch.full((len(xyz), 1), b), xyz], 1))
+    return torch.cat(rows).int()
+
+
+@pytest.mark.parametrize("qk_rms_norm", [True, False])
+def test_dense_block_gives_upstreams_block_output(qk_rms_norm):
+    sp, Block, _ = _upstream_sparse()
+    block = _randomise(Block(64, 32, num_heads=4, qk_rms_norm=qk_rms_norm).eval())
+    coords = _coords(60, 8)
+    g = torch.Generator().manual_seed(1)
+    x = sp.SparseTensor(feats=torch.randn(len(coords), 64, generator=g), coords=coords)
+    mod, context = torch.randn(1, 64, generator=g), torch.randn(1, 7, 32, generator=g)
+    with torch.no_grad():
+        want = block(x, mod, context).feats
+        assert torch.equal(dense_block_forward(block, x.feats, mod, context), want)
+        # Converted to half precision as upstream converts the service's blocks (linear
+        # layers only): the same operations in the same dtypes, so the same numbers.
+        from sam3d_objects.model.backbone.tdfy_dit.modules.utils import (FP16_TYPE,
+                                                                         convert_module_to_f16)
+
+        block.apply(convert_module_to_f16)
+        half = FP16_TYPE
+        xh = x.replace(x.feats.to(half))
+        want = block(xh, mod.to(half), context.to(half)).feats
+        got = dense_block_forward(block, xh.feats, mod.to(half), context.to(half))
+        assert got.dtype == want.dtype == half
+        assert torch.equal(got, want)
+
+
+def test_installed_dense_forward_eager_compiled_and_batch_fallback():
+    sp, Block, _ = _upstream_sparse()
+    blocks = [_randomise(Block(64, 32, num_heads=4, qk_rms_norm=True).eval(), seed=i)
+              for i in range(2)]
+    g = torch.Generator().manual_seed(2)
+    mod, context = torch.randn(1, 64, generator=g), torch.randn(1, 5, 32, generator=g)
+
+    def run(x, mod=mod, context=context):
+        with torch.no_grad():
+            for b in blocks:
+                x = b(x, mod, context)
+        return x.feats
+
+    inputs = [sp.SparseTensor(feats=torch.randn(len(c), 64, generator=g), coords=c)
+              for c in (_coords(40, 8, seed=3), _coords(90, 8, seed=4))]
+    want = [run(x) for x in inputs]
+    assert install_dense_blocks(blocks) == 2
+    assert all(torch.equal(run(x), w) for x, w in zip(inputs, want))
+    remove_dense_blocks(blocks)
+    assert "forward" not in blocks[0].__dict__
+    torch._dynamo.reset()
+    assert install_dense_blocks(blocks, {"backend": "aot_eager"}) == 2
+    for x, w in zip(inputs, want):  # two token counts, one dynamic graph per block
+        assert torch.allclose(run(x), w, atol=1e-5, rtol=1e-5)
+    # Two objects in one SparseTensor: upstream's own forward, unchanged.
+    both = _coords(30, 8, batches=2, seed=5)
+    x2 = sp.SparseTensor(feats=torch.randn(len(both), 64, generator=g), coords=both)
+    mod2, context2 = torch.randn(2, 64, generator=g), torch.randn(2, 5, 32, generator=g)
+    got = run(x2, mod2, context2)
+    remove_dense_blocks(blocks)
+    assert torch.equal(got, run(x2, mod2, context2))
+
+
+def test_tiny_slat_flow_model_gives_the_same_velocity_with_dense_blocks(monkeypatch):
+    sp, _, SLatFlowModel = _upstream_sparse()
+    spconv = pytest.importorskip("spconv.pytorch")
+    from tests.support.spconv_cpu import submanifold_conv_cpu
+
+    monkeypatch.setattr(spconv.SubMConv3d, "forward", submanifold_conv_cpu)
+    model = SLatFlowModel(resolution=16, in_channels=8, model_channels=64, cond_channels=32,
+                          out_channels=8, num_blocks=2, num_heads=4, patch_size=2,
+                          num_io_res_blocks=2, io_block_channels=[32], qk_rms_norm=True).eval()
+    _randomise(model, std=0.1)
+    coords = _coords(150, 16, seed=6)
+    g = torch.Generator().manual_seed(7)
+    x = sp.SparseTensor(feats=torch.randn(len(coords), 8, generator=g), coords=coords)
+    t, cond = torch.tensor([300.0]), torch.randn(1, 6, 32, generator=g)
+    with torch.no_grad():
+        want = model(x, t, cond).feats
+        assert install_dense_blocks(model.blocks) == 2
+        got = model(x, t, cond).feats
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.lin = torch.nn.Linear(16, 16)
+
+    def forward(self, h, t_emb, cond):
+        return {k: v + torch.tanh(self.lin(v) + t_emb[:, None] + cond.mean(1, keepdim=True))
+                for k, v in h.items()}
+
+
+class _Backbone(torch.nn.Module):
+    """Shaped like upstream's stage-1 flow model: `for block in self.blocks: h = block(...)`."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(_Block(i) for i in range(3))
+
+    def forward(self, h, t_emb, cond):
+        for block in self.blocks:
+            h = block(h, t_emb, cond)
+        return h
+
+
+def test_graphed_trunk_off_cuda_is_the_block_loop():
+    backbone = _Backbone().eval()
+    h = {"shape": torch.randn(1, 10, 16), "pose": torch.randn(1, 2, 16)}
+    t_emb, cond = torch.randn(1, 16), torch.randn(1, 4, 16)
+    with torch.no_grad():
+        want = backbone(h, t_emb, cond)
+        blocks = list(backbone.blocks)
+        trunk = install_graphed_trunk(backbone)
+        assert install_graphed_trunk(backbone) is trunk and graphed_trunk(backbone) is trunk
+        assert isinstance(backbone.blocks[0], GraphedTrunk) and len(backbone.blocks) == 1
+        assert transformer_blocks(backbone) == blocks  # compilation still finds every block
+        got = backbone(h, t_emb, cond)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert trunk.replays == 0 and not trunk._graphs  # nothing captured off CUDA
+
+
+def test_apply_speed_settings_switches_levers_on_and_off():
+    sp, Block, _ = _upstream_sparse()
+    app = types.SimpleNamespace(blocks=torch.nn.ModuleList(
+        [Block(64, 32, num_heads=4).eval() for _ in range(2)]))
+    geo = _Backbone()
+    models = {"ss_generator": types.SimpleNamespace(reverse_fn=types.SimpleNamespace(backbone=geo)),
+              "slat_generator": types.SimpleNamespace(reverse_fn=types.SimpleNamespace(backbone=app))}
+    on = Sam3dSettings(dense_appearance=True, compile_appearance=True, geometry_cuda_graph=True)
+    # Without CUDA: no compilation, no graphs; the eager dense forward is still installed.
+    assert apply_speed_settings(models, on, cuda=False) == 0
+    assert all("forward" in b.__dict__ for b in app.blocks)
+    assert graphed_trunk(geo) is None
+    assert all(b._compiled_call_impl is None for b in geo.blocks)
+    apply_speed_settings(models, Sam3dSettings(), cuda=False)
+    assert not any("forward" in b.__dict__ for b in app.blocks)
