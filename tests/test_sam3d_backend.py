@@ -453,6 +453,16 @@ def test_voxel_colors_from_gaussians():
     assert out[0].tolist() == [255, 255, 255] and out[1].tolist() == [255, 0, 0]
     # all transparent: plain mean
     assert voxel_colors(dc[1:], np.zeros((1, 3)))[0].tolist() == [85, 0, 170]
+    # torch tensors (the GPU path, reduced where they are) give the same colours
+    import torch
+
+    rng = np.random.default_rng(0)
+    dc, opacity = rng.normal(0, 1.5, (500, 32, 3)), rng.uniform(0, 1, (500, 32)) ** 3
+    opacity[:50] = 0.0
+    want = voxel_colors(dc, opacity)
+    got = voxel_colors(torch.from_numpy(dc).half(), torch.from_numpy(opacity).float())
+    assert np.array_equal(voxel_colors(torch.from_numpy(dc), torch.from_numpy(opacity)), want)
+    assert got.dtype == np.uint8 and np.abs(got.astype(int) - want).max() <= 1  # fp16 input
 
 
 def fill_colors(occ: np.ndarray, coords: np.ndarray, colors: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Pure numpy geometry for the SAM 3D Objects backend: the model's object-local voxel grid →
+"""Numpy geometry for the SAM 3D Objects backend: the model's object-local voxel grid →
 our viewer grid, and the Gaussian decoder's per-Gaussian colours → one colour per voxel.
 
 Frames (all column vectors here):
@@ -106,17 +106,25 @@ def surface(occ: np.ndarray) -> np.ndarray:
     return occ & ~ndimage.binary_erosion(occ, structure=np.ones((3, 3, 3), bool), border_value=0)
 
 
-def voxel_colors(features_dc: np.ndarray, opacity: np.ndarray) -> np.ndarray:
+def voxel_colors(features_dc, opacity) -> np.ndarray:
     """Per-voxel RGB from its Gaussians: degree-0 SH → RGB, averaged with opacity weights.
 
-    features_dc: (V, G, 3) DC coefficients; opacity: (V, G) activated opacities in [0, 1].
-    Returns (V, 3) uint8.
+    features_dc: (V, G, 3) DC coefficients; opacity: (V, G) activated opacities in [0, 1];
+    numpy arrays, or torch tensors, which are reduced where they are (on the GPU only the
+    (V, 3) result is copied back, not the V·G Gaussians). Returns (V, 3) uint8.
     """
-    rgb = np.clip(0.5 + SH_C0 * np.asarray(features_dc, dtype=np.float64), 0.0, 1.0)
-    w = np.clip(np.asarray(opacity, dtype=np.float64), 0.0, None)[..., None]
-    total = w.sum(axis=1)
-    mean = np.where(total > 1e-8, (rgb * w).sum(axis=1) / np.maximum(total, 1e-8), rgb.mean(axis=1))
-    return np.clip(mean * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if isinstance(features_dc, np.ndarray) or not hasattr(features_dc, "double"):
+        xp, dc, w = np, np.asarray(features_dc, np.float64), np.asarray(opacity, np.float64)
+    else:  # torch, imported by whoever made the tensors
+        import torch as xp
+
+        dc, w = features_dc.double(), opacity.double()
+    rgb = (0.5 + SH_C0 * dc).clip(0.0, 1.0)
+    w = w.clip(0.0, None)[..., None]
+    total = w.sum(1)
+    mean = xp.where(total > 1e-8, (rgb * w).sum(1) / total.clip(1e-8, None), rgb.mean(1))
+    out = (mean * 255.0 + 0.5).clip(0, 255)
+    return out.astype(np.uint8) if xp is np else out.to(xp.uint8).cpu().numpy()
 
 
 def color_order(occ_shape: int, coords: np.ndarray, source: np.ndarray) -> np.ndarray:

@@ -256,10 +256,10 @@ class UpstreamRun:
         with self._ctx(dtype):
             gaussians = self.p.models["slat_decoder_gs"](self._slat(self.app.x_hat))[0]
             n_vox = self.coords.shape[0]
-            dc = gaussians.get_features[:, 0, :].float().reshape(n_vox, -1, 3).cpu().numpy()
-            opacity = gaussians.get_opacity.float().reshape(n_vox, -1).cpu().numpy()
-        # The decoder emits each voxel's Gaussians together, in the order of the input coords.
-        colors = voxel_colors(dc, opacity)
+            # The decoder emits each voxel's Gaussians together, in the order of the input
+            # coords; they are averaged on the GPU, and only the colours come back.
+            colors = voxel_colors(gaussians.get_features[:, 0, :].reshape(n_vox, -1, 3),
+                                  gaussians.get_opacity.reshape(n_vox, -1))
         if fit is not None:
             fit.fit(latent, colors)
         return AppearancePreview(self.preview_coords, colors)
