@@ -48,6 +48,9 @@ ap.add_argument("--tiny", action="store_true", help="1-block transformers (dry r
 ap.add_argument("--cpu", action="store_true", help="tiny dry run on the CPU (bench/sam3d_cpu_dryrun.py)")
 ap.add_argument("--quick", action="store_true", help="no cadence-5 run and no decoder-preview levers")
 ap.add_argument("--levers", default="", help="comma-separated lever names to run (default: all)")
+ap.add_argument("--zero-init", action="store_true",
+                help="keep upstream's zero-initialised modulation/output layers (the flow "
+                     "transformers' blocks then pass their input through unchanged)")
 ap.add_argument("--deadline", type=float, default=520.0, help="skip remaining runs after this many s")
 ARGS = ap.parse_args()
 ARGS.tiny = ARGS.tiny or ARGS.cpu
@@ -204,6 +207,21 @@ class ShapedDecoder:
         return self.shape(raw).to(raw.dtype)
 
 
+def wake_zero_layers(models) -> int:
+    """Upstream zero-initialises each block's adaLN modulation and the output layers, so at
+    random init every block is the identity and the flows barely move: timings hold, but two
+    code paths agree whatever they compute. Draw those weights from N(0, 0.01) instead."""
+    g = torch.Generator().manual_seed(0)
+    count = 0
+    with torch.no_grad():
+        for name in ("ss_generator", "slat_generator"):
+            for param in models[name].reverse_fn.backbone.parameters():
+                if param.dim() >= 2 and not param.any():
+                    param.copy_(torch.randn(param.shape, generator=g) * 0.01)
+                    count += 1
+    return count
+
+
 def clone(x):
     return {k: clone(v) for k, v in x.items()} if isinstance(x, dict) else x.clone()
 
@@ -250,6 +268,11 @@ def main():
     sync()
     R["build_s"] = round(time.perf_counter() - t, 1)
     p = model.pipeline
+    if not ARGS.zero_init:
+        R["stand_ins"].append(
+            "the flow transformers' zero-initialised layers (adaLN modulation, output) drawn from "
+            "N(0, 0.01), so that their blocks change their input and levers' agreement means something")
+        R["reinitialised_zero_layers"] = wake_zero_layers(p.models)
     R["params_M"] = {k: round(sum(x.numel() for x in m.parameters()) / 1e6, 1)
                      for k, m in {**p.models, **p.condition_embedders}.items() if m is not None}
     R["pipeline"] = {"dtype": str(p.dtype), "shape_model_dtype": str(p.shape_model_dtype),
@@ -426,7 +449,7 @@ def main():
 
     R["compiled_blocks"] = model.compiled_blocks
     lever_keys = ("compile_geometry", "compile_appearance", "compile_mode", "geometry_cuda_graph",
-                  "dense_appearance")
+                  "dense_appearance", "compile_occupancy_decoder")
 
     def with_settings(**update):
         """Settings for the next runs, applied as UpstreamModel applies them at start, then the
@@ -451,12 +474,13 @@ def main():
     ours("ours_fast", 1, fast=True)
     c5 = None if ARGS.quick else ours("ours_cadence5", 5)
     bake_threads(final_of.get("ours_cadence1"))
-    # Each lever switched from its default on its own, at cadence 1. compile_off first: upstream's
-    # run() (eager, as upstream has it) gets that run's noise.
-    with_settings(compile_geometry=False)
-    ours("lever_compile_off", 1)
+    # Each lever switched from its default on its own, at cadence 1. First every lever off
+    # (eager, as upstream runs): upstream's run() gets that run's noise, and shares its modules,
+    # so it must not meet our compiled blocks, graphs or dense forwards.
+    with_settings(compile_geometry=False, geometry_cuda_graph=False, compile_appearance=False)
+    ours("lever_all_off", 1)
     eager_noise, eager_slat = list(drawn), seen.get("slat_voxels")
-    eager_occ = occupancies.get("lever_compile_off")
+    eager_occ = occupancies.get("lever_all_off")
 
     # Upstream's own run() from the same noise.
     def upstream_run():
@@ -507,11 +531,13 @@ def main():
         log(tag, json.dumps(up))
         save()
 
-    levers = {"compile_off": None,
-              "geometry_cuda_graph": {"geometry_cuda_graph": True},
-              "dense_appearance": {"dense_appearance": True},
-              "compile_appearance": {"compile_appearance": True},
-              "graph_and_compiled_appearance": {"geometry_cuda_graph": True, "compile_appearance": True},
+    levers = {"all_off": None,
+              "compile_geometry_off": {"compile_geometry": False},
+              "geometry_cuda_graph_off": {"geometry_cuda_graph": False},
+              "compile_appearance_off": {"compile_appearance": False},
+              "dense_appearance_eager": {"compile_appearance": False, "dense_appearance": True},
+              "both_off": {"geometry_cuda_graph": False, "compile_appearance": False},
+              "compile_occupancy_decoder": {"compile_occupancy_decoder": True},
               "preview_refit_every_25": {"preview_refit_every": 25},
               "preview_refit_every_12": {"preview_refit_every": 12},
               "device_context": {},

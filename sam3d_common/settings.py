@@ -120,12 +120,14 @@ class Sam3dSettings(_Strict):
     # geometry stage's shapes are fixed).
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
     # The geometry blocks replayed as one CUDA graph per CFG pass (its shapes never change).
-    geometry_cuda_graph: bool = False
+    geometry_cuda_graph: bool = True
     # The appearance flow transformer's blocks on plain feature tensors (one object per
     # request), eager (`dense_appearance`) or compiled with a dynamic token count
     # (`compile_appearance`, CUDA only; implies dense).
     dense_appearance: bool = False
-    compile_appearance: bool = False
+    compile_appearance: bool = True
+    # The occupancy decoder of the geometry previews compiled (fixed shape).
+    compile_occupancy_decoder: bool = False
     warm_up: bool = True  # one synthetic request at start, before the replica reports healthy
     preview_colors: Literal["latent", "decoder"] = "latent"
     preview_refit_every: int = Field(5, ge=1, le=100)

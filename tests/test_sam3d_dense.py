@@ -191,12 +191,16 @@ def test_apply_speed_settings_switches_levers_on_and_off():
         [Block(64, 32, num_heads=4).eval() for _ in range(2)]))
     geo = _Backbone()
     models = {"ss_generator": types.SimpleNamespace(reverse_fn=types.SimpleNamespace(backbone=geo)),
-              "slat_generator": types.SimpleNamespace(reverse_fn=types.SimpleNamespace(backbone=app))}
-    on = Sam3dSettings(dense_appearance=True, compile_appearance=True, geometry_cuda_graph=True)
+              "slat_generator": types.SimpleNamespace(reverse_fn=types.SimpleNamespace(backbone=app)),
+              "ss_decoder": torch.nn.Linear(2, 2)}
+    on = Sam3dSettings(dense_appearance=True, compile_appearance=True, geometry_cuda_graph=True,
+                       compile_occupancy_decoder=True)
     # Without CUDA: no compilation, no graphs; the eager dense forward is still installed.
     assert apply_speed_settings(models, on, cuda=False) == 0
     assert all("forward" in b.__dict__ for b in app.blocks)
     assert graphed_trunk(geo) is None
     assert all(b._compiled_call_impl is None for b in geo.blocks)
-    apply_speed_settings(models, Sam3dSettings(), cuda=False)
+    assert models["ss_decoder"]._compiled_call_impl is None
+    off = Sam3dSettings(compile_appearance=False, geometry_cuda_graph=False)
+    apply_speed_settings(models, off, cuda=False)
     assert not any("forward" in b.__dict__ for b in app.blocks)

@@ -7,7 +7,8 @@
   - `geometry_cuda_graph`: those blocks replayed as one CUDA graph per pass
     (`sam3d_graphs.GraphedTrunk`);
   - `dense_appearance` / `compile_appearance`: the appearance transformer's blocks on plain
-    feature tensors, eager or compiled with a dynamic token count (`sam3d_dense`).
+    feature tensors, eager or compiled with a dynamic token count (`sam3d_dense`);
+  - `compile_occupancy_decoder`: the geometry previews' occupancy decoder compiled.
   Measured gains: the README's SAM 3D section and docs/sam3d.md.
 - `LatentColors`: an appearance preview without the Gaussian decoder. At the first preview of
   a run (and every `refit_every`-th after) the decoder runs and a least-squares affine map from
@@ -63,6 +64,12 @@ def apply_speed_settings(models: dict, settings, cuda: bool) -> int:
         changed = install_dense_blocks(
             app_blocks, {"mode": settings.compile_mode} if compile_dense else None)
         compiled += changed if compile_dense else 0
+    decoder = models["ss_decoder"]
+    if cuda and settings.compile_occupancy_decoder:
+        decoder.compile(mode=settings.compile_mode)
+        compiled += 1
+    else:
+        decoder._compiled_call_impl = None
     trunk = graphed_trunk(geometry)
     if cuda and settings.geometry_cuda_graph and trunk is None:
         trunk = install_graphed_trunk(geometry)
