@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import shutil
 import sys
@@ -209,14 +210,15 @@ class ShapedDecoder:
         return self.shape(raw).to(raw.dtype)
 
 
-def upstream_first(p, settings, image, mask):
+def upstream_first(p, settings, graphed, image, mask):
     """Upstream's run() before any of our code has run on the GPU (no compiled block called,
     no graph captured), every lever off; then the settings' levers back on."""
     from deployments.reconstructor.sam3d_levers import apply_speed_settings
 
-    off = settings.model_copy(update={"compile_geometry": False, "geometry_cuda_graph": False,
-                                      "compile_appearance": False, "compile_occupancy_decoder": False})
-    apply_speed_settings(p.models, off, CUDA)
+    off = settings.model_copy(update={
+        "compile_geometry": False, "geometry_cuda_graph": False, "compile_appearance": False,
+        "compile_occupancy_decoder": False, "occupancy_cuda_graph": False, "condition_cuda_graph": False})
+    apply_speed_settings(p.models, off, CUDA, graphed)
     sync()
     t = time.perf_counter()
     try:
@@ -233,7 +235,7 @@ def upstream_first(p, settings, image, mask):
                                "traceback": traceback.format_exc()[-1500:]}
     log("upstream_first", json.dumps(R["upstream_first"])[:600])
     save()
-    apply_speed_settings(p.models, settings, CUDA)
+    apply_speed_settings(p.models, settings, CUDA, graphed)
 
 
 def wake_zero_layers(models) -> int:
@@ -249,6 +251,24 @@ def wake_zero_layers(models) -> int:
                     param.copy_(torch.randn(param.shape, generator=g) * 0.01)
                     count += 1
     return count
+
+
+def same_shape(noise, shape) -> bool:
+    if isinstance(shape, dict):
+        return isinstance(noise, dict) and set(noise) == set(shape) and all(
+            same_shape(noise[k], shape[k]) for k in shape)
+    return not isinstance(noise, dict) and tuple(noise.shape) == tuple(shape)
+
+
+def replay_noise(generator, queue, redrawn, shape, device):
+    """The noise our run drew, in order, for upstream's generators; where upstream asks for
+    another shape (its stage 1 kept a different number of voxels than ours), fresh noise from
+    the generator's own method, and the shape is recorded."""
+    noise = queue.pop(0) if queue else None
+    if noise is not None and same_shape(noise, shape):
+        return noise
+    redrawn.append(str(shape))
+    return type(generator)._generate_noise(generator, shape, device)
 
 
 def clone(x):
@@ -311,7 +331,7 @@ def main():
     p.depth_model = SyntheticDepth(p.depth_model)
     shaped = ShapedDecoder(p.models["ss_decoder"])
     if ARGS.upstream_first:
-        upstream_first(p, settings, image, mask)
+        upstream_first(p, settings, model.graphed, image, mask)
 
     # Every noise tensor our run draws, so upstream's run can be fed the same.
     drawn: list = []
@@ -439,6 +459,7 @@ def main():
         reset_peak()
         trunk = graphed_trunk(p.models["ss_generator"].reverse_fn.backbone)
         replays = trunk.replays if trunk is not None else 0
+        module_replays = {k: g.replays for k, g in model.graphed.items()}
         options = ReconstructOptions(seed=1234, geometry_every=every, colors_every=every, fast=fast,
                                      geometry_steps=steps, appearance_steps=steps)
         try:
@@ -462,6 +483,7 @@ def main():
              "occupancy_iou_vs_cadence1": iou(seen.get("local_occupancy"), reference[0]),
              "compiled": bool(model.settings.compile_geometry and model.compiled_blocks),
              "geometry_graph_replays": (trunk.replays - replays) if trunk is not None else None,
+             "module_graph_replays": {k: g.replays - module_replays[k] for k, g in model.graphed.items()},
              "timers_ms": {k: ms(k) for k in sorted(TIMES)}}
         occupancies[tag] = seen.get("local_occupancy")
         latent, ref = seen.get("final_latent"), latents.get("ours_cadence1")
@@ -480,7 +502,8 @@ def main():
 
     R["compiled_blocks"] = model.compiled_blocks
     lever_keys = ("compile_geometry", "compile_appearance", "compile_mode", "geometry_cuda_graph",
-                  "dense_appearance", "compile_occupancy_decoder")
+                  "dense_appearance", "compile_occupancy_decoder", "occupancy_cuda_graph",
+                  "condition_cuda_graph")
 
     def with_settings(**update):
         """Settings for the next runs, applied as UpstreamModel applies them at start, then the
@@ -489,7 +512,7 @@ def main():
         model.settings = settings.model_copy(update=update)
         s = model.settings
         if any(getattr(before, k) != getattr(s, k) for k in lever_keys):
-            model.compiled_blocks = apply_speed_settings(p.models, s, CUDA)
+            model.compiled_blocks = apply_speed_settings(p.models, s, CUDA, model.graphed)
             if s.warm_up:
                 log("re-warm-up", R.setdefault("re_warm_up_s", {}).setdefault(
                     "/".join(f"{k}={getattr(s, k)}" for k in lever_keys), round(model.warm_up(), 2)))
@@ -508,7 +531,8 @@ def main():
     # Each lever switched from its default on its own, at cadence 1. First every lever off
     # (eager, as upstream runs): upstream's run() gets that run's noise, and shares its modules,
     # so it must not meet our compiled blocks, graphs or dense forwards.
-    with_settings(compile_geometry=False, geometry_cuda_graph=False, compile_appearance=False)
+    with_settings(compile_geometry=False, geometry_cuda_graph=False, compile_appearance=False,
+                  occupancy_cuda_graph=False, condition_cuda_graph=False)
     ours("lever_all_off", 1)
     eager_noise, eager_slat = list(drawn), seen.get("slat_voxels")
     eager_occ = occupancies.get("lever_all_off")
@@ -527,8 +551,10 @@ def main():
             R[tag] = {"skipped": "deadline"}
             continue
         queue = [clone(n) for n in eager_noise]
+        redrawn = []
         for gen in ("ss_generator", "slat_generator"):
-            p.models[gen]._generate_noise = lambda shape, device, q=queue: q.pop(0)
+            p.models[gen]._generate_noise = functools.partial(
+                replay_noise, p.models[gen], queue, redrawn)
         reset_peak()
         sync()
         t = time.perf_counter()
@@ -557,7 +583,8 @@ def main():
               "occupancy_iou_vs_ours_eager": iou(up_occ, eager_occ),
               "occupancy_iou_vs_ours_default": iou(up_occ, reference[0]),
               "same_slat_voxels_as_ours_eager": int(out["coords"].shape[0]) == eager_slat,
-              "noise_left_unused": len(queue), "peak_gpu_gib": peak_gib()}
+              "noise_left_unused": len(queue), "noise_redrawn_for": redrawn,
+              "peak_gpu_gib": peak_gib()}
         R[tag] = up
         log(tag, json.dumps(up))
         save()
@@ -569,6 +596,9 @@ def main():
               "dense_appearance_eager": {"compile_appearance": False, "dense_appearance": True},
               "both_off": {"geometry_cuda_graph": False, "compile_appearance": False},
               "compile_occupancy_decoder": {"compile_occupancy_decoder": True},
+              "occupancy_cuda_graph": {"occupancy_cuda_graph": True},
+              "condition_cuda_graph": {"condition_cuda_graph": True},
+              "all_graphs": {"occupancy_cuda_graph": True, "condition_cuda_graph": True},
               "preview_refit_every_25": {"preview_refit_every": 25},
               "preview_refit_every_12": {"preview_refit_every": 12},
               "device_context": {},
