@@ -210,15 +210,14 @@ class ShapedDecoder:
         return self.shape(raw).to(raw.dtype)
 
 
-def upstream_first(p, settings, graphed, image, mask):
+def upstream_first(p, settings, image, mask):
     """Upstream's run() before any of our code has run on the GPU (no compiled block called,
     no graph captured), every lever off; then the settings' levers back on."""
     from deployments.reconstructor.sam3d_levers import apply_speed_settings
 
-    off = settings.model_copy(update={
-        "compile_geometry": False, "geometry_cuda_graph": False, "compile_appearance": False,
-        "compile_occupancy_decoder": False, "occupancy_cuda_graph": False, "condition_cuda_graph": False})
-    apply_speed_settings(p.models, off, CUDA, graphed)
+    off = settings.model_copy(update={"compile_geometry": False, "geometry_cuda_graph": False,
+                                      "compile_appearance": False, "compile_occupancy_decoder": False})
+    apply_speed_settings(p.models, off, CUDA)
     sync()
     t = time.perf_counter()
     try:
@@ -235,7 +234,7 @@ def upstream_first(p, settings, graphed, image, mask):
                                "traceback": traceback.format_exc()[-1500:]}
     log("upstream_first", json.dumps(R["upstream_first"])[:600])
     save()
-    apply_speed_settings(p.models, settings, CUDA, graphed)
+    apply_speed_settings(p.models, settings, CUDA)
 
 
 def wake_zero_layers(models) -> int:
@@ -331,7 +330,7 @@ def main():
     p.depth_model = SyntheticDepth(p.depth_model)
     shaped = ShapedDecoder(p.models["ss_decoder"])
     if ARGS.upstream_first:
-        upstream_first(p, settings, model.graphed, image, mask)
+        upstream_first(p, settings, image, mask)
 
     # Every noise tensor our run draws, so upstream's run can be fed the same.
     drawn: list = []
@@ -459,7 +458,6 @@ def main():
         reset_peak()
         trunk = graphed_trunk(p.models["ss_generator"].reverse_fn.backbone)
         replays = trunk.replays if trunk is not None else 0
-        module_replays = {k: g.replays for k, g in model.graphed.items()}
         options = ReconstructOptions(seed=1234, geometry_every=every, colors_every=every, fast=fast,
                                      geometry_steps=steps, appearance_steps=steps)
         try:
@@ -483,7 +481,6 @@ def main():
              "occupancy_iou_vs_cadence1": iou(seen.get("local_occupancy"), reference[0]),
              "compiled": bool(model.settings.compile_geometry and model.compiled_blocks),
              "geometry_graph_replays": (trunk.replays - replays) if trunk is not None else None,
-             "module_graph_replays": {k: g.replays - module_replays[k] for k, g in model.graphed.items()},
              "timers_ms": {k: ms(k) for k in sorted(TIMES)}}
         occupancies[tag] = seen.get("local_occupancy")
         latent, ref = seen.get("final_latent"), latents.get("ours_cadence1")
@@ -502,8 +499,7 @@ def main():
 
     R["compiled_blocks"] = model.compiled_blocks
     lever_keys = ("compile_geometry", "compile_appearance", "compile_mode", "geometry_cuda_graph",
-                  "dense_appearance", "compile_occupancy_decoder", "occupancy_cuda_graph",
-                  "condition_cuda_graph")
+                  "dense_appearance", "compile_occupancy_decoder")
 
     def with_settings(**update):
         """Settings for the next runs, applied as UpstreamModel applies them at start, then the
@@ -512,7 +508,7 @@ def main():
         model.settings = settings.model_copy(update=update)
         s = model.settings
         if any(getattr(before, k) != getattr(s, k) for k in lever_keys):
-            model.compiled_blocks = apply_speed_settings(p.models, s, CUDA, model.graphed)
+            model.compiled_blocks = apply_speed_settings(p.models, s, CUDA)
             if s.warm_up:
                 log("re-warm-up", R.setdefault("re_warm_up_s", {}).setdefault(
                     "/".join(f"{k}={getattr(s, k)}" for k in lever_keys), round(model.warm_up(), 2)))
@@ -531,8 +527,7 @@ def main():
     # Each lever switched from its default on its own, at cadence 1. First every lever off
     # (eager, as upstream runs): upstream's run() gets that run's noise, and shares its modules,
     # so it must not meet our compiled blocks, graphs or dense forwards.
-    with_settings(compile_geometry=False, geometry_cuda_graph=False, compile_appearance=False,
-                  occupancy_cuda_graph=False, condition_cuda_graph=False)
+    with_settings(compile_geometry=False, geometry_cuda_graph=False, compile_appearance=False)
     ours("lever_all_off", 1)
     eager_noise, eager_slat = list(drawn), seen.get("slat_voxels")
     eager_occ = occupancies.get("lever_all_off")
@@ -596,9 +591,6 @@ def main():
               "dense_appearance_eager": {"compile_appearance": False, "dense_appearance": True},
               "both_off": {"geometry_cuda_graph": False, "compile_appearance": False},
               "compile_occupancy_decoder": {"compile_occupancy_decoder": True},
-              "occupancy_cuda_graph": {"occupancy_cuda_graph": True},
-              "condition_cuda_graph": {"condition_cuda_graph": True},
-              "all_graphs": {"occupancy_cuda_graph": True, "condition_cuda_graph": True},
               "preview_refit_every_25": {"preview_refit_every": 25},
               "preview_refit_every_12": {"preview_refit_every": 12},
               "device_context": {},

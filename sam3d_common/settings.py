@@ -128,10 +128,6 @@ class Sam3dSettings(_Strict):
     compile_appearance: bool = True
     # The occupancy decoder of the geometry previews compiled (fixed shape).
     compile_occupancy_decoder: bool = False
-    # Our calls of the occupancy decoder (every geometry preview) and of the two condition
-    # embedders (once per request each) replayed as CUDA graphs (fixed shapes).
-    occupancy_cuda_graph: bool = False
-    condition_cuda_graph: bool = False
     warm_up: bool = True  # one synthetic request at start, before the replica reports healthy
     preview_colors: Literal["latent", "decoder"] = "latent"
     preview_refit_every: int = Field(5, ge=1, le=100)

@@ -169,29 +169,6 @@ class _Backbone(torch.nn.Module):
         return h
 
 
-def test_graphed_module_off_cuda_calls_the_module_with_its_arguments():
-    from deployments.reconstructor.sam3d_graphs import GraphedModule
-    from deployments.reconstructor.sam3d_levers import graphed_modules
-
-    seen = []
-
-    class Embedder(torch.nn.Module):
-        def forward(self, image, mask=None, scale=1.0):
-            seen.append((image.shape, scale))
-            return image * scale + (0 if mask is None else mask)
-
-    wrapped = GraphedModule(Embedder())
-    x = torch.randn(1, 3, 4, 4)
-    assert torch.equal(wrapped(x, mask=x, scale=2.0), x * 2 + x)
-    assert seen == [(x.shape, 2.0)] and wrapped.replays == 0 and wrapped.captures == 0
-    models = {"ss_decoder": torch.nn.Identity()}
-    graphed = graphed_modules(models, {"ss_condition_embedder": Embedder(),
-                                       "slat_condition_embedder": None})
-    assert set(graphed) == {"ss_decoder", "ss_condition_embedder"}  # None: no embedder
-    assert not any(g.enabled for g in graphed.values())
-    assert graphed["ss_decoder"].module is models["ss_decoder"]
-
-
 def test_graphed_trunk_off_cuda_is_the_block_loop():
     backbone = _Backbone().eval()
     h = {"shape": torch.randn(1, 10, 16), "pose": torch.randn(1, 2, 16)}
@@ -217,14 +194,9 @@ def test_apply_speed_settings_switches_levers_on_and_off():
               "slat_generator": types.SimpleNamespace(reverse_fn=types.SimpleNamespace(backbone=app)),
               "ss_decoder": torch.nn.Linear(2, 2)}
     on = Sam3dSettings(dense_appearance=True, compile_appearance=True, geometry_cuda_graph=True,
-                       compile_occupancy_decoder=True, occupancy_cuda_graph=True,
-                       condition_cuda_graph=True)
-    from deployments.reconstructor.sam3d_levers import graphed_modules
-
-    graphed = graphed_modules(models, {})
+                       compile_occupancy_decoder=True)
     # Without CUDA: no compilation, no graphs; the eager dense forward is still installed.
-    assert apply_speed_settings(models, on, cuda=False, graphed=graphed) == 0
-    assert not graphed["ss_decoder"].enabled
+    assert apply_speed_settings(models, on, cuda=False) == 0
     assert all("forward" in b.__dict__ for b in app.blocks)
     assert graphed_trunk(geo) is None
     assert all(b._compiled_call_impl is None for b in geo.blocks)

@@ -1,9 +1,8 @@
 """Fixed-shape GPU work of a SAM 3D request replayed from CUDA graphs.
 
-Several calls of a request always see the same shapes: the stage-1 flow transformer's 24
-blocks (4,096 shape tokens plus the pose tokens, the same number of condition tokens for every
-photo, once per CFG pass), and the occupancy decoder behind each geometry preview. Each launches
-hundreds of kernels from Python, and on a host with slow launches the wall time was far above
+The stage-1 flow transformer's 24 blocks see the same shapes in every call (4,096 shape tokens
+plus the pose tokens, the same number of condition tokens for every photo, once per CFG pass),
+and each pass launches hundreds of kernels from Python, and on a host with slow launches the wall time was far above
 the kernel time (H100 run 9: geometry steps of 93-110 ms against 55.5 ms of kernels). A
 `CudaGraphReplay` runs its work eagerly the first time it sees a set of input shapes (under a
 given autocast state), on a side stream, then captures one call into a CUDA graph; later calls
@@ -115,18 +114,6 @@ class GraphedTrunk(CudaGraphReplay):
         for block in self.blocks:
             h = block(h, *rest)
         return h
-
-
-class GraphedModule(CudaGraphReplay):
-    """A module's calls replayed from CUDA graphs; the module itself is left as it is (upstream's
-    own code keeps calling it directly)."""
-
-    def __init__(self, module: torch.nn.Module, **kwargs):
-        super().__init__(**kwargs)
-        self.module = module
-
-    def run(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
 
 
 def install_graphed_trunk(backbone) -> GraphedTrunk:

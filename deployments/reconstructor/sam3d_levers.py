@@ -8,9 +8,7 @@
     (`sam3d_graphs.GraphedTrunk`);
   - `dense_appearance` / `compile_appearance`: the appearance transformer's blocks on plain
     feature tensors, eager or compiled with a dynamic token count (`sam3d_dense`);
-  - `compile_occupancy_decoder`: the geometry previews' occupancy decoder compiled;
-  - `occupancy_cuda_graph` / `condition_cuda_graph`: our calls of the occupancy decoder and
-    of the condition embedders replayed as CUDA graphs (`graphed_modules`).
+  - `compile_occupancy_decoder`: the geometry previews' occupancy decoder compiled.
   Measured gains: the README's SAM 3D section and docs/sam3d.md.
 - `LatentColors`: an appearance preview without the Gaussian decoder. At the first preview of
   a run (and every `refit_every`-th after) the decoder runs and a least-squares affine map from
@@ -44,30 +42,10 @@ def compile_blocks(module, blocks=None, **compile_kwargs) -> int:
     return len(blocks)
 
 
-GRAPHED_MODULES = {"ss_decoder": "occupancy_cuda_graph",
-                   "ss_condition_embedder": "condition_cuda_graph",
-                   "slat_condition_embedder": "condition_cuda_graph"}
-
-
-def graphed_modules(models: dict, embedders: dict) -> dict:
-    """A GraphedModule around each module of GRAPHED_MODULES the pipeline has, for our own calls
-    (upstream's code keeps calling the modules themselves); off until apply_speed_settings."""
-    from .sam3d_graphs import GraphedModule
-
-    out = {}
-    for name in GRAPHED_MODULES:
-        module = models.get(name, embedders.get(name))
-        if module is not None:
-            out[name] = GraphedModule(module)
-            out[name].enabled = False
-    return out
-
-
-def apply_speed_settings(models: dict, settings, cuda: bool, graphed: dict | None = None) -> int:
-    """Configure the pipeline's generators (and our `graphed_modules`) as `settings` asks
-    (CUDA-only levers stay off without CUDA); returns how many blocks are compiled. Safe to call
-    again with new settings: blocks are (un)compiled, dense forwards installed or removed,
-    captured graphs dropped."""
+def apply_speed_settings(models: dict, settings, cuda: bool) -> int:
+    """Configure the pipeline's generators as `settings` asks (CUDA-only levers stay off
+    without CUDA); returns how many blocks are compiled. Safe to call again with new settings:
+    blocks are (un)compiled, dense forwards installed or removed, captured graphs dropped."""
     from .sam3d_dense import install_dense_blocks, remove_dense_blocks
     from .sam3d_graphs import graphed_trunk, install_graphed_trunk
 
@@ -98,9 +76,6 @@ def apply_speed_settings(models: dict, settings, cuda: bool, graphed: dict | Non
     if trunk is not None:
         trunk.reset()  # captured with the blocks as they were
         trunk.enabled = bool(cuda and settings.geometry_cuda_graph)
-    for name, wrapper in (graphed or {}).items():
-        wrapper.reset()
-        wrapper.enabled = bool(cuda and getattr(settings, GRAPHED_MODULES[name]))
     return compiled
 
 

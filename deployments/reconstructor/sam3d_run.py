@@ -171,7 +171,7 @@ class UpstreamRun:
                 shape = (1, 4096, 8)
             noise = self._noise(shape)
             args, kwargs = p.get_condition_input(
-                self.model.graphed.get("ss_condition_embedder"), self.ss_input,
+                p.condition_embedders["ss_condition_embedder"], self.ss_input,
                 p.ss_condition_input_mapping)
         times, d = gen._prepare_t_and_d(self.geometry_steps)
         self.geo = EulerRun(gen, noise, times, (d,), args, kwargs)
@@ -186,7 +186,7 @@ class UpstreamRun:
     def _occupancy_logits(self, x):
         shape = self._latents(x)["shape"]
         with self._ctx(self.p.shape_model_dtype):
-            return self.model.graphed["ss_decoder"](
+            return self.p.models["ss_decoder"](
                 shape.permute(0, 2, 1).contiguous().view(shape.shape[0], 8, 16, 16, 16))
 
     def _pose(self, x) -> dict | None:
@@ -228,7 +228,7 @@ class UpstreamRun:
         with self._ctx(p.dtype):
             noise = self._noise((1, len(own), 8))
             args, kwargs = p.get_condition_input(
-                self.model.graphed.get("slat_condition_embedder"), self.slat_input,
+                p.condition_embedders["slat_condition_embedder"], self.slat_input,
                 p.slat_condition_input_mapping)
             args = tuple(args) + (self.coords.cpu().numpy(),)
         times = gen._prepare_t(self.appearance_steps).to(self.device)

@@ -221,12 +221,10 @@ class UpstreamModel:
                 f"SAM 3D Objects failed to load from {checkpoint_dir}: {type(exc).__name__}: "
                 f"{exc} (the depth model MoGe also needs the hub id in pipeline.yaml reachable, "
                 "a warm HF_HOME cache, or reconstructor.sam3d.depth_model_dir)") from exc
-        from .sam3d_levers import apply_speed_settings, graphed_modules
+        from .sam3d_levers import apply_speed_settings
 
-        self.graphed = graphed_modules(self.pipeline.models,
-                                      getattr(self.pipeline, "condition_embedders", {}))
         self.compiled_blocks = apply_speed_settings(self.pipeline.models, settings,
-                                                    torch.cuda.is_available(), self.graphed)
+                                                    torch.cuda.is_available())
 
     def warm_up(self) -> float:
         """One tiny synthetic request through every call a real one makes, so that the first
