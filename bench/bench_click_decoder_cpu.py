@@ -1,16 +1,19 @@
 """The full-size SAM 3 click decoder in onnxruntime-web's wasm build, CPU time per click.
 
-    python bench/bench_click_decoder_cpu.py [--reps 15] [--out bench/results/click_decoder_cpu_v4.json]
+    python bench/bench_click_decoder_cpu.py [--reps 15] [--baseline REV] [--out bench/results/click_decoder_cpu_v5.json]
     python bench/bench_click_decoder_cpu.py --profile [--reps 6] [--out bench/results/click_decoder_profile_v4.json]
 
 Exports the decoder at full size with random weights (bench_viewer_browser.full_size_decoder) three
 ways: `reference` (the tracker's modules as they are, NCHW features: the export before version 3),
-`page` (export version 4, onnx_decoder_photo: a photo graph run once per photo, then a low-rank click
-graph; what the page runs) and `page_v3` (onnx_decoder_fast, the single graph before it), then runs
+`page` (onnx_decoder_photo: a photo graph run once per photo, then a low-rank click graph; what the
+page runs) and `page_v3` (onnx_decoder_fast, the single graph of export version 3), plus with
+--baseline REV `page_before`: the page's pair as the source tree of git revision REV exports it (git
+archive into a temporary folder, exported there in a subprocess), for before/after in one run; then runs
 bench/click_decoder_cpu.mjs: one thread, clicks alternating between the three, CPU time per click
 (robust to the other work on a shared machine, unlike wall time; both are recorded), the per-photo CPU
 time (photo graph, or the token layout of v3) and the share of low-resolution mask pixels on which
-each agrees with `reference` (random weights: agreement, never a quality figure). Raw output: the
+each agrees with `reference`, with the largest difference of the shown mask's logits over their scale
+(random weights: agreement, never a quality figure). Raw output: the
 script's JSON plus machine facts, with the load average before and after. Nothing is asserted.
 
 --profile: where the time goes instead. bench/click_decoder_profile.mjs runs each click graph with
@@ -67,14 +70,30 @@ def summarize(stdout: str) -> dict:
     return out
 
 
+def baseline_pair(revision: str, tmp: Path) -> Path:
+    """The page's full-size pair as git revision `revision` exports it (random weights, the same seed):
+    its source tree from `git archive`, the export in a subprocess with that tree first on the path."""
+    src = tmp / "baseline-src"
+    src.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    out = tmp / "page_before.onnx"
+    code = ("import sys; from pathlib import Path; from bench.bench_viewer_browser import full_size_decoder; "
+            "full_size_decoder(Path(sys.argv[1]), graph='photo')")
+    env = {**os.environ, "PYTHONPATH": str(src), "PYTHONDONTWRITEBYTECODE": "1"}
+    subprocess.run([sys.executable, "-c", code, str(out)], cwd=src, env=env, check=True, capture_output=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=None, help="clicks per graph (15; 6 with --profile)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--profile", action="store_true", help="per-operator kernel time instead of CPU time per click")
+    parser.add_argument("--baseline", default=None, help="git revision whose page pair also runs, as page_before")
     opts = parser.parse_args()
     opts.reps = opts.reps or (6 if opts.profile else 15)
-    opts.out = opts.out or ROOT / f"bench/results/click_decoder_{'profile' if opts.profile else 'cpu'}_v4.json"
+    opts.out = opts.out or ROOT / f"bench/results/click_decoder_{'profile' if opts.profile else 'cpu'}_v5.json"
     node = shutil.which("node")
     if node is None or not (ROOT / "node_modules/onnxruntime-web").is_dir():
         sys.exit("needs node and `npm ci`")
@@ -83,7 +102,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = {name: full_size_decoder(Path(tmp) / f"{name}.onnx", graph=graph)
                  for name, graph in (("reference", "reference"), ("page", "photo"), ("page_v3", "tokens"))}
-        specs = {k: f"{photo_graph_path(v)}+{v}" if k == "page" and not opts.profile else str(v) for k, v in paths.items()}
+        if opts.baseline:
+            paths["page_before"] = baseline_pair(opts.baseline, Path(tmp))
+        pairs = {"page", "page_before"}
+        specs = {k: f"{photo_graph_path(v)}+{v}" if k in pairs and not opts.profile else str(v) for k, v in paths.items()}
         load_before = os.getloadavg()
         script = "click_decoder_profile.mjs" if opts.profile else "click_decoder_cpu.mjs"
         proc = subprocess.run([node, str(ROOT / "bench" / script), str(opts.reps),
@@ -106,9 +128,9 @@ def main() -> None:
                        "node": subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip(),
                        "load_average_1m_at_start": round(load_before[0], 1),
                        "load_average_1m_at_end": round(load[0], 1)},
-           "decoder_bytes": sizes, **result}
+           "decoder_bytes": sizes, "baseline_revision": opts.baseline, **result}
     d = result["decoders"]
-    for name in ("reference", "page_v3"):
+    for name in [n for n in ("reference", "page_v3", "page_before") if n in d]:
         for stat in ("median", "min"):
             out[f"cpu_{stat}_ratio_{name}_over_page"] = round(d[name]["cpu_ms"][stat] / d["page"]["cpu_ms"][stat], 2)
     opts.out.write_text(json.dumps(out, indent=1) + "\n")

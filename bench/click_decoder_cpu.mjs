@@ -3,7 +3,7 @@
 // Each decoder runs in onnxruntime-web's wasm build (the one the page vendors) on one thread under
 // Node, on the same random full-size features; clicks alternate between the decoders. Per click it
 // records the process's CPU time (user + system), which other work on a shared machine inflates far
-// less than wall time, and the wall time. A two-graph decoder (export v4, onnx_decoder_photo) runs its
+// less than wall time, and the wall time. A two-graph decoder (export v4 and later, onnx_decoder_photo) runs its
 // photo graph once on the features (its CPU time: photo_cpu_ms), then its click graph per click.
 import { readFileSync } from "node:fs";
 
@@ -69,9 +69,18 @@ const stats = (a) => {
 const ref = runs[0];
 const out = { reps, threads: 1, token_layout_cpu_ms: Math.round((layout.user + layout.system) / 100) / 10, decoders: {} };
 for (const r of runs) {
-  let same = 0, total = 0;
-  r.picks.forEach((p, i) => { for (let j = 0; j < p.length; j++) { same += (p[j] > 0) === (ref.picks[i][j] > 0); total++; } });
-  out.decoders[r.name] = { cpu_ms: stats(r.cpu), wall_ms: stats(r.wall), [`low_res_mask_agreement_with_${ref.name}`]: same / total };
+  let same = 0, total = 0, err = 0, scale = 0;
+  r.picks.forEach((p, i) => {
+    for (let j = 0; j < p.length; j++) {
+      const want = ref.picks[i][j];
+      same += (p[j] > 0) === (want > 0);
+      total++;
+      err = Math.max(err, Math.abs(p[j] - want));
+      scale = Math.max(scale, Math.abs(want));
+    }
+  });
+  out.decoders[r.name] = { cpu_ms: stats(r.cpu), wall_ms: stats(r.wall), [`low_res_mask_agreement_with_${ref.name}`]: same / total,
+    [`max_logit_difference_over_scale_vs_${ref.name}`]: Number((err / scale).toPrecision(3)) };
   if (r.photoCpu !== null) out.decoders[r.name].photo_graph_cpu_ms = r.photoCpu;
 }
 console.log(JSON.stringify(out));

@@ -2,7 +2,7 @@
 
 Parity is checked on logits relative to their scale (random weights give tiny logits) and on the binary
 masks, for every prompt kind; and the browser's selection rule against the tracker's own single-mask output.
-The served export is the photo/click pair (version 4); the previous-mask prompt, which it does not take,
+The served export is the photo/click pair (version 5); the previous-mask prompt, which it does not take,
 is checked on the reference export; and the pair against the reference decoder with every layer norm
 perturbed (a random checkpoint has weight 1 and bias 0, which would hide errors in their algebra).
 """

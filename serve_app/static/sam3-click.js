@@ -2,7 +2,7 @@
 // payload of docs/sam3-embedding-format.md); each click or box then runs the ONNX click decoder
 // (GET /v1/models/sam3-click-decoder.onnx) in onnxruntime-web, from the vendored wasm build (on up
 // to 4 threads when the page is cross-origin isolated, else on one). Once per photo, the decoder's
-// photo graph (the same URL ending .photo.onnx; export version 4) turns the features into the click
+// photo graph (the same URL ending .photo.onnx; export version 4 and later) turns the features into the click
 // graph's inputs; a version 3 decoder takes them laid out by tokenLayout. Mask selection and upsampling follow
 // deployments/segmenter/sam3/onnx_decoder.py, so the browser's mask is the one POST /v1/segment would give
 // for the same prompts.
@@ -161,7 +161,7 @@ export function upsampleMask(logits, m, width, height) {
 
 /**
  * ORT tensors of the decoder's per-photo inputs, from the parsed embedding's NCHW tensors: the photo
- * graph's outputs (`photoSession`, export version 4), else the features laid out by tokenLayout.
+ * graph's outputs (`photoSession`, export version 4 and later), else the features laid out by tokenLayout.
  */
 export async function decoderFeeds(tensors, photoSession = null) {
   const ort = await loadOrt();

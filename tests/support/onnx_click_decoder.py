@@ -13,7 +13,7 @@ from deployments.segmenter.sam3.onnx_decoder_fast import token_layout
 
 class OnnxClickDecoder:
     """Runs an exported decoder with onnxruntime (CPU unless providers say otherwise): the photo/click
-    pair (export version 4, its photo graph beside it), the token graph (version 3) or a reference export."""
+    pair (export version 4 and later, its photo graph beside it), the token graph (version 3) or a reference export."""
 
     def __init__(self, path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",)):
         import onnxruntime as ort

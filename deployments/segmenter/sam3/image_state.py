@@ -94,6 +94,11 @@ class NormedTokens:
 
     prev: the tokens before (Tokens0 or NormedTokens); a: (H, L, Nt) softmax over the tokens; vh:
     (H, Nt, d) the tokens' values; wo, bo: the attention's output projection (C x H*d, C); ln the norm.
+
+    Each head's softmax weights sum to 1 over its Nt tokens, so the centred update A Vc + boc equals
+    Ar Vr + u0 with Ar the weights without each head's last token (L x H*(Nt-1)), Vr the other
+    tokens' rows minus the last one's, and u0 = boc plus the last tokens' rows: H columns fewer in F
+    and in the quadratic term of the variance, the same values.
     """
 
     def __init__(self, prev, a, vh, wo, bo, ln):
@@ -103,25 +108,29 @@ class NormedTokens:
         self.vq = vh.transpose(1, 2)  # (H, d, Nt): contracts a per-head readout with the values
         self.wo_heads = wo.reshape(c, heads, -1).permute(1, 2, 0)  # (H, d, C)
         self.a_heads = a
-        self.a = a.permute(1, 0, 2).reshape(length, heads * nt)  # (L, H*Nt), columns (h, n)
-        v_rows = (vh @ self.wo_heads).reshape(heads * nt, c)
-        self.vc = v_rows - v_rows.mean(dim=1, keepdim=True)  # rows of V centred over channels
+        v_rows = vh @ self.wo_heads  # (H, Nt, C)
+        v_rows = v_rows - v_rows.mean(dim=2, keepdim=True)  # centred over channels
         self.boc = bo - bo.mean()
+        self.a = a[:, :, :-1].permute(1, 0, 2).reshape(length, heads * (nt - 1))  # Ar, columns (h, n)
+        self.vc = (v_rows[:, :-1] - v_rows[:, -1:]).reshape(heads * (nt - 1), c)  # Vr
+        self.u0 = self.boc + v_rows[:, -1].sum(dim=0)
         self.wo = wo
         self.gamma, self.beta = ln.weight, ln.bias
         ones = torch.ones_like(self.gamma)
         self.s = torch.rsqrt(self._z_sq(ones) / c + ln.eps)  # (L, 1)
         self._mean = None
-        # The linear form X = w * (x0c . g) + F @ B.
+        # The linear form X = w * (x0c . g) + F @ B; F's last column is 1 (its row of B: beta).
         g, s = self.gamma, self.s
         if isinstance(prev, Tokens0):
             self.w, self.g = s, g
             self.f = torch.cat([s * self.a, s, torch.ones_like(s)], dim=1)
-            self.b = torch.cat([self.vc * g, (self.boc * g)[None], self.beta[None]], dim=0)
+            self.b = torch.cat([self.vc * g, (self.u0 * g)[None], self.beta[None]], dim=0)
         else:
+            # s * prev's column of ones is s: its row takes this block's u0 too.
             self.w, self.g = s * prev.w, prev.g * g
-            self.f = torch.cat([s * prev.f, s * self.a, -s * prev.mean(), s, torch.ones_like(s)], dim=1)
-            self.b = torch.cat([prev.b * g, self.vc * g, g[None], (self.boc * g)[None], self.beta[None]], dim=0)
+            self.f = torch.cat([s * prev.f, s * self.a, -s * prev.mean(), torch.ones_like(s)], dim=1)
+            self.b = torch.cat([prev.b[:-1] * g, ((prev.b[-1] + self.u0) * g)[None], self.vc * g, g[None],
+                                self.beta[None]], dim=0)
 
     def mean(self):
         """Row means of X, (L, 1): sum(gamma z) s / C + mean(beta); asked for only where used, so that
@@ -130,10 +139,10 @@ class NormedTokens:
             self._mean = self.s * self._z_dot(self.gamma[:, None]) / self.gamma.shape[0] + self.beta.mean()
         return self._mean
 
-    # z = prev - mean(prev) + A Vc + boc (the centred input of the norm), its weighted sums.
+    # z = prev - mean(prev) + Ar Vr + u0 (the centred input of the norm), its weighted sums.
     def _z_dot(self, f):
         """sum over channels of f * z, f: (C, 1) → (L, 1)."""
-        return self.prev.readout(centred(f)) + self.a @ (self.vc @ f) + self.boc @ f
+        return self.prev.readout(centred(f)) + self.a @ (self.vc @ f) + self.u0 @ f
 
     def _z_sq(self, e):
         """sum over channels of e * z^2, e: (C,) → (L, 1)."""
@@ -141,10 +150,10 @@ class NormedTokens:
         # prev_c . (e * Vc_k) for every value row k, through the fixed matrix centred(e * centred(wo)).
         cross = prev.by_head(centred(e[:, None] * centred(self.wo)), self.vq)  # (H, L, Nt)
         cross = (self.a_heads * cross).sum(dim=(0, 2))[:, None]
-        eb = e * self.boc
-        cross = cross + prev.readout(centred(eb[:, None]))
-        quad = ((a @ ((self.vc * e) @ self.vc.T)) * a).sum(dim=1, keepdim=True) + 2 * a @ (self.vc @ eb)[:, None]
-        return prev.centred_sq(e) + 2 * cross + quad + (eb * self.boc).sum()
+        cross = cross + prev.readout(centred((e * self.boc)[:, None]))
+        eu = e * self.u0
+        quad = ((a @ ((self.vc * e) @ self.vc.T)) * a).sum(dim=1, keepdim=True) + 2 * a @ (self.vc @ eu)[:, None]
+        return prev.centred_sq(e) + 2 * cross + quad + (eu * self.u0).sum()
 
     def weighted_sq(self, e):
         """sum over channels of e * X^2 through X = s z gamma + beta."""

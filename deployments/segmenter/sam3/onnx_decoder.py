@@ -1,12 +1,13 @@
 """SAM 3 click/box mask decoder (prompt encoder + mask decoder) as ONNX, for onnxruntime and onnxruntime-web.
 
-Contract (export version 4; SAM 2 style; batch 1; N prompt points, N dynamic). Two graphs: the photo
+Contract (export version 5; SAM 2 style; batch 1; N prompt points, N dynamic). Two graphs: the photo
 graph (photo_graph_path: `<name>.photo.onnx` beside the click graph) runs once per photo, the click
 graph once per click (onnx_decoder_photo; the browser: sam3-click.js):
 
     photo graph  in   image_embed 1x256x72x72, high_res_feats_0 1x32x288x288, high_res_feats_1 1x64x144x144
                  out  photo_0 ... photo_K   products of the image tokens with the decoder's fixed matrices
-                      high_res_bias_0 20736x128, high_res_bias_1 5184x256   features + upscaler biases
+                      high_res_bias_0 20736x128, high_res_centred_1 5184x256   features + upscaler
+                      biases (the latter centred over each 2x pixel's channels; version 4: high_res_bias_1)
     click graph  in   the photo graph's outputs, by name, then
                       point_coords   float32 1xNx2   pixel (x, y) scaled to the encoder input: x*S/W, y*S/H
                       point_labels   float32 1xN     1 object, 0 background, 2/3 box corners, -1 padding point
@@ -38,7 +39,7 @@ INPUT_NAMES = ["image_tokens", "high_res_tokens_0", "high_res_tokens_1", *PROMPT
 REFERENCE_INPUT_NAMES = [*FEATURE_NAMES, *PROMPT_NAMES]
 OUTPUT_NAMES = ["masks", "iou_predictions", "object_score_logits"]
 OPSET = 17
-EXPORT_VERSION = 4  # part of the exported file's name: bump when the graph changes
+EXPORT_VERSION = 5  # part of the exported file's name: bump when the graph changes
 
 
 def prompt_arrays(points, box, original_size: tuple[int, int], input_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +129,7 @@ def example_inputs(tracker, num_points: int = 2):
 
 
 def photo_graph_path(path: str | Path) -> Path:
-    """Where the photo graph of the click decoder at `path` is written (export version 4)."""
+    """Where the photo graph of the click decoder at `path` is written (export version 4 and later)."""
     path = Path(path)
     return path.with_name(path.stem + ".photo.onnx")
 

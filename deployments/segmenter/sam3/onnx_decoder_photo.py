@@ -1,14 +1,21 @@
-"""The SAM 3 click decoder as two graphs: one per photo, one per click (export version 4).
+"""The SAM 3 click decoder as two graphs: one per photo, one per click (export version 5).
 
 The photo graph takes the encoder's NCHW features once per photo and returns everything a click needs
 that depends only on the photo: the products of the image tokens with the decoder's fixed matrices
 (image_state.PhotoTerms: photo_0, photo_1, ...) and the high-resolution features laid out as the
-upscaler's transposed convolutions output their pixels, plus those convolutions' biases (high_res_bias_0/1).
+upscaler's transposed convolutions output their pixels, plus those convolutions' biases (HIGH_RES_NAMES).
 The click graph takes those plus the prompts
 and runs the tracker's prompt encoder and mask decoder with the image side in image_state's low-rank
 form, so no per-click product touches the 72x72x256 image tokens with a 256-wide matrix; the first
 transposed convolution of the upscaler is such a product too (x2 @ W1), read out the same way. Outputs
 are onnx_decoder's (masks 1x4xMxM, iou_predictions, object_score_logits).
+
+Version 5 computes the same function as version 4 with fewer operations: the low-rank part has H columns
+fewer per layer (image_state.NormedTokens: each head's softmax sums to 1), and the upscaler's layer norm
+takes its input already centred (w1 and the per-photo 2x term centred over each 2x pixel's channels,
+both linear), leaving only the scale by the root mean square. That term is named high_res_centred_1
+(version 4: high_res_bias_1, not centred), so a photo graph and a click graph of different versions
+refuse each other instead of giving a wrong mask.
 
 The click graph has no mask_input: the previous-mask prompt would add a full-rank per-click term to
 the image tokens (the page never sends one; the reference export keeps it).
@@ -22,7 +29,7 @@ from .decoder_parts import DecoderParts, two_way_tokens, write_onnx
 from .image_state import NormedTokens, PhotoTerms, Tokens0
 
 FEATURE_NAMES = ["image_embed", "high_res_feats_0", "high_res_feats_1"]
-HIGH_RES_NAMES = ["high_res_bias_0", "high_res_bias_1"]
+HIGH_RES_NAMES = ["high_res_bias_0", "high_res_centred_1"]
 PROMPT_NAMES = ["point_coords", "point_labels"]
 
 
@@ -57,6 +64,13 @@ def _transposed_conv(conv):
     return conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), conv.bias.repeat(4)
 
 
+def _pixel_centred(m, channels: int):
+    """(R, 4*channels) columns (i, j, c) → each 2x pixel's `channels` columns minus their mean: the
+    first transposed convolution's output centred as its layer norm centres it (linear, so exact)."""
+    blocks = m.reshape(m.shape[0], -1, channels)
+    return (blocks - blocks.mean(dim=2, keepdim=True)).reshape(m.shape)
+
+
 class PhotoClickDecoder(DecoderParts):
     """The decoder's function on (photo terms, prompts); also computes the photo terms (`photo`)."""
 
@@ -75,12 +89,15 @@ class PhotoClickDecoder(DecoderParts):
 
         # Upscaler, channels last: rows (y, x, i, j) at 2x, then (y, x, i, j, i2, j2) at 4x; each transposed
         # convolution's bias and high-resolution features are one per-photo term (_high_res_bias).
-        w1, _ = _transposed_conv(md.upscale_conv1)
-        w2, _ = _transposed_conv(md.upscale_conv2)
         c1, c0 = md.upscale_conv1.weight.shape[1], md.upscale_conv2.weight.shape[1]
+        w1 = _pixel_centred(_transposed_conv(md.upscale_conv1)[0], c1)
+        w2, _ = _transposed_conv(md.upscale_conv2)
+        # The layer norm over each 2x pixel's c1 channels: its input comes out centred (w1 and the
+        # per-photo high_res_bias_1 are), so what is left is the scale by the root mean square.
         up = (state.readout(w1) + high_res_bias_1).reshape(-1, c1)
-        ln = md.upscale_layer_norm  # channels last here: a plain layer norm over the last axis
-        up = md.activation(nn.functional.layer_norm(up, (c1,), ln.weight, ln.bias, ln.eps))
+        ln = md.upscale_layer_norm
+        up = up * torch.rsqrt(up.square().mean(dim=1, keepdim=True) + ln.eps)
+        up = md.activation(up * ln.weight + ln.bias)
         up = md.activation((up @ w2 + high_res_bias_0).reshape(-1, c0))
         n = md.num_mask_tokens
         hyper = torch.stack([md.output_hypernetworks_mlps[i](t[2 + i]) for i in range(n)], dim=0)  # (n, c0)
@@ -101,10 +118,10 @@ class PhotoClickDecoder(DecoderParts):
         h, w = h4 // 4, w4 // 4
         hr1 = high_res_feats_1.reshape(c1, h, 2, w, 2).permute(1, 3, 2, 4, 0).reshape(h * w, 4 * c1)
         hr0 = high_res_feats_0.reshape(c0, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0).reshape(4 * h * w, 4 * c0)
-        return hr0 + _transposed_conv(md.upscale_conv2)[1], hr1 + _transposed_conv(md.upscale_conv1)[1]
+        return hr0 + _transposed_conv(md.upscale_conv2)[1], _pixel_centred(hr1 + _transposed_conv(md.upscale_conv1)[1], c1)
 
     def photo(self, image_embed, high_res_feats_0, high_res_feats_1) -> dict:
-        """NCHW features (batch 1) → {photo_i: ..., high_res_bias_0/1: ...}."""
+        """NCHW features (batch 1) → {photo_i: ..., high_res_bias_0: ..., high_res_centred_1: ...}."""
         _, c, h, w = image_embed.shape
         x0 = image_embed.reshape(c, h * w).T + self.prompt_encoder.no_mask_embed.weight
         ipe = self.image_pe(image_embed[0, 0]).reshape(h * w, c)
@@ -112,11 +129,11 @@ class PhotoClickDecoder(DecoderParts):
         hb0, hb1 = self._high_res_bias(high_res_feats_0, high_res_feats_1)
         # The click side with a placeholder click asks for the terms; only they are kept.
         self._run(terms, hb0, hb1, torch.zeros(1, 1, 2), -torch.ones(1, 1), (h, w))
-        return {**terms.made, "high_res_bias_0": hb0, "high_res_bias_1": hb1}
+        return {**terms.made, **dict(zip(HIGH_RES_NAMES, (hb0, hb1)))}
 
     def click(self, inputs: dict, grid: tuple[int, int]):
         terms = PhotoTerms(self.heads(), inputs=inputs)
-        return self._run(terms, inputs["high_res_bias_0"], inputs["high_res_bias_1"],
+        return self._run(terms, *(inputs[n] for n in HIGH_RES_NAMES),
                          inputs["point_coords"], inputs["point_labels"], grid)
 
 
