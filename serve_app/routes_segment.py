@@ -208,7 +208,10 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
         except Exception as exc:  # noqa: BLE001
             return exception_response(exc)
         cached = onnx_cache[graph]
-        headers = {"ETag": cached["etag"], "Cache-Control": "public, max-age=86400"}
+        # Revalidated on every load (a 304 when unchanged): the page runs the click graph and
+        # the photo graph as a pair, and two cached copies of different exports would refuse
+        # each other until a fixed max-age ran out.
+        headers = {"ETag": cached["etag"], "Cache-Control": "public, no-cache"}
         if request.headers.get("if-none-match") == cached["etag"]:
             return Response(status_code=304, headers=headers)
         return Response(cached["data"], media_type="application/octet-stream", headers=headers)

@@ -204,6 +204,8 @@ def test_onnx_route_exports_once_and_serves_a_runnable_model(client, sam3):
     assert [i.name for i in session.get_inputs()] == [o.name for o in photo_session.get_outputs()] + ["point_coords", "point_labels"]
     again = client.get(ONNX_ROUTE, headers={"If-None-Match": r.headers["etag"]})
     assert again.status_code == 304
+    # Revalidated on every load, so a browser never pairs graphs of two exports.
+    assert "no-cache" in r.headers["cache-control"] and "max-age" not in r.headers["cache-control"]
     assert client.get(ONNX_ROUTE).content == r.content
     assert client.get(ONNX_PHOTO_ROUTE).content == photo.content
     assert sam3.calls["click_decoder_onnx"] == 2  # once per graph
