@@ -204,3 +204,70 @@ def test_apply_speed_settings_switches_levers_on_and_off():
     off = Sam3dSettings(compile_appearance=False, geometry_cuda_graph=False)
     apply_speed_settings(models, off, cuda=False)
     assert not any("forward" in b.__dict__ for b in app.blocks)
+
+
+# ---------------------------------------------------------------- on a GPU (marked; skipped without)
+
+class _AttentionBlock(torch.nn.Module):
+    """A stage-1-like block: modulated by t_emb, attends over its tokens and to cond."""
+
+    def __init__(self, seed, width=128):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.qkv, self.out = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
+        self.mod = torch.nn.Linear(width, width)
+
+    def forward(self, h, t_emb, cond):
+        out = {}
+        for k, v in h.items():
+            q, kk, vv = self.qkv(v).chunk(3, dim=-1)
+            kk, vv = torch.cat([kk, cond], 1), torch.cat([vv, cond], 1)
+            a = torch.nn.functional.scaled_dot_product_attention(q[:, None], kk[:, None], vv[:, None])[:, 0]
+            out[k] = v + self.out(a) * torch.tanh(self.mod(t_emb))[:, None]
+        return out
+
+
+@pytest.mark.gpu
+def test_graphed_trunk_on_cuda_replays_what_the_blocks_compute():
+    backbone = _Backbone().eval()
+    backbone.blocks = torch.nn.ModuleList(_AttentionBlock(i) for i in range(3))
+    backbone.cuda()
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def inputs():
+        return ({"shape": torch.randn(1, 512, 128, device="cuda", generator=g),
+                 "pose": torch.randn(1, 4, 128, device="cuda", generator=g)},
+                torch.randn(1, 128, device="cuda", generator=g),
+                torch.randn(1, 64, 128, device="cuda", generator=g))
+
+    calls = [inputs() for _ in range(4)]
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+        want = [backbone(*c) for c in calls]
+        trunk = install_graphed_trunk(backbone)
+        # A CFG step's two passes, twice: each replay's output must survive the next replay.
+        got = [backbone(*c) for c in calls]
+    assert trunk.captures == 1 and trunk.replays == 4
+    for w, o in zip(want, got):
+        for k in w:
+            assert torch.allclose(o[k].float(), w[k].float(), atol=2e-3, rtol=2e-3)
+    assert not torch.equal(got[0]["shape"], got[1]["shape"])
+
+
+@pytest.mark.gpu
+def test_compiled_dense_block_on_cuda_agrees_with_upstreams_block():
+    sp, Block, _ = _upstream_sparse()
+    from sam3d_objects.model.backbone.tdfy_dit.modules.utils import convert_module_to_f16
+
+    block = _randomise(Block(256, 128, num_heads=4, qk_rms_norm=True).eval(), std=0.05).cuda()
+    block.apply(convert_module_to_f16)
+    g = torch.Generator(device="cuda").manual_seed(8)
+    mod = torch.randn(1, 256, device="cuda", generator=g).half()
+    context = torch.randn(1, 40, 128, device="cuda", generator=g).half()
+    xs = [sp.SparseTensor(feats=torch.randn(len(c), 256, device="cuda", generator=g).half(),
+                          coords=c.cuda()) for c in (_coords(3000, 32, seed=9), _coords(5000, 32, seed=10))]
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+        want = [block(x, mod, context).feats.float() for x in xs]
+        install_dense_blocks([block], {"mode": "default"})
+        got = [block(x, mod, context).feats.float() for x in xs]  # two token counts, one graph
+    for w, o in zip(want, got):
+        assert (o - w).abs().max() <= 1e-2 * w.abs().max()
