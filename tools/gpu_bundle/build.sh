@@ -54,6 +54,9 @@ GPU_WHEELS=(hydra-core==1.3.8 omegaconf==2.3.0 loguru==0.7.3 astor==0.8.1 plyfil
 # pydantic for the project's settings; also .sam3_whl/ for the SAM 3 encoder bench.
 PYDANTIC_WHEELS=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
                  typing-inspection==0.4.5 typing-extensions==4.16.0)
+# pytest for the GPU-marked tests (`pytest -m gpu`), in .sam3_whl/ too.
+TEST_WHEELS=(pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.4 pygments==2.21.0
+             pyyaml==6.0.4)
 # sdist only on PyPI: built here with Python 3.12 (antlr4 is pure Python; meshoptimizer is C++).
 BUILT_WHEELS=(antlr4-python3-runtime==4.9.3 meshoptimizer==0.2.30a0)
 # Too big to travel as wheels (67 + 25 MiB): repacked as installed trees in tar.xz.
@@ -117,6 +120,8 @@ n_got=$(ls "$WORK/whl"/*.whl | wc -l)
 for w in pydantic- pydantic_core- annotated_types- typing_inspection- typing_extensions-; do
     cp "$WORK/whl/$w"*.whl "$WORK/sam3_whl/"
 done
+say "downloading pytest for the GPU-marked tests"
+$PIP "${GPU_PIP[@]}" -d "$WORK/sam3_whl" "${TEST_WHEELS[@]}"
 
 # ---------------------------------------------------------------- spconv and cumm as installed trees
 say "downloading $SPCONV and $CUMM"
