@@ -42,7 +42,7 @@ class GrabCutSettings(_Strict):
     # over the undecided pixels; then the edge is re-cut per pixel (deployments/segmenter/
     # multigrid.py). A value ≥ the pixel count cuts every pixel throughout.
     max_blocks: int = Field(40000, ge=1000, le=16_777_216)
-    edge_band: int = Field(6, ge=1, le=64)  # pixels either side of the block cut's edge re-cut per pixel
+    edge_band: int = Field(4, ge=1, le=64)  # pixels either side of the block cut's edge re-cut per pixel
     border_fraction: float = Field(0.04, gt=0, lt=0.4)
     # Iterations stop early once fewer than this share of pixels change, or after time_budget_s
     # of CPU time (checked between iterations), far below the segmenter stage's limit.

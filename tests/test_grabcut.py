@@ -138,12 +138,12 @@ def test_enough_blocks_for_every_pixel_is_the_per_pixel_loop():
 
 # IoU floors against the former segmenter (cv2.grabCut, 5 iterations at 384 px), computed here.
 # Issue 12 asks for 0.95 on every photo. Measured (bench/results/grabcut_variants_run2.txt):
-# coffee 0.992, chelsea 0.975, rocket 0.970; astronaut 0.911 misses it: its edge runs where the
-# suit's collar and sleeve share the flag's colours, where the former segmenter's own mask moves
-# to 0.93-0.96 IoU when its working size changes by 2 % (and to 0.69 at 388 px); only its own
-# per-pixel 384-px path reproduces it (0.9 s of CPU, README). The floors sit just under today's
-# figures, so a change that loses agreement fails.
-_FORMER_IOU_FLOOR = {"coffee": 0.98, "chelsea": 0.96, "astronaut": 0.9, "rocket": 0.96}
+# coffee 0.991, chelsea 0.965, rocket 0.970; astronaut 0.940 misses it by a little: its edge runs
+# where the suit's collar and sleeve share the flag's colours, where the former segmenter's own
+# mask moves to 0.93-0.96 IoU when its working size changes by 2 % (to 0.69 at 388 px) and by 4 %
+# between its 4th and 5th iteration; only its own per-pixel 384-px path reproduces it (about 1 s of
+# CPU, README). The floors sit just under today's figures, so a change that loses agreement fails.
+_FORMER_IOU_FLOOR = {"coffee": 0.98, "chelsea": 0.955, "astronaut": 0.93, "rocket": 0.96}
 
 
 @pytest.mark.parametrize("name", list(_FORMER_IOU_FLOOR))
