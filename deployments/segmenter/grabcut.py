@@ -5,7 +5,7 @@ benchmark photos (single pixels where a box leaves few undecided), with the work
 neighbour weights summed onto the blocks, and only the band along the object's edge is cut again
 per pixel (multigrid.py; graphcut.py has the energy and the solver). On the benchmark photos this
 takes 60-190 ms of CPU time, against 0.3-1.9 s for cv2.grabCut's 5 iterations at the working
-size, with masks that agree with its masks at IoU 0.945-0.992
+size, with masks that agree with its masks at IoU 0.940-0.991
 (bench/results/grabcut_variants_run2.txt).
 
 Limits: GrabCut models the object and background as colour mixtures, so it separates an

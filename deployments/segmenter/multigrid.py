@@ -9,7 +9,7 @@ is cheap but lands elsewhere: on the cat and astronaut photos it agreed with the
 IoU 0.88-0.91 (bench/results/grabcut_variants.txt). What moved it was the smoothness term: here
 the weight between two neighbouring blocks is the sum of the working-size n-links that cross from
 one to the other, so a block-constant labelling pays exactly the boundary cost it pays at the
-working size, and the cut of the cat agrees at 0.975. Each block's colour costs are those of one
+working size, and the cut of the cat agrees at 0.965. Each block's colour costs are those of one
 of its pixels (unblurred, as the working size sees it) times the block's area; the colour
 mixtures learn from those pixels.
 """
