@@ -36,12 +36,13 @@ class ImageGeneratorSettings(_Strict):
 
 
 class GrabCutSettings(_Strict):
-    iterations: int = Field(5, ge=1, le=20)
+    iterations: int = Field(4, ge=1, le=20)  # the former cv2.grabCut path ran 5 (issue 12)
     max_side: int = Field(384, ge=64, le=4096)  # GrabCut runs at this size, the mask is scaled back
-    # Its iterations run on a copy at most this wide; then only the edge is re-cut at max_side
-    # (deployments/segmenter/graphcut.py). A value ≥ max_side iterates at max_side throughout.
-    coarse_side: int = Field(160, ge=16, le=4096)
-    edge_band: int = Field(4, ge=1, le=64)  # pixels either side of the coarse edge re-cut at max_side
+    # Its iterations cut blocks of f×f pixels, f the smallest that leaves at most this many blocks
+    # over the undecided pixels; then the edge is re-cut per pixel (deployments/segmenter/
+    # multigrid.py). A value ≥ the pixel count cuts every pixel throughout.
+    max_blocks: int = Field(40000, ge=1000, le=16_777_216)
+    edge_band: int = Field(4, ge=1, le=64)  # pixels either side of the block cut's edge re-cut per pixel
     border_fraction: float = Field(0.04, gt=0, lt=0.4)
     # Iterations stop early once fewer than this share of pixels change, or after time_budget_s
     # of CPU time (checked between iterations), far below the segmenter stage's limit.

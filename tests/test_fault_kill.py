@@ -170,7 +170,7 @@ def generate_until_complete(url: str, timeout: float = 120) -> dict:
 def segmenter_fault_app(ray_serve, tmp_path_factory):
     store = str(tmp_path_factory.mktemp("segmenter_fault_store"))
     deploy_config(stage_app_config(store, "segkill", segmenter={"grabcut": {
-        "iterations": 20, "max_side": 640, "coarse_side": 640, "stable_fraction": 0, "time_budget_s": 60}}))
+        "iterations": 20, "max_side": 640, "max_blocks": 16_777_216, "stable_fraction": 0, "time_budget_s": 60}}))
     yield ray_serve + "/segkill", store
     undeploy("segkill")
 

@@ -93,34 +93,57 @@ def test_graphcut_iterations_reproduce_opencv_grabcut():
     assert (ours == ((theirs == cv2.GC_FGD) | (theirs == cv2.GC_PR_FGD))).all()
 
 
-def test_coarse_cut_keeps_the_working_size_balance():
-    """At a lower resolution GrabCut's fixed smoothness weight over-smooths: on the cat photo the
-    object collapses to an eye. Scaled with the size, the coarse cut keeps the face, and the
-    refined mask agrees with GrabCut iterated at the working size (384 px)."""
+def test_block_links_price_a_block_labelling_as_its_pixels():
+    """Summed onto blocks, the n-links charge a block-constant labelling exactly what the pixel
+    links charge the same labelling at the working size (partial blocks at the edges included),
+    which is why the block cut lands where the working-size cut does."""
     import cv2
 
-    from deployments.segmenter import graphcut
-    from sam3d_common.settings import GrabCutSettings
+    from deployments.segmenter import graphcut, multigrid
 
     img = photo_array("chelsea")
-    working = GrabCutSegmenter(GrabCutSettings(coarse_side=384, stable_fraction=0)).segment(img, SegmentPrompt()).mask
-    coarse = GrabCutSegmenter(GrabCutSettings(coarse_side=160)).segment(img, SegmentPrompt()).mask
-    iou = (coarse & working).sum() / (coarse | working).sum()
-    assert iou > 0.85
-    small = cv2.resize(img, (160, 106), interpolation=cv2.INTER_AREA)[:, :, ::-1].copy()
-    seeds = np.full(small.shape[:2], cv2.GC_PR_FGD, np.uint8)
+    bgr = np.ascontiguousarray(cv2.resize(img, (151, 100), interpolation=cv2.INTER_AREA)[:, :, ::-1])
+    planes = graphcut.neighbour_weights(bgr, 50.0)
+    rng = np.random.default_rng(0)
+
+    def boundary(labels, planes):
+        h, w = labels.shape
+        total = 0.0
+        for (dy, dx), plane in zip(graphcut._OFFSETS, planes):
+            ys, xs = slice(-dy, h), slice(max(0, -dx), w - max(0, dx))
+            other = labels[ys.start + dy:h + dy, xs.start + dx:xs.stop + dx]
+            total += plane[ys, xs][labels[ys, xs] != other].sum()
+        return total
+
+    for f in (2, 3, 4):
+        blocks = rng.random((-(-100 // f), -(-151 // f))) < 0.5
+        pixels = np.repeat(np.repeat(blocks, f, 0), f, 1)[:100, :151]
+        assert np.isclose(boundary(blocks, multigrid.restrict_links(planes, f)), boundary(pixels, planes))
+
+
+def test_enough_blocks_for_every_pixel_is_the_per_pixel_loop():
+    import cv2
+
+    from deployments.segmenter import graphcut, multigrid
+
+    img = photo_array("coffee")
+    bgr = np.ascontiguousarray(cv2.resize(img, (120, 80), interpolation=cv2.INTER_AREA)[:, :, ::-1])
+    seeds = np.full(bgr.shape[:2], cv2.GC_PR_FGD, np.uint8)
     seeds[:4], seeds[-4:], seeds[:, :4], seeds[:, -4:] = (cv2.GC_BGD,) * 4
-    unscaled = graphcut.iterate(small, seeds, 50.0, 5, 0.002, 60)[0]
-    scaled = graphcut.iterate(small, seeds, 50.0 * 160 / 384, 5, 0.002, 60)[0]
-    assert unscaled.mean() < 0.5 * scaled.mean()
+    per_pixel = graphcut.iterate(bgr, seeds, 50.0, 5, 0.002, 60)[0]
+    fg, f, _ = multigrid.iterate(bgr, seeds, 50.0, 5, 120 * 80, 6, 0.002, 60)
+    assert f == 1 and (fg == per_pixel).all()
+    assert multigrid.iterate(bgr, seeds, 50.0, 5, 1000, 6, 0.002, 60)[1] == 3  # 8,064 pixels undecided
 
 
 # IoU floors against the former segmenter (cv2.grabCut, 5 iterations at 384 px), computed here.
-# Issue 12 asks for 0.95 on every photo; chelsea (0.878) and astronaut (0.911) miss it: their
-# edges run where fur or suit and background share colours, where the former segmenter's own
-# mask moves to 0.93-0.97 IoU when its working size changes by 2 % (README, bench_grabcut_variants).
-# The floors sit just under today's figures, so a change that loses agreement fails here.
-_FORMER_IOU_FLOOR = {"coffee": 0.98, "chelsea": 0.86, "astronaut": 0.89, "rocket": 0.96}
+# Issue 12 asks for 0.95 on every photo. Measured (bench/results/grabcut_variants_run2.txt):
+# coffee 0.991, chelsea 0.965, rocket 0.970; astronaut 0.940 misses it by a little: its edge runs
+# where the suit's collar and sleeve share the flag's colours, where the former segmenter's own
+# mask moves to 0.93-0.96 IoU when its working size changes by 2 % (to 0.69 at 388 px) and by 4 %
+# between its 4th and 5th iteration; only its own per-pixel 384-px path reproduces it (about 1 s of
+# CPU, README). The floors sit just under today's figures, so a change that loses agreement fails.
+_FORMER_IOU_FLOOR = {"coffee": 0.98, "chelsea": 0.955, "astronaut": 0.93, "rocket": 0.96}
 
 
 @pytest.mark.parametrize("name", list(_FORMER_IOU_FLOOR))
