@@ -9,7 +9,9 @@ given autocast state), on a side stream, then captures one call into a CUDA grap
 copy their tensors into the graph's static inputs, replay it, and return copies of its outputs
 (a CFG step holds the conditional pass's output while the unconditional pass replays). Off
 CUDA, with autograd on, once a capture has failed for those shapes, or past `max_graphs`
-distinct shapes, the work runs eagerly, as upstream runs it.
+distinct shapes, the work runs eagerly, as upstream runs it. Replays share their graph's static
+buffers, so calls must come one at a time on one stream, as the reconstructor's single GPU
+worker thread makes them.
 """
 from __future__ import annotations
 
