@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -271,3 +272,49 @@ def test_compiled_dense_block_on_cuda_agrees_with_upstreams_block():
         got = [block(x, mod, context).feats.float() for x in xs]  # two token counts, one graph
     for w, o in zip(want, got):
         assert (o - w).abs().max() <= 1e-2 * w.abs().max()
+
+
+def test_warm_up_that_fails_with_levers_on_switches_them_off_and_runs_again(monkeypatch, caplog):
+    """A node where compilation fails (no compiler, an inductor bug) must not fail every
+    request after a warm-up that only logged it: the levers go off and the warm-up reruns."""
+    from deployments.reconstructor import sam3d_levers, sam3d_upstream
+
+    applied = []
+    monkeypatch.setattr(sam3d_levers, "apply_speed_settings",
+                        lambda models, settings, cuda: applied.append(settings) or 0)
+    model = sam3d_upstream.UpstreamModel.__new__(sam3d_upstream.UpstreamModel)
+    model.settings, model.pipeline, model.torch = Sam3dSettings(), types.SimpleNamespace(models={}), torch
+    model.compiled_blocks = 24
+    calls = []
+
+    class Run:
+        def prepare(self):
+            calls.append(model.settings.compile_appearance)
+            if model.settings.compile_appearance:
+                raise RuntimeError("inductor: no C compiler")
+
+        def geometry_step(self):
+            pass
+
+        def geometry_preview(self):
+            return types.SimpleNamespace(occupancy=np.zeros((4, 4, 4), bool))
+
+        def release(self):
+            calls.append("released")
+
+    model.begin = lambda *a, **k: Run()
+    with caplog.at_level("WARNING"):
+        model.warm_up()
+    assert calls == [True, "released", False, "released"]
+    assert len(applied) == 1 and not any(getattr(applied[0], k) for k in sam3d_upstream.LEVERS_OFF)
+    assert model.compiled_blocks == 0 and not model.settings.geometry_cuda_graph
+    assert "no C compiler" in caplog.text and "incomplete" not in caplog.text
+    # With every lever already off a failure is only logged: nothing to switch off.
+    def out_of_memory(self):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(Run, "prepare", out_of_memory)
+    model.settings = Sam3dSettings(**dict.fromkeys(sam3d_upstream.LEVERS_OFF, False))
+    with caplog.at_level("WARNING"):
+        model.warm_up()
+    assert len(applied) == 1 and "SAM 3D warm-up incomplete: CUDA out of memory" in caplog.text

@@ -35,6 +35,9 @@ ALLOWED_TARGET_ROOTS = ("sam3d_objects.", "torchvision.transforms.", "moge.model
 # Keys of pipeline.yaml for parts this service does not build.
 UNUSED_KEYS = ("slat_decoder_gs_4_config_path", "slat_decoder_gs_4_ckpt_path")
 ATTENTION_ENV = ("ATTN_BACKEND", "SPARSE_ATTN_BACKEND")
+# The speed levers that compile or capture (Sam3dSettings), switched off if the warm-up fails.
+LEVERS_OFF = ("compile_geometry", "geometry_cuda_graph", "compile_appearance", "dense_appearance",
+              "compile_occupancy_decoder")
 
 
 def vendored_root() -> Path | None:
@@ -228,14 +231,33 @@ class UpstreamModel:
 
     def warm_up(self) -> float:
         """One tiny synthetic request through every call a real one makes, so that the first
-        user does not pay for CUDA kernel selection and the mesh decoder's first call (about
-        8 s cold on the H200). Returns the seconds it took; failures are logged, not raised."""
+        user does not pay for compilation, graph capture, CUDA kernel selection and the mesh
+        decoder's first call (about 8 s cold on the H200). If it fails with speed levers on
+        (say inductor cannot build a kernel on this node), the levers are switched off and it
+        runs again, so that requests do not meet the same failure. Returns the seconds it took;
+        failures are logged, not raised."""
         import logging
         import time
 
+        log = logging.getLogger(__name__)
+        started = time.perf_counter()
+        error = self._warm_up_request()
+        if error is not None and any(getattr(self.settings, k) for k in LEVERS_OFF):
+            log.warning("SAM 3D warm-up failed with its speed levers on (%s); switching %s off",
+                        error, ", ".join(LEVERS_OFF))
+            from .sam3d_levers import apply_speed_settings
+
+            self.settings = self.settings.model_copy(update=dict.fromkeys(LEVERS_OFF, False))
+            self.compiled_blocks = apply_speed_settings(self.pipeline.models, self.settings,
+                                                        self.torch.cuda.is_available())
+            error = self._warm_up_request()
+        if error is not None:
+            log.warning("SAM 3D warm-up incomplete: %s", error)
+        return time.perf_counter() - started
+
+    def _warm_up_request(self) -> Exception | None:
         import numpy as np
 
-        started = time.perf_counter()
         yy, xx = np.mgrid[0:256, 0:256]
         image = np.stack([yy, xx, np.full_like(yy, 128)], -1).astype(np.uint8)
         mask = (yy - 128) ** 2 + (xx - 128) ** 2 < 80 ** 2
@@ -250,10 +272,10 @@ class UpstreamModel:
                 run.appearance_preview()
                 run.finish()
         except Exception as exc:  # noqa: BLE001 - a warm-up must not stop the replica
-            logging.getLogger(__name__).warning("SAM 3D warm-up incomplete: %s", exc)
+            return exc
         finally:
             run.release()
-        return time.perf_counter() - started
+        return None
 
     def begin(self, image, mask, seed: int | None, geometry_steps: int, appearance_steps: int,
               fast: bool = False):
