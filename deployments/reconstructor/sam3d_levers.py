@@ -31,12 +31,11 @@ def transformer_blocks(module) -> list:
             for inner in (b.blocks if isinstance(b, GraphedTrunk) else [b])]
 
 
-def compile_blocks(module, blocks=None, **compile_kwargs) -> int:
+def compile_blocks(module, **compile_kwargs) -> int:
     """torch.compile each transformer block of `module` (the members of its top-level
-    ModuleLists, or the given `blocks`) in place; returns how many. Compiling the whole
-    stage-1 backbone breaks dynamo on upstream's numpy time embedding; its blocks have fixed
-    shapes and compile."""
-    blocks = transformer_blocks(module) if blocks is None else list(blocks)
+    ModuleLists) in place; returns how many. Compiling the whole stage-1 backbone breaks dynamo
+    on upstream's numpy time embedding; its blocks have fixed shapes and compile."""
+    blocks = transformer_blocks(module)
     for block in blocks:
         block.compile(**compile_kwargs)
     return len(blocks)
