@@ -214,10 +214,9 @@ def upstream_first(p, settings, image, mask):
     """Upstream's run() before any of our code has run on the GPU (no compiled block called,
     no graph captured), every lever off; then the settings' levers back on."""
     from deployments.reconstructor.sam3d_levers import apply_speed_settings
+    from deployments.reconstructor.sam3d_upstream import LEVERS_OFF
 
-    off = settings.model_copy(update={"compile_geometry": False, "geometry_cuda_graph": False,
-                                      "compile_appearance": False, "compile_occupancy_decoder": False})
-    apply_speed_settings(p.models, off, CUDA)
+    apply_speed_settings(p.models, settings.model_copy(update=dict.fromkeys(LEVERS_OFF, False)), CUDA)
     sync()
     t = time.perf_counter()
     try:
@@ -498,8 +497,9 @@ def main():
     from deployments.reconstructor.sam3d_levers import apply_speed_settings
 
     R["compiled_blocks"] = model.compiled_blocks
-    lever_keys = ("compile_geometry", "compile_appearance", "compile_mode", "geometry_cuda_graph",
-                  "dense_appearance", "compile_occupancy_decoder")
+    from deployments.reconstructor.sam3d_upstream import LEVERS_OFF
+
+    lever_keys = LEVERS_OFF + ("compile_mode",)  # what needs the generators re-configured
 
     def with_settings(**update):
         """Settings for the next runs, applied as UpstreamModel applies them at start, then the
@@ -527,7 +527,7 @@ def main():
     # Each lever switched from its default on its own, at cadence 1. First every lever off
     # (eager, as upstream runs): upstream's run() gets that run's noise, and shares its modules,
     # so it must not meet our compiled blocks, graphs or dense forwards.
-    with_settings(compile_geometry=False, geometry_cuda_graph=False, compile_appearance=False)
+    with_settings(**dict.fromkeys(LEVERS_OFF, False))
     ours("lever_all_off", 1)
     eager_noise, eager_slat = list(drawn), seen.get("slat_voxels")
     eager_occ = occupancies.get("lever_all_off")
