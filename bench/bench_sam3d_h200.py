@@ -285,7 +285,7 @@ def main():
     from deployments.reconstructor import sam3d_run
     from deployments.reconstructor.base import ReconstructOptions, Reconstruction, StepFrame
     from deployments.reconstructor.sam3d import Sam3dReconstructor
-    from deployments.reconstructor.sam3d_upstream import UpstreamModel, import_pipeline
+    from deployments.reconstructor.sam3d_upstream import LEVERS_OFF, UpstreamModel, import_pipeline
     from sam3d_common.settings import MeshBakerSettings, Sam3dSettings
     from sam3d_common.store import ArtifactStore
     from skimage import data as skdata
@@ -497,8 +497,6 @@ def main():
     from deployments.reconstructor.sam3d_levers import apply_speed_settings
 
     R["compiled_blocks"] = model.compiled_blocks
-    from deployments.reconstructor.sam3d_upstream import LEVERS_OFF
-
     lever_keys = LEVERS_OFF + ("compile_mode",)  # what needs the generators re-configured
 
     def with_settings(**update):
