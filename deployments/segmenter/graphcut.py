@@ -3,10 +3,10 @@
 OpenCV's cv2.grabCut fixes the smoothness weight (gamma = 50) and always cuts the whole image.
 Its energy is Σ data + Σ smoothness over pixels and neighbour pairs; shrinking the image by a
 factor f shrinks the data sum by f² but boundary lengths only by f, so at a lower resolution the
-same gamma over-smooths and objects collapse (on the cat photo, to one eye). Here gamma is a
-parameter (a coarse image can be cut with gamma·f and keep the working resolution's balance),
-the n-link planes can be summed onto blocks (multigrid.py), and a cut can be limited to a band of
-pixels (the rest held at known labels), which is how a block cut's edge is refined per pixel.
+same gamma over-smooths and objects collapse (on the cat photo, to one eye). So the image is
+never shrunk for the cut: the working size's n-link planes are summed onto blocks instead
+(multigrid.py), which keeps that balance exactly, and a cut can be limited to a band of pixels
+(the rest held at known labels), which is how a block cut's edge is refined per pixel.
 
 Conventions follow cv2.grabCut: labels are cv2.GC_BGD/FGD/PR_BGD/PR_FGD; each colour model is a
 5-component Gaussian mixture whose component density is det(Σ)^-½·exp(-½ dᵀΣ⁻¹d); a pixel's
