@@ -208,7 +208,10 @@ def test_viewer_in_chromium(viewer_server, tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert lines, f"no report from the browser script; stderr:\n{proc.stderr[-4000:]}"
     report = json.loads(lines[-1])
-    assert proc.returncode == 0 and report["ok"], json.dumps(report, indent=1)[-6000:]
+    failing = {k: v for k, v in report.get("checks", {}).items() if not v.get("ok")}
+    assert proc.returncode == 0 and report["ok"], (
+        f"failing checks: {json.dumps(failing, indent=1)[:6000]}\nstderr: {proc.stderr[-2000:]}"
+    )
     checks = report["checks"]
     expected = {
         "capabilities_shape_the_page", "refusal_shows_server_message", "queue_position_shown", "click_shows_mask", "mask_overlay_drawn",

@@ -2,7 +2,9 @@
 // client (stream.js), the 3D view (scene.js) and the progress display (progress.js).
 //
 // Test hooks exist only with ?test=1 in the URL: then window.viewer exposes the state, the scene and
-// a few actions, and ?drop_frame=N skips the frame with frame_seq N once, as if it were lost.
+// a few actions, and ?drop_frame=N skips the frame with frame_seq N, as if it were lost; when the
+// next frame is a key frame anyway (the encoder sends one when a delta would not be smaller), the
+// loss healed unnoticed and the next frame from N on is skipped instead, so a delta does follow a loss.
 
 import { PhotoPanel } from "./photo.js";
 import { Progress } from "./progress.js";
@@ -29,7 +31,7 @@ function freshRun() {
   return {
     phase: "idle", // idle · streaming · complete · error · stopped
     requestId: null, progress: 0, events: 0, eventCounts: {}, framesDecoded: 0,
-    voxelCountsDrawn: [], resyncs: 0, decodeErrors: 0, droppedForTest: null,
+    voxelCountsDrawn: [], resyncs: 0, decodeErrors: 0, droppedForTest: null, dropsForTest: 0, dropArmed: DROP_FRAME !== null,
     error: null, complete: null, glbTriangles: 0, splats: 0, artifactErrors: [], queuePositions: [],
     job: null, resumes: 0, nonFrameSeqs: [],
   };
@@ -151,9 +153,11 @@ async function startPage() {
 
   async function onFrame(ev) {
     const run = state.run;
-    if (DROP_FRAME !== null && run.droppedForTest === null && ev.frame_seq === DROP_FRAME) {
-      run.droppedForTest = DROP_FRAME;
-      return `frame ${DROP_FRAME} dropped on purpose (test)`;
+    if (run.dropArmed && ev.frame_seq >= DROP_FRAME) {
+      run.dropArmed = false;
+      run.droppedForTest = ev.frame_seq;
+      run.dropsForTest++;
+      return `frame ${ev.frame_seq} dropped on purpose (test)`;
     }
     let frame;
     try {
@@ -164,6 +168,8 @@ async function startPage() {
       return err instanceof ResyncNeeded ? "waiting for a key frame" : "frame lost";
     }
     if (frame.key) keyFrameAsked = false;
+    // Tests: a key frame right after the dropped one healed the loss before it was seen: drop again.
+    if (frame.key && run.droppedForTest !== null && run.resyncs === 0 && run.dropsForTest < 10) run.dropArmed = true;
     run.framesDecoded++;
     scene.setVoxels(frame.coords, ev.type === "appearance" ? frame.colors : null, frame.gridSize);
     run.voxelCountsDrawn.push(frame.count);

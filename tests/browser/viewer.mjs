@@ -291,9 +291,10 @@ try {
   await clickPhoto(page, CUP); // SAM 3 needs a prompt; GrabCut would take the border as background
   await waitMasks(page, 1);
   const lossy = (await runToEnd(page)).run;
-  check("resync_after_lost_frame", lossy.phase === "complete" && lossy.droppedForTest === 3 && lossy.resyncs >= 1 &&
-    lossy.decodeErrors === 0, { phase: lossy.phase, dropped: lossy.droppedForTest, resyncs: lossy.resyncs,
-    resumes: lossy.resumes, events: lossy.eventCounts, decoded: lossy.framesDecoded });
+  // The first drop may heal unnoticed (the next frame is a key frame); the viewer then drops another.
+  check("resync_after_lost_frame", lossy.phase === "complete" && lossy.droppedForTest >= 3 && lossy.resyncs >= 1 &&
+    lossy.decodeErrors === 0, { phase: lossy.phase, dropped: lossy.droppedForTest, drops: lossy.dropsForTest,
+    resyncs: lossy.resyncs, resumes: lossy.resumes, events: lossy.eventCounts, decoded: lossy.framesDecoded });
   // The server's own picture of the finished job: its log from the start ends with one key frame.
   const log = await (await fetch(`${base}/v1/jobs/${lossy.job.job_id}/events`)).text();
   const logged = log.split("\n").filter((l) => l.startsWith("data: ")).map((l) => JSON.parse(l.slice(6)));
