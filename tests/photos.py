@@ -15,7 +15,7 @@ ROCKET_BOX = {"x_min": 285, "y_min": 110, "x_max": 345, "y_max": 415}
 
 
 def photo_bytes(name: str) -> bytes:
-    """coffee, chelsea, astronaut (PNG) or rocket (JPEG), as the files on disk."""
+    """coffee, chelsea, astronaut, coins (PNG) or rocket (JPEG), as the files on disk."""
     for ext in (".png", ".jpg"):
         path = DATA / f"{name}{ext}"
         if path.exists():

@@ -62,6 +62,19 @@ def test_nothing_to_find_is_bad_input(seg):
         seg.segment(flat, SegmentPrompt(box=Box(0, 0, 1, 1)))
 
 
+def test_a_click_that_colour_cannot_separate_says_what_to_do(seg):
+    """One coin among others like it: around the click the object's colours are also the
+    background's, the cut keeps only the click, and the answer must not ask for the click the
+    person already made."""
+    img = photo_array("coins")  # greyscale, 384x303; a coin centred at (334, 44)
+    with pytest.raises(BadInput) as err:
+        seg.segment(img, SegmentPrompt(points=[Point(334, 44, 1)]))
+    assert "around the click" in str(err.value) and "draw a box" in str(err.value)
+    # The advice works: a box around that coin gives the coin.
+    m = seg.segment(img, SegmentPrompt(box=Box(300, 10, 370, 80))).mask
+    assert m[44, 334] and not m[150:].any() and 0.02 < m.mean() < 0.05
+
+
 def test_same_input_same_mask(seg):
     import threading
     img = photo_array("chelsea")

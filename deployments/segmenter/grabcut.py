@@ -31,6 +31,20 @@ _MIN_OBJECT_FRACTION = 0.002
 _GAMMA = 50.0  # GrabCut's smoothness weight at the working size (cv2.grabCut's constant)
 
 
+def _no_object_message(prompt: SegmentPrompt) -> str:
+    """Why the cut kept (next to) nothing, and what the person can do about it. After a click
+    or a box, "add a click" would ask for what they already did: the cut separates by colour,
+    and around their prompt the object's colours were also the background's (say, one coin
+    among others like it)."""
+    if prompt.box is not None:
+        return ("the object could not be told from the rest of the box by colour; "
+                "click on the object inside the box (and on what is not the object)")
+    if any(p.label == 1 for p in prompt.points):
+        return ("the object could not be told from its background by colour around the click; "
+                "draw a box around the object, or click on the background next to it")
+    return "segmentation found no object; add a click on the object or a box around it"
+
+
 class GrabCutSegmenter:
     name = "grabcut"
 
@@ -52,7 +66,7 @@ class GrabCutSegmenter:
         fg = self._cut(np.ascontiguousarray(small[:, :, ::-1]), seeds)
         fg = self._clean(fg, prompt, scale)
         if fg.sum() < _MIN_OBJECT_FRACTION * fg.size:
-            raise BadInput("segmentation found no object; add a click on the object or a box around it")
+            raise BadInput(_no_object_message(prompt))
         mask = cv2.resize(fg.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_LINEAR) >= 128
         return SegmentResult(mask=mask, score=None, backend=self.name)
 
