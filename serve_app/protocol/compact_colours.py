@@ -1,11 +1,11 @@
 """Colour coding of the `compact` frame body: exact RGB888 colours as per-channel residuals.
 
-A frame's colour section (docs/frame-format.md) is either spatial (every voxel, residual
-against the previous voxel of the frame) or temporal (the listed voxels only, residual
-against the base frame's colour), as three planes of bytes mod 256. This module holds the
-modes, the residual arithmetic and the cost table the encoder (compact_codec.py) uses to
-choose between them, and the reading of the planes; the index set of a temporal section is
-coded by compact_sets.py.
+A frame's colour section (docs/frame-format.md, section 4.2) is either spatial (every voxel,
+residual against the previous voxel of the frame) or temporal (the listed voxels only,
+residual against the base frame's colour), as three planes of bytes mod 256. This module
+holds the modes, the residual arithmetic and the cost table the encoder (compact_codec.py)
+uses to choose between them, and the reading of the planes; the index set of a temporal
+section is coded by compact_sets.py.
 """
 from __future__ import annotations
 

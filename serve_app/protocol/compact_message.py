@@ -1,6 +1,6 @@
 """The envelope of a `compact` voxel frame message: header, flags, CRC-32 trailer, deflated body.
 
-Every message of the compact encoding (docs/frame-format.md, section 2) is a fixed 19-byte
+Every message of the compact encoding (docs/frame-format.md, section 3) is a fixed 19-byte
 header, the stream id, a body that may be deflated, and a CRC-32 of all that. This module
 reads and seals that envelope and nothing inside the body, so the encoder and decoder
 (compact_codec.py) and the body codings (compact_sets.py, compact_colours.py) share one

@@ -2,10 +2,10 @@
 
 A frame's occupancy (key frames), its toggled voxels (delta frames) and the positions of
 changed colours (temporal colours) are all sorted sets of indices, each sent as whichever of
-a bitmap, runs or gaps is smallest (docs/frame-format.md). This module writes and reads those
-sets, vectorised with numpy, and matches one frame's indices against another's, which both
-delta coding and temporal colours need. Kept apart from the stream logic (compact_codec.py)
-because it is pure byte coding with no notion of streams or frames.
+a bitmap, runs or gaps is smallest (docs/frame-format.md, section 4.1). This module writes
+and reads those sets, vectorised with numpy, and matches one frame's indices against
+another's, which both delta coding and temporal colours need. Kept apart from the stream
+logic (compact_codec.py) because it is pure byte coding with no notion of streams or frames.
 """
 from __future__ import annotations
 
