@@ -108,7 +108,8 @@ def test_page_imports_only_files_that_exist():
     for target in imports.values():
         assert (ROOT / "serve_app" / target).exists(), target
     for js in STATIC.glob("*.js"):
-        for rel in re.findall(r'^import .*? from "(\.[^"]+)";', js.read_text(), re.M):
+        # imports and re-exports (`export { … } from`), on one line or several
+        for rel in re.findall(r'^(?:import|export) [^;]*? from "(\.[^"]+)";', js.read_text(), re.M):
             assert (js.parent / rel).is_file(), (js.name, rel)
     assert 'src="static/viewer.js"' in page and "https://" not in page.split("<body>")[0]
 

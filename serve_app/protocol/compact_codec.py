@@ -13,48 +13,39 @@ Decoder:   dec = StreamDecoder(); frame = dec.decode(msg)          # VoxelFrame;
            ResyncNeeded: a delta that does not apply to what the decoder holds
            FrameFormatError (a ValueError): a corrupt, truncated or unsupported message
 SSE:       encode_event_fields(msg) -> {"encoding": "compact", "frame_data": base64, ...}
+
+This module is the stream logic: choosing key or delta frames, applying deltas, and the event
+fields. The message envelope (header, flags, CRC, deflate) is compact_message.py, the index
+set and varint codings compact_sets.py, the colour residuals compact_colours.py; their names
+that callers use are re-exported here, so `serve_app.protocol.compact_codec` stays the one
+import for the format.
 """
 from __future__ import annotations
 
 import base64
-import struct
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from sam3d_common.frames import MAX_GRID_SIZE, VoxelFrame
+from sam3d_common.frames import VoxelFrame
+
+from .compact_colours import (COLOR_MODE_NAMES, COLOR_SPATIAL, COLOR_TEMPORAL, _RESIDUAL_BITS, _pack_rgb,
+                              _planes, _residual_planes, _spatial_residuals)
+from .compact_message import (_HEADER, _U32, FLAG_COLORS, FLAG_DEFLATE, FLAG_KEY, FORMAT_VERSION, HEADER_SIZE,
+                              MAGIC, MAX_BODY_BYTES, FrameFormatError, FrameHeader, _body, _seal, read_header)
+from .compact_sets import (SET_BITMAP, SET_GAPS, SET_METHOD_NAMES, SET_RUNS, _apply_toggles, _plan_set,
+                           _positions, _read_set, _write_set)
+
+__all__ = [
+    "ENCODING_NAME", "FORMAT_VERSION", "MAGIC", "HEADER_SIZE", "MAX_BODY_BYTES",
+    "FLAG_KEY", "FLAG_DEFLATE", "FLAG_COLORS", "SET_BITMAP", "SET_RUNS", "SET_GAPS", "SET_METHOD_NAMES",
+    "COLOR_SPATIAL", "COLOR_TEMPORAL", "COLOR_MODE_NAMES", "FrameFormatError", "ResyncNeeded", "FrameHeader",
+    "read_header", "StreamEncoder", "StreamDecoder", "b64decode", "encode_event_fields", "inspect_message",
+    "CompactFrameEncoder",
+]  # _HEADER is imported here too, for tests/vectors/make_vectors.py
 
 ENCODING_NAME = "compact"
-FORMAT_VERSION = 1
-MAGIC = b"VX"
-
-FLAG_KEY = 0x01
-FLAG_DEFLATE = 0x02
-FLAG_COLORS = 0x04
-_KNOWN_FLAGS = FLAG_KEY | FLAG_DEFLATE | FLAG_COLORS
-
-# Ways to code a set of indices (occupancy, toggles, changed-colour positions).
-SET_BITMAP = 0
-SET_RUNS = 1
-SET_GAPS = 2
-SET_METHOD_NAMES = {SET_BITMAP: "bitmap", SET_RUNS: "runs", SET_GAPS: "gaps"}
-
-# Colour section modes.
-COLOR_SPATIAL = 0  # every voxel, residual against the previous voxel of the frame
-COLOR_TEMPORAL = 1  # listed voxels only, residual against the base frame's colour
-COLOR_MODE_NAMES = {COLOR_SPATIAL: "spatial", COLOR_TEMPORAL: "temporal"}
-
-# magic, version, flags, grid_size, frame_seq, base_seq, voxel_count, stream id length
-_HEADER = struct.Struct("<2sBBHIIIB")
-HEADER_SIZE = _HEADER.size  # 19, then the stream id, the body and a CRC-32 trailer
-_CRC = struct.Struct("<I")
-MAX_BODY_BYTES = 64 << 20  # an inflated body larger than this is refused
-_U32 = 0xFFFFFFFF
-
-
-class FrameFormatError(ValueError):
-    """The message is not a valid compact frame: corrupt, truncated, or of an unknown version."""
 
 
 class ResyncNeeded(Exception):
@@ -68,311 +59,6 @@ class ResyncNeeded(Exception):
         why = f" ({reason})" if reason else ""
         super().__init__(f"stream {stream_id!r}: delta applies to frame {base_seq} "
                          f"but the decoder holds {held}{why}; request a key frame")
-
-
-@dataclass(frozen=True)
-class FrameHeader:
-    version: int
-    flags: int
-    grid_size: int
-    frame_seq: int
-    base_seq: int
-    voxel_count: int
-    stream_id: str
-    body_offset: int  # where the body starts in the message
-    body_end: int  # where the CRC trailer starts
-
-    @property
-    def key(self) -> bool:
-        return bool(self.flags & FLAG_KEY)
-
-    @property
-    def compressed(self) -> bool:
-        return bool(self.flags & FLAG_DEFLATE)
-
-    @property
-    def has_colors(self) -> bool:
-        return bool(self.flags & FLAG_COLORS)
-
-
-# --------------------------------------------------------------------------- varints
-
-_VARINT_STEPS = (1 << 7, 1 << 14, 1 << 21, 1 << 28)
-
-
-def _varints_size(v: np.ndarray) -> int:
-    """Bytes that _encode_varints(v) takes."""
-    if len(v) == 0:
-        return 0
-    total, top = len(v), int(v.max())
-    for step in _VARINT_STEPS:
-        if top < step:
-            break
-        total += int(np.count_nonzero(v >= step))
-    return total
-
-
-def _encode_varints(v: np.ndarray) -> bytes:
-    """Unsigned LEB128 of every value (all < 2**32), concatenated."""
-    v = np.asarray(v, dtype=np.int64)
-    if len(v) == 0:
-        return b""
-    top = int(v.max())
-    if top < 0x80:
-        return v.astype(np.uint8).tobytes()
-    n = np.ones(len(v), np.int64)
-    for step in _VARINT_STEPS:
-        if top < step:
-            break
-        n += v >= step
-    longest = int(n.max())
-    starts = np.cumsum(n) - n
-    out = np.empty(int(starts[-1] + n[-1]), dtype=np.uint8)
-    out[starts] = (v & 0x7F) | ((n > 1) << 7)
-    for k in range(1, longest):
-        sel = np.flatnonzero(n > k)
-        out[starts[sel] + k] = ((v[sel] >> (7 * k)) & 0x7F) | ((n[sel] > k + 1) << 7)
-    return out.tobytes()
-
-
-def _varint_bytes(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _read_varint(buf: np.ndarray, pos: int) -> tuple[int, int]:
-    value = 0
-    for k in range(5):
-        if pos >= len(buf):
-            raise FrameFormatError("message ends inside a varint")
-        b = int(buf[pos])
-        pos += 1
-        value |= (b & 0x7F) << (7 * k)
-        if b < 0x80:
-            if value > _U32:
-                raise FrameFormatError("varint larger than 32 bits")
-            return value, pos
-    raise FrameFormatError("varint longer than 5 bytes")
-
-
-def _read_varints(buf: np.ndarray, pos: int, count: int) -> tuple[np.ndarray, int]:
-    """`count` LEB128 varints from buf[pos:], vectorised; returns (int64 values, new pos)."""
-    if count == 0:
-        return np.zeros(0, np.int64), pos
-    if count > len(buf) - pos:
-        raise FrameFormatError("message ends inside a varint list")
-    seg = buf[pos:pos + 5 * count]
-    ends = np.flatnonzero(seg < 0x80)
-    if len(ends) < count:
-        raise FrameFormatError("message ends inside a varint list")
-    ends = ends[:count]
-    end = int(ends[-1]) + 1
-    if end == count:  # every value took one byte
-        return seg[:count].astype(np.int64), pos + count
-    lens = np.diff(ends, prepend=-1)
-    if int(lens.max()) > 5:
-        raise FrameFormatError("varint longer than 5 bytes")
-    starts = ends - lens + 1
-    within = np.arange(end) - np.repeat(starts, lens)
-    values = np.add.reduceat((seg[:end].astype(np.int64) & 0x7F) << (7 * within), starts)
-    if int(values.max()) > _U32:
-        raise FrameFormatError("varint larger than 32 bits")
-    return values, pos + end
-
-
-# --------------------------------------------------------------------------- index sets
-
-@dataclass
-class _SetPlan:
-    method: int
-    size: int  # bytes including the method byte
-    values: np.ndarray | None  # runs or gaps; None for the bitmap
-
-
-def _plan_set(idx: np.ndarray, universe: int) -> _SetPlan:
-    """Choose the smallest coding of sorted unique indices in [0, universe)."""
-    if len(idx) == 0:
-        return _SetPlan(SET_RUNS, 2, np.zeros(0, np.int64))
-    brk = np.flatnonzero(np.diff(idx) != 1)
-    run_starts = idx[np.concatenate(([0], brk + 1))]
-    run_ends = idx[np.concatenate((brk, [len(idx) - 1]))] + 1
-    runs = np.empty(2 * len(run_starts), np.int64)
-    runs[0::2] = run_starts - np.concatenate(([0], run_ends[:-1]))
-    runs[1::2] = run_ends - run_starts
-    gaps = np.diff(idx, prepend=-1) - 1
-    plans = [
-        _SetPlan(SET_RUNS, 1 + len(_varint_bytes(len(runs))) + _varints_size(runs), runs),
-        _SetPlan(SET_GAPS, 1 + len(_varint_bytes(len(gaps))) + _varints_size(gaps), gaps),
-        _SetPlan(SET_BITMAP, 1 + (universe + 7) // 8, None),
-    ]
-    return min(plans, key=lambda p: p.size)  # first of equals: runs, gaps, bitmap
-
-
-def _write_set(plan: _SetPlan, idx: np.ndarray, universe: int) -> bytes:
-    if plan.method == SET_BITMAP:
-        bits = np.zeros(universe, dtype=bool)
-        bits[idx] = True
-        return bytes([SET_BITMAP]) + np.packbits(bits, bitorder="little").tobytes()
-    return bytes([plan.method]) + _varint_bytes(len(plan.values)) + _encode_varints(plan.values)
-
-
-def _read_set(buf: np.ndarray, pos: int, universe: int) -> tuple[np.ndarray, int]:
-    """Decode one index set; returns (sorted unique int64 indices, new pos)."""
-    if pos >= len(buf):
-        raise FrameFormatError("message ends before an index set")
-    method = int(buf[pos])
-    pos += 1
-    if method == SET_BITMAP:
-        nbytes = (universe + 7) // 8
-        if pos + nbytes > len(buf):
-            raise FrameFormatError("message ends inside a bitmap")
-        bits = np.unpackbits(buf[pos:pos + nbytes], bitorder="little")
-        if bits[universe:].any():
-            raise FrameFormatError("bitmap sets bits past the end of its range")
-        return np.flatnonzero(bits[:universe]).astype(np.int64), pos + nbytes
-    if method not in (SET_RUNS, SET_GAPS):
-        raise FrameFormatError(f"unknown index set method {method}")
-    count, pos = _read_varint(buf, pos)
-    values, pos = _read_varints(buf, pos, count)
-    if method == SET_GAPS:
-        idx = np.cumsum(values + 1) - 1
-        if count and int(idx[-1]) >= universe:
-            raise FrameFormatError("index set runs past the end of its range")
-        return idx, pos
-    ends = np.cumsum(values)
-    if count and int(ends[-1]) > universe:
-        raise FrameFormatError("runs cover more than the range")
-    lengths = values[1::2]
-    starts = ends[0::2][:len(lengths)]
-    total = int(lengths.sum())
-    offsets = np.cumsum(lengths) - lengths
-    idx = np.repeat(starts - offsets, lengths) + np.arange(total)
-    return idx, pos
-
-
-# --------------------------------------------------------------------------- matching frames
-
-_DENSE_LIMIT = 1 << 21  # up to 128^3 a lookup table over the grid is cheaper than sorting
-
-
-def _positions(base: np.ndarray, lin: np.ndarray, universe: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each index in lin: its position in the sorted base (0 where absent) and whether present."""
-    if len(base) == 0:
-        return np.zeros(len(lin), np.int64), np.zeros(len(lin), bool)
-    if universe <= _DENSE_LIMIT:
-        rank = np.full(universe, -1, np.int32)
-        rank[base] = np.arange(len(base), dtype=np.int32)
-        pos = rank[lin]
-        kept = pos >= 0
-        return np.maximum(pos, 0), kept
-    pos = np.minimum(np.searchsorted(base, lin), len(base) - 1)
-    return pos, base[pos] == lin
-
-
-def _apply_toggles(base: np.ndarray, toggles: np.ndarray, universe: int) -> np.ndarray:
-    """The sorted set base XOR toggles."""
-    if len(toggles) == 0:
-        return base
-    if universe <= _DENSE_LIMIT:
-        occ = np.zeros(universe, bool)
-        occ[base] = True
-        occ[toggles] ^= True
-        return np.flatnonzero(occ).astype(np.int64)
-    return np.setxor1d(base, toggles, assume_unique=True)
-
-
-# --------------------------------------------------------------------------- colours
-
-# Rough cost in bits of a residual byte once deflated: its signed magnitude's bit length,
-# with zero (unchanged) nearly free. Only used to choose between codings.
-_RESIDUAL_BITS = np.array([0.25] + [1 + min(b, 256 - b).bit_length() for b in range(1, 256)])
-
-
-def _pack_rgb(colors: np.ndarray) -> np.ndarray:
-    """(K, 3) uint8 → (K,) uint32 r | g << 8 | b << 16, for fast compares and gathers."""
-    c = colors.astype(np.uint32)
-    return c[:, 0] | (c[:, 1] << 8) | (c[:, 2] << 16)
-
-
-def _spatial_residuals(colors: np.ndarray) -> np.ndarray:
-    """(3, K) uint8 planes: each colour minus the previous voxel's, mod 256."""
-    res = np.diff(colors, axis=0, prepend=np.zeros((1, 3), np.uint8))
-    return np.ascontiguousarray(res.T)
-
-
-def _residual_planes(current: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """(3, M) uint8 planes of packed colours minus packed predictions, per channel mod 256."""
-    out = np.empty((3, len(current)), np.uint8)
-    for ch in range(3):
-        out[ch] = ((current >> (8 * ch)) - (predicted >> (8 * ch))) & 0xFF
-    return out
-
-
-def _planes(buf: np.ndarray, pos: int, count: int) -> tuple[np.ndarray, int]:
-    end = pos + 3 * count
-    if end > len(buf):
-        raise FrameFormatError("message ends inside the colour planes")
-    return buf[pos:end].reshape(3, count), end
-
-
-# --------------------------------------------------------------------------- header
-
-def _seal(header: bytes, body: bytes) -> bytes:
-    msg = header + body
-    return msg + _CRC.pack(zlib.crc32(msg))
-
-
-def read_header(msg: bytes | bytearray | memoryview) -> FrameHeader:
-    """Parse and check a message's header and CRC; raises FrameFormatError."""
-    if len(msg) < HEADER_SIZE + _CRC.size:
-        raise FrameFormatError(f"message of {len(msg)} bytes is shorter than a header")
-    magic, version, flags, n, seq, base, count, sid_len = _HEADER.unpack_from(msg, 0)
-    if magic != MAGIC:
-        raise FrameFormatError("not a compact voxel frame (bad magic)")
-    if version != FORMAT_VERSION:
-        raise FrameFormatError(f"frame format version {version} is not supported (this decoder reads {FORMAT_VERSION})")
-    body_offset = HEADER_SIZE + sid_len
-    body_end = len(msg) - _CRC.size
-    if body_offset > body_end:
-        raise FrameFormatError("message ends inside its stream id")
-    (crc,) = _CRC.unpack_from(msg, body_end)
-    if zlib.crc32(memoryview(msg)[:body_end]) != crc:
-        raise FrameFormatError("CRC-32 mismatch: the message is truncated or corrupted")
-    if flags & ~_KNOWN_FLAGS:
-        raise FrameFormatError(f"unknown flags 0x{flags:02x}")
-    if not 1 <= n <= MAX_GRID_SIZE:
-        raise FrameFormatError(f"grid size {n} outside 1..{MAX_GRID_SIZE}")
-    if count > n ** 3:
-        raise FrameFormatError(f"{count} voxels do not fit a {n}^3 grid")
-    try:
-        sid = bytes(msg[HEADER_SIZE:body_offset]).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise FrameFormatError("stream id is not UTF-8") from exc
-    return FrameHeader(version, flags, n, seq, base, count, sid, body_offset, body_end)
-
-
-def _inflate(data: memoryview) -> bytes:
-    d = zlib.decompressobj()
-    try:
-        out = d.decompress(data, MAX_BODY_BYTES)
-    except zlib.error as exc:
-        raise FrameFormatError(f"body does not inflate: {exc}") from exc
-    if d.unconsumed_tail:
-        raise FrameFormatError(f"inflated body exceeds {MAX_BODY_BYTES} bytes")
-    if not d.eof:
-        raise FrameFormatError("deflated body is truncated")
-    if d.unused_data:
-        raise FrameFormatError("bytes after the end of the deflated body")
-    return out
-
-
-def _body(msg, h: FrameHeader) -> np.ndarray:
-    raw = memoryview(msg)[h.body_offset:h.body_end]
-    return np.frombuffer(_inflate(raw) if h.compressed else raw, dtype=np.uint8)
 
 
 # --------------------------------------------------------------------------- encoder
