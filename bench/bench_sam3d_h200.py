@@ -116,18 +116,35 @@ def reset_peak():
 
 
 TIMES: dict[str, list[float]] = defaultdict(list)
+SPANS: list = []  # (name, start event, end event) on CUDA, read into TIMES by collect_spans()
 
 
 def timed(name, fn):
-    """Wraps fn; synchronises the GPU around it so the figure is the call's own."""
+    """Wraps fn and records its duration without adding a wait: on CUDA, the GPU time from the
+    call's start to the end of the work it queued (events on the calling thread's stream, read
+    after the run, including any GPU idle inside the call); on the CPU, its wall time. Runs
+    2-16 synchronised the GPU around each call instead, which itself idled the GPU between a
+    step and the launch of the next, and so inflated every image → GLB figure."""
     def wrapper(*a, **k):
-        sync()
-        t = time.perf_counter()
+        if not CUDA:
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            TIMES[name].append(time.perf_counter() - t)
+            return out
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         out = fn(*a, **k)
-        sync()
-        TIMES[name].append(time.perf_counter() - t)
+        end.record()
+        SPANS.append((name, start, end))
         return out
     return wrapper
+
+
+def collect_spans():
+    sync()
+    for name, start, end in SPANS:
+        TIMES[name].append(start.elapsed_time(end) / 1000)
+    SPANS.clear()
 
 
 def ms(name):
@@ -453,6 +470,7 @@ def main():
             R[tag] = {"skipped": "deadline"}
             return None
         TIMES.clear()
+        SPANS.clear()
         drawn.clear()
         reset_peak()
         trunk = graphed_trunk(p.models["ss_generator"].reverse_fn.backbone)
@@ -466,6 +484,7 @@ def main():
             log(tag, "FAILED", R[tag]["traceback"])
             save()
             return None
+        collect_spans()
         t = time.perf_counter()
         baked = baker.bake(final, uuid.uuid4().hex, BakeOptions())
         bake_s = time.perf_counter() - t
@@ -589,6 +608,7 @@ def main():
               "dense_appearance_eager": {"compile_appearance": False, "dense_appearance": True},
               "both_off": {"geometry_cuda_graph": False, "compile_appearance": False},
               "compile_occupancy_decoder": {"compile_occupancy_decoder": True},
+              "async_previews": {"async_previews": True},
               "preview_refit_every_25": {"preview_refit_every": 25},
               "preview_refit_every_12": {"preview_refit_every": 12},
               "device_context": {},

@@ -133,6 +133,9 @@ class Sam3dSettings(_Strict):
     preview_colors: Literal["latent", "decoder"] = "latent"
     preview_refit_every: int = Field(5, ge=1, le=100)
     preview_dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    # Previews copied to the host without the GPU worker waiting (deployments/reconstructor/
+    # sam3d_host.py): the next step is launched while the copy lands.
+    async_previews: bool = False
 
 
 class ReconstructorSettings(_Strict):

@@ -54,3 +54,88 @@ def test_latent_colors_recover_an_affine_map_and_refit_on_schedule():
             approx = fit(latent)
             assert np.abs(approx.astype(int) - truth.astype(int)).max() <= 1  # rounding only
     assert schedule == ["fit", "map", "map", "fit", "map", "map", "fit"]
+
+
+def test_pending_previews_settled_later_give_what_settling_at_once_gives():
+    """async_previews: the GPU worker queues each preview's host copy and goes on; the frame
+    thread settles the previews later, in order. The latent→colour schedule is decided when a
+    preview is made, so the colours are those of settling each preview at once."""
+    from deployments.reconstructor.sam3d_grid import quaternion_to_matrix
+    from deployments.reconstructor.sam3d_host import HostCopy, settle
+    from deployments.reconstructor.sam3d_run import PendingAppearance, PendingGeometry
+
+    g = np.random.default_rng(1)
+    a, b = g.normal(size=(8, 3)) * 5, np.array([128.0, 100.0, 90.0])
+    coords = np.zeros((300, 3), np.int64)
+
+    def previews(fit):
+        for _ in range(7):
+            latent = torch.from_numpy(g.normal(size=(300, 8)).astype(np.float32))
+            tensors = {"latent": latent}
+            if fit.due():  # the decoder's colours: the affine map plus a little noise
+                noisy = latent.double().numpy() @ a + b + g.normal(size=(300, 3))
+                tensors["colors"] = torch.from_numpy(np.clip(np.rint(noisy), 0, 255).astype(np.uint8))
+            yield PendingAppearance(coords, HostCopy(torch, tensors), fit)
+
+    state = g.bit_generator.state
+    at_once = [p.settle().colors for p in previews(LatentColors(refit_every=3))]
+    g.bit_generator.state = state
+    queued = list(previews(LatentColors(refit_every=3)))  # all made before any is settled
+    later = [settle(p).colors for p in queued]
+    assert all((x == y).all() for x, y in zip(at_once, later)) and len(later) == 7
+    assert len({x.tobytes() for x in later}) == 7  # mapped and decoded colours both ran
+
+    q = torch.tensor([0.9, 0.1, -0.3, 0.2])
+    occ = torch.rand(8, 8, 8) > 0.5
+    geo = settle(PendingGeometry(HostCopy(torch, {"occupancy": occ, "quaternion": q})))
+    assert (geo.occupancy == occ.numpy()).all()
+    assert np.allclose(geo.rotation, quaternion_to_matrix(q.numpy()))
+    plain = settle(PendingGeometry(HostCopy(torch, {"occupancy": occ})))
+    assert plain.rotation is None and settle(plain) is plain
+
+
+def test_upstream_run_previews_pending_or_at_once_are_the_same():
+    """UpstreamRun's previews with async_previews on are pending (the frame thread settles
+    them) and settle to what the synchronous previews return. Upstream's decoders are stood in
+    for by small torch functions; on the CPU the host copies are no-ops."""
+    from types import SimpleNamespace
+
+    from deployments.reconstructor.sam3d_host import settle
+    from deployments.reconstructor.sam3d_run import (AppearancePreview, GeometryPreview, PendingAppearance,
+                                                     PendingGeometry, UpstreamRun)
+
+    gen = torch.Generator().manual_seed(0)
+    shape = torch.randn(1, 4096, 8, generator=gen)
+    quaternion = torch.tensor([[0.8, 0.2, -0.4, 0.4]])
+    feats = torch.randn(1, 50, 8, generator=gen)
+    gaussians = SimpleNamespace(get_features=torch.randn(50 * 4, 1, 3, generator=gen),
+                                get_opacity=torch.rand(50 * 4, 1, generator=gen))
+    pipeline = SimpleNamespace(
+        shape_model_dtype=None, pose_decoder=lambda latents, **_: {"rotation": latents["quaternion"]},
+        models={"ss_decoder": lambda v: v.sum(1, keepdim=True), "slat_decoder_gs": lambda slat: [gaussians]})
+
+    def run(async_previews: bool, preview_colors: str):
+        r = object.__new__(UpstreamRun)
+        r.model, r.p = SimpleNamespace(torch=torch), pipeline
+        r.ss_input = {}
+        r.geo = SimpleNamespace(x_hat={"shape": shape, "quaternion": quaternion})
+        r.app = SimpleNamespace(x_hat=feats)
+        r.coords = torch.zeros(50, 4, dtype=torch.int32)
+        r.preview_coords = np.zeros((50, 3), np.int64)
+        r.preview_dtype = torch.float32
+        r.latent_colors = LatentColors(refit_every=2) if preview_colors == "latent" else None
+        r.async_previews = async_previews
+        r._slat = lambda f: f
+        return r
+
+    for colors in ("latent", "decoder"):
+        at_once, pending = run(False, colors), run(True, colors)
+        for _ in range(3):
+            g0, g1 = at_once.geometry_preview(), pending.geometry_preview()
+            a0, a1 = at_once.appearance_preview(), pending.appearance_preview()
+            assert isinstance(g0, GeometryPreview) and isinstance(g1, PendingGeometry)
+            assert isinstance(a0, AppearancePreview) and isinstance(a1, PendingAppearance)
+            g1, a1 = settle(g1), settle(a1)
+            assert (g0.occupancy == g1.occupancy).all() and 0 < g0.occupancy.mean() < 1
+            assert np.array_equal(g0.rotation, g1.rotation) and g0.rotation.shape == (3, 3)
+            assert np.array_equal(a0.colors, a1.colors) and a0.colors.shape == (50, 3)

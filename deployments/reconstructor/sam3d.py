@@ -39,6 +39,7 @@ from sam3d_common.weights import hub_snapshot
 
 from .base import ReconstructOptions, Reconstruction, StepFrame, shell, should_emit
 from .sam3d_grid import ViewMapping, color_order, map_to_view, view_from_local
+from .sam3d_host import settle
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Sam3dRun(Protocol):
 
     def prepare(self) -> None: ...
     def geometry_step(self) -> None: ...
+    # The previews may be pending (sam3d_host): the frame thread settles them.
     def geometry_preview(self): ...  # .occupancy (m,m,m) bool, .rotation 3x3 or None
     def start_appearance(self, occupancy: np.ndarray) -> None: ...
     def appearance_step(self) -> None: ...
@@ -257,6 +259,7 @@ class Sam3dReconstructor:
     # The frame thread's functions: previews → voxel frames in the view grid.
 
     def _geometry_frame(self, preview):
+        preview = settle(preview)
         mapping = map_to_view(preview.occupancy, view_from_local(preview.rotation), self.n)
         return (preview, mapping), VoxelFrame.from_occupancy(shell(mapping.occupancy))
 
@@ -264,6 +267,7 @@ class Sam3dReconstructor:
                           view_shell: np.ndarray, preview, order: dict):
         """Colours by one gather: which preview voxel colours each view cell depends only on
         the run's voxels, so it is worked out at the first frame (`order` caches it)."""
+        preview = settle(preview)
         colors = np.zeros(mapping.source.shape + (3,), np.uint8)
         if len(preview.coords):
             if order.get("coords") is not preview.coords:

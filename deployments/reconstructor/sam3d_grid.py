@@ -106,12 +106,13 @@ def surface(occ: np.ndarray) -> np.ndarray:
     return occ & ~ndimage.binary_erosion(occ, structure=np.ones((3, 3, 3), bool), border_value=0)
 
 
-def voxel_colors(features_dc, opacity) -> np.ndarray:
+def voxel_colors(features_dc, opacity, on_host: bool = True):
     """Per-voxel RGB from its Gaussians: degree-0 SH → RGB, averaged with opacity weights.
 
     features_dc: (V, G, 3) DC coefficients; opacity: (V, G) activated opacities in [0, 1];
     numpy arrays, or torch tensors, which are reduced where they are (on the GPU only the
-    (V, 3) result is copied back, not the V·G Gaussians). Returns (V, 3) uint8.
+    (V, 3) result is copied back, not the V·G Gaussians). Returns (V, 3) uint8, as numpy, or
+    for torch input with on_host=False as a tensor where the input is.
     """
     if isinstance(features_dc, np.ndarray) or not hasattr(features_dc, "double"):
         xp, dc, w = np, np.asarray(features_dc, np.float64), np.asarray(opacity, np.float64)
@@ -124,7 +125,10 @@ def voxel_colors(features_dc, opacity) -> np.ndarray:
     total = w.sum(1)
     mean = xp.where(total > 1e-8, (rgb * w).sum(1) / total.clip(1e-8, None), rgb.mean(1))
     out = (mean * 255.0 + 0.5).clip(0, 255)
-    return out.astype(np.uint8) if xp is np else out.to(xp.uint8).cpu().numpy()
+    if xp is np:
+        return out.astype(np.uint8)
+    out = out.to(xp.uint8)
+    return out.cpu().numpy() if on_host else out
 
 
 def color_order(occ_shape: int, coords: np.ndarray, source: np.ndarray) -> np.ndarray:

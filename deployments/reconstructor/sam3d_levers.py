@@ -84,17 +84,20 @@ class LatentColors:
     def __init__(self, refit_every: int):
         self.refit_every = max(1, int(refit_every))
         self.weights: np.ndarray | None = None
-        self.calls = 0
+        self.previews = 0
 
     def due(self) -> bool:
-        return self.weights is None or self.calls % self.refit_every == 0
+        """Whether this preview (asked once per preview, in order) refits: the first and every
+        refit_every-th. Counted here, not in fit/__call__, so that the schedule holds when the
+        previews are settled later, on another thread (sam3d_host)."""
+        due = self.previews % self.refit_every == 0
+        self.previews += 1
+        return due
 
     def fit(self, latent: np.ndarray, colors: np.ndarray) -> None:
         a = np.concatenate([latent.astype(np.float64), np.ones((len(latent), 1))], axis=1)
         self.weights, *_ = np.linalg.lstsq(a, colors.astype(np.float64), rcond=None)
-        self.calls += 1
 
     def __call__(self, latent: np.ndarray) -> np.ndarray:
-        self.calls += 1
         a = np.concatenate([latent.astype(np.float64), np.ones((len(latent), 1))], axis=1)
         return np.clip(np.rint(a @ self.weights), 0, 255).astype(np.uint8)

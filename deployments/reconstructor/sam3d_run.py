@@ -28,6 +28,7 @@ import numpy as np
 
 from .base import GaussianData, MeshData, Pose
 from .sam3d_grid import quaternion_to_matrix, voxel_colors
+from .sam3d_host import HostCopy
 from .sam3d_levers import LatentColors
 
 _SEED_SOURCE = random.SystemRandom()
@@ -54,15 +55,20 @@ class EulerRun:
         self.x = noise
         self.x_hat = None
         self.times = times
+        # The step sizes as Python floats, read once: `float()` of a 0-d CUDA tensor waits for
+        # the GPU, and after each step's dynamics that wait would leave the GPU idle while the
+        # next step is launched (the appearance stage's time grid lives on the GPU).
+        self._host_times = [float(t) for t in times]
         self.total = len(times) - 1
         self.done = 0
         self._args = tuple(dynamics_args) + tuple(cond_args)
         self._kwargs = dict(cond_kwargs)
 
     def step(self) -> None:
-        t0, t1 = self.times[self.done], self.times[self.done + 1]
+        t0 = self.times[self.done]
         v = self.generator._generate_dynamics(self.x, t0, *self._args, **self._kwargs)
-        to_end, dt = float(1 - t0), float(t1 - t0)  # times are numpy or 0-d tensors
+        h0, h1 = self._host_times[self.done], self._host_times[self.done + 1]
+        to_end, dt = 1.0 - h0, h1 - h0
         self.x_hat = _tree_map(lambda x, u: x + u * to_end, self.x, v)
         self.x = _tree_map(lambda x, u: x + u * dt, self.x, v)
         self.done += 1
@@ -73,11 +79,48 @@ class GeometryPreview:
     occupancy: np.ndarray  # (64, 64, 64) bool, local grid
     rotation: np.ndarray | None  # upstream's row-vector pose rotation, None without a pose
 
+    def settle(self) -> "GeometryPreview":
+        return self
+
 
 @dataclass
 class AppearancePreview:
     coords: np.ndarray  # (V, 3) int local voxel coordinates on the 64³ grid
     colors: np.ndarray  # (V, 3) uint8
+
+    def settle(self) -> "AppearancePreview":
+        return self
+
+
+@dataclass
+class PendingGeometry:
+    """A geometry preview whose host copy is still in flight (sam3d_host); `settle()` waits."""
+    copy: HostCopy
+
+    def settle(self) -> GeometryPreview:
+        a = self.copy.wait()
+        q = a.get("quaternion")
+        return GeometryPreview(a["occupancy"], None if q is None else quaternion_to_matrix(q))
+
+
+@dataclass
+class PendingAppearance:
+    """An appearance preview whose host copy is still in flight. `colors` came from the
+    Gaussian decoder (then, with `fit`, the latent→colour map is refitted to them) or, when
+    absent, are mapped from `latent` by `fit`. Settled in order on one thread, as the map
+    requires."""
+    coords: np.ndarray
+    copy: HostCopy
+    fit: LatentColors | None
+
+    def settle(self) -> AppearancePreview:
+        a = self.copy.wait()
+        colors = a.get("colors")
+        if colors is None:
+            colors = self.fit(a["latent"])
+        elif self.fit is not None:
+            self.fit.fit(a["latent"], colors)
+        return AppearancePreview(self.coords, colors)
 
 
 @dataclass
@@ -129,6 +172,9 @@ class UpstreamRun:
         self.latent_colors = (LatentColors(settings.preview_refit_every)
                               if settings.preview_colors == "latent" else None)
         self.preview_dtype = getattr(torch, settings.preview_dtype)
+        # Off CUDA the copies are no-ops, but the previews are still settled on the frame
+        # thread, so the CPU tests run the same path.
+        self.async_previews = bool(settings.async_previews)
 
     def _ctx(self, dtype):
         """Thread-local torch state for one call: no autograd, CUDA autocast. No default-device
@@ -197,13 +243,13 @@ class UpstreamRun:
             return self.p.pose_decoder(latents, scene_scale=self.ss_input.get("pointmap_scale"),
                                        scene_shift=self.ss_input.get("pointmap_shift"))
 
-    def geometry_preview(self) -> GeometryPreview:
-        occ = (self._occupancy_logits(self.geo.x_hat)[0, 0] > 0).cpu().numpy()
+    def geometry_preview(self) -> GeometryPreview | PendingGeometry:
+        tensors = {"occupancy": self._occupancy_logits(self.geo.x_hat)[0, 0] > 0}
         pose = self._pose(self.geo.x_hat)
-        rotation = None
         if pose is not None:
-            rotation = quaternion_to_matrix(pose["rotation"].reshape(-1, 4)[0].float().cpu().numpy())
-        return GeometryPreview(occ, rotation)
+            tensors["quaternion"] = pose["rotation"].reshape(-1, 4)[0].float()
+        pending = PendingGeometry(HostCopy(self.model.torch, tensors))
+        return pending if self.async_previews else pending.settle()
 
     def start_appearance(self, occupancy: np.ndarray) -> None:
         """The SLAT flow on the voxels upstream would give it: the final geometry's occupied
@@ -245,24 +291,22 @@ class UpstreamRun:
         feats = feats * self.p.slat_std.to(feats.device) + self.p.slat_mean.to(feats.device)
         return sp.SparseTensor(coords=self.coords, feats=feats)
 
-    def appearance_preview(self) -> AppearancePreview:
+    def appearance_preview(self) -> AppearancePreview | PendingAppearance:
         fit = self.latent_colors
-        latent = None
+        tensors = {}
         if fit is not None:
-            latent = self.app.x_hat[0].float().cpu().numpy()
-            if not fit.due():
-                return AppearancePreview(self.preview_coords, fit(latent))
-        dtype = None if self.preview_dtype == self.model.torch.float32 else self.preview_dtype
-        with self._ctx(dtype):
-            gaussians = self.p.models["slat_decoder_gs"](self._slat(self.app.x_hat))[0]
-            n_vox = self.coords.shape[0]
-            # The decoder emits each voxel's Gaussians together, in the order of the input
-            # coords; they are averaged on the GPU, and only the colours come back.
-            colors = voxel_colors(gaussians.get_features[:, 0, :].reshape(n_vox, -1, 3),
-                                  gaussians.get_opacity.reshape(n_vox, -1))
-        if fit is not None:
-            fit.fit(latent, colors)
-        return AppearancePreview(self.preview_coords, colors)
+            tensors["latent"] = self.app.x_hat[0].float()
+        if fit is None or fit.due():
+            dtype = None if self.preview_dtype == self.model.torch.float32 else self.preview_dtype
+            with self._ctx(dtype):
+                gaussians = self.p.models["slat_decoder_gs"](self._slat(self.app.x_hat))[0]
+                n_vox = self.coords.shape[0]
+                # The decoder emits each voxel's Gaussians together, in the order of the input
+                # coords; they are averaged where they are, and only the colours come back.
+                tensors["colors"] = voxel_colors(gaussians.get_features[:, 0, :].reshape(n_vox, -1, 3),
+                                                 gaussians.get_opacity.reshape(n_vox, -1), on_host=False)
+        pending = PendingAppearance(self.preview_coords, HostCopy(self.model.torch, tensors), fit)
+        return pending if self.async_previews else pending.settle()
 
     def finish(self, decode_mesh: bool = True, decode_gaussians: bool = True) -> FinalAssets:
         """Decode the final sample: mesh + Gaussians (object-local) and the pose."""
