@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from sam3d_common.errors import BadInput, NotConfigured
+from sam3d_common.settings import StreamSettings
 from deployments.image_generator.unavailable import MESSAGE as NO_GENERATOR
 from deployments.mesh_baker.bake import BakeOptions
 from deployments.reconstructor.base import ReconstructOptions
@@ -76,7 +77,8 @@ async def prepare_job(service: GenerateService, req: GenerateRequest, image_byte
     options = ReconstructOptions(geometry_every=req.stream_geometry_every,
                                  colors_every=req.stream_colors_every, fast=req.fast,
                                  geometry_steps=req.geometry_steps,
-                                 appearance_steps=req.appearance_steps)
+                                 appearance_steps=req.appearance_steps,
+                                 min_frame_interval_s=frame_interval(service.settings.stream))
     return Job(request_id=new_artifact_id(), prompt=req.prompt, image=image,
                seg_prompt=seg_prompt, options=options, encoding=req.encoding, seed=req.seed,
                timeouts=service.settings.timeouts,
@@ -84,6 +86,14 @@ async def prepare_job(service: GenerateService, req: GenerateRequest, image_byte
                                 texture_size=req.texture_size), input_size=input_size,
                mask_as_given=mask is not None and not (req.refine_mask or req.point_prompts
                                                        or req.box_prompts))
+
+
+def frame_interval(stream: StreamSettings) -> float:
+    """The reconstructor's `min_frame_interval_s` for a stream capped at max_frames_per_s: a
+    frame it would coalesce is never built (on a GPU, never decoded). A fifth under the
+    pacer's gap, so that steps paced at exactly that gap (the embedded default's min_step_s
+    at 10 frames/s) all still show, and the pacer keeps the exact cap."""
+    return 0.8 / stream.max_frames_per_s
 
 
 def _check_array(a: np.ndarray) -> np.ndarray:

@@ -91,3 +91,18 @@ def test_cancel_stops_at_the_next_step_boundary():
 def test_empty_mask_is_bad_input():
     with pytest.raises(BadInput):
         collect(InflationReconstructor(grid_size=16), np.zeros((10, 10, 3), np.uint8), np.zeros((10, 10), bool))
+
+
+def test_frame_gate_thins_shown_steps_to_the_interval_keeping_first_and_last():
+    from deployments.reconstructor.base import FrameGate
+
+    now = [0.0]
+    gate = FrameGate(every=1, min_interval_s=0.1, clock=lambda: now[0])
+    shown = []
+    for k in range(1, 11):  # a step every 40 ms
+        if gate(k, 10):
+            shown.append(k)
+        now[0] += 0.04
+    assert shown == [1, 4, 7, 10] and gate.skipped == 6
+    every2 = FrameGate(every=2, min_interval_s=0.0, clock=lambda: 0.0)
+    assert [k for k in range(1, 8) if every2(k, 7)] == [2, 4, 6, 7]

@@ -82,16 +82,19 @@ def test_slow_reader_keeps_memory_bounded_and_gets_final_frames(long_app):
     s.close()
     events = parse_sse(s.body().decode())
     growth = {k: round(peak[k] - rss_before.get(k, 0), 1) for k in peak}
-    print(f"slow reader: read {read_while_producing} B while producing; RSS growth MB {growth}; "
-          f"coalesced {events[-1].get('coalesced_frames')}")
-    assert read_while_producing < 200_000  # the reader really was slow
-    assert sum(growth.values()) < 50, growth
     geo = [e for e in events if e["type"] == "geometry"]
     app = [e for e in events if e["type"] == "appearance"]
+    print(f"slow reader: read {read_while_producing} B while producing; RSS growth MB {growth}; "
+          f"{len(geo) + len(app)} of {GEO + APP} frames received, coalesced "
+          f"{events[-1].get('coalesced_frames')}")
+    assert read_while_producing < 200_000  # the reader really was slow
+    assert sum(growth.values()) < 50, growth
     assert geo[-1]["step"] == GEO and app[-1]["step"] == APP  # the last frame of each stage
     complete = events[-1]
     assert complete["type"] == "complete"
-    assert complete["coalesced_frames"] == GEO + APP - len(geo) - len(app) > 0
+    # Every frame not received was coalesced by the pacer or never built (the reconstructor
+    # builds at most one per 0.8 / max_frames_per_s, serve_app/prepare.frame_interval).
+    assert 0 < complete["coalesced_frames"] <= GEO + APP - len(geo) - len(app)
     # What the server pushed stayed within its byte budget instead of GEO+APP full frames.
     frame_bytes = sum(len(e["voxel_data"]) for e in geo + app)
     full = len(geo[-1]["voxel_data"]) * (GEO + APP)

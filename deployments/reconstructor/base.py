@@ -1,6 +1,7 @@
 """The interface every reconstructor backend (silhouette inflation, SAM 3D Objects) implements."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol, Union
 
@@ -19,6 +20,11 @@ class ReconstructOptions:
     geometry_steps: int | None = None
     appearance_steps: int | None = None
     fast: bool = False  # distilled few-step sampling without CFG, where the backend has it
+    # Of the steps to be shown, at most one per this many seconds per stage (and always the
+    # first and the last): the ingress sets it from the stream's frame-rate cap, so that no
+    # frame is built (on a GPU: no preview decoded) that the stream would coalesce away.
+    # 0 shows every `*_every`-th step.
+    min_frame_interval_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,29 @@ def shell(occ: np.ndarray) -> np.ndarray:
 def should_emit(step: int, total: int, every: int) -> bool:
     """Every `every`-th step, and always the last so no stage ends on a stale frame."""
     return step == total or step % every == 0
+
+
+class FrameGate:
+    """Which steps of one stage are shown: those `should_emit` picks, thinned so that at most
+    one per `min_interval_s` is (the first and the last always are). Asked once per step, in
+    order, when the step is about to run."""
+
+    def __init__(self, every: int, min_interval_s: float = 0.0, clock=time.monotonic):
+        self.every = every
+        self.min_interval_s = min_interval_s
+        self._clock = clock
+        self._last: float | None = None
+        self.skipped = 0  # steps should_emit picked that the interval left out
+
+    def __call__(self, step: int, total: int) -> bool:
+        if not should_emit(step, total, self.every):
+            return False
+        now = self._clock()
+        if step != total and self._last is not None and now - self._last < self.min_interval_s:
+            self.skipped += 1
+            return False
+        self._last = now
+        return True
 
 
 class ReconstructorBackend(Protocol):

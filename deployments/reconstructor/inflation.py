@@ -30,7 +30,7 @@ from sam3d_common.errors import BadInput
 from sam3d_common.frames import VoxelFrame
 from sam3d_common.settings import InflationSettings
 
-from .base import ReconstructOptions, Reconstruction, StepFrame, shell, should_emit
+from .base import FrameGate, ReconstructOptions, Reconstruction, StepFrame, shell
 
 _TOTAL_SWEEPS_64 = 800  # Gauss-Seidel sweeps that bring a 64-wide silhouette within ~5 % of converged
 
@@ -145,6 +145,7 @@ class InflationReconstructor:
         # Convergence takes O(width²) sweeps; scale from the 64-grid figure.
         total_sweeps = round(_TOTAL_SWEEPS_64 * (self.n / 64) ** 2)
         occ = None
+        show = FrameGate(options.geometry_every, options.min_frame_interval_s)
         for k in range(1, geo_total + 1):
             started = time.monotonic()
             target = round(total_sweeps * k / geo_total)
@@ -152,19 +153,20 @@ class InflationReconstructor:
             sweeps_done = target
             occ = occupancy(u, prep.silhouette, s.depth_scale)
             self.steps_run += 1
-            if should_emit(k, geo_total, options.geometry_every):
+            if show(k, geo_total):
                 frame = VoxelFrame.from_occupancy(shell(occ))
                 yield StepFrame("geometry", k, geo_total, frame)
             await self._pace(started)
         surface = shell(occ)
         sigma0 = self.n / 10.0
         cols = None
+        show = FrameGate(options.colors_every, options.min_frame_interval_s)
         for k in range(1, app_total + 1):
             started = time.monotonic()
             sigma = sigma0 * (1.0 - k / app_total)
             cols = await asyncio.to_thread(refine_colors, prep, sigma)
             self.steps_run += 1
-            if should_emit(k, app_total, options.colors_every):
+            if show(k, app_total):
                 col_vol = np.broadcast_to(cols[:, :, None, :], (self.n, self.n, self.n, 3))
                 yield StepFrame("appearance", k, app_total, VoxelFrame.from_occupancy(surface, col_vol))
             await self._pace(started)

@@ -1,8 +1,8 @@
 """SAM 3D Objects reconstructor: image + mask → geometry frames, appearance frames, final assets.
 
 How it streams. The geometry stage (the sparse-structure flow model) runs one denoising step
-per call; at each step to be shown (`should_emit` with `geometry_every`), the clean latent
-predicted from that step is decoded by the sparse-structure decoder into 64³ occupancy and
+per call; at each step to be shown (`base.FrameGate`: every `geometry_every`-th step, at most
+one per `min_frame_interval_s`), the clean latent predicted from that step is decoded by the sparse-structure decoder into 64³ occupancy and
 rotated by the pose predicted with it into the viewer's frame (x right, y up, z towards the
 camera), resampled to `grid_size`. The last geometry step gives the final shape. The
 appearance stage (the SLAT flow model) then runs step by step on the voxels upstream's
@@ -37,7 +37,7 @@ from sam3d_common.frames import VoxelFrame
 from sam3d_common.settings import Sam3dSettings
 from sam3d_common.weights import hub_snapshot
 
-from .base import ReconstructOptions, Reconstruction, StepFrame, shell, should_emit
+from .base import FrameGate, ReconstructOptions, Reconstruction, StepFrame, shell
 from .sam3d_grid import ViewMapping, color_order, map_to_view, view_from_local
 from .sam3d_host import settle
 
@@ -195,7 +195,8 @@ class Sam3dReconstructor:
         try:
             await self._call(run.prepare)
             async with contextlib.aclosing(self._stage(
-                    run, state, "geometry", geometry_steps, options.geometry_every,
+                    run, state, "geometry", geometry_steps,
+                    FrameGate(options.geometry_every, options.min_frame_interval_s),
                     self._geometry_step, self._geometry_frame)) as frames:
                 async for _, frame in frames:
                     yield frame
@@ -208,7 +209,8 @@ class Sam3dReconstructor:
             order: dict = {}  # the per-run colour gather (sam3d_grid.color_order), built once
             build = functools.partial(self._appearance_frame, geometry.occupancy, mapping, view_shell, order=order)
             async with contextlib.aclosing(self._stage(
-                    run, state, "appearance", appearance_steps, options.colors_every,
+                    run, state, "appearance", appearance_steps,
+                    FrameGate(options.colors_every, options.min_frame_interval_s),
                     self._appearance_step, build)) as frames:
                 async for _, frame in frames:
                     yield frame
@@ -226,7 +228,7 @@ class Sam3dReconstructor:
                 step.add_done_callback(lambda f: f.cancelled() or f.exception())
             await asyncio.shield(self._call(run.release))
 
-    async def _stage(self, run: Sam3dRun, state: dict, stage: str, total: int, every: int, gpu_step, build):
+    async def _stage(self, run: Sam3dRun, state: dict, stage: str, total: int, show: FrameGate, gpu_step, build):
         """One stage's steps: step k+1 is queued on the GPU before step k's frame is built
         (`build(preview)`, on the frame thread) and sent, so building and sending overlap the
         next step; a cancellation lets at most that one queued step run. Yields (what `build`
@@ -234,7 +236,7 @@ class Sam3dReconstructor:
         in state["pending"]; state["step"] is the step on the GPU."""
         pending = None
         for k in range(1, total + 1):
-            state["step"] = self._gpu(gpu_step, run, should_emit(k, total, every))
+            state["step"] = self._gpu(gpu_step, run, show(k, total))
             if pending is not None:
                 value, frame = await pending
                 yield value, StepFrame(stage, k - 1, total, frame)
