@@ -62,8 +62,10 @@ class GenerateRequest(RequestModel):
     segmentation_label: str | None = Field(None, max_length=100,
                                            description="what to cut out (text-prompted segmenters)")
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    stream_geometry_every: int = Field(1, ge=1, le=10, description="emit a geometry frame every N steps")
-    stream_colors_every: int = Field(1, ge=1, le=10, description="emit an appearance frame every N steps")
+    stream_geometry_every: int = Field(1, ge=1, le=10, description="emit a geometry frame every N steps, at "
+                                       "most stream.max_frames_per_s a second")
+    stream_colors_every: int = Field(1, ge=1, le=10, description="emit an appearance frame every N steps, at "
+                                     "most stream.max_frames_per_s a second")
     fast: bool = Field(False, description="fast mode: the reconstructor's distilled few-step "
                        "sampling without guidance, where the backend has it (SAM 3D Objects)")
     geometry_steps: int | None = Field(None, ge=1, le=100, description="geometry denoising steps "
