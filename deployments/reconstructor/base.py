@@ -125,14 +125,12 @@ class FrameGate:
         self.min_interval_s = min_interval_s
         self._clock = clock
         self._last: float | None = None
-        self.skipped = 0  # steps should_emit picked that the interval left out
 
     def __call__(self, step: int, total: int) -> bool:
         if not should_emit(step, total, self.every):
             return False
         now = self._clock()
         if step != total and self._last is not None and now - self._last < self.min_interval_s:
-            self.skipped += 1
             return False
         self._last = now
         return True

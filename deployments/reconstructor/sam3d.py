@@ -1,16 +1,16 @@
 """SAM 3D Objects reconstructor: image + mask → geometry frames, appearance frames, final assets.
 
-How it streams. The geometry stage (the sparse-structure flow model) runs one denoising step
-per call; at each step to be shown (`base.FrameGate`: every `geometry_every`-th step, at most
-one per `min_frame_interval_s`), the clean latent predicted from that step is decoded by the sparse-structure decoder into 64³ occupancy and
-rotated by the pose predicted with it into the viewer's frame (x right, y up, z towards the
-camera), resampled to `grid_size`. The last geometry step gives the final shape. The
-appearance stage (the SLAT flow model) then runs step by step on the voxels upstream's
-pipeline would give it; shown steps are decoded by the Gaussian decoder into one colour per
-voxel. After the last step the final structured latent is decoded as upstream's `run()`
-decodes it: the FlexiCubes mesh with vertex colours and the Gaussians, plus the pose
-(rotation, translation, scale). The Reconstruction carries those and the voxel volume (the
-mesh baker's fast preview).
+How it streams. The geometry stage (the sparse-structure flow model) runs one denoising step per
+call; at each step to be shown (`base.FrameGate`: every `geometry_every`-th step, at most one
+per `min_frame_interval_s`), the clean latent predicted from that step is decoded by the
+sparse-structure decoder into 64³ occupancy and rotated by the pose predicted with it into the
+viewer's frame (x right, y up, z towards the camera), resampled to `grid_size`. The last
+geometry step gives the final shape. The appearance stage (the SLAT flow model) then runs step
+by step on the voxels upstream's pipeline would give it; shown steps are decoded by the Gaussian
+decoder into one colour per voxel. After the last step the final structured latent is decoded as
+upstream's `run()` decodes it: the FlexiCubes mesh with vertex colours and the Gaussians, plus
+the pose (rotation, translation, scale). The Reconstruction carries those and the voxel volume
+(the mesh baker's fast preview).
 
 Every step runs on one worker thread owned by this backend (one GPU, one request at a time)
 and is awaited, so a cancelled request stops at the next step boundary: the step already

@@ -23,11 +23,10 @@ class HostCopy:
             if t.is_cuda:
                 host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
                 host.copy_(t, non_blocking=True)
-                self._host[name] = host
-            else:
-                self._host[name] = t
-        if any(t.is_cuda for t in tensors.values()):
-            self._event = torch.cuda.Event()
+                t = host
+                self._event = self._event or torch.cuda.Event()
+            self._host[name] = t
+        if self._event is not None:
             self._event.record()
 
     def wait(self) -> dict[str, np.ndarray]:
@@ -39,6 +38,7 @@ class HostCopy:
 
 def settle(preview):
     """A preview as numpy arrays: a pending one (sam3d_run.PendingGeometry/PendingAppearance)
-    waits for its host copy; anything without `settle()` is returned as it is."""
+    waits for its host copy; a settled one (GeometryPreview, AppearancePreview, or any object
+    without `settle()`) is returned as it is."""
     settle_fn = getattr(preview, "settle", None)
     return preview if settle_fn is None else settle_fn()

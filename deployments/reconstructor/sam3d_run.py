@@ -79,17 +79,11 @@ class GeometryPreview:
     occupancy: np.ndarray  # (64, 64, 64) bool, local grid
     rotation: np.ndarray | None  # upstream's row-vector pose rotation, None without a pose
 
-    def settle(self) -> "GeometryPreview":
-        return self
-
 
 @dataclass
 class AppearancePreview:
     coords: np.ndarray  # (V, 3) int local voxel coordinates on the 64³ grid
     colors: np.ndarray  # (V, 3) uint8
-
-    def settle(self) -> "AppearancePreview":
-        return self
 
 
 @dataclass
