@@ -475,6 +475,8 @@ def main():
         reset_peak()
         trunk = graphed_trunk(p.models["ss_generator"].reverse_fn.backbone)
         replays = trunk.replays if trunk is not None else 0
+        app_trunk = dense_trunk(p.models["slat_generator"].reverse_fn.backbone)
+        app_counts = (app_trunk.replays, app_trunk.captures) if app_trunk is not None else None
         options = ReconstructOptions(seed=1234, geometry_every=every, colors_every=every, fast=fast,
                                      geometry_steps=steps, appearance_steps=steps,
                                      min_frame_interval_s=frame_interval)
@@ -500,6 +502,8 @@ def main():
              "occupancy_iou_vs_cadence1": iou(seen.get("local_occupancy"), reference[0]),
              "compiled": bool(model.settings.compile_geometry and model.compiled_blocks),
              "geometry_graph_replays": (trunk.replays - replays) if trunk is not None else None,
+             "appearance_graph_replays_captures": None if app_counts is None else [
+                 app_trunk.replays - app_counts[0], app_trunk.captures - app_counts[1]],
              "timers_ms": {k: ms(k) for k in sorted(TIMES)}}
         occupancies[tag] = seen.get("local_occupancy")
         latent, ref = seen.get("final_latent"), latents.get("ours_cadence1")
@@ -513,7 +517,7 @@ def main():
         save()
         return r
 
-    from deployments.reconstructor.sam3d_graphs import graphed_trunk
+    from deployments.reconstructor.sam3d_graphs import dense_trunk, graphed_trunk
     from deployments.reconstructor.sam3d_levers import apply_speed_settings
 
     R["compiled_blocks"] = model.compiled_blocks
@@ -615,6 +619,11 @@ def main():
               "async_previews": {"async_previews": True},
               "preview_refit_every_25": {"preview_refit_every": 25},
               "preview_refit_every_12": {"preview_refit_every": 12},
+              "appearance_cuda_graph": {"appearance_cuda_graph": True},
+              # The stream levers together (each is also measured on its own above).
+              "async_refit25": {"async_previews": True, "preview_refit_every": 25},
+              "async_refit25_occupancy": {"async_previews": True, "preview_refit_every": 25,
+                                          "compile_occupancy_decoder": True},
               "device_context": {},
               "compile_reduce_overhead": {"compile_mode": "reduce-overhead"},
               "previews_by_decoder_fp16": {"preview_colors": "decoder"},

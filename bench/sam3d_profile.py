@@ -10,6 +10,7 @@ time the GPU is busy at all.
 from __future__ import annotations
 
 from bench.gpu_profile import kernel_profile
+from deployments.reconstructor.sam3d_host import settle
 
 
 def profile_stages(model, image, mask, steps: int, sync) -> dict:
@@ -20,19 +21,19 @@ def profile_stages(model, image, mask, steps: int, sync) -> dict:
         out["geometry_step"] = kernel_profile(run.geometry_step, sync, runs=3)
         while run.geo.done < run.geo.total:
             run.geometry_step()
-        run.start_appearance(run.geometry_preview().occupancy)
+        run.start_appearance(settle(run.geometry_preview()).occupancy)
         out["appearance_voxels"] = int(run.coords.shape[0])
         out["appearance_step_guided"] = kernel_profile(run.appearance_step, sync, runs=3)
         while run.app.done < run.app.total - 4:
             run.appearance_step()
         out["appearance_step_unguided"] = kernel_profile(run.appearance_step, sync, runs=3)
         fit = run.latent_colors
-        if fit is not None:
-            fit.weights = None  # the next preview refits from the Gaussian decoder
+        # previews = 0: the next preview is the first of a refit cycle, so it runs the Gaussian
+        # decoder (LatentColors.due); settle() so the host copy and the fit are counted too.
         out["appearance_preview_refit"] = kernel_profile(
-            lambda: (setattr(fit, "weights", None) if fit is not None else None, run.appearance_preview()),
-            sync, runs=2)
-        out["geometry_preview"] = kernel_profile(run.geometry_preview, sync, runs=3)
+            lambda: (setattr(fit, "previews", 0) if fit is not None else None,
+                     settle(run.appearance_preview())), sync, runs=2)
+        out["geometry_preview"] = kernel_profile(lambda: settle(run.geometry_preview()), sync, runs=3)
         out["finish"] = kernel_profile(run.finish, sync, runs=1)
     finally:
         run.release()

@@ -127,6 +127,9 @@ class Sam3dSettings(_Strict):
     # (`compile_appearance`, CUDA only; implies dense).
     dense_appearance: bool = False
     compile_appearance: bool = True
+    # Those dense blocks replayed as one CUDA graph per request (its voxel count is fixed for
+    # all its steps): captured at the first pass, replayed by the others (CUDA only).
+    appearance_cuda_graph: bool = False
     # The occupancy decoder of the geometry previews compiled (fixed shape).
     compile_occupancy_decoder: bool = False
     warm_up: bool = True  # one synthetic request at start, before the replica reports healthy

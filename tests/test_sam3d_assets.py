@@ -7,6 +7,8 @@ import json
 import struct
 
 import meshoptimizer
+import io
+
 import numpy as np
 import pytest
 import trimesh
@@ -142,6 +144,31 @@ def test_meshopt_glb_decodes_to_the_same_mesh():
     assert gltf["scenes"][0]["extras"]["pose"]["translation"] == [0.1, -0.2, 2.5]
     plain = assets.plain_glb(mesh)
     assert len(data) < 0.6 * len(plain)  # the point of compressing
+
+
+def test_plain_glb_loads_as_the_same_mesh():
+    mesh = sphere(3)
+    loaded = trimesh.load(io.BytesIO(assets.plain_glb(mesh)), file_type="glb", force="mesh", process=False)
+    assert np.array_equal(loaded.vertices.astype(np.float32), mesh.vertices)
+    assert np.array_equal(loaded.faces, mesh.faces)
+    assert np.array_equal(loaded.visual.vertex_colors[:, :3], mesh.colors)
+    assert (loaded.visual.vertex_colors[:, 3] == 255).all()
+
+
+def test_posed_gaussian_ply_rows_hold_the_posed_values():
+    g = np.random.default_rng(2)
+    n = 7
+    q = g.normal(size=(n, 4)).astype(np.float32)
+    gs = GaussianData(xyz=g.normal(size=(n, 3)).astype(np.float32), f_dc=g.normal(size=(n, 3)).astype(np.float32),
+                      opacity=g.normal(size=n).astype(np.float32), scale=g.normal(size=(n, 3)).astype(np.float32),
+                      rotation=q / np.linalg.norm(q, axis=1, keepdims=True))
+    posed = assets.posed_gaussians(gs, QUARTER_TURN_Y)
+    ply = bytes(assets.gaussian_ply_bytes(posed))
+    body = ply[ply.index(b"end_header\n") + len(b"end_header\n"):]
+    rows = np.frombuffer(body, "<f4").reshape(n, 17)
+    assert np.array_equal(rows[:, 0:3], posed.xyz) and np.array_equal(rows[:, 13:17], posed.rotation)
+    assert np.array_equal(rows[:, 6:9], gs.f_dc) and np.array_equal(rows[:, 9], gs.opacity)
+    assert np.array_equal(rows[:, 10:13], posed.scale) and not rows[:, 3:6].any()
 
 
 def test_bake_writes_decoded_assets_and_reports_them(tmp_path):

@@ -13,7 +13,6 @@ where they run.
 """
 from __future__ import annotations
 
-import os
 import types
 
 import numpy as np
@@ -26,52 +25,14 @@ from deployments.reconstructor.sam3d_graphs import (GraphedTrunk, graphed_trunk,
                                                     install_graphed_trunk)
 from deployments.reconstructor.sam3d_levers import apply_speed_settings, transformer_blocks
 from sam3d_common.settings import Sam3dSettings
-
-
-def _upstream_sparse():
-    """Upstream's sparse modules with PyTorch attention (the service's choice without
-    flash_attn), or a skip."""
-    for key in ("ATTN_BACKEND", "SPARSE_ATTN_BACKEND"):
-        os.environ.setdefault(key, "sdpa")
-    os.environ.setdefault("LIDRA_SKIP_INIT", "true")
-    try:
-        sp = pytest.importorskip("sam3d_objects.model.backbone.tdfy_dit.modules.sparse",
-                                 reason="upstream sam3d_objects is not installed")
-        from sam3d_objects.model.backbone.tdfy_dit.models.structured_latent_flow import SLatFlowModel
-        from sam3d_objects.model.backbone.tdfy_dit.modules.sparse.transformer.modulated import (
-            ModulatedSparseTransformerCrossBlock)
-    except ImportError as exc:  # installed, but a dependency (spconv) is missing
-        pytest.skip(f"upstream sam3d_objects does not import here: {exc}")
-    if sp.ATTN != "sdpa":
-        pytest.skip(f"upstream's sparse attention was imported with {sp.ATTN}")
-    from deployments.reconstructor.sam3d_attention import install_varlen_sdpa
-
-    install_varlen_sdpa()
-    return sp, ModulatedSparseTransformerCrossBlock, SLatFlowModel
-
-
-def _randomise(module, std=0.2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():  # upstream zero-inits the modulation and output layers
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return module
-
-
-def _coords(n, side, batches=1, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for b in range(batches):
-        xyz = torch.unique(torch.randint(0, side, (n, 3), generator=g), dim=0)
-        rows.append(torch.cat([torch.full((len(xyz), 1), b), xyz], 1))
-    return torch.cat(rows).int()
+from tests.support.sam3d_upstream import randomise, sparse_coords, upstream_sparse
 
 
 @pytest.mark.parametrize("qk_rms_norm", [True, False])
 def test_dense_block_gives_upstreams_block_output(qk_rms_norm):
-    sp, Block, _ = _upstream_sparse()
-    block = _randomise(Block(64, 32, num_heads=4, qk_rms_norm=qk_rms_norm).eval())
-    coords = _coords(60, 8)
+    sp, Block, _ = upstream_sparse()
+    block = randomise(Block(64, 32, num_heads=4, qk_rms_norm=qk_rms_norm).eval())
+    coords = sparse_coords(60, 8)
     g = torch.Generator().manual_seed(1)
     x = sp.SparseTensor(feats=torch.randn(len(coords), 64, generator=g), coords=coords)
     mod, context = torch.randn(1, 64, generator=g), torch.randn(1, 7, 32, generator=g)
@@ -93,8 +54,8 @@ def test_dense_block_gives_upstreams_block_output(qk_rms_norm):
 
 
 def test_installed_dense_forward_eager_compiled_and_batch_fallback():
-    sp, Block, _ = _upstream_sparse()
-    blocks = [_randomise(Block(64, 32, num_heads=4, qk_rms_norm=True).eval(), seed=i)
+    sp, Block, _ = upstream_sparse()
+    blocks = [randomise(Block(64, 32, num_heads=4, qk_rms_norm=True).eval(), seed=i)
               for i in range(2)]
     g = torch.Generator().manual_seed(2)
     mod, context = torch.randn(1, 64, generator=g), torch.randn(1, 5, 32, generator=g)
@@ -106,7 +67,7 @@ def test_installed_dense_forward_eager_compiled_and_batch_fallback():
         return x.feats
 
     inputs = [sp.SparseTensor(feats=torch.randn(len(c), 64, generator=g), coords=c)
-              for c in (_coords(40, 8, seed=3), _coords(90, 8, seed=4))]
+              for c in (sparse_coords(40, 8, seed=3), sparse_coords(90, 8, seed=4))]
     want = [run(x) for x in inputs]
     assert install_dense_blocks(blocks) == 2
     assert all(torch.equal(run(x), w) for x, w in zip(inputs, want))
@@ -117,7 +78,7 @@ def test_installed_dense_forward_eager_compiled_and_batch_fallback():
     for x, w in zip(inputs, want):  # two token counts, one dynamic graph per block
         assert torch.allclose(run(x), w, atol=1e-5, rtol=1e-5)
     # Two objects in one SparseTensor: upstream's own forward, unchanged.
-    both = _coords(30, 8, batches=2, seed=5)
+    both = sparse_coords(30, 8, batches=2, seed=5)
     x2 = sp.SparseTensor(feats=torch.randn(len(both), 64, generator=g), coords=both)
     mod2, context2 = torch.randn(2, 64, generator=g), torch.randn(2, 5, 32, generator=g)
     got = run(x2, mod2, context2)
@@ -126,7 +87,7 @@ def test_installed_dense_forward_eager_compiled_and_batch_fallback():
 
 
 def test_tiny_slat_flow_model_gives_the_same_velocity_with_dense_blocks(monkeypatch):
-    sp, _, SLatFlowModel = _upstream_sparse()
+    sp, _, SLatFlowModel = upstream_sparse()
     spconv = pytest.importorskip("spconv.pytorch")
     from tests.support.spconv_cpu import submanifold_conv_cpu
 
@@ -134,8 +95,8 @@ def test_tiny_slat_flow_model_gives_the_same_velocity_with_dense_blocks(monkeypa
     model = SLatFlowModel(resolution=16, in_channels=8, model_channels=64, cond_channels=32,
                           out_channels=8, num_blocks=2, num_heads=4, patch_size=2,
                           num_io_res_blocks=2, io_block_channels=[32], qk_rms_norm=True).eval()
-    _randomise(model, std=0.1)
-    coords = _coords(150, 16, seed=6)
+    randomise(model, std=0.1)
+    coords = sparse_coords(150, 16, seed=6)
     g = torch.Generator().manual_seed(7)
     x = sp.SparseTensor(feats=torch.randn(len(coords), 8, generator=g), coords=coords)
     t, cond = torch.tensor([300.0]), torch.randn(1, 6, 32, generator=g)
@@ -187,7 +148,7 @@ def test_graphed_trunk_off_cuda_is_the_block_loop():
 
 
 def test_apply_speed_settings_switches_levers_on_and_off():
-    sp, Block, _ = _upstream_sparse()
+    sp, Block, _ = upstream_sparse()
     app = types.SimpleNamespace(blocks=torch.nn.ModuleList(
         [Block(64, 32, num_heads=4).eval() for _ in range(2)]))
     geo = _Backbone()
@@ -256,16 +217,16 @@ def test_graphed_trunk_on_cuda_replays_what_the_blocks_compute():
 
 @pytest.mark.gpu
 def test_compiled_dense_block_on_cuda_agrees_with_upstreams_block():
-    sp, Block, _ = _upstream_sparse()
+    sp, Block, _ = upstream_sparse()
     from sam3d_objects.model.backbone.tdfy_dit.modules.utils import convert_module_to_f16
 
-    block = _randomise(Block(256, 128, num_heads=4, qk_rms_norm=True).eval(), std=0.05).cuda()
+    block = randomise(Block(256, 128, num_heads=4, qk_rms_norm=True).eval(), std=0.05).cuda()
     block.apply(convert_module_to_f16)
     g = torch.Generator(device="cuda").manual_seed(8)
     mod = torch.randn(1, 256, device="cuda", generator=g).half()
     context = torch.randn(1, 40, 128, device="cuda", generator=g).half()
     xs = [sp.SparseTensor(feats=torch.randn(len(c), 256, device="cuda", generator=g).half(),
-                          coords=c.cuda()) for c in (_coords(3000, 32, seed=9), _coords(5000, 32, seed=10))]
+                          coords=c.cuda()) for c in (sparse_coords(3000, 32, seed=9), sparse_coords(5000, 32, seed=10))]
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
         want = [block(x, mod, context).feats.float() for x in xs]
         install_dense_blocks([block], {"mode": "default"})
@@ -318,3 +279,40 @@ def test_warm_up_that_fails_with_levers_on_switches_them_off_and_runs_again(monk
     with caplog.at_level("WARNING"):
         model.warm_up()
     assert len(applied) == 1 and "SAM 3D warm-up incomplete: CUDA out of memory" in caplog.text
+
+
+def test_warm_up_settles_pending_previews(monkeypatch, caplog):
+    """With async_previews on, a run's previews are pending host copies: the warm-up settles
+    them (as the frame thread does) and goes through every call, with the levers kept on.
+    (On the H100 the unsettled preview failed the warm-up and switched every lever off.)"""
+    from deployments.reconstructor import sam3d_upstream
+
+    model = sam3d_upstream.UpstreamModel.__new__(sam3d_upstream.UpstreamModel)
+    model.settings = Sam3dSettings(async_previews=True)
+    model.pipeline, model.torch = types.SimpleNamespace(models={}), torch
+    calls = []
+
+    class Pending:
+        def __init__(self, value):
+            self.value = value
+
+        def settle(self):
+            calls.append("settled")
+            return self.value
+
+    class Run:
+        def __getattr__(self, name):  # prepare, geometry_step, start_appearance, ...
+            return lambda *a: calls.append(name)
+
+        def geometry_preview(self):
+            return Pending(types.SimpleNamespace(occupancy=np.ones((4, 4, 4), bool)))
+
+        def appearance_preview(self):
+            return Pending(types.SimpleNamespace(colors=np.zeros((64, 3), np.uint8)))
+
+    model.begin = lambda *a, **k: Run()
+    with caplog.at_level("WARNING"):
+        model.warm_up()
+    assert calls == ["prepare", "geometry_step", "settled", "start_appearance", "appearance_step",
+                     "settled", "finish", "release"]
+    assert not caplog.text and model.settings.compile_geometry

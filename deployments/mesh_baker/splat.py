@@ -16,24 +16,29 @@ PROPERTIES = ("x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "op
               "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
 
 
-def splat_ply_bytes(recon: Reconstruction, opacity: float = 0.95) -> bytes:
+def splat_ply_bytes(recon: Reconstruction, opacity: float = 0.95) -> bytearray:
     n = recon.grid_size
     idx = np.argwhere(shell(recon.occupancy))
     rgb = recon.colors[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float32) / 255.0
-    data = np.zeros((len(idx), len(PROPERTIES)), np.float32)
+    ply, data = ply_buffer(len(idx))
     data[:, 0:3] = (idx + 0.5) / n - 0.5
     data[:, 6:9] = (rgb - 0.5) / SH_C0
     data[:, 9] = np.log(opacity / (1 - opacity))
     # A splat as wide as its voxel: sigma ≈ half the voxel edge.
     data[:, 10:13] = np.log(0.5 / n)
     data[:, 13] = 1.0
-    return ply_bytes(data)
+    return ply
 
 
-def ply_bytes(rows: np.ndarray) -> bytes:
-    """A binary PLY of (N, len(PROPERTIES)) float32 rows."""
+def ply_buffer(count: int) -> tuple[bytearray, np.ndarray]:
+    """A binary PLY of ``count`` vertices, zero-filled, and the (count, len(PROPERTIES))
+    little-endian float32 view of its rows: callers fill the rows in place, so a PLY of ~1M
+    Gaussians (~66 MB) is built without copying it."""
     header = "ply\nformat binary_little_endian 1.0\n"
-    header += f"element vertex {len(rows)}\n"
+    header += f"element vertex {count}\n"
     header += "".join(f"property float {p}\n" for p in PROPERTIES)
-    header += "end_header\n"
-    return header.encode("ascii") + np.ascontiguousarray(rows, dtype="<f4").tobytes()
+    header = (header + "end_header\n").encode("ascii")
+    buf = bytearray(len(header) + count * len(PROPERTIES) * 4)
+    buf[:len(header)] = header
+    rows = np.frombuffer(buf, "<f4", offset=len(header)).reshape(count, len(PROPERTIES))
+    return buf, rows

@@ -98,6 +98,7 @@ def install_dense_blocks(blocks, compile_kwargs: dict | None = None) -> int:
         if compile_kwargs is not None:
             fn = torch.compile(fn, dynamic=False, **compile_kwargs)
         block.forward = functools.partial(_forward, block, fn, type(block).forward)
+        block.dense_fn = fn  # for sam3d_graphs.DenseTrunk, which calls it on the features
         count += 1
     return count
 
@@ -105,6 +106,7 @@ def install_dense_blocks(blocks, compile_kwargs: dict | None = None) -> int:
 def remove_dense_blocks(blocks) -> None:
     for block in blocks:
         block.__dict__.pop("forward", None)
+        block.__dict__.pop("dense_fn", None)
 
 
 def _forward(block, fn, upstream_forward, x, mod, context):

@@ -12,6 +12,11 @@ CUDA, with autograd on, once a capture has failed for those shapes, or past `max
 distinct shapes, the work runs eagerly, as upstream runs it. Replays share their graph's static
 buffers, so calls must come one at a time on one stream, as the reconstructor's single GPU
 worker thread makes them.
+
+The appearance stage's shapes are fixed within a request (its voxel count, for all its steps and
+both CFG passes) and change between requests: `DenseTrunk` keeps one graph, replaced when the
+count changes, and its first pass at a new count is the warm-up (run eagerly, its result used),
+so a request pays one capture and no extra pass.
 """
 from __future__ import annotations
 
@@ -40,11 +45,17 @@ class _Captured:
 class CudaGraphReplay(torch.nn.Module):
     """`self.run(*args, **kwargs)` replayed from one CUDA graph per input signature."""
 
-    def __init__(self, warmup_calls: int = 2, max_graphs: int = 4):
+    def __init__(self, warmup_calls: int = 2, max_graphs: int = 4, evict: bool = False):
+        """`warmup_calls` eager calls on copies of the inputs before a capture; 0: the call that
+        meets new shapes runs eagerly and its result is returned, then it is captured.
+        `max_graphs` captures at most; past it, new shapes run eagerly or, with `evict`, the
+        graphs held are dropped for the new one; with `evict` a failed capture switches
+        replaying off (`enabled`) rather than retrying at every new shape."""
         super().__init__()
         self.enabled = True
         self.warmup_calls = warmup_calls
         self.max_graphs = max_graphs
+        self.evict = evict
         self._graphs: dict[tuple, _Captured | None] = {}
         self.replays = 0
         self.captures = 0
@@ -68,7 +79,17 @@ class CudaGraphReplay(torch.nn.Module):
                torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
         if key not in self._graphs:
             if len(self._graphs) >= self.max_graphs:
-                return self.run(*args, **kwargs)
+                if not self.evict:
+                    return self.run(*args, **kwargs)
+                self._graphs.clear()  # frees the old graph's memory pool with its outputs
+            if self.warmup_calls == 0:
+                # Under the capture's torch state, so that a compiled block does not compile
+                # again for the capture.
+                with _uncached_autocast():
+                    out = self.run(*args, **kwargs)
+                self._graphs[key] = self._capture(leaves, spec)
+                self.enabled = self._graphs[key] is not None or not self.evict
+                return out
             self._graphs[key] = self._capture(leaves, spec)
         captured = self._graphs[key]
         if captured is None:
@@ -116,6 +137,50 @@ class GraphedTrunk(CudaGraphReplay):
         for block in self.blocks:
             h = block(h, *rest)
         return h
+
+
+class DenseTrunk(CudaGraphReplay):
+    """The appearance transformer's blocks as one module, installed as the single member of
+    its backbone's `blocks` (upstream's forward: `for block in self.blocks: h = block(h, t_emb,
+    cond)` on a SparseTensor). When every block has a dense forward (`sam3d_dense`, its
+    `dense_fn`) and the input is one object, the blocks run on the feature matrix and are
+    replayed from one CUDA graph per token count (see the module's docstring); otherwise they
+    run as upstream's loop."""
+
+    def __init__(self, blocks: torch.nn.ModuleList):
+        super().__init__(warmup_calls=0, max_graphs=1, evict=True)
+        self.blocks = blocks
+
+    def forward(self, x, mod, context):
+        if (x.shape[0] != 1 or context.dim() != 3 or context.shape[0] != 1
+                or not all(callable(getattr(b, "dense_fn", None)) for b in self.blocks)):
+            for block in self.blocks:
+                x = block(x, mod, context)
+            return x
+        return x.replace(super().forward(x.feats, mod, context))
+
+    def run(self, feats, mod, context):
+        for block in self.blocks:
+            if feats.shape[0] > 1:
+                torch._dynamo.maybe_mark_dynamic(feats, 0)  # compiled once for every count
+            feats = block.dense_fn(feats, mod, context)
+        return feats
+
+
+def install_dense_trunk(backbone) -> DenseTrunk:
+    """Put the appearance backbone's blocks behind one DenseTrunk (idempotent)."""
+    trunk = dense_trunk(backbone)
+    if trunk is None:
+        trunk = DenseTrunk(backbone.blocks)
+        backbone.blocks = torch.nn.ModuleList([trunk])
+    return trunk
+
+
+def dense_trunk(backbone) -> DenseTrunk | None:
+    blocks = getattr(backbone, "blocks", None)
+    if blocks is not None and len(blocks) == 1 and isinstance(blocks[0], DenseTrunk):
+        return blocks[0]
+    return None
 
 
 def install_graphed_trunk(backbone) -> GraphedTrunk:

@@ -8,6 +8,8 @@
     (`sam3d_graphs.GraphedTrunk`);
   - `dense_appearance` / `compile_appearance`: the appearance transformer's blocks on plain
     feature tensors, eager or compiled with a dynamic token count (`sam3d_dense`);
+  - `appearance_cuda_graph`: those dense blocks replayed as one CUDA graph per request
+    (`sam3d_graphs.DenseTrunk`);
   - `compile_occupancy_decoder`: the geometry previews' occupancy decoder compiled.
   Measured gains: the README's SAM 3D section and docs/sam3d.md.
 - `LatentColors`: an appearance preview without the Gaussian decoder. At the first preview of
@@ -24,11 +26,11 @@ import torch
 
 def transformer_blocks(module) -> list:
     """The members of `module`'s top-level ModuleLists (a DiT's blocks), looking through a
-    GraphedTrunk to the blocks it runs."""
-    from .sam3d_graphs import GraphedTrunk
+    GraphedTrunk or DenseTrunk to the blocks it runs."""
+    from .sam3d_graphs import DenseTrunk, GraphedTrunk
 
     return [inner for m in module.children() if isinstance(m, torch.nn.ModuleList) for b in m
-            for inner in (b.blocks if isinstance(b, GraphedTrunk) else [b])]
+            for inner in (b.blocks if isinstance(b, (GraphedTrunk, DenseTrunk)) else [b])]
 
 
 def compile_blocks(module, **compile_kwargs) -> int:
@@ -46,7 +48,7 @@ def apply_speed_settings(models: dict, settings, cuda: bool) -> int:
     without CUDA); returns how many blocks are compiled. Safe to call again with new settings:
     blocks are (un)compiled, dense forwards installed or removed, captured graphs dropped."""
     from .sam3d_dense import install_dense_blocks, remove_dense_blocks
-    from .sam3d_graphs import graphed_trunk, install_graphed_trunk
+    from .sam3d_graphs import dense_trunk, graphed_trunk, install_dense_trunk, install_graphed_trunk
 
     geometry = models["ss_generator"].reverse_fn.backbone
     appearance = models["slat_generator"].reverse_fn.backbone
@@ -56,13 +58,22 @@ def apply_speed_settings(models: dict, settings, cuda: bool) -> int:
     else:
         for block in transformer_blocks(geometry):
             block._compiled_call_impl = None
-    app_blocks = list(getattr(appearance, "blocks", None) or transformer_blocks(appearance))
+    app_trunk = dense_trunk(appearance)
+    app_blocks = list(app_trunk.blocks if app_trunk is not None else
+                      getattr(appearance, "blocks", None) or transformer_blocks(appearance))
     remove_dense_blocks(app_blocks)
-    if settings.dense_appearance or settings.compile_appearance:
+    dense = settings.dense_appearance or settings.compile_appearance
+    if dense:
         compile_dense = cuda and settings.compile_appearance
         changed = install_dense_blocks(
             app_blocks, {"mode": settings.compile_mode} if compile_dense else None)
         compiled += changed if compile_dense else 0
+    app_graph = bool(cuda and dense and settings.appearance_cuda_graph)
+    if app_graph and app_trunk is None and getattr(appearance, "blocks", None) is not None:
+        app_trunk = install_dense_trunk(appearance)
+    if app_trunk is not None:
+        app_trunk.reset()  # captured with the blocks as they were
+        app_trunk.enabled = app_graph
     decoder = models["ss_decoder"]
     if cuda and settings.compile_occupancy_decoder:
         decoder.compile(mode=settings.compile_mode)

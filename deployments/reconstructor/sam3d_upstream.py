@@ -37,7 +37,7 @@ UNUSED_KEYS = ("slat_decoder_gs_4_config_path", "slat_decoder_gs_4_ckpt_path")
 ATTENTION_ENV = ("ATTN_BACKEND", "SPARSE_ATTN_BACKEND")
 # The speed levers that compile or capture (Sam3dSettings), switched off if the warm-up fails.
 LEVERS_OFF = ("compile_geometry", "geometry_cuda_graph", "compile_appearance", "dense_appearance",
-              "compile_occupancy_decoder")
+              "appearance_cuda_graph", "compile_occupancy_decoder")
 
 
 def vendored_root() -> Path | None:
@@ -258,6 +258,8 @@ class UpstreamModel:
     def _warm_up_request(self) -> Exception | None:
         import numpy as np
 
+        from .sam3d_host import settle
+
         yy, xx = np.mgrid[0:256, 0:256]
         image = np.stack([yy, xx, np.full_like(yy, 128)], -1).astype(np.uint8)
         mask = (yy - 128) ** 2 + (xx - 128) ** 2 < 80 ** 2
@@ -265,11 +267,12 @@ class UpstreamModel:
         try:
             run.prepare()
             run.geometry_step()
-            occupancy = run.geometry_preview().occupancy
+            # settle(): with async_previews the previews come back as pending host copies.
+            occupancy = settle(run.geometry_preview()).occupancy
             if occupancy.any():
                 run.start_appearance(occupancy)
                 run.appearance_step()
-                run.appearance_preview()
+                settle(run.appearance_preview())
                 run.finish()
         except Exception as exc:  # noqa: BLE001 - a warm-up must not stop the replica
             return exc
