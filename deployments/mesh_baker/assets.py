@@ -113,22 +113,29 @@ def plain_glb(mesh: MeshData) -> bytearray:
         views.append({"buffer": 0, "byteOffset": offset, "byteLength": arr.nbytes, "target": target})
         chunks.append(arr)
         offset += arr.nbytes + (-arr.nbytes % 4)
-    gltf = {
+    gltf = _mesh_gltf(positions, len(indices), buffers=[{"byteLength": offset}], views=views)
+    return _glb(gltf, chunks, offset)
+
+
+def _mesh_gltf(positions: np.ndarray, index_count: int, buffers: list, views: list,
+               extras: dict | None = None) -> dict:
+    """The glTF JSON of one coloured triangle mesh: POSITION (float32), COLOR_0 (RGBA8) and
+    uint32 indices in buffer views 0, 1, 2."""
+    return {
         "asset": {"version": "2.0", "generator": "sam3d-serve"},
-        "buffers": [{"byteLength": offset}],
+        "buffers": buffers,
         "bufferViews": views,
         "accessors": [
             {"bufferView": 0, "componentType": 5126, "count": len(positions), "type": "VEC3",
              **_bounds(positions)},
-            {"bufferView": 1, "componentType": 5121, "normalized": True, "count": len(rgba), "type": "VEC4"},
-            {"bufferView": 2, "componentType": 5125, "count": len(indices), "type": "SCALAR"},
+            {"bufferView": 1, "componentType": 5121, "normalized": True, "count": len(positions), "type": "VEC4"},
+            {"bufferView": 2, "componentType": 5125, "count": index_count, "type": "SCALAR"},
         ],
         "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "COLOR_0": 1}, "indices": 2, "mode": 4}]}],
         "nodes": [{"mesh": 0, "name": "object"}],
-        "scenes": [{"nodes": [0]}],
+        "scenes": [{"nodes": [0], **({"extras": extras} if extras else {})}],
         "scene": 0,
     }
-    return _glb(gltf, chunks, offset)
 
 
 def _bounds(positions: np.ndarray) -> dict:
@@ -188,24 +195,11 @@ def meshopt_glb(mesh: MeshData, extras: dict | None = None) -> bytearray:
         views.append(view)
         packed += _pad4(data)
         raw_offset += raw_len + (-raw_len % 4)
-    gltf = {
-        "asset": {"version": "2.0", "generator": "sam3d-serve"},
-        "extensionsUsed": ["EXT_meshopt_compression"],
-        "extensionsRequired": ["EXT_meshopt_compression"],
-        "buffers": [{"byteLength": len(packed)},
-                    {"byteLength": raw_offset, "extensions": {"EXT_meshopt_compression": {"fallback": True}}}],
-        "bufferViews": views,
-        "accessors": [
-            {"bufferView": 0, "componentType": 5126, "count": len(positions), "type": "VEC3",
-             **_bounds(positions)},
-            {"bufferView": 1, "componentType": 5121, "normalized": True, "count": len(rgba), "type": "VEC4"},
-            {"bufferView": 2, "componentType": 5125, "count": len(indices), "type": "SCALAR"},
-        ],
-        "meshes": [{"primitives": [{"attributes": {"POSITION": 0, "COLOR_0": 1}, "indices": 2, "mode": 4}]}],
-        "nodes": [{"mesh": 0, "name": "object"}],
-        "scenes": [{"nodes": [0], **({"extras": extras} if extras else {})}],
-        "scene": 0,
-    }
+    gltf = _mesh_gltf(positions, len(indices), buffers=[
+        {"byteLength": len(packed)},
+        {"byteLength": raw_offset, "extensions": {"EXT_meshopt_compression": {"fallback": True}}}],
+        views=views, extras=extras)
+    gltf["extensionsUsed"] = gltf["extensionsRequired"] = ["EXT_meshopt_compression"]
     return _glb(gltf, [packed], len(packed))
 
 

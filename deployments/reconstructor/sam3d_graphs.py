@@ -169,31 +169,32 @@ class DenseTrunk(CudaGraphReplay):
 
 def install_dense_trunk(backbone) -> DenseTrunk:
     """Put the appearance backbone's blocks behind one DenseTrunk (idempotent)."""
-    trunk = dense_trunk(backbone)
-    if trunk is None:
-        trunk = DenseTrunk(backbone.blocks)
-        backbone.blocks = torch.nn.ModuleList([trunk])
-    return trunk
+    return _install(backbone, DenseTrunk)
 
 
 def dense_trunk(backbone) -> DenseTrunk | None:
-    blocks = getattr(backbone, "blocks", None)
-    if blocks is not None and len(blocks) == 1 and isinstance(blocks[0], DenseTrunk):
-        return blocks[0]
-    return None
+    return _installed(backbone, DenseTrunk)
 
 
 def install_graphed_trunk(backbone) -> GraphedTrunk:
     """Put the backbone's blocks behind one GraphedTrunk (idempotent)."""
-    trunk = graphed_trunk(backbone)
+    return _install(backbone, GraphedTrunk)
+
+
+def graphed_trunk(backbone) -> GraphedTrunk | None:
+    return _installed(backbone, GraphedTrunk)
+
+
+def _install(backbone, cls):
+    trunk = _installed(backbone, cls)
     if trunk is None:
-        trunk = GraphedTrunk(backbone.blocks)
+        trunk = cls(backbone.blocks)
         backbone.blocks = torch.nn.ModuleList([trunk])
     return trunk
 
 
-def graphed_trunk(backbone) -> GraphedTrunk | None:
+def _installed(backbone, cls):
     blocks = getattr(backbone, "blocks", None)
-    if blocks is not None and len(blocks) == 1 and isinstance(blocks[0], GraphedTrunk):
+    if blocks is not None and len(blocks) == 1 and isinstance(blocks[0], cls):
         return blocks[0]
     return None
