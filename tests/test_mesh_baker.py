@@ -78,3 +78,31 @@ def test_empty_volume_is_bad_input(tmp_path):
     r = Reconstruction(np.zeros((8, 8, 8), bool), np.zeros((8, 8, 8, 3), np.uint8))
     with pytest.raises(BadInput):
         MeshBakerBackend(MeshBakerSettings(), ArtifactStore(str(tmp_path))).bake(r, new_artifact_id())
+
+
+def test_nearest_colours_over_the_objects_box_equal_the_whole_grids():
+    """The nearest-voxel map is built over the object's box only; every point a mesh can have
+    (anywhere in the grid, clamped) gets the colour of the nearest occupied voxel, as a
+    distance transform over the whole grid gives it."""
+    from scipy import ndimage
+
+    from deployments.mesh_baker.bake import _NearestColors
+
+    g = np.random.default_rng(3)
+    occ = np.zeros((48,) * 3, bool)
+    occ[10:30, 14:20, 20:41] = True
+    occ[25:28, 5:14, 30:33] = True  # an arm, so the box is not a cube
+    colors = g.integers(0, 256, (48,) * 3 + (3,), dtype=np.uint8)
+    nearest = _NearestColors(Reconstruction(occupancy=occ, colors=colors))
+    assert (nearest.hi - nearest.lo + 1).prod() < 0.3 * occ.size  # a third of the grid or less
+    _, idx = ndimage.distance_transform_edt(~occ, return_indices=True)
+    lo, hi = nearest.lo, nearest.hi
+    pts = np.argwhere(np.ones((48,) * 3, bool))
+    inside = np.all((pts >= lo) & (pts <= hi), axis=1)
+    p = pts[inside]
+    src = idx[:, p[:, 0], p[:, 1], p[:, 2]]
+    want = colors[src[0], src[1], src[2]]
+    assert np.array_equal(nearest(pts[inside].astype(float)), want)
+    # Off-grid and outside-the-box points are clamped to an occupied voxel's colour.
+    far = nearest(np.array([[-5.0, 60.0, 0.0], [47.0, 47.0, 47.0]]))
+    assert all(any((colors[occ] == c).all(axis=1)) for c in far)

@@ -43,17 +43,27 @@ class BakeResult:
 class _NearestColors:
     """Colour of the occupied voxel nearest each point (points in voxel index units).
 
-    The nearest-voxel map is one distance transform over the grid, made once per bake and
-    shared by the GLB and every coarser preview.
+    The nearest-voxel map is one distance transform, made once per bake and shared by the GLB
+    and every coarser preview, over the object's bounding box grown by `MARGIN` voxels (every
+    occupied voxel is inside it, so the map is the whole grid's there; the mesh's vertices lie
+    within a voxel or two of the occupancy, and any point outside is clamped into the box). On
+    the embedded 64³ grid the box is typically a third of the grid or less.
     """
 
+    MARGIN = 3
+
     def __init__(self, recon: Reconstruction):
-        _, self.idx = ndimage.distance_transform_edt(~recon.occupancy, return_indices=True)
-        self.colors = recon.colors
-        self.n = recon.grid_size
+        occ = recon.occupancy
+        used = [np.nonzero(occ.any(axis=tuple(a for a in range(3) if a != k)))[0] for k in range(3)]
+        self.lo = np.array([max(int(u[0]) - self.MARGIN, 0) if len(u) else 0 for u in used])
+        self.hi = np.array([min(int(u[-1]) + self.MARGIN, n - 1) if len(u) else n - 1
+                            for u, n in zip(used, occ.shape)])
+        box = tuple(slice(a, b + 1) for a, b in zip(self.lo, self.hi))
+        _, self.idx = ndimage.distance_transform_edt(~occ[box], return_indices=True)
+        self.colors = recon.colors[box]
 
     def __call__(self, points_vox: np.ndarray) -> np.ndarray:
-        p = np.clip(np.rint(points_vox).astype(np.int64), 0, self.n - 1)
+        p = np.clip(np.rint(points_vox).astype(np.int64), self.lo, self.hi) - self.lo
         src = self.idx[:, p[:, 0], p[:, 1], p[:, 2]]
         return self.colors[src[0], src[1], src[2]]
 
