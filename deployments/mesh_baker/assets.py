@@ -104,9 +104,7 @@ def plain_glb(mesh: MeshData) -> bytearray:
     Written directly (three buffer views in one binary chunk): a mesh of ~2M faces is ~40 MB,
     which trimesh's exporter took ~0.35 s to assemble."""
     positions = np.ascontiguousarray(mesh.vertices, dtype="<f4")
-    rgba = np.empty((len(mesh.colors), 4), np.uint8)
-    rgba[:, :3] = mesh.colors
-    rgba[:, 3] = 255
+    rgba = _rgba8(mesh.colors)
     indices = np.ascontiguousarray(mesh.faces.reshape(-1), dtype="<u4")
     chunks, views, offset = [], [], 0
     for arr, target in ((positions, 34962), (rgba, 34962), (indices, 34963)):
@@ -115,6 +113,14 @@ def plain_glb(mesh: MeshData) -> bytearray:
         offset += arr.nbytes + (-arr.nbytes % 4)
     gltf = _mesh_gltf(positions, len(indices), buffers=[{"byteLength": offset}], views=views)
     return _glb(gltf, chunks, offset)
+
+
+def _rgba8(colors: np.ndarray) -> np.ndarray:
+    """(V, 4) uint8 vertex colours, opaque: COLOR_0 of both GLB writers."""
+    rgba = np.empty((len(colors), 4), np.uint8)
+    rgba[:, :3] = colors
+    rgba[:, 3] = 255
+    return rgba
 
 
 def _mesh_gltf(positions: np.ndarray, index_count: int, buffers: list, views: list,
@@ -149,17 +155,18 @@ def _bounds(positions: np.ndarray) -> dict:
 
 def _glb(gltf: dict, chunks: list, bin_len: int) -> bytearray:
     """The GLB container: header, JSON chunk, then the binary chunk of ``chunks`` (each padded
-    to 4 bytes, ``bin_len`` bytes in all), assembled with one copy of the data (a bytearray: the store writes it as it is)."""
+    to 4 bytes, ``bin_len`` bytes in all), assembled with one copy of the data (a bytearray:
+    the store writes it as it is)."""
     js = _pad4(json.dumps(gltf, separators=(",", ":")).encode("utf-8"), b" ")
     head = (struct.pack("<III", 0x46546C67, 2, 12 + 8 + len(js) + 8 + bin_len)
             + struct.pack("<II", len(js), 0x4E4F534A) + js + struct.pack("<II", bin_len, 0x004E4942))
     out = bytearray(len(head) + bin_len)
     out[:len(head)] = head
     at = len(head)
-    for c in chunks:
-        n = c.nbytes if isinstance(c, np.ndarray) else len(c)
-        out[at:at + n] = memoryview(c).cast("B") if isinstance(c, np.ndarray) else c
-        at += n + (-n % 4)
+    for c in chunks:  # contiguous arrays or bytes, viewed as bytes
+        data = memoryview(c).cast("B")
+        out[at:at + data.nbytes] = data
+        at += data.nbytes + (-data.nbytes % 4)
     return out
 
 
@@ -174,8 +181,7 @@ def meshopt_glb(mesh: MeshData, extras: dict | None = None) -> bytearray:
     indices as a TRIANGLES stream; the fallback buffer holds no data, as the extension allows.
     """
     positions = np.ascontiguousarray(mesh.vertices, dtype="<f4")
-    rgba = np.ascontiguousarray(np.column_stack(
-        [mesh.colors.astype(np.uint8), np.full(len(mesh.colors), 255, np.uint8)]))
+    rgba = _rgba8(mesh.colors)
     indices = np.ascontiguousarray(mesh.faces.reshape(-1), dtype="<u4")
     meshoptimizer.encode_vertex_version(0)  # the version EXT_meshopt_compression specifies
     streams = [

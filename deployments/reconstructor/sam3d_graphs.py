@@ -88,7 +88,8 @@ class CudaGraphReplay(torch.nn.Module):
                 with _uncached_autocast():
                     out = self.run(*args, **kwargs)
                 self._graphs[key] = self._capture(leaves, spec)
-                self.enabled = self._graphs[key] is not None or not self.evict
+                if self._graphs[key] is None and self.evict:
+                    self.enabled = False  # a failed capture is not retried at every new count
                 return out
             self._graphs[key] = self._capture(leaves, spec)
         captured = self._graphs[key]
