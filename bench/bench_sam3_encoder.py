@@ -13,11 +13,19 @@ bf16. Levers, each measured on its own in the same run:
             (--compile-variants mode:scope, scope "vit" or "encoder" = ViT + tracker neck); a kernel
             profile of the last one (bench/gpu_profile.py: attention kernel names, matrix-multiply and
             Triton shares).
+- compile_<mode>[_<scope>]_graph (--cuda-graph, default mode only): the same compiled variant with
+            `cuda_graph` on, built and measured right after it (its own compile of the buckets, with
+            inductor's caches warm from the one before): each bucket's forward captured by hand into a
+            CUDA graph at start and replayed from the worker threads; with the replays and captures it
+            made, and whether the graph was used at all (never off CUDA: there the lever is the compiled
+            path itself, and the report says so).
 The payload: the previous codec (float64 statistics, zlib default strategy, from float32 host copies)
 against today's (quantised on the device, float32 statistics, Huffman-only deflate).
 
     python -m bench.bench_sam3_encoder --json-out bench/results/sam3_encoder_h200.json   # CUDA, full size
     python -m bench.bench_sam3_encoder --tiny --cpu                                       # a dry run
+    python -m bench.bench_sam3_encoder --cuda-graph --max-batch 4 --serve-max-batch 4 --batches 4 \
+        --skip-before --skip-sdpa --skip-payload --json-out bench/results/sam3_encoder_graph.json
 
 On the H200 one run stays under 10 minutes with the defaults (one compile mode, buckets 1..16); add modes
 with --compile-modes in a run of their own if needed.
@@ -329,7 +337,7 @@ def fp8_lever(args, base, bf16_backend, models, size, device, compile_backend, r
     ref_masks = [[bf16_backend.segment_with_embedding(e, p).mask for p in prompts] for e in ref]
     mode = next((m for m in args.compile_modes.split(",") if m), None)
     torch._dynamo.reset()
-    settings = Sam3Settings(**base, vit_fp8=True, compile="on" if mode else "off",
+    settings = Sam3Settings(**base, vit_fp8=True, compile="on" if mode else "off", cuda_graph=False,
                             **({"compile_mode": mode, "compile_backend": compile_backend} if mode else {}))
     name = f"fp8_compile_{mode}" if mode else "fp8_eager"
     try:
@@ -382,6 +390,56 @@ def payload_figures(args, backend, models, size, device, report):
     print("payload", json.dumps(report["payload"]), flush=True)
 
 
+def graph_figures(name: str, backend, device, report: dict) -> None:
+    """What the CUDA-graph lever did, from the backend's own counters: buckets captured, captures,
+    replays (warm-up and measurement), capture seconds; `used` False (and why) where nothing replayed."""
+    stats = backend.describe()["compiled_vit"]["cuda_graph"] or {}
+    out = {"used": bool(stats.get("batch_sizes")) and stats.get("replays", 0) > 0, **stats}
+    if not out["used"]:
+        out["why_not"] = ("not on CUDA: the setting does nothing there, this lever ran the compiled path"
+                          if device.type != "cuda" else "no capture succeeded (the replica's log says why)")
+    report["levers"][name]["cuda_graph"] = out
+    print("cuda_graph", name, json.dumps(out), flush=True)
+
+
+def compiled_levers(args, base, models, size, device, compile_backend, report):
+    """The compiled variants, one at a time (dynamo's caches reset in between), and a kernel profile of
+    the last one without a CUDA graph. With --cuda-graph, each default-mode variant is followed by itself
+    with cuda_graph on (its own compile of the buckets, inductor's caches warm from the one before)."""
+    variants = args.compile_variants or ",".join(f"{m}:vit" for m in args.compile_modes.split(",") if m)
+    runs = [(v, graph) for v in variants.split(",") if v
+            for graph in ((False, True) if args.cuda_graph and v.split(":")[0] == "default" else (False,))]
+    profiled = next((r for r in reversed(runs) if not r[1]), None)
+    for variant, graph in runs:
+        mode, scope = variant.split(":")
+        torch._dynamo.reset()
+        name = lever_name(mode if compile_backend == "inductor" else compile_backend, scope) + ("_graph" if graph else "")
+        settings = Sam3Settings(**base, compile="on", compile_mode=mode, compile_backend=compile_backend,
+                                compile_scope=scope, cuda_graph=graph)
+        try:
+            backend_c, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
+        except Exception as exc:  # noqa: BLE001
+            report["levers"][name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            print("lever", name, "failed:", report["levers"][name]["error"], flush=True)
+            continue
+        report[f"first_request_{name}"]["buckets"] = list(batch_buckets(args.max_batch))
+        if graph:
+            stats = backend_c.describe()["compiled_vit"]["cuda_graph"] or {}
+            report[f"first_request_{name}"]["cuda_graph_capture_s"] = stats.get("capture_s")
+        print(f"first_request_{name}", json.dumps(report[f"first_request_{name}"]), flush=True)
+        measure_lever(name, backend_c.encode_batch, size, device, args, report)
+        if graph:
+            graph_figures(name, backend_c, device, report)
+        if (variant, graph) == profiled:
+            report["kernel_profile"] = {"lever": name}
+            for bs in (1, max(args.batch_sizes or [1])):
+                batch, ids = fresh_images(bs, size, 900 + bs), [f"p{i}" for i in range(bs)]
+                report["kernel_profile"][f"bs{bs}"] = kernel_profile(lambda: backend_c.encode_batch(batch, ids),
+                                                                     lambda: sync(device))
+            print("kernel_profile", json.dumps(report["kernel_profile"]), flush=True)
+    models.compiled = None
+
+
 def lever_name(mode: str, scope: str) -> str:
     return f"compile_{mode}" + ("" if scope == "vit" else f"_{scope}")
 
@@ -420,6 +478,8 @@ def main():
     ap.add_argument("--skip-sdpa", action="store_true", help="skip the SDPA-kernel levers")
     ap.add_argument("--batches", default="8,16", help="batch sizes measured directly (each one a compiled shape)")
     ap.add_argument("--fp8", action="store_true", help="also the FP8-linear ViT (last: it changes the model)")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="also each default-mode compiled variant with cuda_graph on (one more compile of the buckets)")
     ap.add_argument("--compile-backend", default=None, help="default: inductor on CUDA, aot_eager on the CPU")
     ap.add_argument("--standin", action="store_true", help="the asyncio @serve.batch stand-in even with Ray Serve")
     ap.add_argument("--skip-fidelity", action="store_true")
@@ -476,34 +536,7 @@ def main():
     if not args.skip_payload:
         payload_figures(args, backend, models, size, device, report)
 
-    # Compiled, one variant at a time (dynamo's caches reset in between); a kernel profile of the last.
-    variants = args.compile_variants or ",".join(f"{m}:vit" for m in args.compile_modes.split(",") if m)
-    last = None
-    for variant in [v for v in variants.split(",") if v]:
-        mode, scope = variant.split(":")
-        torch._dynamo.reset()
-        name = lever_name(mode if compile_backend == "inductor" else compile_backend, scope)
-        settings = Sam3Settings(**base, compile="on", compile_mode=mode, compile_backend=compile_backend,
-                                compile_scope=scope)
-        try:
-            backend_c, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
-        except Exception as exc:  # noqa: BLE001
-            report["levers"][name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-            print("lever", name, "failed:", report["levers"][name]["error"], flush=True)
-            continue
-        report[f"first_request_{name}"]["buckets"] = list(batch_buckets(args.max_batch))
-        print(f"first_request_{name}", json.dumps(report[f"first_request_{name}"]), flush=True)
-        measure_lever(name, backend_c.encode_batch, size, device, args, report)
-        last = (name, backend_c)
-    if last is not None:
-        name, backend_c = last
-        report["kernel_profile"] = {"lever": name}
-        for bs in (1, max(args.batch_sizes or [1])):
-            batch, ids = fresh_images(bs, size, 900 + bs), [f"p{i}" for i in range(bs)]
-            report["kernel_profile"][f"bs{bs}"] = kernel_profile(lambda: backend_c.encode_batch(batch, ids),
-                                                                 lambda: sync(device))
-        print("kernel_profile", json.dumps(report["kernel_profile"]), flush=True)
-        models.compiled = None
+    compiled_levers(args, base, models, size, device, compile_backend, report)
     if args.fp8:
         fp8_lever(args, base, backend, models, size, device, compile_backend, report)
 
@@ -511,14 +544,15 @@ def main():
         report["peak_mb_total"] = round(torch.cuda.max_memory_allocated() / 2**20)
     before = report["levers"].get("before") or report["levers"]["hot_path"]
     bss = args.batch_sizes
-    lines = [f"{'lever':36s} {'bs1 p50 ms':>10s} {'x':>5s} " + " ".join(f"{f'bs{b} img/s':>10s}" for b in bss)
+    lines = [f"{'lever':44s} {'bs1 p50 ms':>10s} {'x':>5s} " + " ".join(f"{f'bs{b} img/s':>10s}" for b in bss)
              + f" {'serve img/s':>11s} {'x':>5s} {'peak MB':>8s}"]
     for name, r in report["levers"].items():
         if "error" in r:
-            lines.append(f"{name:36s} error: {r['error'][:80]}")
+            lines.append(f"{name:44s} error: {r['error'][:80]}")
             continue
         peak = r.get(f"direct_bs{bss[-1]}", {}).get("peak_mb") if bss else None
-        lines.append(f"{name:36s} {r['encode_bs1']['p50_ms']:10.2f} {before['encode_bs1']['p50_ms'] / r['encode_bs1']['p50_ms']:5.2f} "
+        label = name + (" (graph unused)" if r.get("cuda_graph", {}).get("used") is False else "")
+        lines.append(f"{label:44s} {r['encode_bs1']['p50_ms']:10.2f} {before['encode_bs1']['p50_ms'] / r['encode_bs1']['p50_ms']:5.2f} "
                      + " ".join(f"{r[f'direct_bs{b}']['images_per_s']:10.2f}" for b in bss)
                      + f" {r['serve_batch']['images_per_s']:11.2f} {r['serve_batch']['images_per_s'] / before['serve_batch']['images_per_s']:5.2f} "
                      f"{str(peak):>8s}")

@@ -29,6 +29,7 @@ import contextlib
 import functools
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -49,6 +50,10 @@ ap.add_argument("--tiny", action="store_true", help="1-block transformers (dry r
 ap.add_argument("--cpu", action="store_true", help="tiny dry run on the CPU (bench/sam3d_cpu_dryrun.py)")
 ap.add_argument("--quick", action="store_true", help="no cadence-5 run and no decoder-preview levers")
 ap.add_argument("--levers", default="", help="comma-separated lever names to run (default: all)")
+ap.add_argument("--ab", default="", help="a lever (a name in --levers' list) run alternately with the "
+                                         "defaults, --ab-repeats times, at cadence 1 every step and as "
+                                         "streamed, with a last-frame-only run per round")
+ap.add_argument("--ab-repeats", type=int, default=3)
 ap.add_argument("--zero-init", action="store_true",
                 help="keep upstream's zero-initialised modulation/output layers (the flow "
                      "transformers' blocks then pass their input through unchanged)")
@@ -251,6 +256,89 @@ def upstream_first(p, settings, image, mask):
     log("upstream_first", json.dumps(R["upstream_first"])[:600])
     save()
     apply_speed_settings(p.models, settings, CUDA)
+
+
+def occupancy_decoder_variants(decoder, dtype, reps: int = 20, device: str = "cuda") -> dict:
+    """The geometry preview's occupancy decoder alone (the (1, 8, 16³) latent → 64³ logits, as
+    sam3d_run calls it): GPU ms per call (CUDA events, after 3 warm-up calls) with cuDNN's
+    heuristics (as shipped), with cudnn.benchmark, and in channels_last_3d, and each variant's
+    largest logit difference from the first, on one random input."""
+    torch = __import__("torch")
+    cudnn = torch.backends.cudnn
+    x = torch.randn(1, 8, 16, 16, 16, device=device)
+
+    def call(inp):
+        with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=device == "cuda"):
+            return decoder(inp)
+
+    def measure(inp):
+        for _ in range(3):
+            call(inp)
+        if device != "cuda":  # the CPU check of this function
+            t = time.perf_counter()
+            out = [call(inp) for _ in range(reps)][-1]
+            return (time.perf_counter() - t) * 1e3 / reps, out.float()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            out = call(inp)
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / reps, out.float()
+
+    before = cudnn.benchmark
+    res, ref = {"cudnn_benchmark_ambient": before, "reps": reps}, None
+    try:
+        for tag, bench_on, channels_last in (("heuristics", False, False), ("cudnn_benchmark", True, False),
+                                             ("channels_last", False, True),
+                                             ("channels_last_cudnn_benchmark", True, True)):
+            cudnn.benchmark = bench_on
+            fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+            decoder.to(memory_format=fmt)
+            ms_, out = measure(x.to(memory_format=fmt))
+            ref = out if ref is None else ref
+            res[tag] = {"ms": round(ms_, 3), "max_abs_logit_diff": round(float((out - ref).abs().max()), 6)}
+    except Exception as exc:  # noqa: BLE001 - the runs after this one do not depend on it
+        res["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        cudnn.benchmark = before
+        decoder.to(memory_format=torch.contiguous_format)
+    return res
+
+
+def ab_runs(ours, with_settings, update: dict) -> dict:
+    """Defaults and one lever, alternately in the same process (--ab), so that drifts of the
+    host (clocks, other tenants) hit both: per round, each side at cadence 1 with every step
+    decoded and as the ingress streams (0.08 s frame gap), then a last-frame-only run. → the
+    median stream and image → GLB seconds per side and mode, and each side's streaming
+    overhead (its median stream over the last-frame-only median, minus 1)."""
+    runs: dict = {}
+    for i in range(ARGS.ab_repeats):
+        for side, upd in (("defaults", {}), ("lever", update)):
+            with_settings(**upd)
+            for mode, gap in (("every_step", 0.0), ("as_streamed", 0.08)):
+                r = ours(f"ab_{side}_{mode}_{i}", 1, frame_interval=gap)
+                if r:
+                    runs.setdefault((side, mode), []).append(r)
+        with_settings()
+        r = ours(f"ab_last_frame_only_{i}", ARGS.steps)
+        if r:
+            runs.setdefault(("defaults", "last_frame_only"), []).append(r)
+
+    def median(key, field):
+        values = [r[field] for r in runs.get(key, [])]
+        return round(statistics.median(values), 3) if values else None
+
+    out = {"lever_settings": update, "rounds": ARGS.ab_repeats}
+    last = median(("defaults", "last_frame_only"), "stream_s")
+    for (side, mode) in runs:
+        entry = out.setdefault(side, {}).setdefault(mode, {})
+        entry["stream_s"] = [r["stream_s"] for r in runs[(side, mode)]]
+        entry["median_stream_s"] = median((side, mode), "stream_s")
+        entry["median_image_to_glb_s"] = median((side, mode), "image_to_glb_s")
+        if last and mode != "last_frame_only":
+            entry["stream_overhead"] = round(entry["median_stream_s"] / last - 1, 4)
+    return out
 
 
 def wake_zero_layers(models) -> int:
@@ -548,6 +636,11 @@ def main():
     capped = ours("ours_cadence1_stream_cap", 1, frame_interval=0.08)
     ours("ours_fast", 1, fast=True)
     c5 = None if ARGS.quick else ours("ours_cadence5", 5)
+    if CUDA:
+        R["occupancy_decoder_variants"] = occupancy_decoder_variants(
+            p.models["ss_decoder"], p.shape_model_dtype)
+        log("occupancy decoder variants", json.dumps(R["occupancy_decoder_variants"]))
+        save()
     bake_threads(final_of.get("ours_cadence1"))
     # Each lever switched from its default on its own, at cadence 1. First every lever off
     # (eager, as upstream runs): upstream's run() gets that run's noise, and shares its modules,
@@ -620,6 +713,7 @@ def main():
               "preview_refit_every_25": {"preview_refit_every": 25},
               "preview_refit_every_12": {"preview_refit_every": 12},
               "appearance_cuda_graph": {"appearance_cuda_graph": True},
+              "preview_stream": {"preview_stream": True},
               # The stream levers together (each is also measured on its own above).
               "async_refit25": {"async_previews": True, "preview_refit_every": 25},
               "async_refit25_occupancy": {"async_previews": True, "preview_refit_every": 25,
@@ -648,6 +742,10 @@ def main():
     R["levers_step_ms"] = {tag: {k: step_ms(R.get(run), k) for k in ("geometry_step", "appearance_step")}
                            for tag, run in [("defaults", "ours_cadence1")]
                            + [(t, "lever_" + t) for t in levers]}
+    if ARGS.ab:
+        R["ab"] = ab_runs(ours, with_settings, levers[ARGS.ab])
+        log("ab", json.dumps(R["ab"]))
+        save()
     if time.perf_counter() - T0 < ARGS.deadline:  # on the CPU (dry run) for its code paths only
         from bench.sam3d_profile import profile_stages
 

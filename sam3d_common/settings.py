@@ -66,11 +66,15 @@ class Sam3Settings(_Strict):
     # EncoderBatching.max_batch_size and compiled before the replica serves. "auto": on CUDA only.
     compile: Literal["auto", "on", "off"] = "auto"
     # No CUDA-graph modes ("reduce-overhead", "max-autotune"): they failed under the encoder's
-    # worker threads on the H200 and H100 (docs/sam3.md).
+    # worker threads on the H200 and H100 (docs/sam3.md); `cuda_graph` is the encoder's own.
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     compile_backend: Literal["inductor", "aot_eager"] = "inductor"  # aot_eager: fast to build (CPU tests)
     # What is compiled: "vit" the ViT alone, "encoder" the ViT and the click decoder's feature neck.
     compile_scope: Literal["vit", "encoder"] = "vit"
+    # The compiled encoder replayed from one CUDA graph per batch size, captured by hand during
+    # the warm-up and replayable from any worker thread (deployments/cuda_graphs.py). Acts where
+    # the encoder is compiled in compile_mode "default" on CUDA; elsewhere it does nothing.
+    cuda_graph: bool = True
     # The ViT's linear layers in FP8 with per-row scales (deployments/segmenter/sam3/fp8_linear.py);
     # needs compute capability 8.9+ (Ada, Hopper). Off: bf16 as trained.
     vit_fp8: bool = False
@@ -139,6 +143,9 @@ class Sam3dSettings(_Strict):
     # Previews copied to the host without the GPU worker waiting (deployments/reconstructor/
     # sam3d_host.py): the next step is launched while the copy lands.
     async_previews: bool = False
+    # Previews decoded on a CUDA stream of their own, so that their kernels can run beside the
+    # next step's (implies async_previews: the worker does not wait for them).
+    preview_stream: bool = False
 
 
 class ReconstructorSettings(_Strict):

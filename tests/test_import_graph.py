@@ -79,6 +79,19 @@ def test_the_bottom_package_imports_neither_layer():
     assert bad == []
 
 
+def test_the_segmenter_takes_cuda_graphs_from_the_shared_module_not_the_reconstructor():
+    """deployments/cuda_graphs.py serves both stages; it imports no stage, and the segmenter
+    imports nothing of the reconstructor."""
+    graph = _graph()
+    stages = ("deployments.segmenter", "deployments.reconstructor", "deployments.mesh_baker",
+              "deployments.image_generator", "deployments.prompt_enhancer")
+    bad = [f"deployments.cuda_graphs imports {t}" for t, _ in graph["deployments.cuda_graphs"] if _under(t, *stages)]
+    bad += [f"{m} imports {t}" for m, imps in graph.items() if _under(m, "deployments.segmenter")
+            for t, _ in imps if _under(t, "deployments.reconstructor")]
+    assert bad == []
+    assert ("deployments.cuda_graphs", False) in graph["deployments.segmenter.sam3.compile"]  # lazily: torch
+
+
 def test_shipped_code_does_not_import_tests_or_bench():
     bad = [f"{m} imports {t}" for m, imps in _graph().items() for t, _ in imps if _under(t, "tests", "bench")]
     assert bad == []

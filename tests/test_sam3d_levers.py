@@ -3,9 +3,11 @@ latent→colour preview map refits on schedule and reproduces an affine colour m
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from deployments.reconstructor.sam3d_levers import LatentColors, compile_blocks
+from sam3d_common.settings import Sam3dSettings
 
 
 class Blocks(torch.nn.Module):
@@ -116,7 +118,7 @@ def test_upstream_run_previews_pending_or_at_once_are_the_same():
 
     def run(async_previews: bool, preview_colors: str):
         r = object.__new__(UpstreamRun)
-        r.model, r.p = SimpleNamespace(torch=torch), pipeline
+        r.model, r.p = SimpleNamespace(torch=torch, settings=Sam3dSettings()), pipeline
         r.ss_input = {}
         r.geo = SimpleNamespace(x_hat={"shape": shape, "quaternion": quaternion})
         r.app = SimpleNamespace(x_hat=feats)
@@ -125,6 +127,7 @@ def test_upstream_run_previews_pending_or_at_once_are_the_same():
         r.preview_dtype = torch.float32
         r.latent_colors = LatentColors(refit_every=2) if preview_colors == "latent" else None
         r.async_previews = async_previews
+        r.side = None
         r._slat = lambda f: f
         return r
 
@@ -139,3 +142,42 @@ def test_upstream_run_previews_pending_or_at_once_are_the_same():
             assert (g0.occupancy == g1.occupancy).all() and 0 < g0.occupancy.mean() < 1
             assert np.array_equal(g0.rotation, g1.rotation) and g0.rotation.shape == (3, 3)
             assert np.array_equal(a0.colors, a1.colors) and a0.colors.shape == (50, 3)
+
+
+@pytest.mark.gpu
+def test_previews_on_the_side_stream_equal_previews_on_the_worker_stream():
+    """`preview_stream`: a geometry preview decoded on the side stream, while the worker's
+    stream goes on with work that frees the preview's input and fills fresh memory (what the
+    next step does), settles to the preview decoded on the worker's stream."""
+    from types import SimpleNamespace
+
+    from deployments.reconstructor.sam3d_host import settle
+    from deployments.reconstructor.sam3d_run import UpstreamRun, preview_stream
+
+    torch.manual_seed(0)
+    decoder = torch.nn.Sequential(*[torch.nn.Conv3d(8 if i == 0 else 64, 64 if i < 5 else 1, 3, padding=1)
+                                    for i in range(6)]).cuda()
+    pipeline = SimpleNamespace(shape_model_dtype=torch.float16, models={"ss_decoder": decoder},
+                               pose_decoder=lambda latents, **_: {"rotation": latents["quaternion"]})
+
+    def run(side):
+        r = object.__new__(UpstreamRun)
+        r.model, r.p = SimpleNamespace(torch=torch, settings=Sam3dSettings()), pipeline
+        r.device, r.ss_input, r.side, r.async_previews = "cuda", {}, side, side is not None
+        return r
+
+    on_worker, on_side = run(None), run(preview_stream(torch, "cuda"))
+    for i in range(4):
+        latent = {"shape": torch.randn(1, 4096, 8, device="cuda"),
+                  "quaternion": torch.randn(1, 4, device="cuda")}
+        on_worker.geo = SimpleNamespace(x_hat={k: v.clone() for k, v in latent.items()})
+        expected = settle(on_worker.geometry_preview())
+        on_side.geo = SimpleNamespace(x_hat=latent)
+        pending = on_side.geometry_preview()
+        del latent
+        on_side.geo = None  # the input's last reference goes, as when the next step replaces it
+        filler = [torch.full((1, 4096, 8), float(i + 7), device="cuda") for _ in range(64)]
+        got = settle(pending)
+        assert (got.occupancy == expected.occupancy).all() and 0 < got.occupancy.mean() < 1
+        assert np.allclose(got.rotation, expected.rotation)
+        del filler

@@ -34,6 +34,26 @@ from .sam3d_levers import LatentColors
 _SEED_SOURCE = random.SystemRandom()
 
 
+_PREVIEW_STREAMS: dict = {}
+
+
+def preview_stream(torch, device):
+    """The side stream previews are decoded on (one per device, made on first use)."""
+    device = torch.device(device)
+    if device not in _PREVIEW_STREAMS:
+        _PREVIEW_STREAMS[device] = torch.cuda.Stream(device)
+    return _PREVIEW_STREAMS[device]
+
+
+def _tensors(values):
+    """The tensors among values and in the dicts among them."""
+    for v in values:
+        if isinstance(v, dict):
+            yield from _tensors(v.values())
+        elif hasattr(v, "record_stream"):
+            yield v
+
+
 def _tree_map(fn, a, b):
     """fn over matching leaves of two latents that are both tensors or both dicts of tensors."""
     if isinstance(a, dict):
@@ -168,7 +188,9 @@ class UpstreamRun:
         self.preview_dtype = getattr(torch, settings.preview_dtype)
         # Off CUDA the copies are no-ops, but the previews are still settled on the frame
         # thread, so the CPU tests run the same path.
-        self.async_previews = bool(settings.async_previews)
+        self.async_previews = bool(settings.async_previews or settings.preview_stream)
+        self.side = (preview_stream(torch, self.device)
+                     if settings.preview_stream and torch.device(self.device).type == "cuda" else None)
 
     def _ctx(self, dtype):
         """Thread-local torch state for one call: no autograd, CUDA autocast. No default-device
@@ -237,12 +259,31 @@ class UpstreamRun:
             return self.p.pose_decoder(latents, scene_scale=self.ss_input.get("pointmap_scale"),
                                        scene_shift=self.ss_input.get("pointmap_shift"))
 
+    @contextlib.contextmanager
+    def _preview_side(self, *inputs):
+        """With `preview_stream`, the block's kernels (and its host copy's event) go on the
+        side stream, after everything queued so far on the worker's stream; the next step's
+        kernels, queued on the worker's stream, do not wait for them. The inputs are marked as
+        used there, so that their memory is not handed to the next step before the preview has
+        read it."""
+        if self.side is None:
+            yield
+            return
+        torch = self.model.torch
+        self.side.wait_stream(torch.cuda.current_stream(self.device))
+        for t in _tensors(inputs):
+            if t.is_cuda:
+                t.record_stream(self.side)
+        with torch.cuda.stream(self.side):
+            yield
+
     def geometry_preview(self) -> GeometryPreview | PendingGeometry:
-        tensors = {"occupancy": self._occupancy_logits(self.geo.x_hat)[0, 0] > 0}
-        pose = self._pose(self.geo.x_hat)
-        if pose is not None:
-            tensors["quaternion"] = pose["rotation"].reshape(-1, 4)[0].float()
-        pending = PendingGeometry(HostCopy(self.model.torch, tensors))
+        with self._preview_side(self.geo.x_hat):
+            tensors = {"occupancy": self._occupancy_logits(self.geo.x_hat)[0, 0] > 0}
+            pose = self._pose(self.geo.x_hat)
+            if pose is not None:
+                tensors["quaternion"] = pose["rotation"].reshape(-1, 4)[0].float()
+            pending = PendingGeometry(HostCopy(self.model.torch, tensors))
         return pending if self.async_previews else pending.settle()
 
     def start_appearance(self, occupancy: np.ndarray) -> None:
@@ -288,18 +329,21 @@ class UpstreamRun:
     def appearance_preview(self) -> AppearancePreview | PendingAppearance:
         fit = self.latent_colors
         tensors = {}
-        if fit is not None:
-            tensors["latent"] = self.app.x_hat[0].float()
-        if fit is None or fit.due():
-            dtype = None if self.preview_dtype == self.model.torch.float32 else self.preview_dtype
-            with self._ctx(dtype):
-                gaussians = self.p.models["slat_decoder_gs"](self._slat(self.app.x_hat))[0]
-                n_vox = self.coords.shape[0]
-                # The decoder emits each voxel's Gaussians together, in the order of the input
-                # coords; they are averaged where they are, and only the colours come back.
-                tensors["colors"] = voxel_colors(gaussians.get_features[:, 0, :].reshape(n_vox, -1, 3),
-                                                 gaussians.get_opacity.reshape(n_vox, -1), on_host=False)
-        pending = PendingAppearance(self.preview_coords, HostCopy(self.model.torch, tensors), fit)
+        with self._preview_side(self.app.x_hat, self.coords):
+            if fit is not None:
+                tensors["latent"] = self.app.x_hat[0].float()
+            if fit is None or fit.due():
+                dtype = None if self.preview_dtype == self.model.torch.float32 else self.preview_dtype
+                with self._ctx(dtype):
+                    gaussians = self.p.models["slat_decoder_gs"](self._slat(self.app.x_hat))[0]
+                    n_vox = self.coords.shape[0]
+                    # The decoder emits each voxel's Gaussians together, in the order of the
+                    # input coords; they are averaged where they are, and only the colours
+                    # come back.
+                    tensors["colors"] = voxel_colors(
+                        gaussians.get_features[:, 0, :].reshape(n_vox, -1, 3),
+                        gaussians.get_opacity.reshape(n_vox, -1), on_host=False)
+            pending = PendingAppearance(self.preview_coords, HostCopy(self.model.torch, tensors), fit)
         return pending if self.async_previews else pending.settle()
 
     def finish(self, decode_mesh: bool = True, decode_gaussians: bool = True) -> FinalAssets:

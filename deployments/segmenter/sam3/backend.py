@@ -273,7 +273,7 @@ class Sam3Segmenter:
             "input_size": self.input_size,
             "compiled_vit": None if m.compiled is None else {
                 "batch_sizes": list(m.compiled.buckets), "warmup_s": m.compiled.warmup_s, "mode": m.compiled.mode,
-                "scope": m.compiled.scope},
+                "scope": m.compiled.scope, "cuda_graph": m.compiled.graph_stats()},
             "text_prompts": m.tokenizer is not None,
             "images_encoded": self.images_encoded,
             "encoder_batches": self.encoder_batches,

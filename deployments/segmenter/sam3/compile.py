@@ -10,7 +10,11 @@ the ViT and the tracker's neck as one graph (px → the four tensors an ImageEmb
 
 No CUDA-graph modes: inductor records its graphs per thread, and the encoder is called from a pool of
 worker threads (docs/sam3.md: a recording broken by another thread's kernels on the H200, an
-AssertionError with the calls moved to one thread of their own on the H100).
+AssertionError with the calls moved to one thread of their own on the H100). Instead, with `cuda_graph`
+(on CUDA), each bucket's compiled forward is captured by hand into a plain torch.cuda.CUDAGraph during the
+warm-up, once the buckets have compiled, and replayed from any worker thread, one call at a time
+(deployments/cuda_graphs.py: a lock over copy-in, replay and copy-out; one memory pool for all buckets). A
+bucket whose capture fails keeps the compiled function (a warning in the log); the replica still starts.
 """
 from __future__ import annotations
 
@@ -37,18 +41,28 @@ def compile_wanted(setting: str, device) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
+def cuda_graph_wanted(settings, device) -> bool:
+    """settings: Sam3Settings. `cuda_graph` acts where the encoder is compiled in the default mode
+    on CUDA: the graphs are captured from that compiled function (the autotuning mode was not
+    measured with them), and off CUDA there is nothing to capture."""
+    return bool(settings.cuda_graph and device.type == "cuda" and settings.compile_mode == "default"
+                and compile_wanted(settings.compile, device))
+
+
 class CompiledEncoder:
     """Callable px (B x 3 x S x S) → (spatial B x C x g x g, high_res_feats_0, high_res_feats_1,
     image_embed), compiled per bucket."""
 
     def __init__(self, models, buckets: tuple[int, ...], mode: str = "default", backend: str = "inductor",
-                 scope: str = "vit"):
-        """models: the loaded Sam3Models; encoder.encode_core is what runs."""
+                 scope: str = "vit", cuda_graph: bool = False):
+        """models: the loaded Sam3Models; encoder.encode_core is what runs. cuda_graph: capture each
+        bucket into a CUDA graph during the warm-up (on CUDA; elsewhere nothing is captured)."""
         import torch
         import torch._dynamo
 
         self.buckets, self.mode, self.scope = buckets, mode, scope
         self.warmup_s: float | None = None
+        self.capture_s: float | None = None
         kwargs = {"backend": backend, "dynamic": False}
         if backend == "inductor":
             kwargs["mode"] = mode
@@ -59,6 +73,12 @@ class CompiledEncoder:
             self._fn = lambda px: encode_core(models, px, vit)
         # One graph per bucket: make sure dynamo keeps them all rather than falling back to eager.
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(buckets))
+        self.graph = None  # the CUDA graphs of the buckets in `graphed`
+        self.graphed: set[int] = set()
+        if cuda_graph:
+            from ...cuda_graphs import GraphedCallable
+
+            self.graph = GraphedCallable(self._fn, max_graphs=len(buckets), threaded=True, share_pool=True)
 
     def set_buckets(self, buckets: tuple[int, ...], size: int, device, dtype) -> None:
         """Serve batches up to a new size: compiles (warms up) the buckets not compiled yet."""
@@ -66,6 +86,8 @@ class CompiledEncoder:
 
         new = tuple(b for b in buckets if b not in self.buckets)
         self.buckets = buckets
+        if self.graph is not None:
+            self.graph.max_graphs += len(new)  # one graph (or failed capture) per bucket warmed up
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(buckets))
         if new:
             self.warm_up(size, device, dtype, new)
@@ -84,22 +106,53 @@ class CompiledEncoder:
         b = self.bucket(n)
         if b != n:
             px = torch.cat([px, px.new_zeros((b - n, *px.shape[1:]))])
-        return tuple(t[:n] for t in self._fn(px))
+        # A graph's static input was made under inference mode (the warm-up's, encode_images'): only
+        # such calls replay it.
+        graphed = b in self.graphed and torch.is_inference_mode_enabled()
+        return tuple(t[:n] for t in (self.graph if graphed else self._fn)(px))
 
     def warm_up(self, size: int, device, dtype, buckets: tuple[int, ...] | None = None) -> float:
-        """Compile every bucket (or those given) now, on zero images; → seconds spent."""
+        """Compile every bucket (or those given) now, on zero images, then capture their CUDA graphs
+        when asked for (on CUDA); → seconds spent, capture included."""
+        import torch
+
+        t = time.perf_counter()
+        buckets = buckets or self.buckets
+        with torch.inference_mode():
+            for b in buckets:
+                self(torch.zeros((b, 3, size, size), device=device, dtype=dtype))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        log.info("SAM 3 %s compiled (%s) for batch sizes %s in %.1f s", self.scope, self.mode, self.buckets,
+                 time.perf_counter() - t)
+        if self.graph is not None and device.type == "cuda":
+            self._capture(buckets, size, device, dtype)
+        self.warmup_s = time.perf_counter() - t
+        return self.warmup_s
+
+    def _capture(self, buckets: tuple[int, ...], size: int, device, dtype) -> None:
+        """One CUDA graph per bucket, from the function already compiled for it. A bucket whose capture
+        fails (CudaGraphReplay logs why) is left out of `graphed`: it runs the compiled function."""
         import torch
 
         t = time.perf_counter()
         with torch.inference_mode():
-            for b in buckets or self.buckets:
-                self(torch.zeros((b, 3, size, size), device=device, dtype=dtype))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        self.warmup_s = time.perf_counter() - t
-        log.info("SAM 3 %s compiled (%s) for batch sizes %s in %.1f s", self.scope, self.mode, self.buckets,
-                 self.warmup_s)
-        return self.warmup_s
+            for b in buckets:
+                before = self.graph.captures
+                self.graph(torch.zeros((b, 3, size, size), device=device, dtype=dtype))
+                if self.graph.captures > before:
+                    self.graphed.add(b)
+        torch.cuda.synchronize(device)
+        self.capture_s = (self.capture_s or 0.0) + time.perf_counter() - t
+        log.info("SAM 3 %s: CUDA graphs for batch sizes %s (of %s) captured in %.1f s", self.scope,
+                 sorted(self.graphed), list(self.buckets), self.capture_s)
+
+    def graph_stats(self) -> dict | None:
+        """What the CUDA graphs did: None when the setting is off or nothing runs on CUDA."""
+        if self.graph is None or self.capture_s is None:
+            return None
+        return {"batch_sizes": sorted(self.graphed), "captures": self.graph.captures, "replays": self.graph.replays,
+                "capture_s": round(self.capture_s, 2)}
 
 
 def compiled_encoder(models, settings, max_batch_size: int) -> CompiledEncoder | None:
@@ -113,6 +166,7 @@ def compiled_encoder(models, settings, max_batch_size: int) -> CompiledEncoder |
         mode=settings.compile_mode,
         backend=settings.compile_backend,
         scope=settings.compile_scope,
+        cuda_graph=cuda_graph_wanted(settings, models.device),
     )
     compiled.warm_up(models.pixels.size, models.device, models.dtype)
     return compiled
