@@ -337,9 +337,11 @@ def fp8_lever(args, base, bf16_backend, models, size, device, compile_backend, r
     ref_masks = [[bf16_backend.segment_with_embedding(e, p).mask for p in prompts] for e in ref]
     mode = next((m for m in args.compile_modes.split(",") if m), None)
     torch._dynamo.reset()
-    settings = Sam3Settings(**base, vit_fp8=True, compile="on" if mode else "off", cuda_graph=False,
+    # With --cuda-graph the FP8 encoder is replayed from graphs too (compared with compile_<mode>_graph).
+    graph = bool(args.cuda_graph and mode == "default")
+    settings = Sam3Settings(**base, vit_fp8=True, compile="on" if mode else "off", cuda_graph=graph,
                             **({"compile_mode": mode, "compile_backend": compile_backend} if mode else {}))
-    name = f"fp8_compile_{mode}" if mode else "fp8_eager"
+    name = (f"fp8_compile_{mode}" if mode else "fp8_eager") + ("_graph" if graph else "")
     try:
         backend, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
     except Exception as exc:  # noqa: BLE001 - e.g. a GPU without FP8
@@ -347,6 +349,8 @@ def fp8_lever(args, base, bf16_backend, models, size, device, compile_backend, r
         print("lever", name, "failed:", report["levers"][name]["error"], flush=True)
         return
     measure_lever(name, backend.encode_batch, size, device, args, report)
+    if graph:
+        graph_figures(name, backend, device, report)
     rel, ious = [], []
     for i, (im, e0) in enumerate(zip(images, ref)):
         e1 = backend.encode_batch([im], [f"f{i}"])[0]
