@@ -79,14 +79,22 @@ def check_size(image: np.ndarray, limits: LimitsSettings, what: str = "image") -
                        f"{limits.min_image_side} pixels")
 
 
+# An alpha channel is a cut-out (the object's mask) only when at least this share of the
+# pixels is transparent: photos saved as RGBA often carry a few stray transparent pixels
+# (skimage's horse.png: 4 of 131,200), and taking those for a mask makes the whole frame the
+# object.
+MIN_TRANSPARENT_SHARE = 0.01
+
+
 def decode_image(data: bytes, limits: LimitsSettings) -> tuple[np.ndarray, np.ndarray | None]:
-    """(HxWx3 uint8 RGB, alpha mask or None). An alpha channel with transparency is a mask."""
+    """(HxWx3 uint8 RGB, alpha mask or None). An alpha channel is a mask when it makes a
+    cut-out: some pixels opaque and at least MIN_TRANSPARENT_SHARE of them transparent."""
     img = _eight_bit(_open(data, "image", limits))
     alpha = None
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        a = np.asarray(img.convert("RGBA"))[:, :, 3]
-        if (a < 128).any():
-            alpha = a >= 128
+        opaque = np.asarray(img.convert("RGBA"))[:, :, 3] >= 128
+        if opaque.any() and 1.0 - opaque.mean() >= MIN_TRANSPARENT_SHARE:
+            alpha = opaque
     rgb = np.asarray(img.convert("RGB"))
     check_size(rgb, limits)
     return rgb, alpha

@@ -53,11 +53,15 @@ async def prepare_job(service: GenerateService, req: GenerateRequest, image_byte
             # With a photo, free text names what to cut out.
             req.segmentation_label = req.prompt[:100]
 
-    mask = alpha
+    # A mask sent on its own (a file or mask_b64: what the viewer's person saw) is the mask; the
+    # photo's alpha channel is the mask only when none is sent.
+    mask = None
     raw_masks = list(mask_bytes or []) + [inputs.b64_bytes(m, "mask_b64") for m in req.mask_b64]
     for i, data in enumerate(raw_masks):
         m = inputs.decode_mask(data, image.shape[:2], limits, what=f"mask {i + 1}")
         mask = m if mask is None else (mask | m)
+    if mask is None:
+        mask = alpha
     scale, input_size = 1.0, None
     if image is not None:
         h, w = image.shape[:2]

@@ -161,6 +161,22 @@ def test_mask_b64_is_used_as_given(tmp_path):
     assert (_mask_png(client, evs) == mask).all()
 
 
+def test_a_sent_mask_wins_over_the_photos_alpha(tmp_path):
+    """The viewer sends the photo (alpha and all) with the mask the person saw: that mask is
+    the object, not its union with the alpha."""
+    import base64
+
+    client = _client(tmp_path)
+    rgba = _cup_with_alpha()
+    mask = np.zeros(rgba.shape[:2], bool)
+    mask[150:250, 200:350] = True  # inside the alpha's box, much smaller
+    body = {"image_b64": base64.b64encode(_encode(Image.fromarray(rgba), "PNG")).decode(),
+            "mask_b64": [base64.b64encode(_encode(Image.fromarray(mask.astype(np.uint8) * 255), "PNG")).decode()]}
+    evs = _events(client.post("/v1/generate", json=body))
+    assert _found(evs)["segmenter"] == "user_mask"
+    assert (_mask_png(client, evs) == mask).all()
+
+
 def test_mask_png_comes_back_at_the_input_size(tmp_path):
     from photos import photo_bytes
 

@@ -48,6 +48,19 @@ def test_decode_image_jpeg_png_and_alpha_mask():
     assert img.shape == (20, 30, 3) and alpha.sum() == 100
 
 
+def test_stray_transparent_pixels_are_not_a_mask():
+    """An RGBA photo whose alpha is opaque but for a few pixels (skimage's horse.png has 4 of
+    131,200 at alpha 110) is a photo, not a cut-out; from 1 % transparent on it is a mask."""
+    rgba = np.full((100, 100, 4), 255, np.uint8)
+    rgba[0, :4, 3] = 110
+    assert inputs.decode_image(png(rgba), LIM)[1] is None
+    rgba[:1, :, 3] = 0  # 100 of 10,000 pixels: 1 %
+    alpha = inputs.decode_image(png(rgba), LIM)[1]
+    assert alpha is not None and alpha.sum() == 9900
+    rgba[:, :, 3] = 0  # nothing opaque: no object to take from it
+    assert inputs.decode_image(png(rgba), LIM)[1] is None
+
+
 @pytest.mark.parametrize("data,needle", [
     (b"", "empty"), (b"GIF89a not really", "not a readable image"), (b"\x89PNG\r\n\x1a\n" + b"\0" * 20, "not a readable"),
 ])
