@@ -54,6 +54,8 @@ ap.add_argument("--ab", default="", help="a lever (a name in --levers' list) run
                                          "defaults, --ab-repeats times, at cadence 1 every step and as "
                                          "streamed, with a last-frame-only run per round")
 ap.add_argument("--ab-repeats", type=int, default=3)
+ap.add_argument("--ab-only", action="store_true",
+                help="after the warm-up only the --ab runs (the lever: a Sam3dSettings switch set true)")
 ap.add_argument("--zero-init", action="store_true",
                 help="keep upstream's zero-initialised modulation/output layers (the flow "
                      "transformers' blocks then pass their input through unchanged)")
@@ -627,6 +629,11 @@ def main():
     R["warm_up_s"] = round(model.warm_up(), 2)  # what a replica does before it reports healthy
     log("warm-up", R["warm_up_s"], "s")
     ours("first_request_after_warm_up", 5)
+    if ARGS.ab_only:  # the alternating runs alone, for a short device call
+        R["ab"] = ab_runs(ours, with_settings, {ARGS.ab: True})
+        log("ab", json.dumps(R["ab"]))
+        save()
+        return
     c1 = ours("ours_cadence1", 1)
     reference[0] = seen.get("local_occupancy")
     ours_slat = seen.get("slat_voxels")
