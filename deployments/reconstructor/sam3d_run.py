@@ -379,7 +379,11 @@ class UpstreamRun:
                            self.downsample_factor)
 
     def release(self) -> None:
-        self.geo = self.app = self.ss_input = self.slat_input = self.coords = None
         torch = self.model.torch
+        if self.side is not None:
+            # Previews may still be reading this run's tensors on the side stream (the pose's
+            # scene scale, say): what the worker's stream is given next waits for them.
+            torch.cuda.current_stream(self.device).wait_stream(self.side)
+        self.geo = self.app = self.ss_input = self.slat_input = self.coords = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
