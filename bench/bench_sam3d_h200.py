@@ -50,12 +50,11 @@ ap.add_argument("--tiny", action="store_true", help="1-block transformers (dry r
 ap.add_argument("--cpu", action="store_true", help="tiny dry run on the CPU (bench/sam3d_cpu_dryrun.py)")
 ap.add_argument("--quick", action="store_true", help="no cadence-5 run and no decoder-preview levers")
 ap.add_argument("--levers", default="", help="comma-separated lever names to run (default: all)")
-ap.add_argument("--ab", default="", help="a lever (a name in --levers' list) run alternately with the "
+ap.add_argument("--ab", default="", help="a lever (a name in LEVERS) run alternately with the "
                                          "defaults, --ab-repeats times, at cadence 1 every step and as "
                                          "streamed, with a last-frame-only run per round")
 ap.add_argument("--ab-repeats", type=int, default=3)
-ap.add_argument("--ab-only", action="store_true",
-                help="after the warm-up only the --ab runs (the lever: a Sam3dSettings switch set true)")
+ap.add_argument("--ab-only", action="store_true", help="after the warm-up only the --ab runs")
 ap.add_argument("--zero-init", action="store_true",
                 help="keep upstream's zero-initialised modulation/output layers (the flow "
                      "transformers' blocks then pass their input through unchanged)")
@@ -260,26 +259,45 @@ def upstream_first(p, settings, image, mask):
     apply_speed_settings(p.models, settings, CUDA)
 
 
-def occupancy_decoder_variants(decoder, dtype, reps: int = 20, device: str = "cuda") -> dict:
+# Each lever: the settings it switches from the defaults (run at cadence 1, one at a time, or
+# alternately with the defaults under --ab). None: run separately (every lever off).
+LEVERS = {"all_off": None,
+          "compile_geometry_off": {"compile_geometry": False},
+          "geometry_cuda_graph_off": {"geometry_cuda_graph": False},
+          "compile_appearance_off": {"compile_appearance": False},
+          "dense_appearance_eager": {"compile_appearance": False, "dense_appearance": True},
+          "both_off": {"geometry_cuda_graph": False, "compile_appearance": False},
+          "compile_occupancy_decoder": {"compile_occupancy_decoder": True},
+          "async_previews": {"async_previews": True},
+          "preview_refit_every_25": {"preview_refit_every": 25},
+          "preview_refit_every_12": {"preview_refit_every": 12},
+          "appearance_cuda_graph": {"appearance_cuda_graph": True},
+          "preview_stream": {"preview_stream": True},
+          # The stream levers together (each is also measured on its own above).
+          "async_refit25": {"async_previews": True, "preview_refit_every": 25},
+          "async_refit25_occupancy": {"async_previews": True, "preview_refit_every": 25,
+                                      "compile_occupancy_decoder": True},
+          "device_context": {},
+          "compile_reduce_overhead": {"compile_mode": "reduce-overhead"},
+          "previews_by_decoder_fp16": {"preview_colors": "decoder"},
+          "previews_by_decoder_fp32": {"preview_colors": "decoder", "preview_dtype": "float32"}}
+
+
+def occupancy_decoder_variants(decoder, dtype, reps: int = 20) -> dict:
     """The geometry preview's occupancy decoder alone (the (1, 8, 16³) latent → 64³ logits, as
     sam3d_run calls it): GPU ms per call (CUDA events, after 3 warm-up calls) with cuDNN's
     heuristics (as shipped), with cudnn.benchmark, and in channels_last_3d, and each variant's
     largest logit difference from the first, on one random input."""
-    torch = __import__("torch")
     cudnn = torch.backends.cudnn
-    x = torch.randn(1, 8, 16, 16, 16, device=device)
+    x = torch.randn(1, 8, 16, 16, 16, device="cuda")
 
     def call(inp):
-        with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=device == "cuda"):
+        with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
             return decoder(inp)
 
     def measure(inp):
         for _ in range(3):
             call(inp)
-        if device != "cuda":  # the CPU check of this function
-            t = time.perf_counter()
-            out = [call(inp) for _ in range(reps)][-1]
-            return (time.perf_counter() - t) * 1e3 / reps, out.float()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(reps):
@@ -308,12 +326,13 @@ def occupancy_decoder_variants(decoder, dtype, reps: int = 20, device: str = "cu
     return res
 
 
-def ab_runs(ours, with_settings, update: dict) -> dict:
-    """Defaults and one lever, alternately in the same process (--ab), so that drifts of the
+def ab_runs(ours, with_settings) -> None:
+    """Defaults and the --ab lever, alternately in the same process, so that drifts of the
     host (clocks, other tenants) hit both: per round, each side at cadence 1 with every step
-    decoded and as the ingress streams (0.08 s frame gap), then a last-frame-only run. → the
-    median stream and image → GLB seconds per side and mode, and each side's streaming
-    overhead (its median stream over the last-frame-only median, minus 1)."""
+    decoded and as the ingress streams (0.08 s frame gap), then a last-frame-only run. Records
+    in R["ab"] the median stream and image → GLB seconds per side and mode, and each side's
+    streaming overhead (its median stream over the last-frame-only median, minus 1)."""
+    update = LEVERS[ARGS.ab]
     runs: dict = {}
     for i in range(ARGS.ab_repeats):
         for side, upd in (("defaults", {}), ("lever", update)):
@@ -340,7 +359,9 @@ def ab_runs(ours, with_settings, update: dict) -> dict:
         entry["median_image_to_glb_s"] = median((side, mode), "image_to_glb_s")
         if last and mode != "last_frame_only":
             entry["stream_overhead"] = round(entry["median_stream_s"] / last - 1, 4)
-    return out
+    R["ab"] = out
+    log("ab", json.dumps(out))
+    save()
 
 
 def wake_zero_layers(models) -> int:
@@ -630,9 +651,7 @@ def main():
     log("warm-up", R["warm_up_s"], "s")
     ours("first_request_after_warm_up", 5)
     if ARGS.ab_only:  # the alternating runs alone, for a short device call
-        R["ab"] = ab_runs(ours, with_settings, {ARGS.ab: True})
-        log("ab", json.dumps(R["ab"]))
-        save()
+        ab_runs(ours, with_settings)
         return
     c1 = ours("ours_cadence1", 1)
     reference[0] = seen.get("local_occupancy")
@@ -709,27 +728,7 @@ def main():
         log(tag, json.dumps(up))
         save()
 
-    levers = {"all_off": None,
-              "compile_geometry_off": {"compile_geometry": False},
-              "geometry_cuda_graph_off": {"geometry_cuda_graph": False},
-              "compile_appearance_off": {"compile_appearance": False},
-              "dense_appearance_eager": {"compile_appearance": False, "dense_appearance": True},
-              "both_off": {"geometry_cuda_graph": False, "compile_appearance": False},
-              "compile_occupancy_decoder": {"compile_occupancy_decoder": True},
-              "async_previews": {"async_previews": True},
-              "preview_refit_every_25": {"preview_refit_every": 25},
-              "preview_refit_every_12": {"preview_refit_every": 12},
-              "appearance_cuda_graph": {"appearance_cuda_graph": True},
-              "preview_stream": {"preview_stream": True},
-              # The stream levers together (each is also measured on its own above).
-              "async_refit25": {"async_previews": True, "preview_refit_every": 25},
-              "async_refit25_occupancy": {"async_previews": True, "preview_refit_every": 25,
-                                          "compile_occupancy_decoder": True},
-              "device_context": {},
-              "compile_reduce_overhead": {"compile_mode": "reduce-overhead"},
-              "previews_by_decoder_fp16": {"preview_colors": "decoder"},
-              "previews_by_decoder_fp32": {"preview_colors": "decoder", "preview_dtype": "float32"}}
-    for tag, update in levers.items():
+    for tag, update in LEVERS.items():
         if update is None or (ARGS.quick and tag.startswith("previews")) or (
                 ARGS.levers and tag not in ARGS.levers.split(",")):
             continue
@@ -745,14 +744,12 @@ def main():
             ours("lever_" + tag, 1)
         with_settings()  # back to the defaults: each lever on its own
     R["levers_image_to_glb_s"] = {"defaults": c1 and c1["image_to_glb_s"], **{
-        tag: R.get("lever_" + tag, {}).get("image_to_glb_s") for tag in levers}}
+        tag: R.get("lever_" + tag, {}).get("image_to_glb_s") for tag in LEVERS}}
     R["levers_step_ms"] = {tag: {k: step_ms(R.get(run), k) for k in ("geometry_step", "appearance_step")}
                            for tag, run in [("defaults", "ours_cadence1")]
-                           + [(t, "lever_" + t) for t in levers]}
+                           + [(t, "lever_" + t) for t in LEVERS]}
     if ARGS.ab:
-        R["ab"] = ab_runs(ours, with_settings, levers[ARGS.ab])
-        log("ab", json.dumps(R["ab"]))
-        save()
+        ab_runs(ours, with_settings)
     if time.perf_counter() - T0 < ARGS.deadline:  # on the CPU (dry run) for its code paths only
         from bench.sam3d_profile import profile_stages
 

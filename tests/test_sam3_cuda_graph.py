@@ -1,8 +1,9 @@
 """`segmenter.sam3.cuda_graph`: the compiled encoder replayed from one hand-captured CUDA graph per
 batch bucket (deployments/segmenter/sam3/compile.py over deployments/cuda_graphs.py).
 
-On the CPU: the setting validates (and refuses what it cannot act on), does nothing off CUDA (the
-encoder's output is bit for bit the compiled path's), and a `threaded` CudaGraphReplay serialises
+On the CPU: the setting is on by default and acts only where the encoder is compiled in the default
+mode on CUDA, does nothing off CUDA (the encoder's output is bit for bit the compiled path's), and a
+`threaded` CudaGraphReplay serialises
 copy-in, replay and copy-out (shown with a stand-in graph whose replay is slow). On a GPU (marked):
 the tiny model captures every bucket during the warm-up and replays from four threads at once, with
 the outputs of the compiled function called without a graph.
@@ -22,7 +23,7 @@ pytest.importorskip("transformers")
 from deployments.cuda_graphs import CudaGraphReplay, _Captured  # noqa: E402
 from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
 from deployments.segmenter.sam3.compile import CompiledEncoder  # noqa: E402
-from sam3d_common.settings import ConfigError, Sam3Settings, load_settings  # noqa: E402
+from sam3d_common.settings import Sam3Settings, load_settings  # noqa: E402
 from tests.support.sam3_testing import write_tiny_checkpoint  # noqa: E402
 
 FEATURES = ("backbone", "image_embed", "high_res_feats_0", "high_res_feats_1")
@@ -38,8 +39,6 @@ def checkpoint(tmp_path_factory):
 
 
 def test_the_setting_is_on_by_default_and_acts_only_on_a_default_mode_compile_on_cuda():
-    import torch
-
     from deployments.segmenter.sam3.compile import cuda_graph_wanted
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")

@@ -103,9 +103,7 @@ def plain_glb(mesh: MeshData) -> bytearray:
 
     Written directly (three buffer views in one binary chunk): a mesh of ~2M faces is ~40 MB,
     which trimesh's exporter took ~0.35 s to assemble."""
-    positions = np.ascontiguousarray(mesh.vertices, dtype="<f4")
-    rgba = _rgba8(mesh.colors)
-    indices = np.ascontiguousarray(mesh.faces.reshape(-1), dtype="<u4")
+    positions, rgba, indices = _mesh_arrays(mesh)
     chunks, views, offset = [], [], 0
     for arr, target in ((positions, 34962), (rgba, 34962), (indices, 34963)):
         views.append({"buffer": 0, "byteOffset": offset, "byteLength": arr.nbytes, "target": target})
@@ -115,12 +113,14 @@ def plain_glb(mesh: MeshData) -> bytearray:
     return _glb(gltf, chunks, offset)
 
 
-def _rgba8(colors: np.ndarray) -> np.ndarray:
-    """(V, 4) uint8 vertex colours, opaque: COLOR_0 of both GLB writers."""
-    rgba = np.empty((len(colors), 4), np.uint8)
-    rgba[:, :3] = colors
+def _mesh_arrays(mesh: MeshData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The arrays both GLB writers store: little-endian float32 positions (V, 3), opaque RGBA8
+    colours (V, 4) and uint32 triangle indices, flat."""
+    rgba = np.empty((len(mesh.colors), 4), np.uint8)
+    rgba[:, :3] = mesh.colors
     rgba[:, 3] = 255
-    return rgba
+    return (np.ascontiguousarray(mesh.vertices, dtype="<f4"), rgba,
+            np.ascontiguousarray(mesh.faces.reshape(-1), dtype="<u4"))
 
 
 def _mesh_gltf(positions: np.ndarray, index_count: int, buffers: list, views: list,
@@ -180,9 +180,7 @@ def meshopt_glb(mesh: MeshData, extras: dict | None = None) -> bytearray:
     Positions float32 (stride 12) and RGBA8 colours (stride 4) as ATTRIBUTES streams, uint32
     indices as a TRIANGLES stream; the fallback buffer holds no data, as the extension allows.
     """
-    positions = np.ascontiguousarray(mesh.vertices, dtype="<f4")
-    rgba = _rgba8(mesh.colors)
-    indices = np.ascontiguousarray(mesh.faces.reshape(-1), dtype="<u4")
+    positions, rgba, indices = _mesh_arrays(mesh)
     meshoptimizer.encode_vertex_version(0)  # the version EXT_meshopt_compression specifies
     streams = [
         (meshoptimizer.encode_vertex_buffer(positions), 12, len(positions), "ATTRIBUTES", positions.nbytes),

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import torch
 
-# CudaGraphReplay and its helpers live in deployments/cuda_graphs.py (shared with the SAM 3
-# encoder); imported here for the trunks below and re-exported for existing callers.
-from ..cuda_graphs import CudaGraphReplay, _Captured, _uncached_autocast  # noqa: F401
+from ..cuda_graphs import CudaGraphReplay
 
 
 class GraphedTrunk(CudaGraphReplay):
