@@ -3,8 +3,10 @@
 Each `nn.Linear` whose sizes suit the FP8 kernels (multiples of 16) becomes an `Fp8Linear`: the
 weight is quantised once, per output row, to float8_e4m3fn with a float32 scale; at each call
 the activations are quantised per row the same way and `torch._scaled_mm` multiplies them with
-row-wise scales; the bias is added in the activations' dtype. Under torch.compile the
-activation quantisation fuses into neighbouring kernels. FP8 matrix multiplies need a GPU of
+row-wise scales, with Hopper's fast accumulation on CUDA (`use_fast_accum`: partial sums kept in
+the tensor cores' own precision instead of being promoted at every k-block, as torchao's float8
+inference does; the agreement figures below include it); the bias is added in the activations'
+dtype. Under torch.compile the activation quantisation fuses into neighbouring kernels. FP8 matrix multiplies need a GPU of
 compute capability 8.9 or newer (Ada, Hopper); PyTorch's CPU build runs the same code (slowly),
 which is how the tests check it. Agreement with the bf16 model is reported by
 bench/bench_sam3_encoder.py; it is a numerical check on random weights, not a quality claim.
@@ -50,7 +52,7 @@ class Fp8Linear(nn.Module):
         # Row-wise scaled FP8 products on CUDA come out in bf16; the bias is added after.
         out_dtype = torch.bfloat16 if x.is_cuda else x.dtype
         out = torch._scaled_mm(q, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale,
-                               out_dtype=out_dtype).to(x.dtype)
+                               out_dtype=out_dtype, use_fast_accum=x.is_cuda).to(x.dtype)
         if self.bias is not None:
             out = out + self.bias.to(x.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
