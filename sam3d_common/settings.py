@@ -144,8 +144,10 @@ class Sam3dSettings(_Strict):
     # sam3d_host.py): the next step is launched while the copy lands.
     async_previews: bool = False
     # Previews decoded on a CUDA stream of their own, so that their kernels can run beside the
-    # next step's (implies async_previews: the worker does not wait for them).
-    preview_stream: bool = False
+    # next step's (implies async_previews: the worker does not wait for them). On by default
+    # since H100 run 21's alternating runs (docs/sam3d.md); no effect off CUDA beyond the
+    # previews being settled on the frame thread.
+    preview_stream: bool = True
 
 
 class ReconstructorSettings(_Strict):
