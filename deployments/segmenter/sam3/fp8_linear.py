@@ -6,8 +6,9 @@ the activations are quantised per row the same way and `torch._scaled_mm` multip
 row-wise scales, with Hopper's fast accumulation on CUDA (`use_fast_accum`: partial sums kept in
 the tensor cores' own precision instead of being promoted at every k-block, as torchao's float8
 inference does); the bias is added in the activations' dtype. Under torch.compile the activation
-quantisation fuses into neighbouring kernels. FP8 matrix multiplies need a GPU of compute capability 8.9 or newer (Ada, Hopper); PyTorch's CPU build runs the same code (slowly),
-which is how the tests check it. Agreement with the bf16 model is reported by
+quantisation fuses into neighbouring kernels. FP8 matrix multiplies need a GPU of compute
+capability 8.9 or newer (Ada, Hopper); PyTorch's CPU build runs the same code (slowly), which is
+how the tests check it. Agreement with the bf16 model is reported by
 bench/bench_sam3_encoder.py; it is a numerical check on random weights, not a quality claim.
 """
 from __future__ import annotations
