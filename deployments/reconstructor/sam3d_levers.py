@@ -11,7 +11,7 @@
   - `appearance_cuda_graph`: those dense blocks replayed as one CUDA graph per request
     (`sam3d_graphs.DenseTrunk`);
   - `compile_occupancy_decoder`: the geometry previews' occupancy decoder compiled.
-  Measured gains: the README's SAM 3D section and docs/sam3d.md.
+  Measured gains: docs/sam3d.md and docs/sam3d_runs.md (the latest run in the README).
 - `LatentColors`: an appearance preview without the Gaussian decoder. At the first preview of
   a run (and every `refit_every`-th after) the decoder runs and a least-squares affine map from
   each voxel's 8 latent channels to its decoded colour is fitted; previews in between apply
