@@ -26,6 +26,8 @@ against today's (quantised on the device, float32 statistics, Huffman-only defla
     python -m bench.bench_sam3_encoder --tiny --cpu                                       # a dry run
     python -m bench.bench_sam3_encoder --cuda-graph --max-batch 4 --serve-max-batch 4 --batches 4 \
         --skip-before --skip-sdpa --skip-payload --json-out bench/results/sam3_encoder_graph.json
+    python -m bench.bench_sam3_encoder --cuda-graph --graph-only --fp8 --max-batch 8 --serve-max-batch 8 \
+        --batches 4,8 --skip-before --skip-sdpa --skip-payload   # bf16 vs FP8, both replayed from graphs
 
 On the H200 one run stays under 10 minutes with the defaults (one compile mode, buckets 1..16); add modes
 with --compile-modes in a run of their own if needed.
@@ -409,10 +411,12 @@ def graph_figures(name: str, backend, device, report: dict) -> None:
 def compiled_levers(args, base, models, size, device, compile_backend, report):
     """The compiled variants, one at a time (dynamo's caches reset in between), and a kernel profile of
     the last one without a CUDA graph. With --cuda-graph, each default-mode variant is followed by itself
-    with cuda_graph on (its own compile of the buckets, inductor's caches warm from the one before)."""
+    with cuda_graph on (its own compile of the buckets, inductor's caches warm from the one before);
+    with --graph-only as well, only the graphed one runs."""
     variants = args.compile_variants or ",".join(f"{m}:vit" for m in args.compile_modes.split(",") if m)
     runs = [(v, graph) for v in variants.split(",") if v
-            for graph in ((False, True) if args.cuda_graph and v.split(":")[0] == "default" else (False,))]
+            for graph in (((True,) if args.graph_only else (False, True))
+                          if args.cuda_graph and v.split(":")[0] == "default" else (False,))]
     profiled = next((r for r in reversed(runs) if not r[1]), None)
     for variant, graph in runs:
         mode, scope = variant.split(":")
@@ -484,6 +488,9 @@ def main():
     ap.add_argument("--fp8", action="store_true", help="also the FP8-linear ViT (last: it changes the model)")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="also each default-mode compiled variant with cuda_graph on (one more compile of the buckets)")
+    ap.add_argument("--graph-only", action="store_true",
+                    help="with --cuda-graph: only the graphed variant of each default-mode compile (one compile "
+                         "of the buckets instead of two, no kernel profile); for short device calls")
     ap.add_argument("--compile-backend", default=None, help="default: inductor on CUDA, aot_eager on the CPU")
     ap.add_argument("--standin", action="store_true", help="the asyncio @serve.batch stand-in even with Ray Serve")
     ap.add_argument("--skip-fidelity", action="store_true")
