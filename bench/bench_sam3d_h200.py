@@ -273,10 +273,8 @@ LEVERS = {"all_off": None,
           "preview_refit_every_12": {"preview_refit_every": 12},
           "appearance_cuda_graph": {"appearance_cuda_graph": True},
           "preview_stream_off": {"preview_stream": False},
-          # The stream levers together (each is also measured on its own above).
-          "async_refit25": {"async_previews": True, "preview_refit_every": 25},
-          "async_refit25_occupancy": {"async_previews": True, "preview_refit_every": 25,
-                                      "compile_occupancy_decoder": True},
+          # The preview levers together (each is also measured on its own above).
+          "refit25_occupancy": {"preview_refit_every": 25, "compile_occupancy_decoder": True},
           "device_context": {},
           "compile_reduce_overhead": {"compile_mode": "reduce-overhead"},
           "previews_by_decoder_fp16": {"preview_colors": "decoder"},

@@ -45,15 +45,6 @@ def preview_stream(torch, device):
     return _PREVIEW_STREAMS[device]
 
 
-def _tensors(values):
-    """The tensors among values and in the dicts among them."""
-    for v in values:
-        if isinstance(v, dict):
-            yield from _tensors(v.values())
-        elif hasattr(v, "record_stream"):
-            yield v
-
-
 def _tree_map(fn, a, b):
     """fn over matching leaves of two latents that are both tensors or both dicts of tensors."""
     if isinstance(a, dict):
@@ -271,8 +262,8 @@ class UpstreamRun:
             return
         torch = self.model.torch
         self.side.wait_stream(torch.cuda.current_stream(self.device))
-        for t in _tensors(inputs):
-            if t.is_cuda:
+        for t in torch.utils._pytree.tree_leaves(inputs):  # latents may be dicts of tensors
+            if isinstance(t, torch.Tensor) and t.is_cuda:
                 t.record_stream(self.side)
         with torch.cuda.stream(self.side):
             yield
