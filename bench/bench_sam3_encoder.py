@@ -454,11 +454,13 @@ def lever_name(mode: str, scope: str) -> str:
 
 def summary(report: dict) -> dict:
     """The issue's figures at the top level, read from the run's own levers: the served path is the
-    compiled variant Sam3Settings' defaults select when it was measured, else the eager hot path."""
+    variant Sam3Settings' defaults select (compiled, replayed from CUDA graphs where `cuda_graph` is on)
+    when it was measured, else the same without the graphs, else the eager hot path."""
     levers = report.get("levers", {})
     d = Sam3Settings()
-    shipped = lever_name(d.compile_mode, d.compile_scope)
-    served = next((n for n in (shipped, "hot_path") if "encode_bs1" in levers.get(n, {})), None)
+    compiled = lever_name(d.compile_mode, d.compile_scope)
+    graphed = compiled + "_graph" if d.cuda_graph and d.compile_mode == "default" else None
+    served = next((n for n in (graphed, compiled, "hot_path") if n and "encode_bs1" in levers.get(n, {})), None)
     lever = levers.get(served, {})
     return {"encode_lever": served,
             "encode_p50_ms": lever.get("encode_bs1", {}).get("p50_ms"),
