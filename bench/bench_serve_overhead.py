@@ -14,6 +14,13 @@ client did before (httpx loads the CA bundle for every Client it builds):
                         that includes the handle call, argument and result transfer
   after the pipeline    `complete` reaching the client (arrival minus `t` minus the first part)
 
+A fourth side, `colocated`, answers what running the embedded stages inside the ingress would
+buy: the same FastAPI app and pipeline as the product's ingress, deployed as one Serve
+deployment (this module's `build_colocated`, its own app under /colocated) over the stages in
+its own process (serve_app.local.LocalClients) instead of stage handles. Only the HTTP proxy hop
+and the request's parsing remain; what it costs is the floor of any design that keeps HTTP
+through Serve. Not a product mode: the product keeps one deployment per stage.
+
     python -m bench.bench_serve_overhead [--runs 7] [--out bench/results/serve_overhead.txt]
 """
 from __future__ import annotations
@@ -59,6 +66,26 @@ def split(timeline: list[tuple[float, dict]]) -> dict:
     return out
 
 
+def build_colocated(args: dict):
+    """The product's HTTP app over stages in the same process: one Serve deployment."""
+    from ray import serve
+
+    from serve_app.ingress import build_fastapi_app
+
+    @serve.deployment(name="ColocatedIngress", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
+    @serve.ingress()
+    class ColocatedIngress:
+        def __init__(self, settings: dict):
+            self.settings = load_settings(settings)
+            store = ArtifactStore(self.settings.store.url)
+            self.service = GenerateService(self.settings, LocalClients(self.settings, store), store)
+
+        def __serve_build_asgi_app__(self):
+            return build_fastapi_app(self.service)
+
+    return ColocatedIngress.bind(args)
+
+
 def http_run(base: str, name: str, own_tls: bool = False) -> dict:
     """own_tls: the request through a plain httpx.Client built inside the timed window."""
     t0 = time.monotonic()
@@ -99,26 +126,41 @@ def main() -> None:
     try:
         deploy(cfg)
         args = cfg["applications"][0]["args"]
+        deploy({"applications": [{"name": "colocated", "route_prefix": "/colocated",
+                                  "import_path": "bench.bench_serve_overhead:build_colocated",
+                                  "args": args}]})
+        colocated = base + "/colocated"
+        ratios = {name: {} for name in PHOTOS}
         settings = load_settings(args)
         store = ArtifactStore(args["store"]["url"])
         service = GenerateService(settings, LocalClients(settings, store), store)
         for name in PHOTOS:
             http_run(base, name), in_process_run(service, name)  # warm-up
-            sides = {"HTTP+Serve": [], "TLS/request": [], "in-process": []}
+            http_run(colocated, name)  # warm-up
+            sides = {"HTTP+Serve": [], "TLS/request": [], "colocated": [], "in-process": []}
             for _ in range(a.runs):
                 sides["HTTP+Serve"].append(http_run(base, name))
                 sides["TLS/request"].append(http_run(base, name, own_tls=True))
+                sides["colocated"].append(http_run(colocated, name))
                 sides["in-process"].append(in_process_run(service, name))
             med = {side: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                    for side, runs in sides.items()}
             med["extra"] = {k: med["HTTP+Serve"][k] - med["in-process"][k] for k in med["in-process"]}
+            med["colo extra"] = {k: med["colocated"][k] - med["in-process"][k] for k in med["in-process"]}
+            for side in ("HTTP+Serve", "colocated"):
+                ratios[name][side] = med[side]["total"] / med["in-process"]["total"]
             for side, m in med.items():
                 lines.append(f"{name:<10} {side:<11} " + " ".join(
                     f"{m[k] * 1000:>10.0f} ms" for k in ("before", *STAGES, "after", "total"))
                     + f"   {m['frames']:g}")
-            print("\n".join(lines[-4:]), flush=True)
+            print("\n".join(lines[-6:]), flush=True)
         lines.append("TLS/request: a plain httpx.Client built per request (the client before); "
-                     "HTTP+Serve: serve_app.client as it is; extra: HTTP+Serve minus in-process")
+                     "HTTP+Serve: serve_app.client as it is; extra: HTTP+Serve minus in-process; "
+                     "colocated: the same HTTP app with the stages in the ingress's process "
+                     "(build_colocated); colo extra: colocated minus in-process")
+        lines.append("")
+        lines.append("complete over HTTP / in-process (medians): " + "; ".join(
+            f"{n} {r['HTTP+Serve']:.2f}x, colocated {r['colocated']:.2f}x" for n, r in ratios.items()))
         lines.append(f"load average at the end {os.getloadavg()[0]:.1f} (other work on the same cores "
                      "inflates every figure)")
     finally:
