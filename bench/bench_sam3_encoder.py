@@ -353,6 +353,15 @@ def fp8_lever(args, base, bf16_backend, models, size, device, compile_backend, r
     measure_lever(name, backend.encode_batch, size, device, args, report)
     if graph:
         graph_figures(name, backend, device, report)
+    if device.type == "cuda":
+        # Where FP8's time goes at batch 1 (matrix multiplies against the activations' quantisation).
+        batch = fresh_images(1, size, 901)
+        try:
+            report[f"kernel_profile_{name}"] = kernel_profile(lambda: backend.encode_batch(batch, ["q"]),
+                                                              lambda: sync(device))
+        except Exception as exc:  # noqa: BLE001 - a profiler that cannot see into graph replays
+            report[f"kernel_profile_{name}"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        print(f"kernel_profile_{name}", json.dumps(report[f"kernel_profile_{name}"]), flush=True)
     rel, ious = [], []
     for i, (im, e0) in enumerate(zip(images, ref)):
         e1 = backend.encode_batch([im], [f"f{i}"])[0]
