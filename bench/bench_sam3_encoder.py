@@ -28,6 +28,9 @@ against today's (quantised on the device, float32 statistics, Huffman-only defla
         --skip-before --skip-sdpa --skip-payload --json-out bench/results/sam3_encoder_graph.json
     python -m bench.bench_sam3_encoder --cuda-graph --graph-only --fp8 --max-batch 8 --serve-max-batch 8 \
         --batches 4,8 --skip-before --skip-sdpa --skip-payload   # bf16 vs FP8, both replayed from graphs
+    python -m bench.bench_sam3_encoder --cuda-graph --graph-only --fp8 --max-batch 1 --serve-max-batch 1 \
+        --batches 1 --iters 10 --requests 16 --concurrency 4 --skip-before --skip-sdpa --skip-payload
+                                        # the same at batch 1 only: one compiled shape per variant
 
 On the H200 one run stays under 10 minutes with the defaults (one compile mode, buckets 1..16); add modes
 with --compile-modes in a run of their own if needed.
