@@ -72,6 +72,7 @@ def build_colocated(args: dict):
 
     from serve_app.ingress import build_fastapi_app
 
+    # num_cpus 0: the product's replicas already hold the local Ray's 2 logical CPUs.
     @serve.deployment(name="ColocatedIngress", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
     @serve.ingress()
     class ColocatedIngress:
