@@ -146,15 +146,15 @@ def main() -> None:
                 sides["in-process"].append(in_process_run(service, name))
             med = {side: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                    for side, runs in sides.items()}
-            med["extra"] = {k: med["HTTP+Serve"][k] - med["in-process"][k] for k in med["in-process"]}
-            med["colo extra"] = {k: med["colocated"][k] - med["in-process"][k] for k in med["in-process"]}
-            for side in ("HTTP+Serve", "colocated"):
-                ratios[name][side] = med[side]["total"] / med["in-process"]["total"]
+            inproc = med["in-process"]
+            for side, label in (("HTTP+Serve", "extra"), ("colocated", "colo extra")):
+                med[label] = {k: med[side][k] - inproc[k] for k in inproc}
+                ratios[name][side] = med[side]["total"] / inproc["total"]
             for side, m in med.items():
                 lines.append(f"{name:<10} {side:<11} " + " ".join(
                     f"{m[k] * 1000:>10.0f} ms" for k in ("before", *STAGES, "after", "total"))
                     + f"   {m['frames']:g}")
-            print("\n".join(lines[-6:]), flush=True)
+            print("\n".join(lines[-len(med):]), flush=True)
         lines.append("TLS/request: a plain httpx.Client built per request (the client before); "
                      "HTTP+Serve: serve_app.client as it is; extra: HTTP+Serve minus in-process; "
                      "colocated: the same HTTP app with the stages in the ingress's process "
