@@ -13,7 +13,7 @@ bf16. Levers, each measured on its own in the same run:
             (--compile-variants mode:scope, scope "vit" or "encoder" = ViT + tracker neck); a kernel
             profile of the last one (bench/gpu_profile.py: attention kernel names, matrix-multiply and
             Triton shares).
-- compile_<mode>[_<scope>]_graph (--cuda-graph, default mode only): the same compiled variant with
+- compile_<mode>[_<scope>]_graph (--cuda-graph): the same compiled variant with
             `cuda_graph` on, built and measured right after it (its own compile of the buckets, with
             inductor's caches warm from the one before): each bucket's forward captured by hand into a
             CUDA graph at start and replayed from the worker threads; with the replays and captures it
@@ -343,7 +343,7 @@ def fp8_lever(args, base, bf16_backend, models, size, device, compile_backend, r
     mode = next((m for m in args.compile_modes.split(",") if m), None)
     torch._dynamo.reset()
     # With --cuda-graph the FP8 encoder is replayed from graphs too (compared with compile_<mode>_graph).
-    graph = bool(args.cuda_graph and mode == "default")
+    graph = bool(args.cuda_graph and mode)
     settings = Sam3Settings(**base, vit_fp8=True, compile="on" if mode else "off", cuda_graph=graph,
                             **({"compile_mode": mode, "compile_backend": compile_backend} if mode else {}))
     name = (f"fp8_compile_{mode}" if mode else "fp8_eager") + ("_graph" if graph else "")
@@ -422,13 +422,13 @@ def graph_figures(name: str, backend, device, report: dict) -> None:
 
 def compiled_levers(args, base, models, size, device, compile_backend, report):
     """The compiled variants, one at a time (dynamo's caches reset in between), and a kernel profile of
-    the last one without a CUDA graph. With --cuda-graph, each default-mode variant is followed by itself
+    the last one without a CUDA graph. With --cuda-graph, each compiled variant is followed by itself
     with cuda_graph on (its own compile of the buckets, inductor's caches warm from the one before);
     with --graph-only as well, only the graphed one runs."""
     variants = args.compile_variants or ",".join(f"{m}:vit" for m in args.compile_modes.split(",") if m)
     runs = [(v, graph) for v in variants.split(",") if v
             for graph in (((True,) if args.graph_only else (False, True))
-                          if args.cuda_graph and v.split(":")[0] == "default" else (False,))]
+                          if args.cuda_graph else (False,))]
     profiled = next((r for r in reversed(runs) if not r[1]), None)
     for variant, graph in runs:
         mode, scope = variant.split(":")
@@ -471,7 +471,7 @@ def summary(report: dict) -> dict:
     levers = report.get("levers", {})
     d = Sam3Settings()
     compiled = lever_name(d.compile_mode, d.compile_scope)
-    graphed = compiled + "_graph" if d.cuda_graph and d.compile_mode == "default" else None
+    graphed = compiled + "_graph" if d.cuda_graph else None
     served = next((n for n in (graphed, compiled, "hot_path") if n and "encode_bs1" in levers.get(n, {})), None)
     lever = levers.get(served, {})
     return {"encode_lever": served,
@@ -501,9 +501,9 @@ def main():
     ap.add_argument("--batches", default="8,16", help="batch sizes measured directly (each one a compiled shape)")
     ap.add_argument("--fp8", action="store_true", help="also the FP8-linear ViT (last: it changes the model)")
     ap.add_argument("--cuda-graph", action="store_true",
-                    help="also each default-mode compiled variant with cuda_graph on (one more compile of the buckets)")
+                    help="also each compiled variant with cuda_graph on (one more compile of the buckets)")
     ap.add_argument("--graph-only", action="store_true",
-                    help="with --cuda-graph: only the graphed variant of each default-mode compile (one compile "
+                    help="with --cuda-graph: only the graphed variant of each compile (one compile "
                          "of the buckets instead of two, no kernel profile of it; the FP8 lever still gets its own); "
                          "for short device calls")
     ap.add_argument("--compile-backend", default=None, help="default: inductor on CUDA, aot_eager on the CPU")

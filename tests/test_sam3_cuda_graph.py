@@ -38,7 +38,7 @@ def checkpoint(tmp_path_factory):
     return write_tiny_checkpoint(tmp_path_factory.mktemp("sam3_tiny_graph"))
 
 
-def test_the_setting_is_on_by_default_and_acts_only_on_a_default_mode_compile_on_cuda():
+def test_the_setting_is_on_by_default_and_acts_only_on_a_compiled_encoder_on_cuda():
     from deployments.segmenter.sam3.compile import cuda_graph_wanted
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
@@ -48,7 +48,7 @@ def test_the_setting_is_on_by_default_and_acts_only_on_a_default_mode_compile_on
     assert not cuda_graph_wanted(Sam3Settings(), cpu)
     assert not cuda_graph_wanted(Sam3Settings(compile="on"), cpu)  # compiled on the CPU: no graphs
     assert not cuda_graph_wanted(Sam3Settings(compile="off"), cuda)
-    assert not cuda_graph_wanted(Sam3Settings(compile_mode="max-autotune-no-cudagraphs"), cuda)
+    assert cuda_graph_wanted(Sam3Settings(compile_mode="max-autotune-no-cudagraphs"), cuda)  # captured from it too
     assert not cuda_graph_wanted(Sam3Settings(cuda_graph=False), cuda)
     assert load_settings({"segmenter": {"backend": "sam3", "sam3": {"cuda_graph": False}}})
 

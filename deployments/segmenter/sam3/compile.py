@@ -42,11 +42,10 @@ def compile_wanted(setting: str, device) -> bool:
 
 
 def cuda_graph_wanted(settings, device) -> bool:
-    """settings: Sam3Settings. `cuda_graph` acts where the encoder is compiled in the default mode
-    on CUDA: the graphs are captured from that compiled function (the autotuning mode was not
-    measured with them), and off CUDA there is nothing to capture."""
-    return bool(settings.cuda_graph and device.type == "cuda" and settings.compile_mode == "default"
-                and compile_wanted(settings.compile, device))
+    """settings: Sam3Settings. `cuda_graph` acts where the encoder is compiled on CUDA, in either
+    mode `compile_mode` accepts (neither records CUDA graphs of its own): the graphs are captured from
+    the compiled function; off CUDA there is nothing to capture."""
+    return bool(settings.cuda_graph and device.type == "cuda" and compile_wanted(settings.compile, device))
 
 
 class CompiledEncoder:
