@@ -329,10 +329,14 @@ def first_request(settings, models, size, device, max_batch):
     return backend, {"constructor_s": round(t1 - t0, 2), "first_embed_request_ms": round(1000 * (t2 - t1), 1)}
 
 
-def fp8_lever(args, base, bf16_backend, models, size, device, compile_backend, report):
-    """The ViT's linears in FP8 (vit_fp8), compiled in the first --compile-modes mode (eager if none),
-    and its agreement with the bf16 model: backbone relative error and click-mask IoU on random points.
-    Last, because it changes the shared model in place."""
+MODEL_LEVERS = {"fp8": "vit_fp8", "fused_gelu": "vit_fused_gelu"}  # --fp8 / --fused-gelu → setting, in run order
+
+
+def model_lever(kind, args, base, bf16_backend, models, size, device, compile_backend, report):
+    """The ViT with modules swapped by a setting (MODEL_LEVERS[kind]: fc1 and GELU fused, or FP8 linears),
+    compiled in the first --compile-modes mode (eager if none), and its agreement with the bf16 model:
+    backbone relative error and click-mask IoU on random points. The swap is undone afterwards (the
+    backbone's children put back), so the levers can follow one another on the shared model."""
     from deployments.segmenter.base import Point, SegmentPrompt
 
     images = fresh_images(4, size, 77)
@@ -342,42 +346,49 @@ def fp8_lever(args, base, bf16_backend, models, size, device, compile_backend, r
     ref_masks = [[bf16_backend.segment_with_embedding(e, p).mask for p in prompts] for e in ref]
     mode = next((m for m in args.compile_modes.split(",") if m), None)
     torch._dynamo.reset()
-    # With --cuda-graph the FP8 encoder is replayed from graphs too (compared with compile_<mode>_graph).
+    backbone = models.detector.vision_encoder.backbone
+    undo = [(parent, name, child) for parent in backbone.modules() for name, child in parent.named_children()]
+    # With --cuda-graph the encoder is replayed from graphs too (compared with compile_<mode>_graph).
     graph = bool(args.cuda_graph and mode)
-    settings = Sam3Settings(**base, vit_fp8=True, compile="on" if mode else "off", cuda_graph=graph,
+    settings = Sam3Settings(**base, **{MODEL_LEVERS[kind]: True}, compile="on" if mode else "off", cuda_graph=graph,
                             **({"compile_mode": mode, "compile_backend": compile_backend} if mode else {}))
-    name = (f"fp8_compile_{mode}" if mode else "fp8_eager") + ("_graph" if graph else "")
+    name = (f"{kind}_compile_{mode}" if mode else f"{kind}_eager") + ("_graph" if graph else "")
     try:
-        backend, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
-    except Exception as exc:  # noqa: BLE001 - e.g. a GPU without FP8
-        report["levers"][name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-        print("lever", name, "failed:", report["levers"][name]["error"], flush=True)
-        return
-    measure_lever(name, backend.encode_batch, size, device, args, report)
-    if graph:
-        graph_figures(name, backend, device, report)
-    if device.type == "cuda":
-        # Where FP8's time goes at batch 1 (matrix multiplies against the activations' quantisation).
-        batch = fresh_images(1, size, 901)
         try:
-            report[f"kernel_profile_{name}"] = kernel_profile(lambda: backend.encode_batch(batch, ["q"]),
-                                                              lambda: sync(device))
-        except Exception as exc:  # noqa: BLE001 - a profiler that cannot see into graph replays
-            report[f"kernel_profile_{name}"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-        print(f"kernel_profile_{name}", json.dumps(report[f"kernel_profile_{name}"]), flush=True)
-    rel, ious = [], []
-    for i, (im, e0) in enumerate(zip(images, ref)):
-        e1 = backend.encode_batch([im], [f"f{i}"])[0]
-        a, b = e0.backbone.float(), e1.backbone.float()
-        rel.append(float((b - a).norm() / a.norm()))
-        for p, m0 in zip(prompts, ref_masks[i]):
-            m1 = backend.segment_with_embedding(e1, p).mask
-            union = int((m0 | m1).sum())
-            ious.append(1.0 if union == 0 else int((m0 & m1).sum()) / union)
-    report["levers"][name]["agreement_vs_bf16"] = {
-        "backbone_rel_error_mean": round(float(np.mean(rel)), 4), "mask_iou_mean": round(float(np.mean(ious)), 4),
-        "mask_iou_min": round(float(np.min(ious)), 4), "masks": len(ious), "random_weights": True}
-    print("fp8 agreement", json.dumps(report["levers"][name]["agreement_vs_bf16"]), flush=True)
+            backend, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
+        except Exception as exc:  # noqa: BLE001 - e.g. a GPU without FP8
+            report["levers"][name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            print("lever", name, "failed:", report["levers"][name]["error"], flush=True)
+            return
+        measure_lever(name, backend.encode_batch, size, device, args, report)
+        if graph:
+            graph_figures(name, backend, device, report)
+        if device.type == "cuda":
+            # Where the lever's time goes at batch 1 (for FP8: matrix multiplies against the activations' quantisation).
+            batch = fresh_images(1, size, 901)
+            try:
+                report[f"kernel_profile_{name}"] = kernel_profile(lambda: backend.encode_batch(batch, ["q"]),
+                                                                  lambda: sync(device))
+            except Exception as exc:  # noqa: BLE001 - a profiler that cannot see into graph replays
+                report[f"kernel_profile_{name}"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            print(f"kernel_profile_{name}", json.dumps(report[f"kernel_profile_{name}"]), flush=True)
+        rel, ious = [], []
+        for i, (im, e0) in enumerate(zip(images, ref)):
+            e1 = backend.encode_batch([im], [f"f{i}"])[0]
+            a, b = e0.backbone.float(), e1.backbone.float()
+            rel.append(float((b - a).norm() / a.norm()))
+            for p, m0 in zip(prompts, ref_masks[i]):
+                m1 = backend.segment_with_embedding(e1, p).mask
+                union = int((m0 | m1).sum())
+                ious.append(1.0 if union == 0 else int((m0 & m1).sum()) / union)
+        report["levers"][name]["agreement_vs_bf16"] = {
+            "backbone_rel_error_mean": round(float(np.mean(rel)), 4), "mask_iou_mean": round(float(np.mean(ious)), 4),
+            "mask_iou_min": round(float(np.min(ious)), 4), "masks": len(ious), "random_weights": True}
+        print(f"{kind} agreement", json.dumps(report["levers"][name]["agreement_vs_bf16"]), flush=True)
+    finally:
+        for parent, child_name, child in undo:
+            setattr(parent, child_name, child)
+        models.compiled = None
 
 
 def payload_figures(args, backend, models, size, device, report):
@@ -499,7 +510,8 @@ def main():
     ap.add_argument("--max-batch", type=int, default=16, help="the replica's max_batch_size: compiled buckets 1, 2, 4 .. this")
     ap.add_argument("--skip-sdpa", action="store_true", help="skip the SDPA-kernel levers")
     ap.add_argument("--batches", default="8,16", help="batch sizes measured directly (each one a compiled shape)")
-    ap.add_argument("--fp8", action="store_true", help="also the FP8-linear ViT (last: it changes the model)")
+    ap.add_argument("--fused-gelu", action="store_true", help="also the ViT with fc1 and GELU as one call (vit_fused_gelu)")
+    ap.add_argument("--fp8", action="store_true", help="also the FP8-linear ViT (vit_fp8)")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="also each compiled variant with cuda_graph on (one more compile of the buckets)")
     ap.add_argument("--graph-only", action="store_true",
@@ -563,8 +575,9 @@ def main():
         payload_figures(args, backend, models, size, device, report)
 
     compiled_levers(args, base, models, size, device, compile_backend, report)
-    if args.fp8:
-        fp8_lever(args, base, backend, models, size, device, compile_backend, report)
+    for kind in MODEL_LEVERS:  # after the compiled levers: each swaps the shared model's modules for its run
+        if getattr(args, kind):
+            model_lever(kind, args, base, backend, models, size, device, compile_backend, report)
 
     if device.type == "cuda":
         report["peak_mb_total"] = round(torch.cuda.max_memory_allocated() / 2**20)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError, model_validator
 
 
 class _Strict(BaseModel):
@@ -73,11 +73,22 @@ class Sam3Settings(_Strict):
     compile_scope: Literal["vit", "encoder"] = "vit"
     # The compiled encoder replayed from one CUDA graph per batch size, captured by hand during
     # the warm-up and replayable from any worker thread (deployments/cuda_graphs.py). Acts where
-    # the encoder is compiled in compile_mode "default" on CUDA; elsewhere it does nothing.
+    # the encoder is compiled on CUDA (either compile_mode); elsewhere it does nothing.
     cuda_graph: bool = True
     # The ViT's linear layers in FP8 with per-row scales (deployments/segmenter/sam3/fp8_linear.py);
     # needs compute capability 8.9+ (Ada, Hopper). Off: bf16 as trained.
     vit_fp8: bool = False
+    # The ViT's MLP runs its first matrix multiply, bias and GELU as one cuBLASLt call (GELU in the
+    # matrix multiply's epilogue, deployments/segmenter/sam3/fused_gelu.py) instead of a separate
+    # pass over the 4736-wide hidden activations. On CUDA that epilogue is GELU's tanh form.
+    vit_fused_gelu: bool = False
+
+    @model_validator(mode="after")
+    def _one_mlp_lever(self) -> "Sam3Settings":
+        if self.vit_fp8 and self.vit_fused_gelu:
+            raise ValueError("vit_fused_gelu fuses a bf16 matrix multiply; with vit_fp8 there is none to fuse: "
+                             "turn one of them off")
+        return self
 
 
 class EncoderBatching(_Strict):

@@ -55,6 +55,10 @@ class Sam3Segmenter:
             if problem:
                 raise ModelUnavailable(f"segmenter.sam3.vit_fp8 is on, but {problem}")
             use_fp8_linears(self.models.detector.vision_encoder.backbone)
+        if settings.vit_fused_gelu:
+            from .fused_gelu import use_fused_gelu
+
+            use_fused_gelu(self.models.detector.vision_encoder.backbone)
         if self.models.compiled is None:  # compiled and warmed up here, before the replica reports healthy
             self.models.compiled = compiled_encoder(self.models, settings, max_batch_size)
         self.cache: EmbeddingCache[ImageEmbedding] = EmbeddingCache(settings.embedding_cache_mb * 1024 * 1024)
