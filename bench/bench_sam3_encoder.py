@@ -9,8 +9,9 @@ bf16. Levers, each measured on its own in the same run:
 - hot_path: today's encode path (one pinned uint8 upload per batch, no identity resize, ids hashed before
             batching, no copies at batch 1), eager;
 - sdpa_cudnn / sdpa_flash: hot_path with SDPA restricted to one kernel (CUDA only);
-- compile_<mode>[_<scope>][_qkv]: hot_path under torch.compile, padded to batch buckets, compiled at start
-            (--compile-variants mode:scope, scope "vit" or "encoder" = ViT + tracker neck); a kernel
+- compile_<mode>[_<scope>][_frozen]: hot_path under torch.compile, padded to batch buckets, compiled at start
+            (--compile-variants mode:scope[:frozen], scope "vit" or "encoder" = ViT + tracker neck, frozen:
+            inductor's freezing, `compile_freezing`); a kernel
             profile of the last one (bench/gpu_profile.py: attention kernel names, matrix-multiply and
             Triton shares).
 - compile_<mode>[_<scope>]_graph (--cuda-graph): the same compiled variant with
@@ -442,11 +443,12 @@ def compiled_levers(args, base, models, size, device, compile_backend, report):
                           if args.cuda_graph else (False,))]
     profiled = next((r for r in reversed(runs) if not r[1]), None)
     for variant, graph in runs:
-        mode, scope = variant.split(":")
+        mode, scope, *flags = variant.split(":")
         torch._dynamo.reset()
-        name = lever_name(mode if compile_backend == "inductor" else compile_backend, scope) + ("_graph" if graph else "")
+        name = (lever_name(mode if compile_backend == "inductor" else compile_backend, scope)
+                + "".join(f"_{f}" for f in flags) + ("_graph" if graph else ""))
         settings = Sam3Settings(**base, compile="on", compile_mode=mode, compile_backend=compile_backend,
-                                compile_scope=scope, cuda_graph=graph)
+                                compile_scope=scope, cuda_graph=graph, compile_freezing="frozen" in flags)
         try:
             backend_c, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
         except Exception as exc:  # noqa: BLE001
@@ -504,7 +506,8 @@ def main():
                     help="comma-separated torch.compile modes to measure ('' for none), e.g. "
                          "default,max-autotune-no-cudagraphs (autotuning takes minutes per batch size)")
     ap.add_argument("--compile-variants", default=None,
-                    help="instead of --compile-modes: comma-separated mode:scope, e.g. default:vit,default:encoder")
+                    help="instead of --compile-modes: comma-separated mode:scope[:frozen], e.g. "
+                         "default:vit,default:encoder,default:vit:frozen (frozen: compile_freezing)")
     ap.add_argument("--skip-before", action="store_true", help="skip the reproduced previous path")
     ap.add_argument("--skip-payload", action="store_true", help="skip the payload figures")
     ap.add_argument("--max-batch", type=int, default=16, help="the replica's max_batch_size: compiled buckets 1, 2, 4 .. this")

@@ -71,6 +71,9 @@ class Sam3Settings(_Strict):
     compile_backend: Literal["inductor", "aot_eager"] = "inductor"  # aot_eager: fast to build (CPU tests)
     # What is compiled: "vit" the ViT alone, "encoder" the ViT and the click decoder's feature neck.
     compile_scope: Literal["vit", "encoder"] = "vit"
+    # inductor's `freezing` while the buckets compile: weights and buffers folded in as constants
+    # (the rotary tables computed once, not at every call); holds a second copy of what it folds.
+    compile_freezing: bool = False
     # The compiled encoder replayed from one CUDA graph per batch size, captured by hand during
     # the warm-up and replayable from any worker thread (deployments/cuda_graphs.py). Acts where
     # the encoder is compiled on CUDA (either compile_mode); elsewhere it does nothing.

@@ -98,3 +98,23 @@ def test_whole_encoder_compiled_matches_eager(tmp_path):
     for prompt in PROMPTS[:3]:
         me, mw = eager.segment_with_embedding(e_embs[0], prompt).mask, whole.segment_with_embedding(w_embs[0], prompt).mask
         assert (me == mw).mean() >= 0.999
+
+
+def test_frozen_inductor_compile_matches_eager(tmp_path):
+    """compile_freezing with inductor itself (C++ on the CPU, one bucket): weights folded in as constants,
+    the same features and masks as eager; the freezing option is on only while the buckets compile."""
+    import torch._inductor.config as inductor_config
+
+    ckpt = write_tiny_checkpoint(tmp_path / "ckpt")
+    common = {"local_dir": str(ckpt), "score_threshold": 0.0, "device": "cpu", "embedding_cache_mb": 0}
+    eager = Sam3Segmenter(Sam3Settings(**common), max_batch_size=1)
+    torch._dynamo.reset()
+    frozen = Sam3Segmenter(Sam3Settings(**common, compile="on", compile_backend="inductor", compile_freezing=True),
+                           max_batch_size=1)
+    assert frozen.models.compiled.freezing and not inductor_config.freezing
+    image = photo(224, 224, 3)
+    e, f = eager.encode_batch([image], ["a"])[0], frozen.encode_batch([image], ["a"])[0]
+    for name in ("backbone", "image_embed", "high_res_feats_0", "high_res_feats_1"):
+        torch.testing.assert_close(getattr(f, name), getattr(e, name), rtol=1e-4, atol=1e-4)
+    for prompt in PROMPTS[:3]:
+        assert (eager.segment_with_embedding(e, prompt).mask == frozen.segment_with_embedding(f, prompt).mask).mean() >= 0.999

@@ -6,7 +6,11 @@ shapes is fastest, so batches are padded (with zero images) up to the next of a 
 so no request pays for compilation. The padded rows are dropped from the output.
 
 `scope` says what is compiled: "vit" the ViT alone (the tracker's neck runs eagerly after it), "encoder"
-the ViT and the tracker's neck as one graph (px → the four tensors an ImageEmbedding holds).
+the ViT and the tracker's neck as one graph (px → the four tensors an ImageEmbedding holds). With
+`freezing`, inductor treats the weights and buffers as constants while it compiles the buckets (its
+`freezing` option): what depends only on them, such as the rotary tables computed from the ViT's position
+buffers at every call, is computed once at compile time; a batch size compiled later, outside the warm-up,
+is compiled without it.
 
 No CUDA-graph modes: inductor records its graphs per thread, and the encoder is called from a pool of
 worker threads (docs/sam3.md: a recording broken by another thread's kernels on the H200, an
@@ -53,13 +57,14 @@ class CompiledEncoder:
     image_embed), compiled per bucket."""
 
     def __init__(self, models, buckets: tuple[int, ...], mode: str = "default", backend: str = "inductor",
-                 scope: str = "vit", cuda_graph: bool = False):
+                 scope: str = "vit", cuda_graph: bool = False, freezing: bool = False):
         """models: the loaded Sam3Models; encoder.encode_core is what runs. cuda_graph: capture each
         bucket into a CUDA graph during the warm-up (on CUDA; elsewhere nothing is captured)."""
         import torch
         import torch._dynamo
 
         self.buckets, self.mode, self.scope = buckets, mode, scope
+        self.freezing = freezing and backend == "inductor"
         self.warmup_s: float | None = None
         self.capture_s: float | None = None
         kwargs = {"backend": backend, "dynamic": False}
@@ -115,9 +120,11 @@ class CompiledEncoder:
         when asked for (on CUDA); → seconds spent, capture included."""
         import torch
 
+        import torch._inductor.config
+
         t = time.perf_counter()
         buckets = buckets or self.buckets
-        with torch.inference_mode():
+        with torch.inference_mode(), torch._inductor.config.patch(freezing=self.freezing):
             for b in buckets:
                 self(torch.zeros((b, 3, size, size), device=device, dtype=dtype))
         if device.type == "cuda":
@@ -166,6 +173,7 @@ def compiled_encoder(models, settings, max_batch_size: int) -> CompiledEncoder |
         backend=settings.compile_backend,
         scope=settings.compile_scope,
         cuda_graph=cuda_graph_wanted(settings, models.device),
+        freezing=settings.compile_freezing,
     )
     compiled.warm_up(models.pixels.size, models.device, models.dtype)
     return compiled
