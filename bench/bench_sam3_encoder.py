@@ -20,6 +20,10 @@ bf16. Levers, each measured on its own in the same run:
             CUDA graph at start and replayed from the worker threads; with the replays and captures it
             made, and whether the graph was used at all (never off CUDA: there the lever is the compiled
             path itself, and the report says so).
+- fp8_* / fused_gelu_* (--fp8, --fused-gelu): the ViT with its linear layers in FP8 (`vit_fp8`) or fc1 and
+            GELU as one cuBLASLt call (`vit_fused_gelu`), compiled in the first --compile-modes mode (and
+            graphed with --cuda-graph), with a batch-1 kernel profile and the agreement with the bf16 model
+            (backbone relative error, click-mask IoU; random weights); the swapped modules are put back after.
 The payload: the previous codec (float64 statistics, zlib default strategy, from float32 host copies)
 against today's (quantised on the device, float32 statistics, Huffman-only deflate).
 
@@ -32,6 +36,13 @@ against today's (quantised on the device, float32 statistics, Huffman-only defla
     python -m bench.bench_sam3_encoder --cuda-graph --graph-only --fp8 --max-batch 1 --serve-max-batch 1 \
         --batches 1 --iters 10 --requests 16 --concurrency 4 --skip-before --skip-sdpa --skip-payload
                                         # the same at batch 1 only: one compiled shape per variant
+    python -m bench.bench_sam3_encoder --compile-variants default:vit,default:vit:frozen --cuda-graph \
+        --graph-only --fp8 --fused-gelu --max-batch 1 --serve-max-batch 1 --batches 1 --iters 20 \
+        --requests 32 --concurrency 4 --skip-before --skip-sdpa --skip-payload
+                                        # every batch-1 lever against run 6's profile, one call (~5 min)
+    python -m bench.bench_sam3_encoder --compile-modes max-autotune-no-cudagraphs --cuda-graph --graph-only \
+        --max-batch 1 --serve-max-batch 1 --batches 1 --skip-before --skip-sdpa --skip-payload
+                                        # Triton matrix multiplies with fused epilogues, replayed from graphs
 
 On the H200 one run stays under 10 minutes with the defaults (one compile mode, buckets 1..16); add modes
 with --compile-modes in a run of their own if needed.
