@@ -119,7 +119,6 @@ class CompiledEncoder:
         """Compile every bucket (or those given) now, on zero images, then capture their CUDA graphs
         when asked for (on CUDA); → seconds spent, capture included."""
         import torch
-
         import torch._inductor.config
 
         t = time.perf_counter()
