@@ -6,7 +6,6 @@ bench/results/ (bench/bench_sam3_encoder.py).
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -15,7 +14,7 @@ pytest.importorskip("transformers")
 from deployments.segmenter.base import Point, SegmentPrompt  # noqa: E402
 from deployments.segmenter.sam3.fp8_linear import Fp8Linear, fp8_problem, use_fp8_linears  # noqa: E402
 from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
-from tests.support.sam3_testing import write_tiny_checkpoint  # noqa: E402
+from tests.support.sam3_testing import block_photo, write_tiny_checkpoint  # noqa: E402
 from sam3d_common.settings import Sam3Settings  # noqa: E402
 
 pytestmark = pytest.mark.skipif(fp8_problem(torch.device("cpu")) is not None,
@@ -48,20 +47,13 @@ def pair(tmp_path_factory):
     return Sam3Segmenter(Sam3Settings(**common)), Sam3Segmenter(Sam3Settings(**common, vit_fp8=True))
 
 
-def photo(h, w, seed):
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
-    img[h // 4: 3 * h // 4, w // 3: 2 * w // 3] = (200, 40, 40)
-    return img
-
-
 def test_fp8_vit_gives_nearly_the_same_masks(pair):
     plain, fp8 = pair
     n = sum(isinstance(m, Fp8Linear) for m in fp8.models.detector.vision_encoder.backbone.modules())
     assert n > 0 and not any(isinstance(m, Fp8Linear) for m in plain.models.detector.modules())
     same = total = 0
     for seed in range(3):
-        image = photo(160, 200, seed)
+        image = block_photo(160, 200, seed)
         a, b = plain.encode_batch([image], ["a"])[0], fp8.encode_batch([image], ["b"])[0]
         rel = (b.backbone.float() - a.backbone.float()).norm() / a.backbone.float().norm()
         assert rel < 0.1, rel

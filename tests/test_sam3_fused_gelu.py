@@ -5,7 +5,6 @@ tanh form, comes from bench/bench_sam3_encoder.py; random weights, not a quality
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -15,7 +14,7 @@ from deployments.segmenter.base import Point, SegmentPrompt  # noqa: E402
 from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
 from deployments.segmenter.sam3.fused_gelu import FusedGeluMlp, use_fused_gelu  # noqa: E402
 from sam3d_common.settings import Sam3Settings  # noqa: E402
-from tests.support.sam3_testing import write_tiny_checkpoint  # noqa: E402
+from tests.support.sam3_testing import block_photo, write_tiny_checkpoint  # noqa: E402
 
 
 class _Mlp(torch.nn.Module):
@@ -64,9 +63,7 @@ def test_fused_gelu_vit_gives_the_same_masks(ckpt, compiled):
     n = sum(isinstance(m, FusedGeluMlp) for m in backbone.modules())
     assert n == len(backbone.layers)  # every ViT layer's MLP
     assert not any(isinstance(m, FusedGeluMlp) for m in plain.models.detector.modules())
-    rng = np.random.default_rng(3)
-    image = rng.integers(0, 80, (160, 200, 3), dtype=np.uint8)
-    image[40:120, 60:140] = (200, 40, 40)
+    image = block_photo(160, 200, 3)
     a, b = plain.encode_batch([image], ["a"])[0], fused.encode_batch([image], ["b"])[0]
     torch.testing.assert_close(b.backbone.float(), a.backbone.float(), rtol=1e-4, atol=1e-4)
     for point in ((100, 80), (30, 30), (150, 120)):

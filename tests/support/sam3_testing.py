@@ -10,11 +10,22 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
+
 from deployments.segmenter.sam3.loading import PixelSpec, Sam3Models, finish, tracker_config_from
 from sam3d_common.torch_device import resolve_device_dtype
 
 TINY_IMAGE = 224  # 16x16 patches of 14 px
 TINY_FPN = 32
+
+
+def block_photo(h: int, w: int, seed: int):
+    """An h×w RGB test photo: dark noise (0..79) with a red block over its middle half and third, so
+    clicks on and off the block give different masks."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
+    img[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3] = (200, 40, 40)
+    return img
 
 
 def tiny_video_config(image_size: int = TINY_IMAGE, fpn: int = TINY_FPN):
