@@ -55,10 +55,10 @@ def ckpt(tmp_path_factory):
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_fused_gelu_vit_gives_the_same_masks(ckpt, compiled):
     common = {"local_dir": str(ckpt), "score_threshold": 0.0, "device": "cpu", "embedding_cache_mb": 0}
-    if compiled:  # aot_eager: the traced graph with the fused call in it, quick to build on the CPU
-        common.update(compile="on", compile_backend="aot_eager")
-    plain = Sam3Segmenter(Sam3Settings(**common))
-    fused = Sam3Segmenter(Sam3Settings(**common, vit_fused_gelu=True), max_batch_size=1)
+    # compiled: aot_eager, the traced graph with the fused call in it, quick to build on the CPU
+    compile_opts = {"compile": "on", "compile_backend": "aot_eager"} if compiled else {}
+    plain = Sam3Segmenter(Sam3Settings(**common))  # the eager, unfused reference
+    fused = Sam3Segmenter(Sam3Settings(**common, **compile_opts, vit_fused_gelu=True), max_batch_size=1)
     backbone = fused.models.detector.vision_encoder.backbone
     n = sum(isinstance(m, FusedGeluMlp) for m in backbone.modules())
     assert n == len(backbone.layers)  # every ViT layer's MLP
