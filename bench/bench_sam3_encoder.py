@@ -530,7 +530,7 @@ def main():
                     help="also each compiled variant with cuda_graph on (one more compile of the buckets)")
     ap.add_argument("--graph-only", action="store_true",
                     help="with --cuda-graph: only the graphed variant of each compile (one compile "
-                         "of the buckets instead of two, no kernel profile of it; the FP8 lever still gets its own); "
+                         "of the buckets instead of two, no kernel profile of it; --fp8 and --fused-gelu still get theirs); "
                          "for short device calls")
     ap.add_argument("--compile-backend", default=None, help="default: inductor on CUDA, aot_eager on the CPU")
     ap.add_argument("--standin", action="store_true", help="the asyncio @serve.batch stand-in even with Ray Serve")
