@@ -4,7 +4,7 @@ latency after a replica's start, and the browser payload's build time, bytes and
 
 Full-size model at random initialisation (transformers' Sam3VideoConfig defaults: ViT-L/14 at 1008 px),
 bf16. Levers, each measured on its own in the same run:
-- before:   the previous encode path, reproduced here (an upload and an antialiased resize per image even
+- before:   the previous encode path, reproduced in bench/sam3_encoder_before.py (an upload and an antialiased resize per image even
             when it is already 1008², a blake2b hash per image on the encoder thread, per-image copies);
 - hot_path: today's encode path (one pinned uint8 upload per batch, no identity resize, ids hashed before
             batching, no copies at batch 1), eager;
@@ -47,261 +47,47 @@ against today's (quantised on the device, float32 statistics, Huffman-only defla
 On the H200 one run stays under 10 minutes with the defaults (one compile mode, buckets 1..16); add modes
 with --compile-modes in a run of their own if needed.
 
-Ray Serve is optional: without it, `ray.serve` is stubbed so the deployment module imports, and the
-"serve_batch" figures come from an asyncio stand-in with @serve.batch's rule (a batch closes when full or
-`batch_wait_timeout_s` after its first request); the report says which one ran. The previous version of
+Ray Serve is optional (bench/serve_batch_standin.py): without it, `ray.serve` is stubbed so the deployment
+module imports, and the "serve_batch" figures come from an asyncio stand-in with @serve.batch's rule (a batch
+closes when full or `batch_wait_timeout_s` after its first request); the report says which one ran. The previous version of
 this script (ONNX decoder, prompt latencies) is bench/bench_sam3_encoder_v1.py.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import os
 import platform
 import statistics
-import sys
 import time
-import types
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from bench.serve_batch_standin import serve_batch_run, stub_ray_serve_if_missing  # noqa: E402
 
-def _stub_ray_serve_if_missing() -> bool:
-    """→ True when the real ray.serve imports. Otherwise install a stub with the decorators the segmenter
-    package applies at import time (none of them is exercised here)."""
-    try:
-        importlib.import_module("ray.serve")
-        return True
-    except Exception:  # noqa: BLE001 - not installed, or broken: the encoder bench does not need it
-        pass
-
-    class _Batch:
-        def __init__(self, fn):
-            self.fn = fn
-
-        def set_max_batch_size(self, n):
-            pass
-
-        def set_batch_wait_timeout_s(self, s):
-            pass
-
-        def __get__(self, obj, cls=None):
-            return self if obj is None else types.MethodType(self.fn, obj)
-
-    def deployment(*args, **kwargs):
-        def wrap(cls):
-            cls.func_or_class = cls
-            return cls
-        return wrap(args[0]) if args and callable(args[0]) else wrap
-
-    def batch(*args, **kwargs):
-        return _Batch(args[0]) if args and callable(args[0]) else _Batch
-
-    def multiplexed(*args, **kwargs):
-        return args[0] if args and callable(args[0]) else (lambda f: f)
-
-    def get_replica_context():
-        raise RuntimeError("no replica (stubbed ray.serve)")
-
-    serve = types.ModuleType("ray.serve")
-    serve.deployment, serve.batch, serve.multiplexed, serve.get_replica_context = deployment, batch, multiplexed, get_replica_context
-    ray_module = sys.modules.get("ray") or types.ModuleType("ray")
-    ray_module.serve = serve
-    sys.modules["ray"], sys.modules["ray.serve"] = ray_module, serve
-    return False
-
-
-REAL_SERVE = _stub_ray_serve_if_missing()
+REAL_SERVE = stub_ray_serve_if_missing()  # before the segmenter package imports ray.serve
 
 import torch  # noqa: E402
 
+from bench.gpu_profile import kernel_profile  # noqa: E402
+from bench.gpu_timing import ms, peak_mb, sync, timed  # noqa: E402
+from bench.sam3_encoder_before import encode_before, one_deflate_thread, payload_before  # noqa: E402
 from deployments.segmenter.sam3 import embedding_codec  # noqa: E402
 from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
-from bench.gpu_profile import kernel_profile  # noqa: E402
 from deployments.segmenter.sam3.compile import batch_buckets  # noqa: E402
-from deployments.segmenter.sam3.encoder import ImageEmbedding, image_id, tracker_features  # noqa: E402
+from deployments.segmenter.sam3.encoder import image_id  # noqa: E402
+from sam3d_common.settings import Sam3Settings  # noqa: E402
 from tests.support.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
 from tests.support.sam3_testing import random_init_models, tiny_video_config  # noqa: E402
-from sam3d_common.settings import Sam3Settings  # noqa: E402
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device, warmup=3, iters=20):
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return times
-
-
-def ms(times):
-    return {"p50_ms": round(1000 * statistics.median(times), 2), "p90_ms": round(1000 * float(np.quantile(times, 0.9)), 2)}
-
-
-def peak_mb(device, fn):
-    if device.type != "cuda":
-        fn()
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return round(torch.cuda.max_memory_allocated() / 2**20)
 
 
 def fresh_images(n, size, seed):
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
-
-
-# ------------------------------------------------------------------------ the previous path, reproduced
-
-def encode_before(models, images):
-    """The encode path before issue 16: hash, per-image upload + resize, contiguous + clone per tensor."""
-    import torch.nn.functional as F
-
-    ids = [image_id(im) for im in images]
-    spec, device = models.pixels, models.device
-    with torch.inference_mode():
-        batch = []
-        for image in images:
-            t = torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=True).permute(2, 0, 1)[None].float()
-            t = F.interpolate(t, size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=True)
-            batch.append(t.round_().clamp_(0, 255))
-        x = torch.cat(batch) / 255.0
-        mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
-        px = ((x - mean) / std).to(models.dtype)
-        hidden = models.detector.vision_encoder.backbone(px).last_hidden_state
-        grid = px.shape[-1] // models.detector.config.vision_config.backbone_config.patch_size
-        spatial = hidden.reshape(hidden.shape[0], grid, grid, hidden.shape[-1]).permute(0, 3, 1, 2)
-        f0, f1, emb = tracker_features(models, spatial)
-        return [ImageEmbedding(ids[i], image.shape[:2], spatial[i:i + 1].contiguous().clone(), emb[i:i + 1].clone(),
-                               f0[i:i + 1].clone(), f1[i:i + 1].clone()) for i, image in enumerate(images)]
-
-
-def one_deflate_thread(fn):
-    """fn() with the payload's deflate in one piece (the codec compresses 1 MiB chunks on threads)."""
-    saved = embedding_codec.PARALLEL_CHUNK
-    embedding_codec.PARALLEL_CHUNK = 1 << 40
-    try:
-        return fn()
-    finally:
-        embedding_codec.PARALLEL_CHUNK = saved
-
-
-def payload_before(emb: ImageEmbedding, input_size: int) -> bytes:
-    """The previous codec: float32 host copies, float64 statistics, zlib's default strategy."""
-    from bench.bench_sam3_payload import stats64
-
-    with stats64():
-        return embedding_codec.encode(emb.click_features(), embedding_id=emb.embedding_id, original_size=emb.original_size,
-                                      input_size=input_size, profile="compact", zlib_strategy=zlib.Z_DEFAULT_STRATEGY)
-
-
-# ---------------------------------------------------------------------------------------- @serve.batch
-
-async def serve_batch_run(encode, images, concurrency, max_batch, wait_s):
-    """Distinct images, `concurrency` in flight; each request hashes its image in a thread (as the
-    deployment does), then joins a batch. The real @serve.batch when Ray Serve imports, else a stand-in."""
-    sizes, lat = [], []
-
-    def run(batch_items):
-        sizes.append(len(batch_items))
-        ids, ims = zip(*batch_items)
-        return encode(list(ims), list(ids))
-
-    if REAL_SERVE:
-        from ray import serve
-
-        class Host:
-            @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=wait_s)
-            async def go(self, items):
-                return await asyncio.to_thread(run, items)
-
-        host = Host()
-        install_replica_context(host, max(16, concurrency))
-        submit = host.go
-    else:
-        queue: list = []
-        flush_task = None
-
-        async def flush():
-            await asyncio.sleep(wait_s)
-            await take()
-
-        async def take():
-            nonlocal flush_task, queue
-            if flush_task is not None and flush_task is not asyncio.current_task():
-                flush_task.cancel()
-            items, queue, flush_task = queue[:max_batch], queue[max_batch:], None
-            if not items:
-                return
-            if queue:
-                flush_task = asyncio.ensure_future(flush())
-            out = await asyncio.to_thread(run, [it for it, _ in items])
-            for (_, fut), res in zip(items, out):
-                fut.set_result(res)
-
-        async def submit(item):
-            nonlocal flush_task
-            fut = asyncio.get_running_loop().create_future()
-            queue.append((item, fut))
-            if len(queue) >= max_batch:
-                asyncio.ensure_future(take())
-            elif flush_task is None:
-                flush_task = asyncio.ensure_future(flush())
-            return await fut
-
-    sem = asyncio.Semaphore(concurrency)
-
-    async def one(img):
-        async with sem:
-            t = time.perf_counter()
-            key = await asyncio.to_thread(image_id, img)
-            await submit((key, img))
-            if torch.cuda.is_available():
-                done = torch.cuda.Event()
-                done.record()
-                while not done.query():
-                    await asyncio.sleep(0.0005)
-            lat.append(time.perf_counter() - t)
-
-    await asyncio.gather(*(one(im) for im in images[:max_batch]))  # warm-up
-    sizes.clear(), lat.clear()
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one(im) for im in images))
-    wall = time.perf_counter() - t0
-    return {"images_per_s": round(len(images) / wall, 2), "mean_batch": round(float(np.mean(sizes)), 2),
-            "latency": ms(lat), "real_serve_batch": REAL_SERVE}
-
-
-def install_replica_context(host, max_ongoing: int):
-    """What a Serve replica sets before user code runs; @serve.batch reads it (real Ray Serve only)."""
-    from ray.serve import context
-    from ray.serve._private.common import DeploymentID, ReplicaID
-    from ray.serve._private.config import DeploymentConfig
-
-    context._set_internal_replica_context(
-        replica_id=ReplicaID("bench-replica", DeploymentID("Segmenter", "bench")), servable_object=host,
-        _deployment_config=DeploymentConfig(max_ongoing_requests=max_ongoing), rank=None, world_size=1)
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -318,7 +104,8 @@ def measure_lever(name, encode, size, device, args, report):
                                  "batch_ms": round(1000 * statistics.median(times), 2),
                                  "peak_mb": peak_mb(device, lambda: encode(batch, ids))}
     images = fresh_images(args.requests, size, 100)
-    out["serve_batch"] = asyncio.run(serve_batch_run(encode, images, args.concurrency, args.serve_max_batch, args.wait_s))
+    out["serve_batch"] = asyncio.run(serve_batch_run(encode, images, args.concurrency, args.serve_max_batch, args.wait_s,
+                                                     key=image_id, real_serve=REAL_SERVE))
     out["serve_batch"].update(max_batch=args.serve_max_batch, concurrency=args.concurrency)
     report["levers"][name] = out
     print("lever", name, json.dumps(out), flush=True)

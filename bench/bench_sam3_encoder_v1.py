@@ -35,26 +35,12 @@ from deployments.segmenter.sam3.encoder import pixel_values  # noqa: E402
 from tests.support.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
 from tests.support.sam3_testing import random_init_models, tiny_tokenizer, tiny_video_config  # noqa: E402
 from sam3d_common.settings import EncoderBatching, Sam3Settings  # noqa: E402
-from bench.bench_sam3_encoder import peak_mb, sync, timed  # noqa: E402  (one copy of the timing helpers)
+from bench.gpu_timing import peak_mb, sync, timed  # noqa: E402
+from bench.serve_batch_standin import install_replica_context  # noqa: E402
 
 
 def ms(times):
     return {"median_ms": round(1000 * statistics.median(times), 2), "p90_ms": round(1000 * np.quantile(times, 0.9), 2)}
-
-
-def install_replica_context(deployment, max_ongoing: int):
-    """What a Serve replica sets before user code runs; @serve.batch reads it."""
-    from ray.serve import context
-    from ray.serve._private.common import DeploymentID, ReplicaID
-    from ray.serve._private.config import DeploymentConfig
-
-    context._set_internal_replica_context(
-        replica_id=ReplicaID("bench-replica", DeploymentID("Segmenter", "bench")),
-        servable_object=deployment,
-        _deployment_config=DeploymentConfig(max_ongoing_requests=max_ongoing),
-        rank=None,
-        world_size=1,
-    )
 
 
 def clear_replica_context():

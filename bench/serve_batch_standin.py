@@ -1,0 +1,150 @@
+"""@serve.batch for benchmarks run without a Serve cluster: the real decorator when Ray Serve imports (with
+the replica context a replica would set), else an asyncio stand-in with its rule (a batch closes when full
+or `batch_wait_timeout_s` after its first request). Where Ray Serve does not import at all, a stub
+`ray.serve` with the decorators applied at import time lets the deployment modules import."""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+import time
+import types
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from bench.gpu_timing import ms
+
+
+def stub_ray_serve_if_missing() -> bool:
+    """→ True when the real ray.serve imports. Otherwise install a stub with the decorators the segmenter
+    package applies at import time (none of them is exercised here)."""
+    try:
+        importlib.import_module("ray.serve")
+        return True
+    except Exception:  # noqa: BLE001 - not installed, or broken: the encoder bench does not need it
+        pass
+
+    class _Batch:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def set_max_batch_size(self, n):
+            pass
+
+        def set_batch_wait_timeout_s(self, s):
+            pass
+
+        def __get__(self, obj, cls=None):
+            return self if obj is None else types.MethodType(self.fn, obj)
+
+    def deployment(*args, **kwargs):
+        def wrap(cls):
+            cls.func_or_class = cls
+            return cls
+        return wrap(args[0]) if args and callable(args[0]) else wrap
+
+    def batch(*args, **kwargs):
+        return _Batch(args[0]) if args and callable(args[0]) else _Batch
+
+    def multiplexed(*args, **kwargs):
+        return args[0] if args and callable(args[0]) else (lambda f: f)
+
+    def get_replica_context():
+        raise RuntimeError("no replica (stubbed ray.serve)")
+
+    serve = types.ModuleType("ray.serve")
+    serve.deployment, serve.batch, serve.multiplexed, serve.get_replica_context = deployment, batch, multiplexed, get_replica_context
+    ray_module = sys.modules.get("ray") or types.ModuleType("ray")
+    ray_module.serve = serve
+    sys.modules["ray"], sys.modules["ray.serve"] = ray_module, serve
+    return False
+
+
+async def serve_batch_run(encode: Callable, images: list, concurrency: int, max_batch: int, wait_s: float,
+                          key: Callable[[Any], str], real_serve: bool) -> dict:
+    """Distinct images, `concurrency` in flight; each request computes its key in a thread (as the
+    deployment hashes its image), then joins a batch: the real @serve.batch when `real_serve`, else the
+    stand-in. encode(images, keys) runs each batch on a worker thread."""
+    sizes, lat = [], []
+
+    def run(batch_items):
+        sizes.append(len(batch_items))
+        ids, ims = zip(*batch_items)
+        return encode(list(ims), list(ids))
+
+    if real_serve:
+        from ray import serve
+
+        class Host:
+            @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=wait_s)
+            async def go(self, items):
+                return await asyncio.to_thread(run, items)
+
+        host = Host()
+        install_replica_context(host, max(16, concurrency))
+        submit = host.go
+    else:
+        queue: list = []
+        flush_task = None
+
+        async def flush():
+            await asyncio.sleep(wait_s)
+            await take()
+
+        async def take():
+            nonlocal flush_task, queue
+            if flush_task is not None and flush_task is not asyncio.current_task():
+                flush_task.cancel()
+            items, queue, flush_task = queue[:max_batch], queue[max_batch:], None
+            if not items:
+                return
+            if queue:
+                flush_task = asyncio.ensure_future(flush())
+            out = await asyncio.to_thread(run, [it for it, _ in items])
+            for (_, fut), res in zip(items, out):
+                fut.set_result(res)
+
+        async def submit(item):
+            nonlocal flush_task
+            fut = asyncio.get_running_loop().create_future()
+            queue.append((item, fut))
+            if len(queue) >= max_batch:
+                asyncio.ensure_future(take())
+            elif flush_task is None:
+                flush_task = asyncio.ensure_future(flush())
+            return await fut
+
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(img):
+        async with sem:
+            t = time.perf_counter()
+            item_key = await asyncio.to_thread(key, img)
+            await submit((item_key, img))
+            if torch.cuda.is_available():
+                done = torch.cuda.Event()
+                done.record()
+                while not done.query():
+                    await asyncio.sleep(0.0005)
+            lat.append(time.perf_counter() - t)
+
+    await asyncio.gather(*(one(im) for im in images[:max_batch]))  # warm-up
+    sizes.clear(), lat.clear()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(im) for im in images))
+    wall = time.perf_counter() - t0
+    return {"images_per_s": round(len(images) / wall, 2), "mean_batch": round(float(np.mean(sizes)), 2),
+            "latency": ms(lat), "real_serve_batch": real_serve}
+
+
+def install_replica_context(host, max_ongoing: int):
+    """What a Serve replica sets before user code runs; @serve.batch reads it (real Ray Serve only)."""
+    from ray.serve import context
+    from ray.serve._private.common import DeploymentID, ReplicaID
+    from ray.serve._private.config import DeploymentConfig
+
+    context._set_internal_replica_context(
+        replica_id=ReplicaID("bench-replica", DeploymentID("Segmenter", "bench")), servable_object=host,
+        _deployment_config=DeploymentConfig(max_ongoing_requests=max_ongoing), rank=None, world_size=1)
