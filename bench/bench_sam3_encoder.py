@@ -4,8 +4,9 @@ latency after a replica's start, and the browser payload's build time, bytes and
 
 Full-size model at random initialisation (transformers' Sam3VideoConfig defaults: ViT-L/14 at 1008 px),
 bf16. Levers, each measured on its own in the same run:
-- before:   the previous encode path, reproduced in bench/sam3_encoder_before.py (an upload and an antialiased resize per image even
-            when it is already 1008², a blake2b hash per image on the encoder thread, per-image copies);
+- before:   the previous encode path, reproduced in bench/sam3_encoder_before.py (an upload and an
+            antialiased resize per image even when it is already 1008², a blake2b hash per image on the
+            encoder thread, per-image copies);
 - hot_path: today's encode path (one pinned uint8 upload per batch, no identity resize, ids hashed before
             batching, no copies at batch 1), eager;
 - sdpa_cudnn / sdpa_flash: hot_path with SDPA restricted to one kernel (CUDA only);
