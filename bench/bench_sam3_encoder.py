@@ -21,7 +21,8 @@ bf16. Levers, each measured on its own in the same run:
             CUDA graph at start and replayed from the worker threads; with the replays and captures it
             made, and whether the graph was used at all (never off CUDA: there the lever is the compiled
             path itself, and the report says so).
-- fp8_* / fused_gelu_* (--fp8, --fused-gelu): the ViT with its linear layers in FP8 (`vit_fp8`) or fc1 and
+- fp8_* / fp8_tensor_* / fused_gelu_* (--fp8, --fp8-tensor, --fused-gelu): the ViT with its linear layers
+            in FP8 (`vit_fp8`, per-row or per-tensor scales, `vit_fp8_scaling`) or fc1 and
             GELU as one cuBLASLt call (`vit_fused_gelu`), compiled in the first --compile-modes mode (and
             graphed with --cuda-graph), with a batch-1 kernel profile and the agreement with the bf16 model
             (backbone relative error, click-mask IoU; random weights); the swapped modules are put back after.
@@ -38,7 +39,7 @@ against today's (quantised on the device, float32 statistics, Huffman-only defla
         --batches 1 --iters 10 --requests 16 --concurrency 4 --skip-before --skip-sdpa --skip-payload
                                         # the same at batch 1 only: one compiled shape per variant
     python -m bench.bench_sam3_encoder --compile-variants default:vit,default:vit:frozen --cuda-graph \
-        --graph-only --fp8 --fused-gelu --max-batch 1 --serve-max-batch 1 --batches 1 --iters 20 \
+        --graph-only --fp8 --fp8-tensor --fused-gelu --max-batch 1 --serve-max-batch 1 --batches 1 --iters 20 \
         --requests 32 --concurrency 4 --skip-before --skip-sdpa --skip-payload
                                         # every batch-1 lever against run 6's profile, one call (~5 min)
     python -m bench.bench_sam3_encoder --compile-modes max-autotune-no-cudagraphs --cuda-graph --graph-only \
@@ -129,11 +130,13 @@ def first_request(settings, models, size, device, max_batch):
     return backend, {"constructor_s": round(t1 - t0, 2), "first_embed_request_ms": round(1000 * (t2 - t1), 1)}
 
 
-MODEL_LEVERS = {"fp8": "vit_fp8", "fused_gelu": "vit_fused_gelu"}  # --fp8 / --fused-gelu → setting, in run order
+# --fp8 / --fp8-tensor / --fused-gelu → the settings that swap the ViT's modules, in run order
+MODEL_LEVERS = {"fp8": {"vit_fp8": True}, "fp8_tensor": {"vit_fp8": True, "vit_fp8_scaling": "tensor"},
+                "fused_gelu": {"vit_fused_gelu": True}}
 
 
 def model_lever(kind, args, base, bf16_backend, models, size, device, compile_backend, report):
-    """The ViT with modules swapped by a setting (MODEL_LEVERS[kind]: fc1 and GELU fused, or FP8 linears),
+    """The ViT with modules swapped by settings (MODEL_LEVERS[kind]: fc1 and GELU fused, or FP8 linears),
     compiled in the first --compile-modes mode (eager if none), and its agreement with the bf16 model:
     backbone relative error and click-mask IoU on random points. The swap is undone afterwards (the
     backbone's children put back), so the levers can follow one another on the shared model."""
@@ -150,7 +153,7 @@ def model_lever(kind, args, base, bf16_backend, models, size, device, compile_ba
     undo = [(parent, name, child) for parent in backbone.modules() for name, child in parent.named_children()]
     # With --cuda-graph the encoder is replayed from graphs too (compared with compile_<mode>_graph).
     graph = bool(args.cuda_graph and mode)
-    settings = Sam3Settings(**base, **{MODEL_LEVERS[kind]: True}, compile="on" if mode else "off", cuda_graph=graph,
+    settings = Sam3Settings(**base, **MODEL_LEVERS[kind], compile="on" if mode else "off", cuda_graph=graph,
                             **({"compile_mode": mode, "compile_backend": compile_backend} if mode else {}))
     name = (f"{kind}_compile_{mode}" if mode else f"{kind}_eager") + ("_graph" if graph else "")
     try:
@@ -313,7 +316,9 @@ def main():
     ap.add_argument("--skip-sdpa", action="store_true", help="skip the SDPA-kernel levers")
     ap.add_argument("--batches", default="8,16", help="batch sizes measured directly (each one a compiled shape)")
     ap.add_argument("--fused-gelu", action="store_true", help="also the ViT with fc1 and GELU as one call (vit_fused_gelu)")
-    ap.add_argument("--fp8", action="store_true", help="also the FP8-linear ViT (vit_fp8)")
+    ap.add_argument("--fp8", action="store_true", help="also the FP8-linear ViT (vit_fp8, per-row scales)")
+    ap.add_argument("--fp8-tensor", action="store_true",
+                    help="also the FP8-linear ViT with per-tensor scales (vit_fp8_scaling: tensor, bias in the epilogue)")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="also each compiled variant with cuda_graph on (one more compile of the buckets)")
     ap.add_argument("--graph-only", action="store_true",

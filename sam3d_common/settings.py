@@ -81,6 +81,9 @@ class Sam3Settings(_Strict):
     # The ViT's linear layers in FP8 with per-row scales (deployments/segmenter/sam3/fp8_linear.py);
     # needs compute capability 8.9+ (Ada, Hopper). Off: bf16 as trained.
     vit_fp8: bool = False
+    # How vit_fp8 scales: "row" per weight and activation row, the bias added after; "tensor" one
+    # scale per weight and per activation, the bias in the cuBLASLt kernel's epilogue.
+    vit_fp8_scaling: Literal["row", "tensor"] = "row"
     # The ViT's MLP runs its first matrix multiply, bias and GELU as one cuBLASLt call (GELU in the
     # matrix multiply's epilogue, deployments/segmenter/sam3/fused_gelu.py) instead of a separate
     # pass over the 4736-wide hidden activations. On CUDA that epilogue is GELU's tanh form.

@@ -33,6 +33,30 @@ def test_fp8_linear_is_close_to_the_linear_it_replaces():
     assert (got - want).norm() / want.norm() < 0.05
 
 
+def test_per_tensor_scaling_is_close_too_and_adds_the_bias_in_the_product(monkeypatch):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 96)
+    x = torch.randn(3, 7, 64)
+    fp8 = Fp8Linear(linear, scaling="tensor")
+    assert fp8.weight_scale.dim() == 0
+    biases = []
+    scaled_mm = torch._scaled_mm
+
+    def spy(*args, **kwargs):
+        biases.append(kwargs.get("bias"))
+        return scaled_mm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", spy)
+    want, got = linear(x), fp8(x)
+    assert (got - want).norm() / want.norm() < 0.05
+    assert biases and torch.equal(biases[0], linear.bias.detach())  # in the product's epilogue
+    biases.clear()
+    Fp8Linear(linear)(x)  # per-row scaling adds it afterwards
+    assert biases == [None]
+    with pytest.raises(ValueError, match="row' or 'tensor"):
+        Fp8Linear(linear, scaling="column")
+
+
 def test_only_linears_with_sizes_in_multiples_of_16_are_replaced():
     net = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.ReLU(),
                               torch.nn.Sequential(torch.nn.Linear(48, 10), torch.nn.Linear(10, 16)))
@@ -44,11 +68,14 @@ def test_only_linears_with_sizes_in_multiples_of_16_are_replaced():
 def pair(tmp_path_factory):
     ckpt = write_tiny_checkpoint(tmp_path_factory.mktemp("sam3_tiny"))
     common = {"local_dir": str(ckpt), "score_threshold": 0.0, "device": "cpu", "embedding_cache_mb": 0}
-    return Sam3Segmenter(Sam3Settings(**common)), Sam3Segmenter(Sam3Settings(**common, vit_fp8=True))
+    return (Sam3Segmenter(Sam3Settings(**common)), Sam3Segmenter(Sam3Settings(**common, vit_fp8=True)),
+            Sam3Segmenter(Sam3Settings(**common, vit_fp8=True, vit_fp8_scaling="tensor")))
 
 
-def test_fp8_vit_gives_nearly_the_same_masks(pair):
-    plain, fp8 = pair
+@pytest.mark.parametrize("scaling", ["row", "tensor"])
+def test_fp8_vit_gives_nearly_the_same_masks(pair, scaling):
+    plain, fp8 = pair[0], pair[1 if scaling == "row" else 2]
+    assert {m.scaling for m in fp8.models.detector.modules() if isinstance(m, Fp8Linear)} == {scaling}
     n = sum(isinstance(m, Fp8Linear) for m in fp8.models.detector.vision_encoder.backbone.modules())
     assert n > 0 and not any(isinstance(m, Fp8Linear) for m in plain.models.detector.modules())
     same = total = 0

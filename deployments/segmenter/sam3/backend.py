@@ -54,7 +54,7 @@ class Sam3Segmenter:
             problem = fp8_problem(self.models.device)
             if problem:
                 raise ModelUnavailable(f"segmenter.sam3.vit_fp8 is on, but {problem}")
-            use_fp8_linears(self.models.detector.vision_encoder.backbone)
+            use_fp8_linears(self.models.detector.vision_encoder.backbone, settings.vit_fp8_scaling)
         if settings.vit_fused_gelu:
             from .fused_gelu import use_fused_gelu
 
