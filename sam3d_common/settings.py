@@ -78,7 +78,7 @@ class Sam3Settings(_Strict):
     # the warm-up and replayable from any worker thread (deployments/cuda_graphs.py). Acts where
     # the encoder is compiled on CUDA (either compile_mode); elsewhere it does nothing.
     cuda_graph: bool = True
-    # The ViT's linear layers in FP8 with per-row scales (deployments/segmenter/sam3/fp8_linear.py);
+    # The ViT's linear layers in FP8 (deployments/segmenter/sam3/fp8_linear.py), scaled as vit_fp8_scaling says;
     # needs compute capability 8.9+ (Ada, Hopper). Off: bf16 as trained.
     vit_fp8: bool = False
     # How vit_fp8 scales: "row" per weight and activation row, the bias added after; "tensor" one
@@ -90,10 +90,12 @@ class Sam3Settings(_Strict):
     vit_fused_gelu: bool = False
 
     @model_validator(mode="after")
-    def _one_mlp_lever(self) -> "Sam3Settings":
+    def _vit_levers_agree(self) -> "Sam3Settings":
         if self.vit_fp8 and self.vit_fused_gelu:
             raise ValueError("vit_fused_gelu fuses a bf16 matrix multiply; with vit_fp8 there is none to fuse: "
                              "turn one of them off")
+        if self.vit_fp8_scaling == "tensor" and not self.vit_fp8:
+            raise ValueError("vit_fp8_scaling: tensor scales FP8 linear layers, and vit_fp8 is off: turn vit_fp8 on")
         return self
 
 

@@ -57,6 +57,12 @@ def test_per_tensor_scaling_is_close_too_and_adds_the_bias_in_the_product(monkey
         Fp8Linear(linear, scaling="column")
 
 
+def test_settings_refuse_tensor_scaling_without_fp8():
+    with pytest.raises(ValueError, match="vit_fp8 is off"):
+        Sam3Settings(vit_fp8_scaling="tensor")
+    assert Sam3Settings(vit_fp8=True, vit_fp8_scaling="tensor").vit_fp8_scaling == "tensor"
+
+
 def test_only_linears_with_sizes_in_multiples_of_16_are_replaced():
     net = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.ReLU(),
                               torch.nn.Sequential(torch.nn.Linear(48, 10), torch.nn.Linear(10, 16)))

@@ -10,9 +10,9 @@ promoted at every k-block, as torchao's float8 inference does). Two scalings:
 - "tensor": one scale for the weight and one for the whole activation, the cuBLASLt FP8 kernels'
   classic form, with the bias added inside the matrix multiply's epilogue; the activation's scale
   needs a reduction over the whole tensor before it can be cast.
-Under torch.compile the activation quantisation fuses into neighbouring kernels. FP8 matrix multiplies need a GPU of compute
-capability 8.9 or newer (Ada, Hopper); PyTorch's CPU build runs the same code (slowly), which is
-how the tests check it. Agreement with the bf16 model is reported by
+Under torch.compile the activation quantisation fuses into neighbouring kernels. FP8 matrix
+multiplies need a GPU of compute capability 8.9 or newer (Ada, Hopper); PyTorch's CPU build runs
+the same code (slowly), which is how the tests check it. Agreement with the bf16 model is reported by
 bench/bench_sam3_encoder.py; it is a numerical check on random weights, not a quality claim.
 """
 from __future__ import annotations
