@@ -51,8 +51,8 @@ with --compile-modes in a run of their own if needed.
 
 Ray Serve is optional (bench/serve_batch_standin.py): without it, `ray.serve` is stubbed so the deployment
 module imports, and the "serve_batch" figures come from an asyncio stand-in with @serve.batch's rule (a batch
-closes when full or `batch_wait_timeout_s` after its first request); the report says which one ran. The previous version of
-this script (ONNX decoder, prompt latencies) is bench/bench_sam3_encoder_v1.py.
+closes when full or `batch_wait_timeout_s` after its first request); the report says which one ran. The
+previous version of this script (ONNX decoder, prompt latencies) is bench/bench_sam3_encoder_v1.py.
 """
 from __future__ import annotations
 
@@ -323,7 +323,7 @@ def main():
                     help="also each compiled variant with cuda_graph on (one more compile of the buckets)")
     ap.add_argument("--graph-only", action="store_true",
                     help="with --cuda-graph: only the graphed variant of each compile (one compile "
-                         "of the buckets instead of two, no kernel profile of it; --fp8 and --fused-gelu still get theirs); "
+                         "of the buckets instead of two, no kernel profile of it; --fp8, --fp8-tensor and --fused-gelu still get theirs); "
                          "for short device calls")
     ap.add_argument("--compile-backend", default=None, help="default: inductor on CUDA, aot_eager on the CPU")
     ap.add_argument("--standin", action="store_true", help="the asyncio @serve.batch stand-in even with Ray Serve")

@@ -35,7 +35,7 @@ from deployments.segmenter.sam3.encoder import pixel_values  # noqa: E402
 from tests.support.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
 from tests.support.sam3_testing import random_init_models, tiny_tokenizer, tiny_video_config  # noqa: E402
 from sam3d_common.settings import EncoderBatching, Sam3Settings  # noqa: E402
-from bench.gpu_timing import peak_mb, sync, timed  # noqa: E402
+from bench.gpu_timing import gpu_work_done, peak_mb, sync, timed  # noqa: E402
 from bench.serve_batch_standin import install_replica_context  # noqa: E402
 
 
@@ -73,13 +73,8 @@ async def serving_run(deployment, images, concurrency: int, batched: bool, max_b
         async with sem:
             t = time.perf_counter()
             await deployment._embedding(img)
-            # Done when the result exists: CUDA runs asynchronously, so wait (without holding a thread of
-            # the pool the deployment uses) for the work queued so far, this request's included.
-            if torch.cuda.is_available():
-                done = torch.cuda.Event()
-                done.record()
-                while not done.query():
-                    await asyncio.sleep(0.001)
+            # Done when the result exists (without holding a thread of the pool the deployment uses).
+            await gpu_work_done(0.001)
             lat.append(time.perf_counter() - t)
 
     try:

@@ -1,7 +1,8 @@
 """Timing helpers shared by the GPU benchmarks: a device sync, repeated timings with warm-up, p50/p90 in
-milliseconds, and a call's peak CUDA memory."""
+milliseconds, a call's peak CUDA memory, and an asyncio wait for the GPU work queued so far."""
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 
@@ -40,3 +41,14 @@ def peak_mb(device, fn):
     fn()
     torch.cuda.synchronize()
     return round(torch.cuda.max_memory_allocated() / 2**20)
+
+
+async def gpu_work_done(poll_s: float) -> None:
+    """Return once the GPU has finished the work queued so far (at once without CUDA), polling an event
+    every `poll_s` instead of blocking the event loop or a worker thread: CUDA runs asynchronously, so a
+    request's result only exists when its kernels have run."""
+    if torch.cuda.is_available():
+        done = torch.cuda.Event()
+        done.record()
+        while not done.query():
+            await asyncio.sleep(poll_s)

@@ -12,9 +12,8 @@ import types
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
-from bench.gpu_timing import ms
+from bench.gpu_timing import gpu_work_done, ms
 
 
 def stub_ray_serve_if_missing() -> bool:
@@ -123,11 +122,7 @@ async def serve_batch_run(encode: Callable, images: list, concurrency: int, max_
             t = time.perf_counter()
             item_key = await asyncio.to_thread(key, img)
             await submit((item_key, img))
-            if torch.cuda.is_available():
-                done = torch.cuda.Event()
-                done.record()
-                while not done.query():
-                    await asyncio.sleep(0.0005)
+            await gpu_work_done(0.0005)
             lat.append(time.perf_counter() - t)
 
     await asyncio.gather(*(one(im) for im in images[:max_batch]))  # warm-up
