@@ -63,6 +63,7 @@ import os
 import platform
 import statistics
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +276,18 @@ def compiled_levers(args, base, models, size, device, compile_backend, report):
     models.compiled = None
 
 
+def bad_variant(variants: str) -> str | None:
+    """Why a --compile-variants entry can't run (an unknown mode, scope or flag), checked before any
+    model loads, so a typo costs nothing on the GPU machine instead of silently measuring the default."""
+    fields = Sam3Settings.model_fields
+    modes, scopes = typing.get_args(fields["compile_mode"].annotation), typing.get_args(fields["compile_scope"].annotation)
+    for variant in filter(None, variants.split(",")):
+        mode, scope, *flags = variant.split(":") + ([] if ":" in variant else [""])
+        if mode not in modes or scope not in scopes or set(flags) - {"frozen"}:
+            return f"{variant!r} is not mode:scope[:frozen] with mode in {modes}, scope in {scopes}"
+    return None
+
+
 def lever_name(mode: str, scope: str) -> str:
     return f"compile_{mode}" + ("" if scope == "vit" else f"_{scope}")
 
@@ -330,6 +343,8 @@ def main():
     ap.add_argument("--skip-fidelity", action="store_true")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
+    if bad := bad_variant(args.compile_variants or ""):
+        ap.error(f"--compile-variants: {bad}")
     args.batch_sizes = [int(b) for b in args.batches.split(",") if b]
     global REAL_SERVE
     REAL_SERVE = REAL_SERVE and not args.standin

@@ -1,0 +1,26 @@
+"""bench_sam3_encoder refuses a --compile-variants typo before loading anything, so a misspelt flag
+can't spend device time measuring the default variant under the misspelt name."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("variants", ["default:vit:freeze", "reduce-overhead:vit"])
+def test_unknown_compile_variant_is_refused_up_front(variants):
+    done = subprocess.run([sys.executable, "-m", "bench.bench_sam3_encoder", "--tiny", "--cpu",
+                           "--compile-variants", variants], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--compile-variants" in done.stderr and repr(variants) in done.stderr
+    assert "first_request" not in done.stdout
+
+
+def test_known_variants_pass_the_check():
+    from bench.bench_sam3_encoder import bad_variant
+
+    assert bad_variant("default:vit,default:vit:frozen,max-autotune-no-cudagraphs:encoder") is None
