@@ -24,8 +24,9 @@ bf16. Levers, each measured on its own in the same run:
 - fp8_* / fp8_tensor_* / fused_gelu_* (--fp8, --fp8-tensor, --fused-gelu): the ViT with its linear layers
             in FP8 (`vit_fp8`, per-row or per-tensor scales, `vit_fp8_scaling`) or fc1 and
             GELU as one cuBLASLt call (`vit_fused_gelu`), compiled in the first --compile-modes mode (and
-            graphed with --cuda-graph), with a batch-1 kernel profile and the agreement with the bf16 model
-            (backbone relative error, click-mask IoU; random weights); the swapped modules are put back after.
+            graphed with --cuda-graph; frozen with --lever-freezing), with a batch-1 kernel profile and
+            the agreement with the bf16 model (backbone relative error, click-mask IoU; random weights);
+            the swapped modules are put back after.
 The payload: the previous codec (float64 statistics, zlib default strategy, from float32 host copies)
 against today's (quantised on the device, float32 statistics, Huffman-only deflate).
 
@@ -42,6 +43,10 @@ against today's (quantised on the device, float32 statistics, Huffman-only defla
         --graph-only --fp8 --fp8-tensor --fused-gelu --max-batch 1 --serve-max-batch 1 --batches 1 --iters 20 \
         --requests 32 --concurrency 4 --skip-before --skip-sdpa --skip-payload
                                         # every batch-1 lever against run 6's profile, one call (~5 min)
+    python -m bench.bench_sam3_encoder --compile-variants default:vit,default:vit:frozen --cuda-graph \
+        --graph-only --fused-gelu --lever-freezing --max-batch 8 --serve-max-batch 8 --batches 1,8 \
+        --requests 128 --concurrency 32 --skip-before --skip-sdpa --skip-payload --skip-fidelity
+                                        # run 7's two bf16 gains together, batch 1 and 8 (~6 min)
     python -m bench.bench_sam3_encoder --compile-modes max-autotune-no-cudagraphs --cuda-graph --graph-only \
         --max-batch 1 --serve-max-batch 1 --batches 1 --skip-before --skip-sdpa --skip-payload
                                         # Triton matrix multiplies with fused epilogues, replayed from graphs
@@ -154,9 +159,12 @@ def model_lever(kind, args, base, bf16_backend, models, size, device, compile_ba
     undo = [(parent, name, child) for parent in backbone.modules() for name, child in parent.named_children()]
     # With --cuda-graph the encoder is replayed from graphs too (compared with compile_<mode>_graph).
     graph = bool(args.cuda_graph and mode)
+    frozen = bool(args.lever_freezing and mode)
     settings = Sam3Settings(**base, **MODEL_LEVERS[kind], compile="on" if mode else "off", cuda_graph=graph,
-                            **({"compile_mode": mode, "compile_backend": compile_backend} if mode else {}))
-    name = (f"{kind}_compile_{mode}" if mode else f"{kind}_eager") + ("_graph" if graph else "")
+                            **({"compile_mode": mode, "compile_backend": compile_backend,
+                                "compile_freezing": frozen} if mode else {}))
+    name = ((f"{kind}_compile_{mode}" if mode else f"{kind}_eager") + ("_frozen" if frozen else "")
+            + ("_graph" if graph else ""))
     try:
         try:
             backend, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
@@ -330,6 +338,9 @@ def main():
     ap.add_argument("--batches", default="8,16", help="batch sizes measured directly (each one a compiled shape)")
     ap.add_argument("--fused-gelu", action="store_true", help="also the ViT with fc1 and GELU as one call (vit_fused_gelu)")
     ap.add_argument("--fp8", action="store_true", help="also the FP8-linear ViT (vit_fp8, per-row scales)")
+    ap.add_argument("--lever-freezing", action="store_true",
+                    help="compile the --fp8/--fp8-tensor/--fused-gelu levers with compile_freezing "
+                         "(compare with a :frozen --compile-variants entry)")
     ap.add_argument("--fp8-tensor", action="store_true",
                     help="also the FP8-linear ViT with per-tensor scales (vit_fp8_scaling: tensor, bias in the epilogue)")
     ap.add_argument("--cuda-graph", action="store_true",
