@@ -21,8 +21,9 @@ bf16. Levers, each measured on its own in the same run:
             CUDA graph at start and replayed from the worker threads; with the replays and captures it
             made, and whether the graph was used at all (never off CUDA: there the lever is the compiled
             path itself, and the report says so).
-- fp8_* / fp8_tensor_* / fused_gelu_* (--fp8, --fp8-tensor, --fused-gelu): the ViT with its linear layers
-            in FP8 (`vit_fp8`, per-row or per-tensor scales, `vit_fp8_scaling`) or fc1 and
+- fp8_* / fp8_tensor_* / fp8_static_* / fused_gelu_* (--fp8, --fp8-tensor, --fp8-static, --fused-gelu):
+            the ViT with its linear layers in FP8 (`vit_fp8`; per-row, per-tensor or calibrated static
+            scales, `vit_fp8_scaling`) or fc1 and
             GELU as one cuBLASLt call (`vit_fused_gelu`), compiled in the first --compile-modes mode (and
             graphed with --cuda-graph; frozen with --lever-freezing), with a batch-1 kernel profile and
             the agreement with the bf16 model (backbone relative error, click-mask IoU; random weights);
@@ -47,6 +48,9 @@ against today's (quantised on the device, float32 statistics, Huffman-only defla
         --graph-only --fused-gelu --lever-freezing --max-batch 8 --serve-max-batch 8 --batches 1,8 \
         --requests 128 --concurrency 32 --skip-before --skip-sdpa --skip-payload --skip-fidelity
                                         # run 7's two bf16 gains together, batch 1 and 8 (~6 min)
+    python -m bench.bench_sam3_encoder --compile-variants default:vit --cuda-graph --graph-only --fp8-static \
+        --fp8-tensor --max-batch 1 --serve-max-batch 1 --batches 1 --iters 20 --requests 32 --concurrency 4 \
+        --skip-before --skip-sdpa --skip-payload   # FP8 without the per-call amax, against run 7's per-tensor FP8
     python -m bench.bench_sam3_encoder --compile-modes max-autotune-no-cudagraphs --cuda-graph --graph-only \
         --max-batch 1 --serve-max-batch 1 --batches 1 --skip-before --skip-sdpa --skip-payload
                                         # Triton matrix multiplies with fused epilogues, replayed from graphs
@@ -136,8 +140,9 @@ def first_request(settings, models, size, device, max_batch):
     return backend, {"constructor_s": round(t1 - t0, 2), "first_embed_request_ms": round(1000 * (t2 - t1), 1)}
 
 
-# --fp8 / --fp8-tensor / --fused-gelu → the settings that swap the ViT's modules, in run order
+# --fp8 / --fp8-tensor / --fp8-static / --fused-gelu → the settings that swap the ViT's modules, in run order
 MODEL_LEVERS = {"fp8": {"vit_fp8": True}, "fp8_tensor": {"vit_fp8": True, "vit_fp8_scaling": "tensor"},
+                "fp8_static": {"vit_fp8": True, "vit_fp8_scaling": "static"},
                 "fused_gelu": {"vit_fused_gelu": True}}
 
 
@@ -341,6 +346,8 @@ def main():
     ap.add_argument("--lever-freezing", action="store_true",
                     help="compile the --fp8/--fp8-tensor/--fused-gelu levers with compile_freezing "
                          "(compare with a :frozen --compile-variants entry)")
+    ap.add_argument("--fp8-static", action="store_true",
+                    help="also the FP8-linear ViT with activation scales calibrated at start (vit_fp8_scaling: static)")
     ap.add_argument("--fp8-tensor", action="store_true",
                     help="also the FP8-linear ViT with per-tensor scales (vit_fp8_scaling: tensor, bias in the epilogue)")
     ap.add_argument("--cuda-graph", action="store_true",

@@ -82,8 +82,13 @@ class Sam3Settings(_Strict):
     # needs compute capability 8.9+ (Ada, Hopper). Off: bf16 as trained.
     vit_fp8: bool = False
     # How vit_fp8 scales: "row" per weight and activation row, the bias added after; "tensor" one
-    # scale per weight and per activation, the bias in the cuBLASLt kernel's epilogue.
-    vit_fp8_scaling: Literal["row", "tensor"] = "row"
+    # scale per weight and per activation, the bias in the cuBLASLt kernel's epilogue; "static" as
+    # "tensor" with each activation scale calibrated at start on photos (fp8_calibration.py), so no
+    # reduction runs per call.
+    vit_fp8_scaling: Literal["row", "tensor", "static"] = "row"
+    # With vit_fp8_scaling "static": a local folder of photos (.jpg/.jpeg/.png/.webp, the first 16 by
+    # name) to calibrate on; None: four everyday photos bundled with scikit-image.
+    vit_fp8_calibration: str | None = None
     # The ViT's MLP runs its first matrix multiply, bias and GELU as one cuBLASLt call (GELU in the
     # matrix multiply's epilogue, deployments/segmenter/sam3/fused_gelu.py) instead of a separate
     # pass over the 4736-wide hidden activations. On CUDA that epilogue is GELU's tanh form.
@@ -94,8 +99,12 @@ class Sam3Settings(_Strict):
         if self.vit_fp8 and self.vit_fused_gelu:
             raise ValueError("vit_fused_gelu fuses a bf16 matrix multiply; with vit_fp8 there is none to fuse: "
                              "turn one of them off")
-        if self.vit_fp8_scaling == "tensor" and not self.vit_fp8:
-            raise ValueError("vit_fp8_scaling: tensor scales FP8 linear layers, and vit_fp8 is off: turn vit_fp8 on")
+        if self.vit_fp8_scaling != "row" and not self.vit_fp8:
+            raise ValueError(f"vit_fp8_scaling: {self.vit_fp8_scaling} scales FP8 linear layers, and vit_fp8 is off: "
+                             "turn vit_fp8 on")
+        if self.vit_fp8_calibration is not None and self.vit_fp8_scaling != "static":
+            raise ValueError("vit_fp8_calibration names photos for the static FP8 scales: set vit_fp8: true and "
+                             "vit_fp8_scaling: static, or leave it out")
         return self
 
 

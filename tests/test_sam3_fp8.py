@@ -1,4 +1,5 @@
-"""The SAM 3 ViT with FP8 linear layers (segmenter.sam3.vit_fp8) against the same model without.
+"""The SAM 3 ViT with FP8 linear layers (segmenter.sam3.vit_fp8, each scaling) against the same model
+without, and the static scaling's calibration.
 
 Tiny random checkpoint on the CPU (PyTorch's CPU build runs the row-wise scaled FP8 product).
 Random weights: a numerical agreement check, not a quality claim; the full-size figure is in
@@ -12,8 +13,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from deployments.segmenter.base import Point, SegmentPrompt  # noqa: E402
-from deployments.segmenter.sam3.fp8_linear import Fp8Linear, fp8_problem, use_fp8_linears  # noqa: E402
+from deployments.segmenter.sam3.fp8_calibration import calibrate_vit, calibration_photos  # noqa: E402
+from deployments.segmenter.sam3.fp8_linear import (  # noqa: E402
+    STATIC_HEADROOM, Fp8Linear, fp8_problem, record_input_amax, use_fp8_linears)
 from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
+from sam3d_common.errors import ModelUnavailable  # noqa: E402
 from tests.support.sam3_testing import block_photo, write_tiny_checkpoint  # noqa: E402
 from sam3d_common.settings import Sam3Settings  # noqa: E402
 
@@ -53,14 +57,66 @@ def test_per_tensor_scaling_is_close_too_and_adds_the_bias_in_the_product(monkey
     biases.clear()
     Fp8Linear(linear)(x)  # per-row scaling adds it afterwards
     assert biases == [None]
-    with pytest.raises(ValueError, match="row' or 'tensor"):
+    with pytest.raises(ValueError, match="one of"):
         Fp8Linear(linear, scaling="column")
 
 
-def test_settings_refuse_tensor_scaling_without_fp8():
-    with pytest.raises(ValueError, match="vit_fp8 is off"):
-        Sam3Settings(vit_fp8_scaling="tensor")
-    assert Sam3Settings(vit_fp8=True, vit_fp8_scaling="tensor").vit_fp8_scaling == "tensor"
+def test_static_scaling_uses_the_calibrated_range_and_saturates_beyond_it():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(), torch.nn.Linear(96, 32))
+    net.requires_grad_(False)
+    x = torch.randn(5, 64)
+    amax = record_input_amax(net, lambda: net(x))
+    assert amax == pytest.approx({"0": float(x.abs().max()), "2": float(net[1](net[0](x)).abs().max())})
+    assert not any(m._forward_pre_hooks for m in net.modules())  # the hooks are gone
+    want = net(x)
+    assert use_fp8_linears(net, "static", amax) == 2
+    assert {m.scaling for m in net if isinstance(m, Fp8Linear)} == {"static"}
+    assert net[0].input_scale.dim() == 0
+    assert (net(x) - want).norm() / want.norm() < 0.05
+    # Beyond the headroom an input saturates: 10x the calibrated range reads as the range's edge.
+    edge = float(x.abs().max()) * STATIC_HEADROOM
+    big = torch.zeros(1, 64)
+    big[0, 0] = 10 * edge
+    at_edge = big.clone()
+    at_edge[0, 0] = edge
+    assert torch.equal(net[0](big), net[0](at_edge))
+
+
+def test_static_scaling_needs_a_range_for_every_layer():
+    net = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.Linear(48, 16))
+    with pytest.raises(ValueError, match="needs the calibrated"):
+        use_fp8_linears(net, "static")
+    with pytest.raises(ValueError, match="no calibrated input range for 1"):
+        use_fp8_linears(net, "static", {"0": 1.0})
+    with pytest.raises(ValueError, match="only for it"):
+        Fp8Linear(net[0], "tensor", input_amax=1.0)
+
+
+def test_settings_refuse_fp8_scalings_and_calibration_that_would_do_nothing():
+    for scaling in ("tensor", "static"):
+        with pytest.raises(ValueError, match="vit_fp8 is off"):
+            Sam3Settings(vit_fp8_scaling=scaling)
+        assert Sam3Settings(vit_fp8=True, vit_fp8_scaling=scaling).vit_fp8_scaling == scaling
+    with pytest.raises(ValueError, match="vit_fp8_calibration"):
+        Sam3Settings(vit_fp8=True, vit_fp8_calibration="/photos")
+
+
+def test_calibration_photos_come_from_a_folder_or_the_bundled_four(tmp_path):
+    from PIL import Image
+
+    assert [p.ndim for p in calibration_photos(None)] == [3] * 4
+    with pytest.raises(ModelUnavailable, match="not a folder"):
+        calibration_photos(str(tmp_path / "missing"))
+    with pytest.raises(ModelUnavailable, match="no .jpg"):
+        calibration_photos(str(tmp_path))
+    Image.new("L", (40, 30), 128).save(tmp_path / "grey.png")
+    (tmp_path / "notes.txt").write_text("not a photo")
+    photos = calibration_photos(str(tmp_path))
+    assert len(photos) == 1 and photos[0].shape == (30, 40, 3)
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ModelUnavailable, match="broken.jpg is not a readable photo"):
+        calibration_photos(str(tmp_path))
 
 
 def test_only_linears_with_sizes_in_multiples_of_16_are_replaced():
@@ -74,13 +130,23 @@ def test_only_linears_with_sizes_in_multiples_of_16_are_replaced():
 def pair(tmp_path_factory):
     ckpt = write_tiny_checkpoint(tmp_path_factory.mktemp("sam3_tiny"))
     common = {"local_dir": str(ckpt), "score_threshold": 0.0, "device": "cpu", "embedding_cache_mb": 0}
-    return (Sam3Segmenter(Sam3Settings(**common)), Sam3Segmenter(Sam3Settings(**common, vit_fp8=True)),
-            Sam3Segmenter(Sam3Settings(**common, vit_fp8=True, vit_fp8_scaling="tensor")))
+    return {scaling: Sam3Segmenter(Sam3Settings(**common, **({"vit_fp8": True, "vit_fp8_scaling": scaling}
+                                                             if scaling else {})))
+            for scaling in (None, "row", "tensor", "static")}
 
 
-@pytest.mark.parametrize("scaling", ["row", "tensor"])
+def test_calibration_covers_every_fp8_suited_linear_of_the_vit(pair):
+    models = pair[None].models
+    backbone = models.detector.vision_encoder.backbone
+    amax = calibrate_vit(models)
+    suited = {n for n, m in backbone.named_modules()
+              if isinstance(m, torch.nn.Linear) and m.in_features % 16 == 0 and m.out_features % 16 == 0}
+    assert suited and set(amax) == suited and all(v > 0 for v in amax.values())
+
+
+@pytest.mark.parametrize("scaling", ["row", "tensor", "static"])
 def test_fp8_vit_gives_nearly_the_same_masks(pair, scaling):
-    plain, fp8 = pair[0], pair[1 if scaling == "row" else 2]
+    plain, fp8 = pair[None], pair[scaling]
     assert {m.scaling for m in fp8.models.detector.modules() if isinstance(m, Fp8Linear)} == {scaling}
     n = sum(isinstance(m, Fp8Linear) for m in fp8.models.detector.vision_encoder.backbone.modules())
     assert n > 0 and not any(isinstance(m, Fp8Linear) for m in plain.models.detector.modules())

@@ -54,7 +54,12 @@ class Sam3Segmenter:
             problem = fp8_problem(self.models.device)
             if problem:
                 raise ModelUnavailable(f"segmenter.sam3.vit_fp8 is on, but {problem}")
-            use_fp8_linears(self.models.detector.vision_encoder.backbone, settings.vit_fp8_scaling)
+            amax = None
+            if settings.vit_fp8_scaling == "static":  # calibrated on the bf16 ViT, before the swap
+                from .fp8_calibration import calibrate_vit
+
+                amax = calibrate_vit(self.models, settings.vit_fp8_calibration)
+            use_fp8_linears(self.models.detector.vision_encoder.backbone, settings.vit_fp8_scaling, amax)
         if settings.vit_fused_gelu:
             from .fused_gelu import use_fused_gelu
 
