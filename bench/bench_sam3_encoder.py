@@ -10,9 +10,9 @@ bf16. Levers, each measured on its own in the same run:
 - hot_path: today's encode path (one pinned uint8 upload per batch, no identity resize, ids hashed before
             batching, no copies at batch 1), eager;
 - sdpa_cudnn / sdpa_flash: hot_path with SDPA restricted to one kernel (CUDA only);
-- compile_<mode>[_<scope>][_frozen]: hot_path under torch.compile, padded to batch buckets, compiled at start
-            (--compile-variants mode:scope[:frozen], scope "vit" or "encoder" = ViT + tracker neck, frozen:
-            inductor's freezing, `compile_freezing`); a kernel
+- compile_<mode>[_<scope>][_frozen][_cudnn]: hot_path under torch.compile, padded to batch buckets, compiled
+            at start (--compile-variants mode:scope[:frozen][:cudnn], scope "vit" or "encoder" = ViT + tracker
+            neck, frozen: inductor's freezing, `compile_freezing`; cudnn: `cudnn_benchmark`); a kernel
             profile of the last one (bench/gpu_profile.py: attention kernel names, matrix-multiply and
             Triton shares).
 - compile_<mode>[_<scope>]_graph (--cuda-graph): the same compiled variant with
@@ -166,10 +166,12 @@ def model_lever(kind, args, base, bf16_backend, models, size, device, compile_ba
     graph = bool(args.cuda_graph and mode)
     frozen = bool(args.lever_freezing and mode)
     settings = Sam3Settings(**base, **MODEL_LEVERS[kind], compile="on" if mode else "off", cuda_graph=graph,
+                            cudnn_benchmark=args.lever_cudnn,
                             **({"compile_mode": mode, "compile_backend": compile_backend,
                                 "compile_freezing": frozen} if mode else {}))
     name = ((f"{kind}_compile_{mode}" if mode else f"{kind}_eager") + ("_frozen" if frozen else "")
-            + ("_graph" if graph else ""))
+            + ("_cudnn" if args.lever_cudnn else "") + ("_graph" if graph else ""))
+    torch.backends.cudnn.benchmark = False  # process-wide: what an earlier :cudnn variant set
     try:
         try:
             backend, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
@@ -264,7 +266,9 @@ def compiled_levers(args, base, models, size, device, compile_backend, report):
         name = (lever_name(mode if compile_backend == "inductor" else compile_backend, scope)
                 + "".join(f"_{f}" for f in flags) + ("_graph" if graph else ""))
         settings = Sam3Settings(**base, compile="on", compile_mode=mode, compile_backend=compile_backend,
-                                compile_scope=scope, cuda_graph=graph, compile_freezing="frozen" in flags)
+                                compile_scope=scope, cuda_graph=graph, compile_freezing="frozen" in flags,
+                                cudnn_benchmark="cudnn" in flags)
+        torch.backends.cudnn.benchmark = False  # process-wide: a :cudnn variant must not carry into the next
         try:
             backend_c, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
         except Exception as exc:  # noqa: BLE001
@@ -289,6 +293,9 @@ def compiled_levers(args, base, models, size, device, compile_backend, report):
     models.compiled = None
 
 
+VARIANT_FLAGS = ("frozen", "cudnn")  # compile_freezing, cudnn_benchmark
+
+
 def bad_variant(variants: str) -> str | None:
     """Why a --compile-variants entry can't run (an unknown mode, scope or flag), checked before any
     model loads, so a typo costs nothing on the GPU machine instead of silently measuring the default."""
@@ -296,8 +303,9 @@ def bad_variant(variants: str) -> str | None:
     modes, scopes = typing.get_args(fields["compile_mode"].annotation), typing.get_args(fields["compile_scope"].annotation)
     for variant in filter(None, variants.split(",")):
         mode, scope, *flags = variant.split(":") + ([] if ":" in variant else [""])
-        if mode not in modes or scope not in scopes or set(flags) - {"frozen"}:
-            return f"{variant!r} is not mode:scope[:frozen] with mode in {modes}, scope in {scopes}"
+        if mode not in modes or scope not in scopes or set(flags) - set(VARIANT_FLAGS):
+            return (f"{variant!r} is not mode:scope[:flag...] with mode in {modes}, scope in {scopes}, "
+                    f"flags in {VARIANT_FLAGS}")
     return None
 
 
@@ -334,8 +342,9 @@ def main():
                     help="comma-separated torch.compile modes to measure ('' for none), e.g. "
                          "default,max-autotune-no-cudagraphs (autotuning takes minutes per batch size)")
     ap.add_argument("--compile-variants", default=None,
-                    help="instead of --compile-modes: comma-separated mode:scope[:frozen], e.g. "
-                         "default:vit,default:encoder,default:vit:frozen (frozen: compile_freezing)")
+                    help="instead of --compile-modes: comma-separated mode:scope[:frozen][:cudnn], e.g. "
+                         "default:vit,default:encoder,default:vit:frozen:cudnn (frozen: compile_freezing, "
+                         "cudnn: cudnn_benchmark)")
     ap.add_argument("--skip-before", action="store_true", help="skip the reproduced previous path")
     ap.add_argument("--skip-payload", action="store_true", help="skip the payload figures")
     ap.add_argument("--max-batch", type=int, default=16, help="the replica's max_batch_size: compiled buckets 1, 2, 4 .. this")
@@ -346,6 +355,9 @@ def main():
     ap.add_argument("--lever-freezing", action="store_true",
                     help="compile the --fp8/--fp8-tensor/--fused-gelu levers with compile_freezing "
                          "(compare with a :frozen --compile-variants entry)")
+    ap.add_argument("--lever-cudnn", action="store_true",
+                    help="the --fp8/--fp8-tensor/--fp8-static/--fused-gelu levers with cudnn_benchmark "
+                         "(compare with a :cudnn --compile-variants entry)")
     ap.add_argument("--fp8-static", action="store_true",
                     help="also the FP8-linear ViT with activation scales calibrated at start (vit_fp8_scaling: static)")
     ap.add_argument("--fp8-tensor", action="store_true",

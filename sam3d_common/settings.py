@@ -78,6 +78,10 @@ class Sam3Settings(_Strict):
     # the warm-up and replayable from any worker thread (deployments/cuda_graphs.py). Acts where
     # the encoder is compiled on CUDA (either compile_mode); elsewhere it does nothing.
     cuda_graph: bool = True
+    # cuDNN times its convolution algorithms once per input shape and keeps the fastest
+    # (torch.backends.cudnn.benchmark, for the whole replica process) instead of picking one by
+    # heuristic: the ViT's 14x14 patch embedding and the neck's convolutions. On CUDA only.
+    cudnn_benchmark: bool = False
     # The ViT's linear layers in FP8 (deployments/segmenter/sam3/fp8_linear.py), scaled as vit_fp8_scaling says;
     # needs compute capability 8.9+ (Ada, Hopper). Off: bf16 as trained.
     vit_fp8: bool = False

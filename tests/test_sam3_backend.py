@@ -257,6 +257,34 @@ def test_bf16_on_cuda(ckpt):
         assert gpu.segment(photo(), prompt).mask.shape == (120, 160)
 
 
+def test_cudnn_benchmark_leaves_the_cpu_alone(ckpt):
+    torch.backends.cudnn.benchmark = False
+    Sam3Segmenter(Sam3Settings(local_dir=str(ckpt), device="cpu", cudnn_benchmark=True))
+    assert torch.backends.cudnn.benchmark is False  # on CUDA only: a CPU replica has no cuDNN to tune
+
+
+@pytest.mark.gpu
+def test_cudnn_benchmark_on_cuda_keeps_the_masks(ckpt):
+    common = {"local_dir": str(ckpt), "device": "cuda", "score_threshold": 0.0, "embedding_cache_mb": 0}
+    torch.backends.cudnn.benchmark = False
+    plain = Sam3Segmenter(Sam3Settings(**common))
+    try:
+        tuned = Sam3Segmenter(Sam3Settings(**common, cudnn_benchmark=True))
+        assert torch.backends.cudnn.benchmark is True
+        same = total = 0
+        for seed in range(3):
+            image = photo(seed=seed)
+            a, b = plain.encode_batch([image], ["a"])[0], tuned.encode_batch([image], ["b"])[0]
+            torch.testing.assert_close(b.backbone.float(), a.backbone.float(), rtol=0.05, atol=0.05)
+            for prompt in PROMPTS.values():
+                ma, mb = plain.segment_with_embedding(a, prompt).mask, tuned.segment_with_embedding(b, prompt).mask
+                same += int((ma == mb).sum())
+                total += ma.size
+        assert same / total >= 0.99, same / total  # other convolution algorithms, the same convolutions
+    finally:
+        torch.backends.cudnn.benchmark = False
+
+
 def _pixel_values_reference(m, images):
     """The preprocessing as transformers' image processor does it, image by image, always resizing."""
     import torch.nn.functional as F

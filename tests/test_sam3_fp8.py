@@ -144,9 +144,9 @@ def test_calibration_covers_every_fp8_suited_linear_of_the_vit(pair):
     assert suited and set(amax) == suited and all(v > 0 for v in amax.values())
 
 
-@pytest.mark.parametrize("scaling", ["row", "tensor", "static"])
-def test_fp8_vit_gives_nearly_the_same_masks(pair, scaling):
-    plain, fp8 = pair[None], pair[scaling]
+def _assert_nearly_the_same_masks(plain: Sam3Segmenter, fp8: Sam3Segmenter, scaling: str, rel_bound: float) -> None:
+    """fp8's ViT has Fp8Linear layers of `scaling`, plain's none; embeddings of three photos within
+    rel_bound (relative norm) and ≥ 98 % of mask pixels the same for three point prompts each."""
     assert {m.scaling for m in fp8.models.detector.modules() if isinstance(m, Fp8Linear)} == {scaling}
     n = sum(isinstance(m, Fp8Linear) for m in fp8.models.detector.vision_encoder.backbone.modules())
     assert n > 0 and not any(isinstance(m, Fp8Linear) for m in plain.models.detector.modules())
@@ -155,10 +155,30 @@ def test_fp8_vit_gives_nearly_the_same_masks(pair, scaling):
         image = block_photo(160, 200, seed)
         a, b = plain.encode_batch([image], ["a"])[0], fp8.encode_batch([image], ["b"])[0]
         rel = (b.backbone.float() - a.backbone.float()).norm() / a.backbone.float().norm()
-        assert rel < 0.1, rel
+        assert rel < rel_bound, rel
         for point in ((100, 80), (30, 30), (150, 120)):
             prompt = SegmentPrompt(points=[Point(*point, 1)])
             ma, mb = plain.segment_with_embedding(a, prompt).mask, fp8.segment_with_embedding(b, prompt).mask
             same += int((ma == mb).sum())
             total += ma.size
     assert same / total >= 0.98, same / total
+
+
+@pytest.mark.parametrize("scaling", ["row", "tensor", "static"])
+def test_fp8_vit_gives_nearly_the_same_masks(pair, scaling):
+    _assert_nearly_the_same_masks(pair[None], pair[scaling], scaling, rel_bound=0.1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scaling", ["row", "tensor", "static"])
+def test_fp8_vit_on_cuda_gives_nearly_the_same_masks(tmp_path_factory, scaling):
+    """The same check through cuBLASLt's FP8 kernels (bf16 model on the GPU), the path the
+    full-size bench times; bf16's own rounding widens the embedding bound."""
+    if fp8_problem(torch.device("cuda")):
+        pytest.skip(fp8_problem(torch.device("cuda")))
+    ckpt = write_tiny_checkpoint(tmp_path_factory.mktemp("sam3_tiny_cuda"))
+    common = {"local_dir": str(ckpt), "score_threshold": 0.0, "device": "cuda", "embedding_cache_mb": 0}
+    plain = Sam3Segmenter(Sam3Settings(**common))
+    fp8 = Sam3Segmenter(Sam3Settings(**common, vit_fp8=True, vit_fp8_scaling=scaling))
+    assert fp8.models.dtype == torch.bfloat16
+    _assert_nearly_the_same_masks(plain, fp8, scaling, rel_bound=0.15)

@@ -69,3 +69,26 @@ def test_fused_gelu_vit_gives_the_same_masks(ckpt, compiled):
     for point in ((100, 80), (30, 30), (150, 120)):
         prompt = SegmentPrompt(points=[Point(*point, 1)])
         assert (plain.segment_with_embedding(a, prompt).mask == fused.segment_with_embedding(b, prompt).mask).all()
+
+
+@pytest.mark.gpu
+def test_fused_gelu_vit_on_cuda_gives_the_same_masks(ckpt):
+    """On the GPU the fused call is cuBLASLt's GELU epilogue (tanh form) in bf16: embeddings close,
+    masks nearly all the same (the full-size agreement is in bench/results/)."""
+    common = {"local_dir": str(ckpt), "score_threshold": 0.0, "device": "cuda", "embedding_cache_mb": 0}
+    plain = Sam3Segmenter(Sam3Settings(**common))
+    fused = Sam3Segmenter(Sam3Settings(**common, vit_fused_gelu=True))
+    assert fused.models.dtype == torch.bfloat16
+    assert any(isinstance(m, FusedGeluMlp) for m in fused.models.detector.vision_encoder.backbone.modules())
+    same = total = 0
+    for seed in range(3):
+        image = block_photo(160, 200, seed)
+        a, b = plain.encode_batch([image], ["a"])[0], fused.encode_batch([image], ["b"])[0]
+        rel = (b.backbone.float() - a.backbone.float()).norm() / a.backbone.float().norm()
+        assert rel < 0.05, rel
+        for point in ((100, 80), (30, 30), (150, 120)):
+            prompt = SegmentPrompt(points=[Point(*point, 1)])
+            ma, mb = plain.segment_with_embedding(a, prompt).mask, fused.segment_with_embedding(b, prompt).mask
+            same += int((ma == mb).sum())
+            total += ma.size
+    assert same / total >= 0.98, same / total

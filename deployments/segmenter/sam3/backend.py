@@ -64,6 +64,10 @@ class Sam3Segmenter:
             from .fused_gelu import use_fused_gelu
 
             use_fused_gelu(self.models.detector.vision_encoder.backbone)
+        if settings.cudnn_benchmark and self.models.device.type == "cuda":
+            import torch
+
+            torch.backends.cudnn.benchmark = True  # process-wide: before the warm-up that captures the kernels
         if self.models.compiled is None:  # compiled and warmed up here, before the replica reports healthy
             self.models.compiled = compiled_encoder(self.models, settings, max_batch_size)
         self.cache: EmbeddingCache[ImageEmbedding] = EmbeddingCache(settings.embedding_cache_mb * 1024 * 1024)
