@@ -12,13 +12,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from deployments.segmenter.base import Point, SegmentPrompt  # noqa: E402
 from deployments.segmenter.sam3.fp8_calibration import calibrate_vit, calibration_photos  # noqa: E402
 from deployments.segmenter.sam3.fp8_linear import (  # noqa: E402
     STATIC_HEADROOM, Fp8Linear, fp8_problem, record_input_amax, use_fp8_linears)
 from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
 from sam3d_common.errors import ModelUnavailable  # noqa: E402
-from tests.support.sam3_testing import block_photo, write_tiny_checkpoint  # noqa: E402
+from tests.support.sam3_testing import mask_agreement, write_tiny_checkpoint  # noqa: E402
 from sam3d_common.settings import Sam3Settings  # noqa: E402
 
 pytestmark = pytest.mark.skipif(fp8_problem(torch.device("cpu")) is not None,
@@ -150,18 +149,8 @@ def _assert_nearly_the_same_masks(plain: Sam3Segmenter, fp8: Sam3Segmenter, scal
     assert {m.scaling for m in fp8.models.detector.modules() if isinstance(m, Fp8Linear)} == {scaling}
     n = sum(isinstance(m, Fp8Linear) for m in fp8.models.detector.vision_encoder.backbone.modules())
     assert n > 0 and not any(isinstance(m, Fp8Linear) for m in plain.models.detector.modules())
-    same = total = 0
-    for seed in range(3):
-        image = block_photo(160, 200, seed)
-        a, b = plain.encode_batch([image], ["a"])[0], fp8.encode_batch([image], ["b"])[0]
-        rel = (b.backbone.float() - a.backbone.float()).norm() / a.backbone.float().norm()
-        assert rel < rel_bound, rel
-        for point in ((100, 80), (30, 30), (150, 120)):
-            prompt = SegmentPrompt(points=[Point(*point, 1)])
-            ma, mb = plain.segment_with_embedding(a, prompt).mask, fp8.segment_with_embedding(b, prompt).mask
-            same += int((ma == mb).sum())
-            total += ma.size
-    assert same / total >= 0.98, same / total
+    rel, same = mask_agreement(plain, fp8)
+    assert rel < rel_bound and same >= 0.98, (rel, same)
 
 
 @pytest.mark.parametrize("scaling", ["row", "tensor", "static"])

@@ -152,3 +152,23 @@ def random_init_models(video_config, device: str = "cpu", dtype: str = "float32"
     tracker.vision_encoder.backbone = detector.vision_encoder.backbone
     size = int(video_config.detector_config.vision_config.backbone_config.image_size)
     return finish(detector, tracker, None, PixelSpec(size=size), dev, dt, "random-init", ["random weights"])
+
+
+def mask_agreement(plain, other, seeds=(0, 1, 2)) -> tuple[float, float]:
+    """Two Sam3Segmenters on the same block photos (160x200, one per seed), three clicks each →
+    (the largest relative error of `other`'s ViT output against `plain`'s, the fraction of mask
+    pixels the two agree on)."""
+    from deployments.segmenter.base import Point, SegmentPrompt
+
+    worst, same, total = 0.0, 0, 0
+    for seed in seeds:
+        image = block_photo(160, 200, seed)
+        a, b = plain.encode_batch([image], ["a"])[0], other.encode_batch([image], ["b"])[0]
+        ref = a.backbone.float()
+        worst = max(worst, float((b.backbone.float() - ref).norm() / ref.norm()))
+        for point in ((100, 80), (30, 30), (150, 120)):
+            prompt = SegmentPrompt(points=[Point(*point, 1)])
+            ma, mb = plain.segment_with_embedding(a, prompt).mask, other.segment_with_embedding(b, prompt).mask
+            same += int((ma == mb).sum())
+            total += ma.size
+    return worst, same / total
