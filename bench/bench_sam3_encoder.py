@@ -25,7 +25,8 @@ bf16. Levers, each measured on its own in the same run:
             the ViT with its linear layers in FP8 (`vit_fp8`; per-row, per-tensor or calibrated static
             scales, `vit_fp8_scaling`) or fc1 and
             GELU as one cuBLASLt call (`vit_fused_gelu`), compiled in the first --compile-modes mode (and
-            graphed with --cuda-graph; frozen with --lever-freezing), with a batch-1 kernel profile and
+            graphed with --cuda-graph; frozen with --lever-freezing; once per compile_scope in
+            --lever-scopes), with a batch-1 kernel profile and
             the agreement with the bf16 model (backbone relative error, click-mask IoU; random weights);
             the swapped modules are put back after.
 The payload: the previous codec (float64 statistics, zlib default strategy, from float32 host copies)
@@ -51,6 +52,13 @@ against today's (quantised on the device, float32 statistics, Huffman-only defla
     python -m bench.bench_sam3_encoder --compile-variants default:vit --cuda-graph --graph-only --fp8-static \
         --fp8-tensor --max-batch 1 --serve-max-batch 1 --batches 1 --iters 20 --requests 32 --concurrency 4 \
         --skip-before --skip-sdpa --skip-payload   # FP8 without the per-call amax, against run 7's per-tensor FP8
+    python -m bench.bench_sam3_encoder --compile-variants default:vit:frozen --cuda-graph --graph-only \
+        --fp8-static --fused-gelu --lever-freezing --max-batch 8 --serve-max-batch 8 --batches 1,8 \
+        --requests 128 --concurrency 32 --skip-before --skip-sdpa --skip-payload --skip-fidelity
+                                        # run 11: every lever frozen, batch 1 and 8 (~8.5 min on an H100)
+    python -m bench.bench_sam3_encoder --skip-plain --cuda-graph --graph-only --fp8-static --lever-freezing \
+        --lever-scopes vit,encoder --max-batch 1 --serve-max-batch 1 --batches 1 --iters 20 --requests 32 \
+        --concurrency 4 --skip-before --skip-sdpa --skip-payload   # static FP8: ViT alone or with the neck
     python -m bench.bench_sam3_encoder --compile-modes max-autotune-no-cudagraphs --cuda-graph --graph-only \
         --max-batch 1 --serve-max-batch 1 --batches 1 --skip-before --skip-sdpa --skip-payload
                                         # Triton matrix multiplies with fused epilogues, replayed from graphs
@@ -141,14 +149,14 @@ def first_request(settings, models, size, device, max_batch):
 
 
 # --fp8 / --fp8-tensor / --fp8-static / --fused-gelu → the settings that swap the ViT's modules, in run order
-MODEL_LEVERS = {"fp8": {"vit_fp8": True}, "fp8_tensor": {"vit_fp8": True, "vit_fp8_scaling": "tensor"},
+MODEL_LEVERS = {"fp8": {"vit_fp8": True, "vit_fp8_scaling": "row"}, "fp8_tensor": {"vit_fp8": True, "vit_fp8_scaling": "tensor"},
                 "fp8_static": {"vit_fp8": True, "vit_fp8_scaling": "static"},
                 "fused_gelu": {"vit_fused_gelu": True}}
 
 
-def model_lever(kind, args, base, bf16_backend, models, size, device, compile_backend, report):
+def model_lever(kind, args, base, bf16_backend, models, size, device, compile_backend, report, scope="vit"):
     """The ViT with modules swapped by settings (MODEL_LEVERS[kind]: fc1 and GELU fused, or FP8 linears),
-    compiled in the first --compile-modes mode (eager if none), and its agreement with the bf16 model:
+    compiled in the first --compile-modes mode (eager if none) with compile_scope `scope`, and its agreement with the bf16 model:
     backbone relative error and click-mask IoU on random points. The swap is undone afterwards (the
     backbone's children put back), so the levers can follow one another on the shared model."""
     from deployments.segmenter.base import Point, SegmentPrompt
@@ -168,8 +176,9 @@ def model_lever(kind, args, base, bf16_backend, models, size, device, compile_ba
     settings = Sam3Settings(**base, **MODEL_LEVERS[kind], compile="on" if mode else "off", cuda_graph=graph,
                             cudnn_benchmark=args.lever_cudnn,
                             **({"compile_mode": mode, "compile_backend": compile_backend,
-                                "compile_freezing": frozen} if mode else {}))
-    name = ((f"{kind}_compile_{mode}" if mode else f"{kind}_eager") + ("_frozen" if frozen else "")
+                                "compile_freezing": frozen, "compile_scope": scope} if mode else {}))
+    name = ((f"{kind}_compile_{mode}" if mode else f"{kind}_eager") + (f"_{scope}" if mode and scope != "vit" else "")
+            + ("_frozen" if frozen else "")
             + ("_cudnn" if args.lever_cudnn else "") + ("_graph" if graph else ""))
     torch.backends.cudnn.benchmark = False  # process-wide: what an earlier :cudnn variant set
     try:
@@ -355,6 +364,11 @@ def main():
     ap.add_argument("--lever-freezing", action="store_true",
                     help="compile the --fp8/--fp8-tensor/--fused-gelu levers with compile_freezing "
                          "(compare with a :frozen --compile-variants entry)")
+    ap.add_argument("--skip-plain", action="store_true",
+                    help="skip the compiled variants of the unchanged model (only the model levers are compiled)")
+    ap.add_argument("--lever-scopes", default="vit",
+                    help="comma-separated compile_scope values the --fp8/--fp8-tensor/--fp8-static/--fused-gelu "
+                         "levers are compiled with, each its own run (vit, encoder)")
     ap.add_argument("--lever-cudnn", action="store_true",
                     help="the --fp8/--fp8-tensor/--fp8-static/--fused-gelu levers with cudnn_benchmark "
                          "(compare with a :cudnn --compile-variants entry)")
@@ -375,6 +389,8 @@ def main():
     args = ap.parse_args()
     if bad := bad_variant(args.compile_variants or ""):
         ap.error(f"--compile-variants: {bad}")
+    if bad := set(args.lever_scopes.split(",")) - {"vit", "encoder"}:
+        ap.error(f"--lever-scopes: {', '.join(sorted(bad))} is not a compile_scope (vit, encoder)")
     args.batch_sizes = [int(b) for b in args.batches.split(",") if b]
     global REAL_SERVE
     REAL_SERVE = REAL_SERVE and not args.standin
@@ -426,10 +442,12 @@ def main():
     if not args.skip_payload:
         payload_figures(args, backend, models, size, device, report)
 
-    compiled_levers(args, base, models, size, device, compile_backend, report)
+    if not args.skip_plain:
+        compiled_levers(args, base, models, size, device, compile_backend, report)
     for kind in MODEL_LEVERS:  # after the compiled levers: each swaps the shared model's modules for its run
         if getattr(args, kind):
-            model_lever(kind, args, base, backend, models, size, device, compile_backend, report)
+            for scope in args.lever_scopes.split(","):
+                model_lever(kind, args, base, backend, models, size, device, compile_backend, report, scope)
 
     if device.type == "cuda":
         report["peak_mb_total"] = round(torch.cuda.max_memory_allocated() / 2**20)

@@ -25,3 +25,11 @@ def test_known_variants_pass_the_check():
 
     assert bad_variant("default:vit,default:vit:frozen,default:vit:cudnn:frozen,max-autotune-no-cudagraphs:encoder") is None
     assert "flags in" in bad_variant("default:vit:cudnnn")
+
+
+def test_unknown_lever_scope_is_refused_up_front():
+    done = subprocess.run([sys.executable, "-m", "bench.bench_sam3_encoder", "--tiny", "--cpu", "--fp8-static",
+                           "--lever-scopes", "vit,neck"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--lever-scopes: neck is not a compile_scope" in done.stderr
+    assert "first_request" not in done.stdout
