@@ -72,8 +72,9 @@ class Sam3Settings(_Strict):
     # What is compiled: "vit" the ViT alone, "encoder" the ViT and the click decoder's feature neck.
     compile_scope: Literal["vit", "encoder"] = "vit"
     # inductor's `freezing` while the buckets compile: weights and buffers folded in as constants
-    # (the rotary tables computed once, not at every call); holds a second copy of what it folds.
-    compile_freezing: bool = False
+    # (the rotary tables computed once, not at every call; with vit_fp8 the weights' FP8 layouts too);
+    # holds a second copy of what it folds. On by default since H100 run 11 (docs/sam3.md).
+    compile_freezing: bool = True
     # The compiled encoder replayed from one CUDA graph per batch size, captured by hand during
     # the warm-up and replayable from any worker thread (deployments/cuda_graphs.py). Acts where
     # the encoder is compiled on CUDA (either compile_mode); elsewhere it does nothing.
@@ -85,11 +86,11 @@ class Sam3Settings(_Strict):
     # The ViT's linear layers in FP8 (deployments/segmenter/sam3/fp8_linear.py), scaled as vit_fp8_scaling says;
     # needs compute capability 8.9+ (Ada, Hopper). Off: bf16 as trained.
     vit_fp8: bool = False
-    # How vit_fp8 scales: "row" per weight and activation row, the bias added after; "tensor" one
-    # scale per weight and per activation, the bias in the cuBLASLt kernel's epilogue; "static" as
-    # "tensor" with each activation scale calibrated at start on photos (fp8_calibration.py), so no
-    # reduction runs per call.
-    vit_fp8_scaling: Literal["row", "tensor", "static"] = "row"
+    # How vit_fp8 scales: "static" one scale per weight and per activation, each activation's
+    # calibrated at start on photos (fp8_calibration.py), so no reduction runs per call (the only
+    # scaling faster than bf16 on the H100, docs/sam3.md); "tensor" the same with the activation's
+    # scale measured at every call; "row" per weight and activation row, the bias added after.
+    vit_fp8_scaling: Literal["row", "tensor", "static"] = "static"
     # With vit_fp8_scaling "static": a local folder of photos (.jpg/.jpeg/.png/.webp, the first 16 by
     # name) to calibrate on; None: four everyday photos bundled with scikit-image.
     vit_fp8_calibration: str | None = None
@@ -103,10 +104,10 @@ class Sam3Settings(_Strict):
         if self.vit_fp8 and self.vit_fused_gelu:
             raise ValueError("vit_fused_gelu fuses a bf16 matrix multiply; with vit_fp8 there is none to fuse: "
                              "turn one of them off")
-        if self.vit_fp8_scaling != "row" and not self.vit_fp8:
+        if "vit_fp8_scaling" in self.model_fields_set and not self.vit_fp8:
             raise ValueError(f"vit_fp8_scaling: {self.vit_fp8_scaling} scales FP8 linear layers, and vit_fp8 is off: "
                              "turn vit_fp8 on")
-        if self.vit_fp8_calibration is not None and self.vit_fp8_scaling != "static":
+        if self.vit_fp8_calibration is not None and not (self.vit_fp8 and self.vit_fp8_scaling == "static"):
             raise ValueError("vit_fp8_calibration names photos for the static FP8 scales: set vit_fp8: true and "
                              "vit_fp8_scaling: static, or leave it out")
         return self

@@ -93,12 +93,16 @@ def test_static_scaling_needs_a_range_for_every_layer():
 
 
 def test_settings_refuse_fp8_scalings_and_calibration_that_would_do_nothing():
-    for scaling in ("tensor", "static"):
+    assert Sam3Settings(vit_fp8=True).vit_fp8_scaling == "static"  # the default: the fast one
+    for scaling in ("row", "tensor", "static"):
         with pytest.raises(ValueError, match="vit_fp8 is off"):
             Sam3Settings(vit_fp8_scaling=scaling)
         assert Sam3Settings(vit_fp8=True, vit_fp8_scaling=scaling).vit_fp8_scaling == scaling
     with pytest.raises(ValueError, match="vit_fp8_calibration"):
-        Sam3Settings(vit_fp8=True, vit_fp8_calibration="/photos")
+        Sam3Settings(vit_fp8=True, vit_fp8_scaling="tensor", vit_fp8_calibration="/photos")
+    with pytest.raises(ValueError, match="vit_fp8_calibration"):
+        Sam3Settings(vit_fp8_calibration="/photos")
+    assert Sam3Settings(vit_fp8=True, vit_fp8_calibration="/photos").vit_fp8_calibration == "/photos"
 
 
 def test_calibration_photos_come_from_a_folder_or_the_bundled_four(tmp_path):
