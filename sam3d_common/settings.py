@@ -90,7 +90,8 @@ class Sam3Settings(_Strict):
     # calibrated at start on photos (fp8_calibration.py), so no reduction runs per call (the only
     # scaling faster than bf16 on the H100, docs/sam3.md); "tensor" the same with the activation's
     # scale measured at every call; "row" per weight and activation row, the bias added after.
-    vit_fp8_scaling: Literal["row", "tensor", "static"] = "static"
+    # None: "static" (only meaningful with vit_fp8; set without it, the config is refused).
+    vit_fp8_scaling: Literal["row", "tensor", "static"] | None = None
     # With vit_fp8_scaling "static": a local folder of photos (.jpg/.jpeg/.png/.webp, the first 16 by
     # name) to calibrate on; None: four everyday photos bundled with scikit-image.
     vit_fp8_calibration: str | None = None
@@ -99,15 +100,20 @@ class Sam3Settings(_Strict):
     # pass over the 4736-wide hidden activations. On CUDA that epilogue is GELU's tanh form.
     vit_fused_gelu: bool = False
 
+    @property
+    def fp8_scaling(self) -> str:
+        """vit_fp8_scaling with its default filled in."""
+        return self.vit_fp8_scaling or "static"
+
     @model_validator(mode="after")
     def _vit_levers_agree(self) -> "Sam3Settings":
         if self.vit_fp8 and self.vit_fused_gelu:
             raise ValueError("vit_fused_gelu fuses a bf16 matrix multiply; with vit_fp8 there is none to fuse: "
                              "turn one of them off")
-        if "vit_fp8_scaling" in self.model_fields_set and not self.vit_fp8:
+        if self.vit_fp8_scaling is not None and not self.vit_fp8:
             raise ValueError(f"vit_fp8_scaling: {self.vit_fp8_scaling} scales FP8 linear layers, and vit_fp8 is off: "
                              "turn vit_fp8 on")
-        if self.vit_fp8_calibration is not None and not (self.vit_fp8 and self.vit_fp8_scaling == "static"):
+        if self.vit_fp8_calibration is not None and not (self.vit_fp8 and self.fp8_scaling == "static"):
             raise ValueError("vit_fp8_calibration names photos for the static FP8 scales: set vit_fp8: true and "
                              "vit_fp8_scaling: static, or leave it out")
         return self

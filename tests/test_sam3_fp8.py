@@ -93,7 +93,9 @@ def test_static_scaling_needs_a_range_for_every_layer():
 
 
 def test_settings_refuse_fp8_scalings_and_calibration_that_would_do_nothing():
-    assert Sam3Settings(vit_fp8=True).vit_fp8_scaling == "static"  # the default: the fast one
+    assert Sam3Settings(vit_fp8=True).fp8_scaling == "static"  # the default: the fast one
+    again = Sam3Settings(**Sam3Settings().model_dump())  # how a replica receives its settings
+    assert again.vit_fp8_scaling is None and again.fp8_scaling == "static"
     for scaling in ("row", "tensor", "static"):
         with pytest.raises(ValueError, match="vit_fp8 is off"):
             Sam3Settings(vit_fp8_scaling=scaling)

@@ -55,11 +55,11 @@ class Sam3Segmenter:
             if problem:
                 raise ModelUnavailable(f"segmenter.sam3.vit_fp8 is on, but {problem}")
             amax = None
-            if settings.vit_fp8_scaling == "static":  # calibrated on the bf16 ViT, before the swap
+            if settings.fp8_scaling == "static":  # calibrated on the bf16 ViT, before the swap
                 from .fp8_calibration import calibrate_vit
 
                 amax = calibrate_vit(self.models, settings.vit_fp8_calibration)
-            use_fp8_linears(self.models.detector.vision_encoder.backbone, settings.vit_fp8_scaling, amax)
+            use_fp8_linears(self.models.detector.vision_encoder.backbone, settings.fp8_scaling, amax)
         if settings.vit_fused_gelu:
             from .fused_gelu import use_fused_gelu
 
