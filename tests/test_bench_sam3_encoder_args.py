@@ -33,3 +33,14 @@ def test_unknown_lever_scope_is_refused_up_front():
     assert done.returncode == 2
     assert "--lever-scopes: neck is not a compile_scope" in done.stderr
     assert "first_request" not in done.stdout
+
+
+def test_summary_reads_the_lever_the_default_settings_serve():
+    from bench.bench_sam3_encoder import summary
+
+    levers = {name: {"encode_bs1": {"p50_ms": p50}, "serve_batch": {"images_per_s": 1000 / p50}}
+              for name, p50 in (("hot_path", 27.4), ("compile_default_graph", 15.9),
+                                ("compile_default_frozen_graph", 15.2))}
+    assert summary({"levers": levers})["encode_lever"] == "compile_default_frozen_graph"  # compile_freezing is on
+    del levers["compile_default_frozen_graph"]
+    assert summary({"levers": levers})["encode_lever"] == "hot_path"  # an unfrozen compile is not what serves
