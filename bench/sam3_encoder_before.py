@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from deployments.segmenter.sam3 import embedding_codec
-from deployments.segmenter.sam3.encoder import ImageEmbedding, image_id, tracker_features
+from deployments.segmenter.sam3.encoder import ImageEmbedding, image_id
 
 
 def encode_before(models, images):
@@ -30,7 +30,10 @@ def encode_before(models, images):
         hidden = models.detector.vision_encoder.backbone(px).last_hidden_state
         grid = px.shape[-1] // models.detector.config.vision_config.backbone_config.patch_size
         spatial = hidden.reshape(hidden.shape[0], grid, grid, hidden.shape[-1]).permute(0, 3, 1, 2)
-        f0, f1, emb = tracker_features(models, spatial)
+        trk = models.tracker
+        fpn, _ = trk.vision_encoder.neck(spatial)  # all four levels and their position encodings, as before
+        f0, f1 = trk.mask_decoder.conv_s0(fpn[0]), trk.mask_decoder.conv_s1(fpn[1])
+        emb = fpn[2] + trk.no_memory_embedding.reshape(1, -1, 1, 1)
         return [ImageEmbedding(ids[i], image.shape[:2], spatial[i:i + 1].contiguous().clone(), emb[i:i + 1].clone(),
                                f0[i:i + 1].clone(), f1[i:i + 1].clone()) for i, image in enumerate(images)]
 

@@ -122,12 +122,17 @@ def pixel_values(models: Sam3Models, images: list[np.ndarray]):
 
 
 def tracker_features(models: Sam3Models, spatial):
-    """ViT output Bx C x g x g → (high_res_feats_0, high_res_feats_1, image_embed), as the tracker computes them."""
+    """ViT output Bx C x g x g → (high_res_feats_0, high_res_feats_1, image_embed), as the tracker computes them.
+
+    Only the neck's first three FPN levels are built, each by its own layer as the neck would: calling the
+    neck itself would also build its fourth level (max-pooled, then two convolutions at 36² at full size)
+    and look up a sine position encoding per level (transformers caches them), none of which the click
+    decoder reads. The outputs are the same."""
     trk = models.tracker
-    fpn, _ = trk.vision_encoder.neck(spatial)
-    feats_0 = trk.mask_decoder.conv_s0(fpn[0])
-    feats_1 = trk.mask_decoder.conv_s1(fpn[1])
-    embed = fpn[2] + trk.no_memory_embedding.reshape(1, -1, 1, 1)
+    levels = trk.vision_encoder.neck.fpn_layers
+    feats_0 = trk.mask_decoder.conv_s0(levels[0](spatial))
+    feats_1 = trk.mask_decoder.conv_s1(levels[1](spatial))
+    embed = levels[2](spatial) + trk.no_memory_embedding.reshape(1, -1, 1, 1)
     return feats_0, feats_1, embed
 
 
