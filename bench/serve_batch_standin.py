@@ -1,6 +1,8 @@
 """@serve.batch for benchmarks run without a Serve cluster: the real decorator when Ray Serve imports (with
-the replica context a replica would set), else an asyncio stand-in with its rule (a batch closes when full
-or `batch_wait_timeout_s` after its first request). Where Ray Serve does not import at all, a stub
+the replica context a replica would set), else an asyncio stand-in with its rules: a batch closes when full
+or `batch_wait_timeout_s` after its first request, and batches run one at a time in the order they closed
+(@serve.batch's default max_concurrent_batches=1, which the Segmenter deployment keeps), the next one
+forming while one runs. Where Ray Serve does not import at all, a stub
 `ray.serve` with the decorators applied at import time lets the deployment modules import."""
 from __future__ import annotations
 
@@ -85,34 +87,34 @@ async def serve_batch_run(encode: Callable, images: list, concurrency: int, max_
         install_replica_context(host, max(16, concurrency))
         submit = host.go
     else:
-        queue: list = []
-        flush_task = None
+        queue: asyncio.Queue = asyncio.Queue()
+        one_at_a_time = asyncio.Semaphore(1)  # max_concurrent_batches=1; its waiters are served in order
+        loop = asyncio.get_running_loop()
 
-        async def flush():
-            await asyncio.sleep(wait_s)
-            await take()
-
-        async def take():
-            nonlocal flush_task, queue
-            if flush_task is not None and flush_task is not asyncio.current_task():
-                flush_task.cancel()
-            items, queue, flush_task = queue[:max_batch], queue[max_batch:], None
-            if not items:
-                return
-            if queue:
-                flush_task = asyncio.ensure_future(flush())
-            out = await asyncio.to_thread(run, [it for it, _ in items])
-            for (_, fut), res in zip(items, out):
+        async def execute(batch):
+            async with one_at_a_time:
+                out = await asyncio.to_thread(run, [item for item, _ in batch])
+            for (_, fut), res in zip(batch, out):
                 fut.set_result(res)
 
+        async def form_batches():
+            """One batch at a time, as @serve.batch forms them: from its first request, until full or
+            wait_s later; it is handed to `execute` and the next one starts forming at once."""
+            while True:
+                batch = [await queue.get()]
+                closes = loop.time() + wait_s
+                while len(batch) < max_batch and (left := closes - loop.time()) > 0:
+                    try:
+                        batch.append(await asyncio.wait_for(queue.get(), left))
+                    except asyncio.TimeoutError:
+                        break
+                asyncio.ensure_future(execute(batch))
+
+        former = asyncio.ensure_future(form_batches())
+
         async def submit(item):
-            nonlocal flush_task
-            fut = asyncio.get_running_loop().create_future()
-            queue.append((item, fut))
-            if len(queue) >= max_batch:
-                asyncio.ensure_future(take())
-            elif flush_task is None:
-                flush_task = asyncio.ensure_future(flush())
+            fut = loop.create_future()
+            queue.put_nowait((item, fut))
             return await fut
 
     sem = asyncio.Semaphore(concurrency)
@@ -130,6 +132,8 @@ async def serve_batch_run(encode: Callable, images: list, concurrency: int, max_
     t0 = time.perf_counter()
     await asyncio.gather(*(one(im) for im in images))
     wall = time.perf_counter() - t0
+    if not real_serve:
+        former.cancel()
     return {"images_per_s": round(len(images) / wall, 2), "mean_batch": round(float(np.mean(sizes)), 2),
             "latency": ms(lat), "real_serve_batch": real_serve}
 
