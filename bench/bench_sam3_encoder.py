@@ -91,8 +91,8 @@ import torch  # noqa: E402
 from bench.gpu_timing import ms, sync, timed  # noqa: E402
 from bench.sam3_encoder_before import encode_before, one_deflate_thread, payload_before  # noqa: E402
 from deployments.segmenter.sam3 import embedding_codec  # noqa: E402
-from bench.sam3_encoder_levers import (MODEL_LEVERS, bad_variant, compiled_levers, first_request,  # noqa: E402
-                                       fresh_images, lever_name, measure_lever, model_lever)
+from bench.sam3_encoder_levers import (MODEL_LEVERS, SCOPES, bad_variant, compiled_levers,  # noqa: E402
+                                       first_request, fresh_images, lever_name, measure_lever, model_lever)
 from sam3d_common.settings import Sam3Settings  # noqa: E402
 from tests.support.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
 from tests.support.sam3_testing import random_init_models, tiny_video_config  # noqa: E402
@@ -132,9 +132,9 @@ def summary(report: dict) -> dict:
     when it was measured, else the same without the graphs, else the eager hot path."""
     levers = report.get("levers", {})
     d = Sam3Settings()
-    compiled = (lever_name(d.compile_mode, d.compile_scope) + ("_frozen" if d.compile_freezing else "")
-                + ("_cudnn" if d.cudnn_benchmark else ""))  # named as compiled_levers names a variant's flags
-    graphed = compiled + "_graph" if d.cuda_graph else None
+    flags = [f for f, on in (("frozen", d.compile_freezing), ("cudnn", d.cudnn_benchmark)) if on]
+    compiled = lever_name(d.compile_mode, d.compile_scope, flags)
+    graphed = lever_name(d.compile_mode, d.compile_scope, flags, graph=True) if d.cuda_graph else None
     served = next((n for n in (graphed, compiled, "hot_path") if n and "encode_bs1" in levers.get(n, {})), None)
     lever = levers.get(served, {})
     return {"encode_lever": served,
@@ -194,8 +194,8 @@ def main():
     args = ap.parse_args()
     if bad := bad_variant(args.compile_variants or ""):
         ap.error(f"--compile-variants: {bad}")
-    if bad := set(args.lever_scopes.split(",")) - {"vit", "encoder"}:
-        ap.error(f"--lever-scopes: {', '.join(sorted(bad))} is not a compile_scope (vit, encoder)")
+    if bad := set(args.lever_scopes.split(",")) - set(SCOPES):
+        ap.error(f"--lever-scopes: {', '.join(sorted(bad))} is not a compile_scope {SCOPES}")
     args.batch_sizes = [int(b) for b in args.batches.split(",") if b]
     args.real_serve = REAL_SERVE and not args.standin
     device_name, dtype = ("cpu", "float32") if args.cpu else ("cuda", "bfloat16")

@@ -1,7 +1,8 @@
 """The click decoder's features from the ViT output: the tracker neck called whole (four FPN levels and a
 sine position encoding per level, which transformers caches after the first call; as the encoder did
-before) against `tracker_features`, which builds only the three levels the click decoder reads. Full-size tracker at random init (Sam3VideoConfig defaults: ViT
-output 1024 x 72 x 72); bf16 on CUDA, float32 on the CPU. The two run interleaved in one process, with the
+before, bench/sam3_encoder_before.py) against `tracker_features`, which builds only the three levels the
+click decoder reads. Full-size tracker at random init (Sam3VideoConfig defaults: ViT output 1024 x 72 x 72);
+bf16 on CUDA, float32 on the CPU. The two run interleaved in one process, with the
 ops (CPU) or kernels (CUDA) each launches per call counted by torch.profiler, and their outputs compared.
 
     python -m bench.bench_sam3_neck --json-out bench/results/sam3_neck_cpu.json        # CPU
@@ -20,15 +21,8 @@ from types import SimpleNamespace
 import torch
 
 from bench.gpu_timing import sync
+from bench.sam3_encoder_before import whole_neck_features
 from deployments.segmenter.sam3.encoder import tracker_features
-
-
-def whole_neck(models, spatial):
-    """The previous path: the neck's forward (every level, every position encoding), then the decoder's convs."""
-    trk = models.tracker
-    fpn, _ = trk.vision_encoder.neck(spatial)
-    return (trk.mask_decoder.conv_s0(fpn[0]), trk.mask_decoder.conv_s1(fpn[1]),
-            fpn[2] + trk.no_memory_embedding.reshape(1, -1, 1, 1))
 
 
 def launches(fn, device) -> int:
@@ -68,7 +62,7 @@ def main() -> None:
     hidden = config.vision_config.backbone_config.hidden_size
     grid = config.vision_config.backbone_config.image_size // config.vision_config.backbone_config.patch_size
     spatial = torch.randn(args.batch, hidden, grid, grid, device=device, dtype=dtype)
-    paths = {"whole_neck": lambda: whole_neck(models, spatial), "three_levels": lambda: tracker_features(models, spatial)}
+    paths = {"whole_neck": lambda: whole_neck_features(models, spatial), "three_levels": lambda: tracker_features(models, spatial)}
     report: dict = {"env": {"python": platform.python_version(), "torch": torch.__version__,
                             "device": torch.cuda.get_device_name() if args.cuda else platform.processor() or "cpu",
                             "dtype": str(dtype), "batch": args.batch, "vit_output": [hidden, grid, grid],

@@ -11,6 +11,15 @@ from deployments.segmenter.sam3 import embedding_codec
 from deployments.segmenter.sam3.encoder import ImageEmbedding, image_id
 
 
+def whole_neck_features(models, spatial):
+    """The click decoder's features as the encoder built them before: the tracker neck's whole forward (all
+    four FPN levels and their position encodings), then the decoder's convolutions."""
+    trk = models.tracker
+    fpn, _ = trk.vision_encoder.neck(spatial)
+    return (trk.mask_decoder.conv_s0(fpn[0]), trk.mask_decoder.conv_s1(fpn[1]),
+            fpn[2] + trk.no_memory_embedding.reshape(1, -1, 1, 1))
+
+
 def encode_before(models, images):
     """The encode path before issue 16: hash, per-image upload + resize, contiguous + clone per tensor."""
     import torch.nn.functional as F
@@ -30,10 +39,7 @@ def encode_before(models, images):
         hidden = models.detector.vision_encoder.backbone(px).last_hidden_state
         grid = px.shape[-1] // models.detector.config.vision_config.backbone_config.patch_size
         spatial = hidden.reshape(hidden.shape[0], grid, grid, hidden.shape[-1]).permute(0, 3, 1, 2)
-        trk = models.tracker
-        fpn, _ = trk.vision_encoder.neck(spatial)  # all four levels and their position encodings, as before
-        f0, f1 = trk.mask_decoder.conv_s0(fpn[0]), trk.mask_decoder.conv_s1(fpn[1])
-        emb = fpn[2] + trk.no_memory_embedding.reshape(1, -1, 1, 1)
+        f0, f1, emb = whole_neck_features(models, spatial)
         return [ImageEmbedding(ids[i], image.shape[:2], spatial[i:i + 1].contiguous().clone(), emb[i:i + 1].clone(),
                                f0[i:i + 1].clone(), f1[i:i + 1].clone()) for i, image in enumerate(images)]
 

@@ -96,9 +96,8 @@ def model_lever(kind, args, base, bf16_backend, models, size, device, compile_ba
                             cudnn_benchmark=args.lever_cudnn,
                             **({"compile_mode": mode, "compile_backend": compile_backend,
                                 "compile_freezing": frozen, "compile_scope": scope} if mode else {}))
-    name = ((f"{kind}_compile_{mode}" if mode else f"{kind}_eager") + (f"_{scope}" if mode and scope != "vit" else "")
-            + ("_frozen" if frozen else "")
-            + ("_cudnn" if args.lever_cudnn else "") + ("_graph" if graph else ""))
+    flags = [f for f, on in (("frozen", frozen), ("cudnn", args.lever_cudnn)) if on]
+    name = f"{kind}_" + (lever_name(mode, scope, flags, graph) if mode else "_".join(["eager", *flags]))
     torch.backends.cudnn.benchmark = False  # process-wide: what an earlier :cudnn variant set
     try:
         try:
@@ -163,8 +162,7 @@ def compiled_levers(args, base, models, size, device, compile_backend, report):
     for variant, graph in runs:
         mode, scope, *flags = variant.split(":")
         torch._dynamo.reset()
-        name = (lever_name(mode if compile_backend == "inductor" else compile_backend, scope)
-                + "".join(f"_{f}" for f in flags) + ("_graph" if graph else ""))
+        name = lever_name(mode if compile_backend == "inductor" else compile_backend, scope, flags, graph)
         settings = Sam3Settings(**base, compile="on", compile_mode=mode, compile_backend=compile_backend,
                                 compile_scope=scope, cuda_graph=graph, compile_freezing="frozen" in flags,
                                 cudnn_benchmark="cudnn" in flags)
@@ -194,20 +192,21 @@ def compiled_levers(args, base, models, size, device, compile_backend, report):
 
 
 VARIANT_FLAGS = ("frozen", "cudnn")  # compile_freezing, cudnn_benchmark
+MODES = typing.get_args(Sam3Settings.model_fields["compile_mode"].annotation)
+SCOPES = typing.get_args(Sam3Settings.model_fields["compile_scope"].annotation)
 
 
 def bad_variant(variants: str) -> str | None:
     """Why a --compile-variants entry can't run (an unknown mode, scope or flag), checked before any
     model loads, so a typo costs nothing on the GPU machine instead of silently measuring the default."""
-    fields = Sam3Settings.model_fields
-    modes, scopes = typing.get_args(fields["compile_mode"].annotation), typing.get_args(fields["compile_scope"].annotation)
     for variant in filter(None, variants.split(",")):
         mode, scope, *flags = variant.split(":") + ([] if ":" in variant else [""])
-        if mode not in modes or scope not in scopes or set(flags) - set(VARIANT_FLAGS):
-            return (f"{variant!r} is not mode:scope[:flag...] with mode in {modes}, scope in {scopes}, "
+        if mode not in MODES or scope not in SCOPES or set(flags) - set(VARIANT_FLAGS):
+            return (f"{variant!r} is not mode:scope[:flag...] with mode in {MODES}, scope in {SCOPES}, "
                     f"flags in {VARIANT_FLAGS}")
     return None
 
 
-def lever_name(mode: str, scope: str) -> str:
-    return f"compile_{mode}" + ("" if scope == "vit" else f"_{scope}")
+def lever_name(mode: str, scope: str, flags=(), graph: bool = False) -> str:
+    """A compiled lever's name in the report: compile_<mode>[_<scope>][_<flag>...][_graph]."""
+    return "_".join([f"compile_{mode}", *([scope] if scope != "vit" else []), *flags, *(["graph"] if graph else [])])
