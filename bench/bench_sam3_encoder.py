@@ -10,9 +10,10 @@ bf16. Levers, each measured on its own in the same run:
 - hot_path: today's encode path (one pinned uint8 upload per batch, no identity resize, ids hashed before
             batching, no copies at batch 1), eager;
 - sdpa_cudnn / sdpa_flash: hot_path with SDPA restricted to one kernel (CUDA only);
-- compile_<mode>[_<scope>][_frozen][_cudnn]: hot_path under torch.compile, padded to batch buckets, compiled
-            at start (--compile-variants mode:scope[:frozen][:cudnn], scope "vit" or "encoder" = ViT + tracker
-            neck, frozen: inductor's freezing, `compile_freezing`; cudnn: `cudnn_benchmark`); a kernel
+- compile_<mode>[_<scope>][_frozen][_cudnn][_unfolded]: hot_path under torch.compile, padded to batch buckets,
+            compiled at start (--compile-variants mode:scope[:frozen][:cudnn][:unfolded], scope "vit" or
+            "encoder" = ViT + tracker neck, frozen: inductor's freezing, `compile_freezing`; cudnn:
+            `cudnn_benchmark`; unfolded: `encoder_folding` off, the patch conv and neck as transformers has them); a kernel
             profile of the last one (bench/gpu_profile.py: attention kernel names, matrix-multiply and
             Triton shares).
 - compile_<mode>[_<scope>]_graph (--cuda-graph): the same compiled variant with
@@ -132,7 +133,8 @@ def summary(report: dict) -> dict:
     when it was measured, else the same without the graphs, else the eager hot path."""
     levers = report.get("levers", {})
     d = Sam3Settings()
-    flags = [f for f, on in (("frozen", d.compile_freezing), ("cudnn", d.cudnn_benchmark)) if on]
+    flags = [f for f, on in (("frozen", d.compile_freezing), ("cudnn", d.cudnn_benchmark),
+                             ("unfolded", not d.encoder_folding)) if on]
     compiled = lever_name(d.compile_mode, d.compile_scope, flags)
     graphed = lever_name(d.compile_mode, d.compile_scope, flags, graph=True) if d.cuda_graph else None
     served = next((n for n in (graphed, compiled, "hot_path") if n and "encode_bs1" in levers.get(n, {})), None)
@@ -156,9 +158,9 @@ def main():
                     help="comma-separated torch.compile modes to measure ('' for none), e.g. "
                          "default,max-autotune-no-cudagraphs (autotuning takes minutes per batch size)")
     ap.add_argument("--compile-variants", default=None,
-                    help="instead of --compile-modes: comma-separated mode:scope[:frozen][:cudnn], e.g. "
+                    help="instead of --compile-modes: comma-separated mode:scope[:frozen][:cudnn][:unfolded], e.g. "
                          "default:vit,default:encoder,default:vit:frozen:cudnn (frozen: compile_freezing, "
-                         "cudnn: cudnn_benchmark)")
+                         "cudnn: cudnn_benchmark, unfolded: encoder_folding off)")
     ap.add_argument("--skip-before", action="store_true", help="skip the reproduced previous path")
     ap.add_argument("--skip-payload", action="store_true", help="skip the payload figures")
     ap.add_argument("--max-batch", type=int, default=16, help="the replica's max_batch_size: compiled buckets 1, 2, 4 .. this")
@@ -174,6 +176,9 @@ def main():
     ap.add_argument("--lever-scopes", default="vit",
                     help="comma-separated compile_scope values the --fp8/--fp8-tensor/--fp8-static/--fused-gelu "
                          "levers are compiled with, each its own run (vit, encoder)")
+    ap.add_argument("--percall-norm", action="store_true",
+                    help="each compiled and model lever measured a second time with the normalisation "
+                         "constants made per call, as before they were cached (lever <name>_percall_norm)")
     ap.add_argument("--lever-cudnn", action="store_true",
                     help="the --fp8/--fp8-tensor/--fp8-static/--fused-gelu levers with cudnn_benchmark "
                          "(compare with a :cudnn --compile-variants entry)")

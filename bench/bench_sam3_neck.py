@@ -1,8 +1,9 @@
 """The click decoder's features from the ViT output: the tracker neck called whole (four FPN levels and a
 sine position encoding per level, which transformers caches after the first call; as the encoder did
 before, bench/sam3_encoder_before.py) against `tracker_features`, which builds only the three levels the
-click decoder reads. Full-size tracker at random init (Sam3VideoConfig defaults: ViT output 1024 x 72 x 72);
-bf16 on CUDA, float32 on the CPU. The two run interleaved in one process, with the
+click decoder reads, and against those three levels folded (`folding.ClickNeck`, encoder_folding: fewer
+FLOPs, channels-last). Full-size tracker at random init (Sam3VideoConfig defaults: ViT output 1024 x 72 x 72);
+bf16 on CUDA, float32 on the CPU. The three run interleaved in one process, with the
 ops (CPU) or kernels (CUDA) each launches per call counted by torch.profiler, and their outputs compared.
 
     python -m bench.bench_sam3_neck --json-out bench/results/sam3_neck_cpu.json        # CPU
@@ -23,6 +24,7 @@ import torch
 from bench.gpu_timing import sync
 from bench.sam3_encoder_before import whole_neck_features
 from deployments.segmenter.sam3.encoder import tracker_features
+from deployments.segmenter.sam3.folding import ClickNeck
 
 
 def launches(fn, device) -> int:
@@ -61,19 +63,26 @@ def main() -> None:
     models = SimpleNamespace(tracker=tracker)
     hidden = config.vision_config.backbone_config.hidden_size
     grid = config.vision_config.backbone_config.image_size // config.vision_config.backbone_config.patch_size
-    spatial = torch.randn(args.batch, hidden, grid, grid, device=device, dtype=dtype)
-    paths = {"whole_neck": lambda: whole_neck_features(models, spatial), "three_levels": lambda: tracker_features(models, spatial)}
+    # The ViT's output as encode_core has it: token-major (a channels-last view) and an NCHW copy.
+    tokens = torch.randn(args.batch, grid, grid, hidden, device=device, dtype=dtype).permute(0, 3, 1, 2)
+    spatial = tokens.contiguous()
+    folded = ClickNeck(tracker, dtype)
+    paths = {"whole_neck": lambda: whole_neck_features(models, spatial),
+             "three_levels": lambda: tracker_features(models, spatial), "folded": lambda: folded(tokens)}
     report: dict = {"env": {"python": platform.python_version(), "torch": torch.__version__,
                             "device": torch.cuda.get_device_name() if args.cuda else platform.processor() or "cpu",
                             "dtype": str(dtype), "batch": args.batch, "vit_output": [hidden, grid, grid],
                             "build_s": round(build_s, 1)}}
     with torch.inference_mode():
-        a, b = paths["whole_neck"](), paths["three_levels"]()
+        a, b, c = paths["whole_neck"](), paths["three_levels"](), paths["folded"]()
         report["max_abs_difference"] = max(float((x.float() - y.float()).abs().max()) for x, y in zip(a, b))
+        # Folding changes the order of the sums (and, in bf16, where rounding happens): relative error per output.
+        report["folded_rel_error"] = [round(float((z.float() - y.float()).norm() / y.float().norm()), 6)
+                                      for y, z in zip(b, c)]
         for fn in paths.values():  # warm-up
             fn()
         times: dict[str, list[float]] = {name: [] for name in paths}
-        for _ in range(args.iters):  # interleaved: drift hits both alike
+        for _ in range(args.iters):  # interleaved: drift hits all alike
             for name, fn in paths.items():
                 sync(device)
                 t = time.perf_counter()
@@ -84,6 +93,7 @@ def main() -> None:
             report[name] = {"p50_ms": round(1000 * statistics.median(times[name]), 3),
                             "launches_per_call": launches(fn, device)}
     report["ratio_p50"] = round(report["whole_neck"]["p50_ms"] / report["three_levels"]["p50_ms"], 3)
+    report["folded_ratio_p50"] = round(report["three_levels"]["p50_ms"] / report["folded"]["p50_ms"], 3)
     print(json.dumps(report, indent=2))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")

@@ -9,6 +9,7 @@ import torch
 
 from deployments.segmenter.sam3 import embedding_codec
 from deployments.segmenter.sam3.encoder import ImageEmbedding, image_id
+from deployments.segmenter.sam3.folding import PatchMatmul, set_patch_matmul
 
 
 def whole_neck_features(models, spatial):
@@ -36,7 +37,13 @@ def encode_before(models, images):
         mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
         px = ((x - mean) / std).to(models.dtype)
-        hidden = models.detector.vision_encoder.backbone(px).last_hidden_state
+        backbone = models.detector.vision_encoder.backbone
+        folded = isinstance(backbone.embeddings.patch_embeddings.projection, PatchMatmul)
+        set_patch_matmul(backbone, False)  # the patch embedding as the conv it was
+        try:
+            hidden = backbone(px).last_hidden_state
+        finally:
+            set_patch_matmul(backbone, folded)
         grid = px.shape[-1] // models.detector.config.vision_config.backbone_config.patch_size
         spatial = hidden.reshape(hidden.shape[0], grid, grid, hidden.shape[-1]).permute(0, 3, 1, 2)
         f0, f1, emb = whole_neck_features(models, spatial)

@@ -4,6 +4,7 @@ the model levers that swap the ViT's modules (FP8 linears, the fused GELU) with 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import statistics
 import time
@@ -50,6 +51,28 @@ def measure_lever(name, encode, size, device, args, report):
     print("lever", name, json.dumps(out), flush=True)
     if args.json_out:  # as it goes: a run stopped by its time limit keeps what it measured
         Path(args.json_out).write_text(json.dumps(report, indent=2))
+
+
+@contextlib.contextmanager
+def percall_normalisation():
+    """pixel_values as it was before its normalisation constants were cached: two small tensors copied
+    from pageable host memory at every call, each copy waiting for the GPU's queued work."""
+    from deployments.segmenter.sam3 import encoder
+
+    cached = encoder._normalisation
+    encoder._normalisation = cached.__wrapped__
+    try:
+        yield
+    finally:
+        encoder._normalisation = cached
+
+
+def measure_percall_norm(name, encode, size, device, args, report):
+    """With --percall-norm: the lever measured again, the same compiled encoder, with percall_normalisation
+    (lever <name>_percall_norm): what caching the constants gained, side by side."""
+    if args.percall_norm:
+        with percall_normalisation():
+            measure_lever(f"{name}_percall_norm", encode, size, device, args, report)
 
 
 def first_request(settings, models, size, device, max_batch):
@@ -107,6 +130,7 @@ def model_lever(kind, args, base, bf16_backend, models, size, device, compile_ba
             print("lever", name, "failed:", report["levers"][name]["error"], flush=True)
             return
         measure_lever(name, backend.encode_batch, size, device, args, report)
+        measure_percall_norm(name, backend.encode_batch, size, device, args, report)
         if graph:
             graph_figures(name, backend, device, report)
         if device.type == "cuda":
@@ -165,7 +189,7 @@ def compiled_levers(args, base, models, size, device, compile_backend, report):
         name = lever_name(mode if compile_backend == "inductor" else compile_backend, scope, flags, graph)
         settings = Sam3Settings(**base, compile="on", compile_mode=mode, compile_backend=compile_backend,
                                 compile_scope=scope, cuda_graph=graph, compile_freezing="frozen" in flags,
-                                cudnn_benchmark="cudnn" in flags)
+                                cudnn_benchmark="cudnn" in flags, encoder_folding="unfolded" not in flags)
         torch.backends.cudnn.benchmark = False  # process-wide: a :cudnn variant must not carry into the next
         try:
             backend_c, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
@@ -179,6 +203,7 @@ def compiled_levers(args, base, models, size, device, compile_backend, report):
             report[f"first_request_{name}"]["cuda_graph_capture_s"] = stats.get("capture_s")
         print(f"first_request_{name}", json.dumps(report[f"first_request_{name}"]), flush=True)
         measure_lever(name, backend_c.encode_batch, size, device, args, report)
+        measure_percall_norm(name, backend_c.encode_batch, size, device, args, report)
         if graph:
             graph_figures(name, backend_c, device, report)
         if (variant, graph) == profiled:
@@ -191,7 +216,7 @@ def compiled_levers(args, base, models, size, device, compile_backend, report):
     models.compiled = None
 
 
-VARIANT_FLAGS = ("frozen", "cudnn")  # compile_freezing, cudnn_benchmark
+VARIANT_FLAGS = ("frozen", "cudnn", "unfolded")  # compile_freezing, cudnn_benchmark, encoder_folding off
 MODES = typing.get_args(Sam3Settings.model_fields["compile_mode"].annotation)
 SCOPES = typing.get_args(Sam3Settings.model_fields["compile_scope"].annotation)
 

@@ -83,6 +83,10 @@ class Sam3Settings(_Strict):
     # (torch.backends.cudnn.benchmark, for the whole replica process) instead of picking one by
     # heuristic: the ViT's 14x14 patch embedding and the neck's convolutions. On CUDA only.
     cudnn_benchmark: bool = False
+    # The ViT's patch embedding as one matrix multiply and the click decoder's neck with its
+    # back-to-back linear convolutions folded into one (deployments/segmenter/sam3/folding.py): the
+    # same function up to rounding, with fewer FLOPs and kernels. Off: the layers as transformers has them.
+    encoder_folding: bool = True
     # The ViT's linear layers in FP8 (deployments/segmenter/sam3/fp8_linear.py), scaled as vit_fp8_scaling says;
     # needs compute capability 8.9+ (Ada, Hopper). Off: bf16 as trained.
     vit_fp8: bool = False

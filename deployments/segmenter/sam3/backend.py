@@ -48,6 +48,7 @@ class Sam3Segmenter:
         max_batch_size: the largest encoder batch (EncoderBatching), for the compiled ViT."""
         self.settings = settings
         self.models = models if models is not None else load_sam3_models(settings)
+        self._fold(settings.encoder_folding)
         if settings.vit_fp8:
             from .fp8_linear import fp8_problem, use_fp8_linears  # torch at import: only when asked for
 
@@ -76,6 +77,15 @@ class Sam3Segmenter:
         self._count_lock = threading.Lock()
         self._onnx: LazyExport | None = None
         self._onnx_lock = threading.Lock()
+
+    def _fold(self, on: bool) -> None:
+        """The patch embedding as a matrix multiply and the click neck folded (folding.py), or both as
+        transformers defines them: set either way, since models passed in may come from another backend."""
+        from .folding import ClickNeck, set_patch_matmul  # torch at import
+
+        m = self.models
+        set_patch_matmul(m.detector.vision_encoder.backbone, on)
+        m.click_neck = ClickNeck(m.tracker, m.dtype) if on else None
 
     def set_max_batch_size(self, n: int) -> None:
         """Encoder batches of up to n images from now on: the compiled encoder compiles what it lacks."""
@@ -287,6 +297,7 @@ class Sam3Segmenter:
             "compiled_vit": None if m.compiled is None else {
                 "batch_sizes": list(m.compiled.buckets), "warmup_s": m.compiled.warmup_s, "mode": m.compiled.mode,
                 "scope": m.compiled.scope, "cuda_graph": m.compiled.graph_stats()},
+            "encoder_folding": m.click_neck is not None,
             "text_prompts": m.tokenizer is not None,
             "images_encoded": self.images_encoded,
             "encoder_batches": self.encoder_batches,

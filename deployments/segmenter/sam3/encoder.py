@@ -115,10 +115,19 @@ def pixel_values(models: Sam3Models, images: list[np.ndarray]):
                 t = t.round_().clamp_(0, 255)  # torchvision resizes uint8 images to uint8
             batch.append(t)
         x = torch.cat(batch)
-    x = x / 255.0
-    mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
-    return ((x - mean) / std).to(models.dtype)
+    mean, std = _normalisation(spec.mean, spec.std, device)
+    return ((x / 255.0 - mean) / std).to(models.dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _normalisation(mean: tuple[float, ...], std: tuple[float, ...], device):
+    """The mean and std as 1x3x1x1 float32 tensors on `device`, made once. Made per call, each would be a
+    copy from pageable host memory, which waits for all the work queued on the GPU: the encoder thread
+    then could not prepare the next batch while the previous one runs."""
+    import torch
+
+    with torch.inference_mode(False):  # ordinary tensors, usable in and out of inference mode
+        return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
 
 
 def tracker_features(models: Sam3Models, spatial):
@@ -149,12 +158,16 @@ def detector_vision_embeds(models: Sam3Models, spatial):
 def encode_core(models: Sam3Models, px, vit=None):
     """Normalised pixels B x 3 x S x S → (spatial B x C x g x g, high_res_feats_0, high_res_feats_1,
     image_embed): the ViT (`vit`, a callable like the backbone; the backbone itself when None) and the
-    tracker's neck. This is what compile.CompiledEncoder compiles (all of it, or the ViT alone)."""
+    tracker's neck (models.click_neck, its folded form, when set; tracker_features otherwise). This is what compile.CompiledEncoder compiles (all of it, or the ViT alone)."""
     backbone = models.detector.vision_encoder.backbone
     hidden = (backbone if vit is None else vit)(px).last_hidden_state  # B x g*g x C
     grid = px.shape[-1] // models.detector.config.vision_config.backbone_config.patch_size
-    spatial = hidden.reshape(hidden.shape[0], grid, grid, hidden.shape[-1]).permute(0, 3, 1, 2).contiguous()
-    feats_0, feats_1, embed = tracker_features(models, spatial)
+    tokens = hidden.reshape(hidden.shape[0], grid, grid, hidden.shape[-1]).permute(0, 3, 1, 2)  # channels-last
+    spatial = tokens.contiguous()
+    if models.click_neck is not None:  # folding.ClickNeck: reads the channels-last view as it is
+        feats_0, feats_1, embed = models.click_neck(tokens)
+    else:
+        feats_0, feats_1, embed = tracker_features(models, spatial)
     return spatial, feats_0, feats_1, embed
 
 

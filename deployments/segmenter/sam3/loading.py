@@ -58,6 +58,7 @@ class Sam3Models:
     source: str
     notes: list[str] = field(default_factory=list)
     compiled: Any = None  # the encoder under torch.compile (compile.CompiledEncoder); None: eager
+    click_neck: Any = None  # the tracker neck's levels folded (folding.ClickNeck); None: as transformers has them
 
     @property
     def input_size(self) -> int:
