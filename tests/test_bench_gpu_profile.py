@@ -35,6 +35,7 @@ def test_idle_gaps_name_the_host_work_inside_them():
     ]
     out = idle_gaps(events, runs=2)
     assert out["gpu_idle_ms_per_run"] == 0.25  # (300 + 200) µs over two runs
+    assert out["gpu_small_gaps_ms_per_run"] == 0.005  # d's 10 µs
     assert [g["us"] for g in out["idle_gaps"]] == [300, 200]
     assert out["idle_gaps"][0]["host_doing"] == ["cudaStreamSynchronize", "encode_batch"]
     assert out["idle_gaps"][1]["host_doing"] == ["numpy copy", "encode_batch"]
