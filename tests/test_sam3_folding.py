@@ -128,3 +128,16 @@ def test_one_shared_model_follows_the_last_backends_setting(ckpt):
     Sam3Segmenter(Sam3Settings(**common, encoder_folding=False), models=folded.models)
     projection = folded.models.detector.vision_encoder.backbone.embeddings.patch_embeddings.projection
     assert folded.models.click_neck is None and type(projection) is nn.Conv2d
+
+
+@pytest.mark.gpu
+def test_folded_on_cuda_in_bf16_keeps_the_masks(ckpt):
+    """On CUDA with the defaults around it (bf16, compiled, frozen, CUDA graphs): cuDNN's channels-last
+    convolutions and the matrix-multiply patch embedding round differently from the layers they replace,
+    and nothing more."""
+    common = {"local_dir": str(ckpt), "device": "cuda", "score_threshold": 0.0, "embedding_cache_mb": 0}
+    plain = Sam3Segmenter(Sam3Settings(**common, encoder_folding=False), max_batch_size=1)
+    folded = Sam3Segmenter(Sam3Settings(**common), max_batch_size=1)
+    assert folded.describe()["encoder_folding"] and folded.describe()["compiled_vit"]["cuda_graph"]["batch_sizes"] == [1]
+    worst, agree = mask_agreement(plain, folded)
+    assert worst < 0.05 and agree >= 0.99, (worst, agree)
