@@ -94,6 +94,7 @@ from bench.sam3_encoder_before import encode_before, one_deflate_thread, payload
 from deployments.segmenter.sam3 import embedding_codec  # noqa: E402
 from bench.sam3_encoder_levers import (MODEL_LEVERS, SCOPES, bad_variant, compiled_levers,  # noqa: E402
                                        first_request, fresh_images, lever_name, measure_lever, model_lever)
+from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
 from sam3d_common.settings import Sam3Settings  # noqa: E402
 from tests.support.sam3_fidelity import codec_fidelity, random_prompts  # noqa: E402
 from tests.support.sam3_testing import random_init_models, tiny_video_config  # noqa: E402
@@ -176,6 +177,8 @@ def main():
     ap.add_argument("--lever-scopes", default="vit",
                     help="comma-separated compile_scope values the --fp8/--fp8-tensor/--fp8-static/--fused-gelu "
                          "levers are compiled with, each its own run (vit, encoder)")
+    ap.add_argument("--eager-unfolded", action="store_true",
+                    help="also the eager hot path with encoder_folding off (lever hot_path_unfolded), at the end")
     ap.add_argument("--percall-norm", action="store_true",
                     help="each compiled and model lever measured a second time with the normalisation "
                          "constants made per call, as before they were cached (lever <name>_percall_norm)")
@@ -258,6 +261,9 @@ def main():
             for scope in args.lever_scopes.split(","):
                 model_lever(kind, args, base, backend, models, size, device, compile_backend, report, scope)
 
+    if args.eager_unfolded:  # last: it leaves the shared model unfolded
+        eager_unfolded = Sam3Segmenter(Sam3Settings(**base, compile="off", encoder_folding=False), models=models)
+        measure_lever("hot_path_unfolded", eager_unfolded.encode_batch, size, device, args, report)
     if device.type == "cuda":
         report["peak_mb_total"] = round(torch.cuda.max_memory_allocated() / 2**20)
     before = report["levers"].get("before") or report["levers"]["hot_path"]
