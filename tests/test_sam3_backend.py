@@ -310,6 +310,41 @@ def test_preprocessing_uploads_once_and_skips_the_identity_resize(seg):
         assert torch.equal(pixel_values(m, images), _pixel_values_reference(m, images))
 
 
+def test_normalisation_constants_are_made_once(seg):
+    """pixel_values reuses its mean/std tensors: made per call on CUDA, each would be a copy from pageable
+    memory that waits for the GPU's queued work (the next test checks that on a GPU)."""
+    from deployments.segmenter.sam3.encoder import _normalisation
+
+    m = seg.models
+    pixel_values(m, [photo(seed=6)])
+    made = _normalisation.cache_info().misses
+    pixel_values(m, [photo(seed=7)])
+    pixel_values(m, [photo(seed=8)])
+    assert _normalisation.cache_info().misses == made
+    mean, std = _normalisation(m.pixels.mean, m.pixels.std, m.device)
+    assert mean is _normalisation(m.pixels.mean, m.pixels.std, m.device)[0] and not mean.is_inference()
+
+
+@pytest.mark.gpu
+def test_encode_batch_on_cuda_never_waits_for_the_gpu(ckpt):
+    """The encoder thread only queues work: no call in encode_batch synchronises with the GPU (a pageable
+    copy, .item(), a stream sync), so it can prepare the next batch while one runs. torch's sync debug
+    mode turns any such call into an error; compiled and graphed, as the defaults run on CUDA."""
+    gpu = Sam3Segmenter(Sam3Settings(local_dir=str(ckpt), device="cuda", embedding_cache_mb=0), max_batch_size=2)
+    size = gpu.models.pixels.size
+    batches = [[photo(size, size, seed=1)], [photo(size, size, seed=2), photo(90, 70, seed=3)]]
+    for images in batches:  # once before: anything lazily made on a first call is made now
+        gpu.encode_batch(images, [f"w{i}" for i in range(len(images))])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for images in batches:
+            out = gpu.encode_batch(images, [f"e{i}" for i in range(len(images))])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert len(out) == 2 and out[1].original_size == (90, 70)
+
+
 def test_encode_batch_hashes_only_without_ids(seg, monkeypatch):
     """With ids (the deployment's path) the encoder thread hashes nothing; a batch of one is not copied."""
     from deployments.segmenter.sam3 import backend as sam3_module
