@@ -30,6 +30,10 @@ bf16. Levers, each measured on its own in the same run:
             --lever-scopes), with a batch-1 kernel profile and
             the agreement with the bf16 model (backbone relative error, click-mask IoU; random weights);
             the swapped modules are put back after.
+- <lever>_percall_norm (--percall-norm): each compiled and model lever measured again, the same compiled
+            encoder, with the normalisation constants copied to the GPU at every call as before they were
+            cached (each copy waits for the GPU's queued work);
+- hot_path_unfolded (--eager-unfolded): the eager hot path with `encoder_folding` off, measured last.
 The payload: the previous codec (float64 statistics, zlib default strategy, from float32 host copies)
 against today's (quantised on the device, float32 statistics, Huffman-only deflate).
 
