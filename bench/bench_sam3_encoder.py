@@ -94,7 +94,8 @@ REAL_SERVE = stub_ray_serve_if_missing()  # before the segmenter package imports
 import torch  # noqa: E402
 
 from bench.gpu_timing import ms, sync, timed  # noqa: E402
-from bench.sam3_encoder_before import encode_before, one_deflate_thread, payload_before  # noqa: E402
+from bench.sam3_encoder_before import (conv_patch_embedding, encode_before, one_deflate_thread,  # noqa: E402
+                                      payload_before)
 from deployments.segmenter.sam3 import embedding_codec  # noqa: E402
 from bench.sam3_encoder_levers import (MODEL_LEVERS, SCOPES, bad_variant, compiled_levers,  # noqa: E402
                                        first_request, fresh_images, lever_name, measure_lever, model_lever)
@@ -240,7 +241,8 @@ def main():
     print("first_request_eager", json.dumps(report["first_request_eager"]), flush=True)
     hot = backend.encode_batch
     if not args.skip_before:
-        measure_lever("before", lambda ims, ids: encode_before(models, ims), size, device, args, report)
+        with conv_patch_embedding(models):
+            measure_lever("before", lambda ims, ids: encode_before(models, ims), size, device, args, report)
     measure_lever("hot_path", hot, size, device, args, report)
     if device.type == "cuda" and not args.skip_sdpa:
         from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -2,6 +2,7 @@
 bench/bench_sam3_encoder.py can measure them beside today's in the same run."""
 from __future__ import annotations
 
+import contextlib
 import zlib
 
 import numpy as np
@@ -21,8 +22,22 @@ def whole_neck_features(models, spatial):
             fpn[2] + trk.no_memory_embedding.reshape(1, -1, 1, 1))
 
 
+@contextlib.contextmanager
+def conv_patch_embedding(models):
+    """While inside, the ViT's patch embedding is the conv it was before `encoder_folding` (put back after):
+    swapped once around the measurement of encode_before, not at each of its calls."""
+    backbone = models.detector.vision_encoder.backbone
+    folded = isinstance(backbone.embeddings.patch_embeddings.projection, PatchMatmul)
+    set_patch_matmul(backbone, False)
+    try:
+        yield
+    finally:
+        set_patch_matmul(backbone, folded)
+
+
 def encode_before(models, images):
-    """The encode path before issue 16: hash, per-image upload + resize, contiguous + clone per tensor."""
+    """The encode path before issue 16: hash, per-image upload + resize, contiguous + clone per tensor
+    (run it inside conv_patch_embedding for the patch embedding as it was)."""
     import torch.nn.functional as F
 
     ids = [image_id(im) for im in images]
@@ -37,13 +52,7 @@ def encode_before(models, images):
         mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
         px = ((x - mean) / std).to(models.dtype)
-        backbone = models.detector.vision_encoder.backbone
-        folded = isinstance(backbone.embeddings.patch_embeddings.projection, PatchMatmul)
-        set_patch_matmul(backbone, False)  # the patch embedding as the conv it was
-        try:
-            hidden = backbone(px).last_hidden_state
-        finally:
-            set_patch_matmul(backbone, folded)
+        hidden = models.detector.vision_encoder.backbone(px).last_hidden_state
         grid = px.shape[-1] // models.detector.config.vision_config.backbone_config.patch_size
         spatial = hidden.reshape(hidden.shape[0], grid, grid, hidden.shape[-1]).permute(0, 3, 1, 2)
         f0, f1, emb = whole_neck_features(models, spatial)

@@ -81,7 +81,8 @@ class Sam3Settings(_Strict):
     cuda_graph: bool = True
     # cuDNN times its convolution algorithms once per input shape and keeps the fastest
     # (torch.backends.cudnn.benchmark, for the whole replica process) instead of picking one by
-    # heuristic: the ViT's 14x14 patch embedding and the neck's convolutions. On CUDA only.
+    # heuristic: the neck's convolutions (and, with encoder_folding off, the ViT's 14x14 patch
+    # embedding). On CUDA only.
     cudnn_benchmark: bool = False
     # The ViT's patch embedding as one matrix multiply and the click decoder's neck with its
     # back-to-back linear convolutions folded into one (deployments/segmenter/sam3/folding.py): the
