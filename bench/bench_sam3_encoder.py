@@ -73,7 +73,10 @@ with --compile-modes in a run of their own if needed.
 
 Ray Serve is optional (bench/serve_batch_standin.py): without it, `ray.serve` is stubbed so the deployment
 module imports, and the "serve_batch" figures come from an asyncio stand-in with @serve.batch's rule (a batch
-closes when full or `batch_wait_timeout_s` after its first request); the report says which one ran. The
+closes when full or `batch_wait_timeout_s` after its first request); the report says which one ran. Each
+lever's serve figures come once per --serve-modes entry: "pipelined" as the Segmenter deployment runs its
+batches (two at once, each until its GPU work is done) and "enqueue" as it did before (serve_batch_enqueue).
+The
 previous version of this script (ONNX decoder, prompt latencies) is bench/bench_sam3_encoder_v1.py.
 """
 from __future__ import annotations
@@ -87,7 +90,7 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from bench.serve_batch_standin import stub_ray_serve_if_missing  # noqa: E402
+from bench.serve_batch_standin import SERVE_MODES, stub_ray_serve_if_missing  # noqa: E402
 
 REAL_SERVE = stub_ray_serve_if_missing()  # before the segmenter package imports ray.serve
 
@@ -160,6 +163,9 @@ def main():
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--serve-max-batch", type=int, default=8)
     ap.add_argument("--wait-s", type=float, default=0.01)
+    ap.add_argument("--serve-modes", default="pipelined,enqueue",
+                    help=f"how @serve.batch hands batches to the encoder, each measured ({', '.join(SERVE_MODES)}; "
+                         "bench/serve_batch_standin.py); the first is the table's serve figure")
     ap.add_argument("--compile-modes", default="default",
                     help="comma-separated torch.compile modes to measure ('' for none), e.g. "
                          "default,max-autotune-no-cudagraphs (autotuning takes minutes per batch size)")
@@ -209,6 +215,8 @@ def main():
         ap.error(f"--compile-variants: {bad}")
     if bad := set(args.lever_scopes.split(",")) - set(SCOPES):
         ap.error(f"--lever-scopes: {', '.join(sorted(bad))} is not a compile_scope {SCOPES}")
+    if bad := set(args.serve_modes.split(",")) - set(SERVE_MODES):
+        ap.error(f"--serve-modes: {', '.join(sorted(bad))} is not one of {SERVE_MODES}")
     args.batch_sizes = [int(b) for b in args.batches.split(",") if b]
     args.real_serve = REAL_SERVE and not args.standin
     device_name, dtype = ("cpu", "float32") if args.cpu else ("cuda", "bfloat16")

@@ -44,9 +44,11 @@ def measure_lever(name, encode, size, device, args, report):
                                  "batch_ms": round(1000 * statistics.median(times), 2),
                                  "peak_mb": peak_mb(device, lambda: encode(batch, ids))}
     images = fresh_images(args.requests, size, 100)
-    out["serve_batch"] = asyncio.run(serve_batch_run(encode, images, args.concurrency, args.serve_max_batch, args.wait_s,
-                                                     key=image_id, real_serve=args.real_serve))
-    out["serve_batch"].update(max_batch=args.serve_max_batch, concurrency=args.concurrency)
+    for i, mode in enumerate(args.serve_modes.split(",")):  # the first is the table's "serve_batch"
+        run = asyncio.run(serve_batch_run(encode, images, args.concurrency, args.serve_max_batch, args.wait_s,
+                                          key=image_id, real_serve=args.real_serve, mode=mode))
+        out["serve_batch" if i == 0 else f"serve_batch_{mode}"] = {
+            **run, "max_batch": args.serve_max_batch, "concurrency": args.concurrency}
     report["levers"][name] = out
     print("lever", name, json.dumps(out), flush=True)
     if args.json_out:  # as it goes: a run stopped by its time limit keeps what it measured

@@ -1,8 +1,10 @@
 """@serve.batch for benchmarks run without a Serve cluster: the real decorator when Ray Serve imports (with
 the replica context a replica would set), else an asyncio stand-in with its rules: a batch closes when full
-or `batch_wait_timeout_s` after its first request, and batches run one at a time in the order they closed
-(@serve.batch's default max_concurrent_batches=1, which the Segmenter deployment keeps), the next one
-forming while one runs. Where Ray Serve does not import at all, a stub
+or `batch_wait_timeout_s` after its first request, and at most `max_concurrent_batches` run at once, in the
+order they closed, the next one forming while they run. Two ways to hand a batch to the encoder:
+"pipelined", as the Segmenter deployment does (two batches at once, each holding its slot until its GPU
+work is done), and "enqueue", as it did before (one at a time, a batch done once its kernels are queued,
+each request then waiting for the GPU work queued so far). Where Ray Serve does not import at all, a stub
 `ray.serve` with the decorators applied at import time lets the deployment modules import."""
 from __future__ import annotations
 
@@ -63,11 +65,22 @@ def stub_ray_serve_if_missing() -> bool:
     return False
 
 
+SERVE_MODES = ("pipelined", "enqueue")
+
+
 async def serve_batch_run(encode: Callable, images: list, concurrency: int, max_batch: int, wait_s: float,
-                          key: Callable[[Any], str], real_serve: bool) -> dict:
+                          key: Callable[[Any], str], real_serve: bool, mode: str = "pipelined") -> dict:
     """Distinct images, `concurrency` in flight; each request computes its key in a thread (as the
     deployment hashes its image), then joins a batch: the real @serve.batch when `real_serve`, else the
-    stand-in. encode(images, keys) runs each batch on a worker thread."""
+    stand-in. encode(images, keys) runs each batch on a worker thread; `mode` (SERVE_MODES) says how the
+    batch handler waits for the GPU (module docstring)."""
+    from deployments.segmenter import ENCODER_CONCURRENT_BATCHES
+    from deployments.segmenter.sam3.encoder import finished
+
+    if mode not in SERVE_MODES:
+        raise ValueError(f"mode {mode!r} is not one of {SERVE_MODES}")
+    pipelined = mode == "pipelined"
+    concurrent = ENCODER_CONCURRENT_BATCHES if pipelined else 1
     sizes, lat = [], []
 
     def run(batch_items):
@@ -75,25 +88,31 @@ async def serve_batch_run(encode: Callable, images: list, concurrency: int, max_
         ids, ims = zip(*batch_items)
         return encode(list(ims), list(ids))
 
+    async def handle(items):
+        out = await asyncio.to_thread(run, items)
+        if pipelined:
+            await finished(out)
+        return out
+
     if real_serve:
         from ray import serve
 
         class Host:
-            @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=wait_s)
+            @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=wait_s, max_concurrent_batches=concurrent)
             async def go(self, items):
-                return await asyncio.to_thread(run, items)
+                return await handle(items)
 
         host = Host()
-        install_replica_context(host, max(16, concurrency))
+        install_replica_context(host, max(max_batch * concurrent, concurrency))
         submit = host.go
     else:
         queue: asyncio.Queue = asyncio.Queue()
-        one_at_a_time = asyncio.Semaphore(1)  # max_concurrent_batches=1; its waiters are served in order
+        slots = asyncio.Semaphore(concurrent)  # max_concurrent_batches; its waiters are served in order
         loop = asyncio.get_running_loop()
 
         async def execute(batch):
-            async with one_at_a_time:
-                out = await asyncio.to_thread(run, [item for item, _ in batch])
+            async with slots:
+                out = await handle([item for item, _ in batch])
             for (_, fut), res in zip(batch, out):
                 fut.set_result(res)
 
@@ -124,7 +143,8 @@ async def serve_batch_run(encode: Callable, images: list, concurrency: int, max_
             t = time.perf_counter()
             item_key = await asyncio.to_thread(key, img)
             await submit((item_key, img))
-            await gpu_work_done(0.0005)
+            if not pipelined:  # the handler returned once the batch was queued: its result exists later
+                await gpu_work_done(0.0005)
             lat.append(time.perf_counter() - t)
 
     await asyncio.gather(*(one(im) for im in images[:max_batch]))  # warm-up
@@ -135,7 +155,7 @@ async def serve_batch_run(encode: Callable, images: list, concurrency: int, max_
     if not real_serve:
         former.cancel()
     return {"images_per_s": round(len(images) / wall, 2), "mean_batch": round(float(np.mean(sizes)), 2),
-            "latency": ms(lat), "real_serve_batch": real_serve}
+            "latency": ms(lat), "real_serve_batch": real_serve, "mode": mode, "max_concurrent_batches": concurrent}
 
 
 def install_replica_context(host, max_ongoing: int):

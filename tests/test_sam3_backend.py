@@ -18,7 +18,7 @@ from deployments.segmenter import Segmenter  # noqa: E402
 from deployments.segmenter.base import Box, Point, SegmentPrompt  # noqa: E402
 from deployments.segmenter.sam3.embedding_cache import EmbeddingCache  # noqa: E402
 from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
-from deployments.segmenter.sam3.encoder import detector_vision_embeds, pixel_values  # noqa: E402
+from deployments.segmenter.sam3.encoder import detector_vision_embeds, finished, pixel_values  # noqa: E402
 from tests.support.sam3_testing import write_tiny_checkpoint  # noqa: E402
 from sam3d_common.settings import Sam3Settings  # noqa: E402
 
@@ -343,6 +343,27 @@ def test_encode_batch_on_cuda_never_waits_for_the_gpu(ckpt):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert len(out) == 2 and out[1].original_size == (90, 70)
+    assert out[0].ready is out[1].ready  # one event per batch, recorded after its last copy
+    asyncio.run(finished(out))
+    assert out[0].ready.query()
+
+
+def test_finished_waits_for_every_ready_event(seg):
+    """finished() returns once each embedding's event says done; CPU embeddings carry none."""
+    assert seg.encode_batch([photo(seed=8)], ["cpu"])[0].ready is None
+
+    class Event:
+        def __init__(self, polls):
+            self.polls = polls
+
+        def query(self):
+            self.polls -= 1
+            return self.polls < 0
+
+    first, second = Event(3), Event(5)
+    items = [type("E", (), {"ready": e})() for e in (first, second, second)] + [object()]
+    asyncio.run(finished(items, poll_s=0.0))
+    assert first.polls == -1 and second.polls == -1  # each polled until done, the shared one once through
 
 
 def test_encode_batch_hashes_only_without_ids(seg, monkeypatch):

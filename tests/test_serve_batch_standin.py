@@ -1,6 +1,6 @@
 """The benchmarks' asyncio stand-in for @serve.batch keeps the decorator's rules: batches close when full
-(or wait_s after their first request) and run one at a time, as the Segmenter deployment's
-@serve.batch (max_concurrent_batches=1) runs them."""
+(or wait_s after their first request), at most max_concurrent_batches run at once, and in "pipelined" mode
+(the Segmenter deployment's) a batch holds its slot until its GPU work is done."""
 from __future__ import annotations
 
 import asyncio
@@ -12,9 +12,11 @@ import pytest
 pytest.importorskip("torch")
 
 from bench.serve_batch_standin import serve_batch_run  # noqa: E402
+from deployments.segmenter import ENCODER_CONCURRENT_BATCHES  # noqa: E402
 
 
-def test_standin_runs_one_batch_at_a_time_and_fills_them_under_load():
+@pytest.mark.parametrize("mode, most_expected", [("pipelined", ENCODER_CONCURRENT_BATCHES), ("enqueue", 1)])
+def test_standin_runs_batches_as_the_mode_says_and_fills_them_under_load(mode, most_expected):
     running, most, sizes = 0, 0, []
     guard = threading.Lock()
 
@@ -29,8 +31,49 @@ def test_standin_runs_one_batch_at_a_time_and_fills_them_under_load():
         sizes.append(len(images))
         return list(ids)
 
-    out = asyncio.run(serve_batch_run(encode, list(range(48)), 32, 8, 0.01, key=str, real_serve=False))
-    assert most == 1  # never two batches on the "device" at once
+    out = asyncio.run(serve_batch_run(encode, list(range(48)), 32, 8, 0.01, key=str, real_serve=False, mode=mode))
+    assert most == most_expected  # never more batches in the encoder at once than the mode allows
     assert max(sizes) == 8 and sum(sizes) == 8 + 48  # the warm-up's 8, then every request once
     assert out["mean_batch"] >= 6  # 32 in flight: the batches fill (8.0 unless the machine stalls a request)
-    assert not out["real_serve_batch"]
+    assert not out["real_serve_batch"] and out["mode"] == mode
+
+
+class _Done:
+    """A stand-in CUDA event: done `after_s` after the batch was queued."""
+
+    def __init__(self, after_s: float):
+        self.at = time.perf_counter() + after_s
+
+    def query(self) -> bool:
+        return time.perf_counter() >= self.at
+
+
+class _Embedding:
+    def __init__(self, ready):
+        self.ready = ready
+
+
+@pytest.mark.parametrize("mode", ["pipelined", "enqueue"])
+def test_pipelined_batches_hold_their_slot_until_their_gpu_work_is_done(mode):
+    """encode() returns at once (kernels queued) and its results are ready 30 ms later (a "GPU" that runs
+    batches one after another). Pipelined: when a batch starts, at most one earlier batch is still
+    unfinished, so the next batch forms from what arrived meanwhile. Enqueue: the handler lets batches pile
+    up on the device."""
+    gpu_free_at = [0.0]
+    unfinished_at_start = []
+    events = []
+
+    def encode(images, ids):
+        now = time.perf_counter()
+        unfinished_at_start.append(sum(not e.query() for e in events))
+        start = max(now, gpu_free_at[0])
+        gpu_free_at[0] = start + 0.03
+        event = _Done(gpu_free_at[0] - now)
+        events.append(event)
+        return [_Embedding(event) for _ in ids]
+
+    asyncio.run(serve_batch_run(encode, list(range(64)), 32, 8, 0.01, key=str, real_serve=False, mode=mode))
+    if mode == "pipelined":
+        assert max(unfinished_at_start) == ENCODER_CONCURRENT_BATCHES - 1
+    else:
+        assert max(unfinished_at_start) >= 2

@@ -32,6 +32,12 @@ __all__ = [
 ]
 log = logging.getLogger(__name__)
 
+# @serve.batch's max_concurrent_batches for the encoder (a decorator argument; Serve has no setter for it).
+# Each batch holds its slot until its GPU work is done (sam3.encoder.finished): one batch runs on the GPU
+# while the next is formed, copied to the device and queued behind it, so the GPU never waits for the
+# host and every batch is formed from the requests that arrived while the previous one ran.
+ENCODER_CONCURRENT_BATCHES = 2
+
 
 def make_backend(settings: SegmenterSettings, batching: EncoderBatching | None = None) -> SegmenterBackend:
     if settings.backend == "grabcut":
@@ -167,12 +173,17 @@ class Segmenter:
 
     # ---- internals ----------------------------------------------------------------------------------
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, max_concurrent_batches=ENCODER_CONCURRENT_BATCHES)
     async def _encode_batched(self, items: list[tuple[str, np.ndarray]]) -> list:
-        """One encoder pass over every image that arrived within the wait window (EncoderBatching)."""
+        """One encoder pass over every image that arrived within the wait window (EncoderBatching),
+        returned once the GPU has computed it (so the batch's slot is held while it runs)."""
+        from .sam3.encoder import finished
+
         ids = [key for key, _ in items]
         images = [image for _, image in items]
-        return await asyncio.to_thread(self.backend.encode_batch, images, ids)
+        out = await asyncio.to_thread(self.backend.encode_batch, images, ids)
+        await finished(out)
+        return out
 
     async def _embedding(self, image: np.ndarray):
         """(ImageEmbedding, encoded now?) — the cache first, then one shared encoder run per image.

@@ -1,6 +1,7 @@
 """SAM 3 image encoding: one ViT pass per image feeds both the click decoder and the concept detector."""
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ class ImageEmbedding:
     backbone: 1xCxgxg ViT output (the concept detector's FPN is rebuilt from it on demand);
     image_embed, high_res_feats_0, high_res_feats_1: the click decoder's inputs (tracker FPN levels 72², 288²
     and 144² for the full model). All on the model's device, in the model's dtype.
+    ready: on CUDA, an event recorded after the encoder pass that made these tensors (`finished` waits
+    for it); None on the CPU, where they exist when encode_batch returns.
     """
 
     embedding_id: str
@@ -27,6 +30,7 @@ class ImageEmbedding:
     image_embed: object
     high_res_feats_0: object
     high_res_feats_1: object
+    ready: object = None
 
     @property
     def nbytes(self) -> int:
@@ -191,7 +195,7 @@ def encode_images(models: Sam3Models, images: list[np.ndarray], ids: list[str]) 
             own = lambda t, i: t  # noqa: E731 - the whole batch is this image's
         else:
             own = lambda t, i: t[i : i + 1].clone()  # noqa: E731
-        return [
+        out = [
             ImageEmbedding(
                 embedding_id=ids[i],
                 original_size=(int(image.shape[0]), int(image.shape[1])),
@@ -202,3 +206,20 @@ def encode_images(models: Sam3Models, images: list[np.ndarray], ids: list[str]) 
             )
             for i, image in enumerate(images)
         ]
+        if px.is_cuda:  # after the last copy above: the batch's work, queued on this thread's stream
+            ready = torch.cuda.Event()
+            ready.record()
+            for embedding in out:
+                embedding.ready = ready
+        return out
+
+
+async def finished(embeddings, poll_s: float = 0.0005) -> None:
+    """Return once the GPU has computed `embeddings` (their `ready` events), polling every `poll_s`
+    without blocking the event loop. At once for embeddings without an event (CPU) or objects that have
+    none. The Segmenter's batch handler awaits this, so that a batch counts as running until its GPU work
+    is done, not only until its kernels are queued."""
+    events = {id(e): e for e in (getattr(x, "ready", None) for x in embeddings) if e is not None}
+    for event in events.values():
+        while not event.query():
+            await asyncio.sleep(poll_s)
