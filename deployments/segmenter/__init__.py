@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 # @serve.batch's max_concurrent_batches for the encoder (a decorator argument; Serve has no setter for it).
 # Each batch holds its slot until its GPU work is done (sam3.encoder.finished): one batch runs on the GPU
-# while the next is formed, copied to the device and queued behind it, so the GPU never waits for the
-# host and every batch is formed from the requests that arrived while the previous one ran.
+# while the next is formed, copied to the device and queued behind it, so the GPU need not wait for the
+# host between batches, and each batch is formed from the requests that arrived while the previous ran.
 ENCODER_CONCURRENT_BATCHES = 2
 
 
