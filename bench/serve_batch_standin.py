@@ -13,7 +13,7 @@ import importlib
 import sys
 import time
 import types
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 
@@ -69,11 +69,13 @@ SERVE_MODES = ("pipelined", "enqueue")
 
 
 async def serve_batch_run(encode: Callable, images: list, concurrency: int, max_batch: int, wait_s: float,
-                          key: Callable[[Any], str], real_serve: bool, mode: str = "pipelined") -> dict:
+                          key: Callable[[Any], str], real_serve: bool, mode: str = "pipelined",
+                          queued_work_done: Callable[[], Awaitable] | None = None) -> dict:
     """Distinct images, `concurrency` in flight; each request computes its key in a thread (as the
     deployment hashes its image), then joins a batch: the real @serve.batch when `real_serve`, else the
     stand-in. encode(images, keys) runs each batch on a worker thread; `mode` (SERVE_MODES) says how the
-    batch handler waits for the GPU (module docstring)."""
+    batch handler waits for the GPU (module docstring). queued_work_done: what an "enqueue" request awaits
+    after its batch returns (default: the CUDA work queued so far, gpu_timing.gpu_work_done)."""
     from deployments.segmenter import ENCODER_CONCURRENT_BATCHES
     from deployments.segmenter.sam3.encoder import finished
 
@@ -144,7 +146,7 @@ async def serve_batch_run(encode: Callable, images: list, concurrency: int, max_
             item_key = await asyncio.to_thread(key, img)
             await submit((item_key, img))
             if not pipelined:  # the handler returned once the batch was queued: its result exists later
-                await gpu_work_done(0.0005)
+                await (queued_work_done() if queued_work_done else gpu_work_done(0.0005))
             lat.append(time.perf_counter() - t)
 
     await asyncio.gather(*(one(im) for im in images[:max_batch]))  # warm-up

@@ -77,3 +77,24 @@ def test_pipelined_batches_hold_their_slot_until_their_gpu_work_is_done(mode):
         assert max(unfinished_at_start) == ENCODER_CONCURRENT_BATCHES - 1
     else:
         assert max(unfinished_at_start) >= 2
+
+
+@pytest.mark.parametrize("mode", ["pipelined", "enqueue"])
+def test_enqueue_requests_wait_for_the_queued_work_and_pipelined_ones_for_their_batch(mode):
+    """The simulated asynchronous device of bench/bench_serve_batch_standin.py: an "enqueue" request
+    awaits all the work queued so far (the hook), a "pipelined" one only its own batch (in the handler)."""
+    from bench.bench_serve_batch_standin import AsyncDevice
+
+    device = AsyncDevice(call_ms=1.0, image_ms=2.0, host_ms=0.1)
+    hooks = []
+
+    async def queued_work_done():
+        queued_until = device.free_at
+        hooks.append(queued_until)
+        await device.queued_work_done()
+        assert time.perf_counter() >= queued_until
+
+    out = asyncio.run(serve_batch_run(device.encode, list(range(24)), 8, 4, 0.01, key=str, real_serve=False,
+                                      mode=mode, queued_work_done=queued_work_done))
+    assert len(hooks) == (4 + 24 if mode == "enqueue" else 0)  # warm-up and run, every request once
+    assert out["mean_batch"] >= 3
