@@ -76,8 +76,7 @@ module imports, and the "serve_batch" figures come from an asyncio stand-in with
 closes when full or `batch_wait_timeout_s` after its first request); the report says which one ran. Each
 lever's serve figures come once per --serve-modes entry: "pipelined" as the Segmenter deployment runs its
 batches (two at once, each until its GPU work is done) and "enqueue" as it did before (serve_batch_enqueue).
-The
-previous version of this script (ONNX decoder, prompt latencies) is bench/bench_sam3_encoder_v1.py.
+The previous version of this script (ONNX decoder, prompt latencies) is bench/bench_sam3_encoder_v1.py.
 """
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ async def serve_batch_run(encode: Callable, images: list, concurrency: int, max_
     batch handler waits for the GPU (module docstring). queued_work_done: what an "enqueue" request awaits
     after its batch returns (default: the CUDA work queued so far, gpu_timing.gpu_work_done)."""
     from deployments.segmenter import ENCODER_CONCURRENT_BATCHES
-    from deployments.segmenter.sam3.encoder import finished
+    from deployments.segmenter.sam3.encoder import encode_until_done
 
     if mode not in SERVE_MODES:
         raise ValueError(f"mode {mode!r} is not one of {SERVE_MODES}")
@@ -90,11 +90,8 @@ async def serve_batch_run(encode: Callable, images: list, concurrency: int, max_
         ids, ims = zip(*batch_items)
         return encode(list(ims), list(ids))
 
-    async def handle(items):
-        out = await asyncio.to_thread(run, items)
-        if pipelined:
-            await finished(out)
-        return out
+    async def handle(items):  # pipelined: the deployment's own handler
+        return await (encode_until_done(run, items) if pipelined else asyncio.to_thread(run, items))
 
     if real_serve:
         from ray import serve

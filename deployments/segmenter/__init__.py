@@ -177,13 +177,11 @@ class Segmenter:
     async def _encode_batched(self, items: list[tuple[str, np.ndarray]]) -> list:
         """One encoder pass over every image that arrived within the wait window (EncoderBatching),
         returned once the GPU has computed it (so the batch's slot is held while it runs)."""
-        from .sam3.encoder import finished
+        from .sam3.encoder import encode_until_done
 
         ids = [key for key, _ in items]
         images = [image for _, image in items]
-        out = await asyncio.to_thread(self.backend.encode_batch, images, ids)
-        await finished(out)
-        return out
+        return await encode_until_done(self.backend.encode_batch, images, ids)
 
     async def _embedding(self, image: np.ndarray):
         """(ImageEmbedding, encoded now?) — the cache first, then one shared encoder run per image.

@@ -162,7 +162,8 @@ def detector_vision_embeds(models: Sam3Models, spatial):
 def encode_core(models: Sam3Models, px, vit=None):
     """Normalised pixels B x 3 x S x S → (spatial B x C x g x g, high_res_feats_0, high_res_feats_1,
     image_embed): the ViT (`vit`, a callable like the backbone; the backbone itself when None) and the
-    tracker's neck (models.click_neck, its folded form, when set; tracker_features otherwise). This is what compile.CompiledEncoder compiles (all of it, or the ViT alone)."""
+    tracker's neck (models.click_neck, its folded form, when set; tracker_features otherwise). This is
+    what compile.CompiledEncoder compiles (all of it, or the ViT alone)."""
     backbone = models.detector.vision_encoder.backbone
     hidden = (backbone if vit is None else vit)(px).last_hidden_state  # B x g*g x C
     grid = px.shape[-1] // models.detector.config.vision_config.backbone_config.patch_size
@@ -212,6 +213,14 @@ def encode_images(models: Sam3Models, images: list[np.ndarray], ids: list[str]) 
             for embedding in out:
                 embedding.ready = ready
         return out
+
+
+async def encode_until_done(encode, *args) -> list:
+    """encode(*args) (a batch → its embeddings) on a worker thread, returned once the GPU has computed
+    them: the Segmenter's batch handler, which the benchmarks' @serve.batch runs as well."""
+    out = await asyncio.to_thread(encode, *args)
+    await finished(out)
+    return out
 
 
 async def finished(embeddings, poll_s: float = 0.0005) -> None:
