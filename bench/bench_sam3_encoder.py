@@ -75,7 +75,8 @@ Ray Serve is optional (bench/serve_batch_standin.py): without it, `ray.serve` is
 module imports, and the "serve_batch" figures come from an asyncio stand-in with @serve.batch's rule (a batch
 closes when full or `batch_wait_timeout_s` after its first request); the report says which one ran. Each
 lever's serve figures come once per --serve-modes entry: "pipelined" as the Segmenter deployment runs its
-batches (two at once, each until its GPU work is done) and "enqueue" as it did before (serve_batch_enqueue).
+batches (two at once, each until its GPU work is done) and "enqueue" as it did before (serve_batch_enqueue);
+and once per --serve-max-batch entry (`--max-batch 16 --serve-max-batch 8,16`: serve_batch[_enqueue]_mb16).
 The previous version of this script (ONNX decoder, prompt latencies) is bench/bench_sam3_encoder_v1.py.
 """
 from __future__ import annotations
@@ -150,6 +151,10 @@ def summary(report: dict) -> dict:
     return {"encode_lever": served,
             "encode_p50_ms": lever.get("encode_bs1", {}).get("p50_ms"),
             "serve_batch_images_per_s": lever.get("serve_batch", {}).get("images_per_s"),
+            "serve_batch_images_per_s_by_max_batch": {
+                str(v["max_batch"]): v["images_per_s"] for k, v in lever.items()
+                if k.startswith("serve_batch") and isinstance(v, dict) and "max_batch" in v
+                and v.get("mode", "pipelined") == lever.get("serve_batch", {}).get("mode", "pipelined")},
             "compact_payload_ms": report.get("payload", {}).get("now", {}).get("p50_ms")}
 
 
@@ -160,7 +165,9 @@ def main():
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--requests", type=int, default=128)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--serve-max-batch", type=int, default=8)
+    ap.add_argument("--serve-max-batch", default="8",
+                    help="@serve.batch's max_batch_size, or several comma-separated, each measured (the first is the "
+                         "table's serve figure; the others are serve_batch[_<mode>]_mb<n>)")
     ap.add_argument("--wait-s", type=float, default=0.01)
     ap.add_argument("--serve-modes", default="pipelined,enqueue",
                     help=f"how @serve.batch hands batches to the encoder, each measured ({', '.join(SERVE_MODES)}; "
@@ -217,6 +224,13 @@ def main():
     if bad := set(args.serve_modes.split(",")) - set(SERVE_MODES):
         ap.error(f"--serve-modes: {', '.join(sorted(bad))} is not one of {SERVE_MODES}")
     args.batch_sizes = [int(b) for b in args.batches.split(",") if b]
+    try:
+        args.serve_max_batches = [int(b) for b in args.serve_max_batch.split(",") if b]
+    except ValueError:
+        ap.error(f"--serve-max-batch: {args.serve_max_batch!r} is not comma-separated integers")
+    if not args.serve_max_batches or max(args.serve_max_batches) > args.max_batch:
+        ap.error(f"--serve-max-batch: each of {args.serve_max_batch} must be at most --max-batch {args.max_batch} "
+                 "(the compiled buckets)")
     args.real_serve = REAL_SERVE and not args.standin
     device_name, dtype = ("cpu", "float32") if args.cpu else ("cuda", "bfloat16")
     compile_backend = args.compile_backend or ("aot_eager" if args.cpu else "inductor")

@@ -44,15 +44,22 @@ def measure_lever(name, encode, size, device, args, report):
                                  "batch_ms": round(1000 * statistics.median(times), 2),
                                  "peak_mb": peak_mb(device, lambda: encode(batch, ids))}
     images = fresh_images(args.requests, size, 100)
-    for i, mode in enumerate(args.serve_modes.split(",")):  # the first is the table's "serve_batch"
-        run = asyncio.run(serve_batch_run(encode, images, args.concurrency, args.serve_max_batch, args.wait_s,
-                                          key=image_id, real_serve=args.real_serve, mode=mode))
-        out["serve_batch" if i == 0 else f"serve_batch_{mode}"] = {
-            **run, "max_batch": args.serve_max_batch, "concurrency": args.concurrency}
+    for j, max_batch in enumerate(args.serve_max_batches):
+        for i, mode in enumerate(args.serve_modes.split(",")):  # the first of each is the table's "serve_batch"
+            run = asyncio.run(serve_batch_run(encode, images, args.concurrency, max_batch, args.wait_s,
+                                              key=image_id, real_serve=args.real_serve, mode=mode))
+            out[serve_key(mode if i else None, max_batch if j else None)] = {
+                **run, "max_batch": max_batch, "concurrency": args.concurrency}
     report["levers"][name] = out
     print("lever", name, json.dumps(out), flush=True)
     if args.json_out:  # as it goes: a run stopped by its time limit keeps what it measured
         Path(args.json_out).write_text(json.dumps(report, indent=2))
+
+
+def serve_key(mode: str | None = None, max_batch: int | None = None) -> str:
+    """A lever's @serve.batch figure: "serve_batch" for the first --serve-modes entry at the first
+    --serve-max-batch, "_<mode>" for the other modes, "_mb<n>" for the other max batch sizes."""
+    return "_".join(["serve_batch", *([mode] if mode else []), *([f"mb{max_batch}"] if max_batch else [])])
 
 
 @contextlib.contextmanager

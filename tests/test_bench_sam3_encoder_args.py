@@ -44,3 +44,27 @@ def test_summary_reads_the_lever_the_default_settings_serve():
     assert summary({"levers": levers})["encode_lever"] == "compile_default_frozen_graph"  # compile_freezing is on
     del levers["compile_default_frozen_graph"]
     assert summary({"levers": levers})["encode_lever"] == "hot_path"  # an unfrozen compile is not what serves
+
+
+@pytest.mark.parametrize("serve_max", ["8,32", "8,x"])
+def test_serve_max_batch_beyond_the_buckets_is_refused_up_front(serve_max):
+    done = subprocess.run([sys.executable, "-m", "bench.bench_sam3_encoder", "--tiny", "--cpu", "--max-batch", "16",
+                           "--serve-max-batch", serve_max], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--serve-max-batch" in done.stderr
+    assert "first_request" not in done.stdout
+
+
+def test_summary_lists_serve_figures_per_max_batch_in_the_table_mode():
+    from bench.bench_sam3_encoder import summary
+    from bench.sam3_encoder_levers import serve_key
+
+    lever = {"encode_bs1": {"p50_ms": 12.0}}
+    for mode in ("pipelined", "enqueue"):
+        for i, mb in enumerate((8, 16)):
+            key = serve_key(None if mode == "pipelined" else mode, mb if i else None)
+            lever[key] = {"images_per_s": mb * (10 if mode == "pipelined" else 9), "mode": mode, "max_batch": mb}
+    assert set(lever) >= {"serve_batch", "serve_batch_mb16", "serve_batch_enqueue", "serve_batch_enqueue_mb16"}
+    out = summary({"levers": {"hot_path": lever}})
+    assert out["serve_batch_images_per_s"] == 80
+    assert out["serve_batch_images_per_s_by_max_batch"] == {"8": 80, "16": 160}
