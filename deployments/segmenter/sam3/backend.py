@@ -28,6 +28,7 @@ from .embedding_cache import EmbeddingCache
 from .onnx_decoder import EXPORT_VERSION, LazyExport
 from .encoder import (
     ImageEmbedding,
+    after_encoding,
     check_image,
     detector_vision_embeds,
     encode_images,
@@ -141,13 +142,14 @@ class Sam3Segmenter:
         # On a GPU the features are quantised there and only u8 codes come to the host; on the CPU numpy's
         # float32 path is the faster one (bench/results/sam3_payload.txt).
         on_gpu = self.models.device.type == "cuda"
-        return embedding_codec.encode(
-            embedding.click_tensors() if on_gpu else embedding.click_features(),
-            embedding_id=embedding.embedding_id,
-            original_size=embedding.original_size,
-            input_size=self.input_size,
-            profile=profile,
-        )
+        with after_encoding(embedding):  # the codes come to the host before it ends
+            return embedding_codec.encode(
+                embedding.click_tensors() if on_gpu else embedding.click_features(),
+                embedding_id=embedding.embedding_id,
+                original_size=embedding.original_size,
+                input_size=self.input_size,
+                profile=profile,
+            )
 
     # ---- prompts ----------------------------------------------------------------------------------
 
@@ -173,6 +175,10 @@ class Sam3Segmenter:
         """A prompt that check_prompt has accepted for the embedding's image."""
         if mask_only(prompt):
             return self.given_mask(prompt)
+        with after_encoding(embedding):  # masks and scores come to the host before it ends
+            return self._decode(embedding, prompt)
+
+    def _decode(self, embedding: ImageEmbedding, prompt: SegmentPrompt) -> SegmentResult:
         label = (prompt.label or "").strip()
         if prompt.points or (prompt.box is not None and not label):
             return self._interactive(embedding, prompt.points, prompt.box, prompt.mask)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -232,3 +234,29 @@ async def finished(embeddings, poll_s: float = 0.0005) -> None:
     for event in events.values():
         while not event.query():
             await asyncio.sleep(poll_s)
+
+
+_side = threading.local()  # each worker thread's side stream (CUDA), made on first use
+
+
+@contextlib.contextmanager
+def after_encoding(embedding: ImageEmbedding):
+    """Run the block's GPU work (a payload, a prompt's decoder) on this thread's high-priority side
+    stream, ordered after `embedding`'s encoder pass (its `ready` event) and nothing else.
+
+    On the encoder's own stream that work would also wait for every batch queued behind the one that
+    made `embedding` (up to a batch of latency at full load). The block must finish its GPU work before
+    it ends (a synchronous copy to the host does): the embedding's tensors belong to the encoder's stream.
+    Without an event (the CPU) the block runs as it is."""
+    ready = embedding.ready
+    if ready is None:
+        yield
+        return
+    import torch
+
+    stream = getattr(_side, "stream", None)
+    if stream is None:
+        stream = _side.stream = torch.cuda.Stream(priority=-1)
+    stream.wait_event(ready)
+    with torch.cuda.stream(stream):
+        yield
