@@ -35,7 +35,9 @@ def test_payload_and_prompt_skip_the_batch_queued_after_theirs(ckpt):
                                      embedding_cache_mb=0))
     image = np.random.default_rng(3).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     prompt = SegmentPrompt(points=[Point(80, 60, 1)])
-    gpu.embedding_payload(gpu.encode_batch([image], ["warm"])[0])  # lazily made things made now
+    warm = gpu.encode_batch([image], ["warm"])[0]  # lazily made things (handles, workspaces of the side
+    gpu.embedding_payload(warm)  # stream, which may synchronise the device once) made now
+    gpu.segment_with_embedding(warm, prompt)
     torch.cuda.synchronize()
 
     torch.cuda._sleep(BATCH_B_CYCLES // 10)  # work queued before batch A: A's embedding is not ready yet
@@ -44,9 +46,10 @@ def test_payload_and_prompt_skip_the_batch_queued_after_theirs(ckpt):
     b_done = torch.cuda.Event()
     b_done.record()
     payload = gpu.embedding_payload(emb)
-    mask = gpu.segment_with_embedding(emb, prompt).mask
     assert emb.ready.query(), "the payload waited for batch A"
-    assert not b_done.query(), "the payload and the prompt did not wait for batch B"
+    assert not b_done.query(), "the payload did not wait for batch B"
+    mask = gpu.segment_with_embedding(emb, prompt).mask
+    assert not b_done.query(), "the prompt did not wait for batch B"
 
     torch.cuda.synchronize()  # the same, with every queue drained: they read A's finished tensors
     assert payload == gpu.embedding_payload(emb)
