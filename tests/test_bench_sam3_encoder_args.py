@@ -68,3 +68,22 @@ def test_summary_lists_serve_figures_per_max_batch_in_the_table_mode():
     out = summary({"levers": {"hot_path": lever}})
     assert out["serve_batch_images_per_s"] == 80
     assert out["serve_batch_images_per_s_by_max_batch"] == {"8": 80, "16": 160}
+
+
+def test_summary_files_read_back_by_summary():
+    """A run's headline file (bench/results/*_summary.json) carries the levers it names, so summary()
+    over it gives its top-level figures again: a reader of the file finds the measured lever."""
+    import json
+    from pathlib import Path
+
+    from bench.bench_sam3_encoder import summary
+
+    files = sorted(Path(__file__).parent.parent.joinpath("bench", "results").glob("sam3_encoder_*_summary.json"))
+    assert files
+    for path in files:
+        report = json.loads(path.read_text())
+        again = summary(report)
+        assert again["encode_p50_ms"] is not None, path.name
+        for key in ("encode_lever", "encode_p50_ms", "serve_batch_images_per_s", "compact_payload_ms"):
+            assert again[key] == report[key], (path.name, key)
+        assert report["fp8_static_opt_in_lever"] in report["levers"], path.name
