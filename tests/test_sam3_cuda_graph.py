@@ -69,7 +69,7 @@ def test_on_the_cpu_the_setting_changes_nothing(checkpoint):
                 assert torch.equal(getattr(g, name), getattr(p, name)), name
     # The encoder built with a graph directly (as on CUDA), warmed up on the CPU: nothing captured.
     enc = CompiledEncoder(plain.models, (1, 2), backend="aot_eager", cuda_graph=True)
-    enc.warm_up(plain.models.pixels.size, plain.models.device, plain.models.dtype)
+    enc.warm_up(plain.models.pixels.size, plain.models.device)
     assert enc.graph is not None and enc.graph.captures == 0 and not enc.graphed and enc.graph_stats() is None
 
 
@@ -142,7 +142,8 @@ def test_on_cuda_every_bucket_is_captured_and_replays_from_several_threads(check
     assert stats["batch_sizes"] == [1, 2, 4] and stats["capture_s"] > 0
     size = seg.models.pixels.size
     g = torch.Generator(device="cuda").manual_seed(0)
-    calls = [torch.randn((1 + i % 4, 3, size, size), device="cuda", generator=g) for i in range(16)]  # 3 → 4
+    calls = [torch.randint(0, 256, (1 + i % 4, size, size, 3), device="cuda", generator=g, dtype=torch.uint8)
+             for i in range(16)]  # uploaded pixels, batches of 1 to 4 (3 → 4)
     with torch.inference_mode():
         want = []
         for px in calls:  # the compiled function without a graph, padded as the encoder pads

@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 from torch import nn  # noqa: E402
 
 from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
-from deployments.segmenter.sam3.encoder import encode_core, pixel_values, tracker_features  # noqa: E402
+from deployments.segmenter.sam3.encoder import encode_core, tracker_features, upload_pixels  # noqa: E402
 from deployments.segmenter.sam3.folding import (  # noqa: E402
     ClickNeck, PatchMatmul, fold_conv_then_1x1, fold_transpose_then_1x1, set_patch_matmul)
 from sam3d_common.settings import Sam3Settings  # noqa: E402
@@ -92,7 +92,7 @@ def test_click_neck_gives_tracker_features():
 
 def test_encode_core_folded_equals_unfolded():
     models = random_init_models(tiny_video_config())
-    px = pixel_values(models, [block_photo(160, 200, 0), block_photo(120, 90, 1)])
+    px = upload_pixels(models, [block_photo(160, 200, 0), block_photo(120, 90, 1)])
     with torch.inference_mode():
         want = encode_core(models, px)
         set_patch_matmul(models.detector.vision_encoder.backbone, True)

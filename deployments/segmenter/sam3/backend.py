@@ -92,7 +92,7 @@ class Sam3Segmenter:
         """Encoder batches of up to n images from now on: the compiled encoder compiles what it lacks."""
         compiled = self.models.compiled
         if compiled is not None:
-            compiled.set_buckets(batch_buckets(n), self.models.pixels.size, self.models.device, self.models.dtype)
+            compiled.set_buckets(batch_buckets(n), self.models.pixels.size, self.models.device)
 
     # ---- embeddings -------------------------------------------------------------------------------
 

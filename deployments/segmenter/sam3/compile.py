@@ -3,10 +3,12 @@
 @serve.batch hands the encoder any batch size from 1 to `max_batch_size`. A graph compiled for fixed
 shapes is fastest, so batches are padded (with zero images) up to the next of a few bucket sizes: 1, 2, 4,
 ... and `max_batch_size` itself; each bucket is compiled once, during warm-up in the replica's constructor,
-so no request pays for compilation. The padded rows are dropped from the output.
+so no request pays for compilation. The padded rows are dropped from the output. What the compiled
+function takes is the uploaded uint8 pixels (B x S x S x 3, encoder.upload_pixels): their normalisation
+is compiled with the ViT (and captured into its CUDA graph), rather than launched before each call.
 
-`scope` says what is compiled: "vit" the ViT alone (the tracker's neck runs eagerly after it), "encoder"
-the ViT and the tracker's neck as one graph (px → the four tensors an ImageEmbedding holds). With
+`scope` says what is compiled: "vit" the normalisation and the ViT (the tracker's neck runs eagerly after
+it), "encoder" those and the tracker's neck as one graph (pixels → the four tensors an ImageEmbedding holds). With
 `freezing`, inductor treats the weights and buffers as constants while it compiles the buckets (its
 `freezing` option): what depends only on them, such as the rotary tables computed from the ViT's position
 buffers at every call, is computed once at compile time; a batch size compiled later, outside the warm-up,
@@ -25,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 
-from .encoder import encode_core
+from .encoder import encode_core, pixel_normaliser
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ def cuda_graph_wanted(settings, device) -> bool:
 
 
 class CompiledEncoder:
-    """Callable px (B x 3 x S x S) → (spatial B x C x g x g, high_res_feats_0, high_res_feats_1,
+    """Callable uint8 pixels (B x S x S x 3) → (spatial B x C x g x g, high_res_feats_0, high_res_feats_1,
     image_embed), compiled per bucket."""
 
     def __init__(self, models, buckets: tuple[int, ...], mode: str = "default", backend: str = "inductor",
@@ -70,11 +72,13 @@ class CompiledEncoder:
         kwargs = {"backend": backend, "dynamic": False}
         if backend == "inductor":
             kwargs["mode"] = mode
+        backbone, norm = models.detector.vision_encoder.backbone, pixel_normaliser(models)
+        vit = lambda p: backbone(norm(p))  # noqa: E731 - the constants made once, outside the compiled code
         if scope == "encoder":
-            self._fn = torch.compile(lambda px: encode_core(models, px), **kwargs)
+            self._fn = torch.compile(lambda p: encode_core(models, p, vit), **kwargs)
         else:
-            vit = torch.compile(models.detector.vision_encoder.backbone, **kwargs)
-            self._fn = lambda px: encode_core(models, px, vit)
+            compiled_vit = torch.compile(vit, **kwargs)
+            self._fn = lambda p: encode_core(models, p, compiled_vit)
         # One graph per bucket: make sure dynamo keeps them all rather than falling back to eager.
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(buckets))
         self.graph = None  # the CUDA graphs of the buckets in `graphed`
@@ -84,7 +88,7 @@ class CompiledEncoder:
 
             self.graph = GraphedCallable(self._fn, max_graphs=len(buckets), threaded=True, share_pool=True)
 
-    def set_buckets(self, buckets: tuple[int, ...], size: int, device, dtype) -> None:
+    def set_buckets(self, buckets: tuple[int, ...], size: int, device) -> None:
         """Serve batches up to a new size: compiles (warms up) the buckets not compiled yet."""
         import torch._dynamo
 
@@ -94,7 +98,7 @@ class CompiledEncoder:
             self.graph.max_graphs += len(new)  # one graph (or failed capture) per bucket warmed up
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(buckets))
         if new:
-            self.warm_up(size, device, dtype, new)
+            self.warm_up(size, device, new)
 
     def bucket(self, n: int) -> int:
         for b in self.buckets:
@@ -102,21 +106,21 @@ class CompiledEncoder:
                 return b
         return n  # larger than any bucket (a direct caller): compiled for that shape on first use
 
-    def __call__(self, px):
+    def __call__(self, pixels):
         import torch
 
-        px = px.contiguous()  # the layout compiled for; another layout would recompile
-        n = px.shape[0]
+        pixels = pixels.contiguous()  # the layout compiled for; another layout would recompile
+        n = pixels.shape[0]
         b = self.bucket(n)
         if b != n:
-            px = torch.cat([px, px.new_zeros((b - n, *px.shape[1:]))])
+            pixels = torch.cat([pixels, pixels.new_zeros((b - n, *pixels.shape[1:]))])
         # A graph's static input was made under inference mode (the warm-up's, encode_images'): only
         # such calls replay it.
         graphed = b in self.graphed and torch.is_inference_mode_enabled()
-        return tuple(t[:n] for t in (self.graph if graphed else self._fn)(px))
+        return tuple(t[:n] for t in (self.graph if graphed else self._fn)(pixels))
 
-    def warm_up(self, size: int, device, dtype, buckets: tuple[int, ...] | None = None) -> float:
-        """Compile every bucket (or those given) now, on zero images, then capture their CUDA graphs
+    def warm_up(self, size: int, device, buckets: tuple[int, ...] | None = None) -> float:
+        """Compile every bucket (or those given) now, on black images, then capture their CUDA graphs
         when asked for (on CUDA); → seconds spent, capture included."""
         import torch
         import torch._inductor.config
@@ -125,17 +129,17 @@ class CompiledEncoder:
         buckets = buckets or self.buckets
         with torch.inference_mode(), torch._inductor.config.patch(freezing=self.freezing):
             for b in buckets:
-                self(torch.zeros((b, 3, size, size), device=device, dtype=dtype))
+                self(_black(b, size, device))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         log.info("SAM 3 %s compiled (%s) for batch sizes %s in %.1f s", self.scope, self.mode, self.buckets,
                  time.perf_counter() - t)
         if self.graph is not None and device.type == "cuda":
-            self._capture(buckets, size, device, dtype)
+            self._capture(buckets, size, device)
         self.warmup_s = time.perf_counter() - t
         return self.warmup_s
 
-    def _capture(self, buckets: tuple[int, ...], size: int, device, dtype) -> None:
+    def _capture(self, buckets: tuple[int, ...], size: int, device) -> None:
         """One CUDA graph per bucket, from the function already compiled for it. A bucket whose capture
         fails (CudaGraphReplay logs why) is left out of `graphed`: it runs the compiled function."""
         import torch
@@ -144,7 +148,7 @@ class CompiledEncoder:
         with torch.inference_mode():
             for b in buckets:
                 before = self.graph.captures
-                self.graph(torch.zeros((b, 3, size, size), device=device, dtype=dtype))
+                self.graph(_black(b, size, device))
                 if self.graph.captures > before:
                     self.graphed.add(b)
         torch.cuda.synchronize(device)
@@ -174,5 +178,12 @@ def compiled_encoder(models, settings, max_batch_size: int) -> CompiledEncoder |
         cuda_graph=cuda_graph_wanted(settings, models.device),
         freezing=settings.compile_freezing,
     )
-    compiled.warm_up(models.pixels.size, models.device, models.dtype)
+    compiled.warm_up(models.pixels.size, models.device)
     return compiled
+
+
+def _black(batch: int, size: int, device):
+    """A batch of black images as the encoder takes them (uint8 B x S x S x 3): the warm-up's input."""
+    import torch
+
+    return torch.zeros((batch, size, size, 3), device=device, dtype=torch.uint8)

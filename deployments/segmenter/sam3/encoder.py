@@ -91,38 +91,56 @@ def _upload(images: list[np.ndarray], device):
     return [part.view(im.shape) for part, im in zip(torch.split(dev, sizes), images)]
 
 
-def pixel_values(models: Sam3Models, images: list[np.ndarray]):
-    """uint8 RGB images of any sizes → Bx3xSxS normalised tensor on the model's device.
+def upload_pixels(models: Sam3Models, images: list[np.ndarray]):
+    """uint8 RGB images of any sizes → B x S x S x 3 uint8 tensor on the model's device: what the encoder
+    (encode_core, the compiled encoder's graphs) takes, normalised inside it.
 
     As the transformers Sam3 image processor does it (its torchvision backend is not a dependency here):
     bilinear antialiased resize of the uint8 image to SxS ignoring the aspect ratio, rounded to whole
-    levels, then scaled to [0, 1] and normalised with the checkpoint's mean/std. One upload per batch
-    (uint8, pinned on CUDA); everything after it runs on the device. An image already SxS is not resized
-    (an SxS → SxS resize is the identity); a batch of such images is one stacked tensor from the start.
+    levels. One upload per batch (uint8, pinned on CUDA); everything after it runs on the device. An image
+    already SxS is not resized (an SxS → SxS resize is the identity); a batch of such images is one
+    tensor from the start, copied once on the host into the pinned upload buffer.
     """
     import torch
     import torch.nn.functional as F
 
-    spec, device = models.pixels, models.device
-    side = (spec.size, spec.size)
+    device = models.device
+    side = (models.pixels.size, models.pixels.size)
     if all(im.shape[:2] == side for im in images):
         pinned = device.type == "cuda"
         host = torch.empty((len(images), *side, 3), dtype=torch.uint8, pin_memory=pinned)
         buf = host.numpy()
         for i, image in enumerate(images):  # straight into the (pinned) upload buffer: one host copy
             buf[i] = image
-        x = host.to(device, non_blocking=pinned).permute(0, 3, 1, 2).contiguous().float()
-    else:
-        batch = []
-        for t in _upload(images, device):
+        return host.to(device, non_blocking=pinned)
+    batch = []
+    for t in _upload(images, device):
+        if tuple(t.shape[:2]) != side:
             t = t.permute(2, 0, 1)[None].float()
-            if tuple(t.shape[-2:]) != side:
-                t = F.interpolate(t, size=side, mode="bilinear", align_corners=False, antialias=True)
-                t = t.round_().clamp_(0, 255)  # torchvision resizes uint8 images to uint8
-            batch.append(t)
-        x = torch.cat(batch)
-    mean, std = _normalisation(spec.mean, spec.std, device)
-    return ((x / 255.0 - mean) / std).to(models.dtype)
+            t = F.interpolate(t, size=side, mode="bilinear", align_corners=False, antialias=True)
+            t = t.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0)  # torchvision: uint8 → uint8
+        batch.append(t)
+    return torch.stack(batch)
+
+
+def normalise(pixels, mean, std, dtype):
+    """uint8 pixels B x S x S x 3 → B x 3 x S x S in `dtype`: scaled to [0, 1], then normalised with
+    the checkpoint's mean/std (1x3x1x1 float32), in float32 as the image processor computes it."""
+    return ((pixels.permute(0, 3, 1, 2).float() / 255.0 - mean) / std).to(dtype)
+
+
+def pixel_normaliser(models: Sam3Models):
+    """normalise() bound to the model's constants (made once per device, _normalisation): the callable
+    that encode_core and the compiled encoder apply to the uploaded pixels."""
+    mean, std = _normalisation(models.pixels.mean, models.pixels.std, models.device)
+    dtype = models.dtype
+    return lambda pixels: normalise(pixels, mean, std, dtype)
+
+
+def pixel_values(models: Sam3Models, images: list[np.ndarray]):
+    """uint8 RGB images of any sizes → Bx3xSxS normalised tensor on the model's device (the detector's
+    `pixel_values`): upload_pixels, then normalise."""
+    return pixel_normaliser(models)(upload_pixels(models, images))
 
 
 @functools.lru_cache(maxsize=8)
@@ -161,14 +179,18 @@ def detector_vision_embeds(models: Sam3Models, spatial):
     )
 
 
-def encode_core(models: Sam3Models, px, vit=None):
-    """Normalised pixels B x 3 x S x S → (spatial B x C x g x g, high_res_feats_0, high_res_feats_1,
-    image_embed): the ViT (`vit`, a callable like the backbone; the backbone itself when None) and the
-    tracker's neck (models.click_neck, its folded form, when set; tracker_features otherwise). This is
-    what compile.CompiledEncoder compiles (all of it, or the ViT alone)."""
-    backbone = models.detector.vision_encoder.backbone
-    hidden = (backbone if vit is None else vit)(px).last_hidden_state  # B x g*g x C
-    grid = px.shape[-1] // models.detector.config.vision_config.backbone_config.patch_size
+def encode_core(models: Sam3Models, pixels, vit=None):
+    """uint8 pixels B x S x S x 3 (upload_pixels) → (spatial B x C x g x g, high_res_feats_0,
+    high_res_feats_1, image_embed): the pixels normalised and the ViT (`vit`, a callable like
+    `backbone(normalise(pixels))`: that when None), then the tracker's neck (models.click_neck, its folded
+    form, when set; tracker_features otherwise). This is what compile.CompiledEncoder compiles (all of it,
+    or `vit` alone) and captures into CUDA graphs: the normalisation runs inside them, not as separate
+    launches before each call."""
+    if vit is None:
+        backbone, norm = models.detector.vision_encoder.backbone, pixel_normaliser(models)
+        vit = lambda p: backbone(norm(p))  # noqa: E731
+    hidden = vit(pixels).last_hidden_state  # B x g*g x C
+    grid = pixels.shape[1] // models.detector.config.vision_config.backbone_config.patch_size
     tokens = hidden.reshape(hidden.shape[0], grid, grid, hidden.shape[-1]).permute(0, 3, 1, 2)  # channels-last
     spatial = tokens.contiguous()
     if models.click_neck is not None:  # folding.ClickNeck: reads the channels-last view as it is
@@ -191,9 +213,9 @@ def encode_images(models: Sam3Models, images: list[np.ndarray], ids: list[str]) 
     if len(ids) != len(images):
         raise ValueError("one id per image")
     with torch.inference_mode():
-        px = pixel_values(models, images)
+        pixels = upload_pixels(models, images)
         encode = functools.partial(encode_core, models) if models.compiled is None else models.compiled
-        spatial, feats_0, feats_1, embed = encode(px)
+        spatial, feats_0, feats_1, embed = encode(pixels)
         if len(images) == 1:
             own = lambda t, i: t  # noqa: E731 - the whole batch is this image's
         else:
@@ -209,7 +231,7 @@ def encode_images(models: Sam3Models, images: list[np.ndarray], ids: list[str]) 
             )
             for i, image in enumerate(images)
         ]
-        if px.is_cuda:  # after the last copy above: the batch's work, queued on this thread's stream
+        if pixels.is_cuda:  # after the last copy above: the batch's work, queued on this thread's stream
             ready = torch.cuda.Event()
             ready.record()
             for embedding in out:

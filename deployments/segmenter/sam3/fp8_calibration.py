@@ -15,7 +15,7 @@ import numpy as np
 
 from sam3d_common.errors import ModelUnavailable
 
-from .encoder import encode_core, pixel_values
+from .encoder import encode_core, upload_pixels
 from .fp8_linear import record_input_amax
 from .loading import Sam3Models
 
@@ -57,6 +57,6 @@ def calibrate_vit(models: Sam3Models, folder: str | None = None) -> dict[str, fl
     def run():
         with torch.inference_mode():
             for photo in photos:
-                encode_core(models, pixel_values(models, [photo]))
+                encode_core(models, upload_pixels(models, [photo]))
 
     return record_input_amax(backbone, run)
