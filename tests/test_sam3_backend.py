@@ -18,7 +18,8 @@ from deployments.segmenter import Segmenter  # noqa: E402
 from deployments.segmenter.base import Box, Point, SegmentPrompt  # noqa: E402
 from deployments.segmenter.sam3.embedding_cache import EmbeddingCache  # noqa: E402
 from deployments.segmenter.sam3.backend import Sam3Segmenter  # noqa: E402
-from deployments.segmenter.sam3.encoder import detector_vision_embeds, finished, pixel_values  # noqa: E402
+from deployments.segmenter.sam3.encoder import (detector_vision_embeds, finished, pixel_values,  # noqa: E402
+                                               upload_pixels)
 from tests.support.sam3_testing import write_tiny_checkpoint  # noqa: E402
 from sam3d_common.settings import Sam3Settings  # noqa: E402
 
@@ -285,8 +286,9 @@ def test_cudnn_benchmark_on_cuda_keeps_the_masks(ckpt):
         torch.backends.cudnn.benchmark = False
 
 
-def _pixel_values_reference(m, images):
-    """The preprocessing as transformers' image processor does it, image by image, always resizing."""
+def _resized_reference(m, images):
+    """The resize as transformers' image processor does it, image by image, always resizing: B x 3 x S x S
+    float32 holding whole levels 0..255."""
     import torch.nn.functional as F
 
     out = []
@@ -294,9 +296,14 @@ def _pixel_values_reference(m, images):
         t = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()
         t = F.interpolate(t, size=(m.pixels.size,) * 2, mode="bilinear", align_corners=False, antialias=True)
         out.append(t.round_().clamp_(0, 255))
+    return torch.cat(out)
+
+
+def _pixel_values_reference(m, images):
+    """The preprocessing as transformers' image processor does it: resized, scaled, normalised."""
     mean = torch.tensor(m.pixels.mean).view(1, 3, 1, 1)
     std = torch.tensor(m.pixels.std).view(1, 3, 1, 1)
-    return ((torch.cat(out) / 255.0 - mean) / std).to(m.dtype)
+    return ((_resized_reference(m, images) / 255.0 - mean) / std).to(m.dtype)
 
 
 def test_preprocessing_uploads_once_and_skips_the_identity_resize(seg):
@@ -308,6 +315,18 @@ def test_preprocessing_uploads_once_and_skips_the_identity_resize(seg):
     mixed[1].setflags(write=False)  # as arrays from Ray's object store arrive
     for images in (native, mixed, [native[0]]):
         assert torch.equal(pixel_values(m, images), _pixel_values_reference(m, images))
+
+
+def test_the_encoder_is_given_the_resized_uint8_pixels(seg):
+    """upload_pixels: what the (compiled) encoder takes, B x S x S x 3 uint8, the reference resize's levels;
+    its normalisation happens inside the encoder (encode_core), as pixel_values does it."""
+    m = seg.models
+    s = m.pixels.size
+    images = [photo(s, s, seed=9), photo(90, 70, seed=10), photo(33, 200, seed=11)]
+    up = upload_pixels(m, images)
+    assert up.dtype == torch.uint8 and tuple(up.shape) == (3, s, s, 3)
+    assert torch.equal(up.permute(0, 3, 1, 2).float(), _resized_reference(m, images))
+    assert torch.equal(upload_pixels(m, images[:1])[0], torch.from_numpy(images[0]))  # not resized: as sent
 
 
 def test_normalisation_constants_are_made_once(seg):
