@@ -30,9 +30,6 @@ bf16. Levers, each measured on its own in the same run:
             --lever-scopes), with a batch-1 kernel profile and
             the agreement with the bf16 model (backbone relative error, click-mask IoU; random weights);
             the swapped modules are put back after.
-- <lever>_percall_norm (--percall-norm): each compiled and model lever measured again, the same compiled
-            encoder, with the normalisation constants copied to the GPU at every call as before they were
-            cached (each copy waits for the GPU's queued work);
 - hot_path_unfolded (--eager-unfolded): the eager hot path with `encoder_folding` off, measured last.
 The payload: the previous codec (float64 statistics, zlib default strategy, from float32 host copies)
 against today's (quantised on the device, float32 statistics, Huffman-only deflate).
@@ -196,9 +193,6 @@ def main():
                          "levers are compiled with, each its own run (vit, encoder)")
     ap.add_argument("--eager-unfolded", action="store_true",
                     help="also the eager hot path with encoder_folding off (lever hot_path_unfolded), at the end")
-    ap.add_argument("--percall-norm", action="store_true",
-                    help="each compiled and model lever measured a second time with the normalisation "
-                         "constants made per call, as before they were cached (lever <name>_percall_norm)")
     ap.add_argument("--lever-cudnn", action="store_true",
                     help="the --fp8/--fp8-tensor/--fp8-static/--fused-gelu levers with cudnn_benchmark "
                          "(compare with a :cudnn --compile-variants entry)")

@@ -4,7 +4,6 @@ the model levers that swap the ViT's modules (FP8 linears, the fused GELU) with 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import statistics
 import time
@@ -62,28 +61,6 @@ def serve_key(mode: str | None = None, max_batch: int | None = None) -> str:
     return "_".join(["serve_batch", *([mode] if mode else []), *([f"mb{max_batch}"] if max_batch else [])])
 
 
-@contextlib.contextmanager
-def percall_normalisation():
-    """pixel_values as it was before its normalisation constants were cached: two small tensors copied
-    from pageable host memory at every call, each copy waiting for the GPU's queued work."""
-    from deployments.segmenter.sam3 import encoder
-
-    cached = encoder._normalisation
-    encoder._normalisation = cached.__wrapped__
-    try:
-        yield
-    finally:
-        encoder._normalisation = cached
-
-
-def measure_percall_norm(name, encode, size, device, args, report):
-    """With --percall-norm: the lever measured again, the same compiled encoder, with percall_normalisation
-    (lever <name>_percall_norm): what caching the constants gained, side by side."""
-    if args.percall_norm:
-        with percall_normalisation():
-            measure_lever(f"{name}_percall_norm", encode, size, device, args, report)
-
-
 def first_request(settings, models, size, device, max_batch):
     """A replica's start (constructor: compilation and warm-up when on) and its first /v1/embed."""
     models.compiled = None
@@ -139,7 +116,6 @@ def model_lever(kind, args, base, bf16_backend, models, size, device, compile_ba
             print("lever", name, "failed:", report["levers"][name]["error"], flush=True)
             return
         measure_lever(name, backend.encode_batch, size, device, args, report)
-        measure_percall_norm(name, backend.encode_batch, size, device, args, report)
         if graph:
             graph_figures(name, backend, device, report)
         if device.type == "cuda":
@@ -212,7 +188,6 @@ def compiled_levers(args, base, models, size, device, compile_backend, report):
             report[f"first_request_{name}"]["cuda_graph_capture_s"] = stats.get("capture_s")
         print(f"first_request_{name}", json.dumps(report[f"first_request_{name}"]), flush=True)
         measure_lever(name, backend_c.encode_batch, size, device, args, report)
-        measure_percall_norm(name, backend_c.encode_batch, size, device, args, report)
         if graph:
             graph_figures(name, backend_c, device, report)
         if (variant, graph) == profiled:
