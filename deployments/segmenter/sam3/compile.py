@@ -1,7 +1,7 @@
 """The SAM 3 image encoder under torch.compile, padded to a few batch sizes and compiled before the replica serves.
 
 @serve.batch hands the encoder any batch size from 1 to `max_batch_size`. A graph compiled for fixed
-shapes is fastest, so batches are padded (with zero images) up to the next of a few bucket sizes: 1, 2, 4,
+shapes is fastest, so batches are padded (with black images) up to the next of a few bucket sizes: 1, 2, 4,
 ... and `max_batch_size` itself; each bucket is compiled once, during warm-up in the replica's constructor,
 so no request pays for compilation. The padded rows are dropped from the output. What the compiled
 function takes is the uploaded uint8 pixels (B x S x S x 3, encoder.upload_pixels): their normalisation
