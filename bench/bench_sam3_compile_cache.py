@@ -34,8 +34,6 @@ def start(args, checkpoint: str, cache_dir: str, frozen: bool) -> dict:
 def child(args) -> None:
     import time
 
-    import torch
-
     from deployments.segmenter.sam3.backend import Sam3Segmenter
     from sam3d_common.settings import Sam3Settings
 

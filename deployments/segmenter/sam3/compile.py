@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 
-from .encoder import encode_core, pixel_normaliser
+from .encoder import encode_core, vit_on_pixels
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ class CompiledEncoder:
         kwargs = {"backend": backend, "dynamic": False}
         if backend == "inductor":
             kwargs["mode"] = mode
-        backbone, norm = models.detector.vision_encoder.backbone, pixel_normaliser(models)
-        vit = lambda p: backbone(norm(p))  # noqa: E731 - the constants made once, outside the compiled code
+        vit = vit_on_pixels(models)  # its normalisation constants made here, outside the compiled code
         if scope == "encoder":
             self._fn = torch.compile(lambda p: encode_core(models, p, vit), **kwargs)
         else:

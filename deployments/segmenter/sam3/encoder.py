@@ -137,6 +137,13 @@ def pixel_normaliser(models: Sam3Models):
     return lambda pixels: normalise(pixels, mean, std, dtype)
 
 
+def vit_on_pixels(models: Sam3Models):
+    """The ViT as the encoder runs it: uploaded uint8 pixels → normalised (pixel_normaliser) → backbone
+    output. What encode_core calls by default and what compile.CompiledEncoder compiles."""
+    backbone, norm = models.detector.vision_encoder.backbone, pixel_normaliser(models)
+    return lambda pixels: backbone(norm(pixels))
+
+
 def pixel_values(models: Sam3Models, images: list[np.ndarray]):
     """uint8 RGB images of any sizes → Bx3xSxS normalised tensor on the model's device (the detector's
     `pixel_values`): upload_pixels, then normalise."""
@@ -181,15 +188,12 @@ def detector_vision_embeds(models: Sam3Models, spatial):
 
 def encode_core(models: Sam3Models, pixels, vit=None):
     """uint8 pixels B x S x S x 3 (upload_pixels) → (spatial B x C x g x g, high_res_feats_0,
-    high_res_feats_1, image_embed): the pixels normalised and the ViT (`vit`, a callable like
-    `backbone(normalise(pixels))`: that when None), then the tracker's neck (models.click_neck, its folded
-    form, when set; tracker_features otherwise). This is what compile.CompiledEncoder compiles (all of it,
+    high_res_feats_1, image_embed): the pixels normalised and the ViT (`vit`, vit_on_pixels or a compiled
+    form of it; vit_on_pixels when None), then the tracker's neck (models.click_neck, its folded form, when
+    set; tracker_features otherwise). This is what compile.CompiledEncoder compiles (all of it,
     or `vit` alone) and captures into CUDA graphs: the normalisation runs inside them, not as separate
     launches before each call."""
-    if vit is None:
-        backbone, norm = models.detector.vision_encoder.backbone, pixel_normaliser(models)
-        vit = lambda p: backbone(norm(p))  # noqa: E731
-    hidden = vit(pixels).last_hidden_state  # B x g*g x C
+    hidden = (vit_on_pixels(models) if vit is None else vit)(pixels).last_hidden_state  # B x g*g x C
     grid = pixels.shape[1] // models.detector.config.vision_config.backbone_config.patch_size
     tokens = hidden.reshape(hidden.shape[0], grid, grid, hidden.shape[-1]).permute(0, 3, 1, 2)  # channels-last
     spatial = tokens.contiguous()
