@@ -1,12 +1,17 @@
 """A SAM 3 replica's start (the Sam3Segmenter constructor: compile and warm up every bucket) twice in a row,
-each in a fresh process sharing one inductor cache folder (TORCHINDUCTOR_CACHE_DIR), with and without
-`compile_freezing`: what a replica restarted where the previous one compiled (same node, or a cache
-folder on a shared volume) saves, and which of inductor's caches it hits.
+each in a fresh process sharing one inductor cache folder (TORCHINDUCTOR_CACHE_DIR), per compile variant:
+the first start is a cold one (empty folder), the second what a replica restarted where the previous one
+compiled (same node, or a cache folder on a shared volume) saves, and which of inductor's caches it hits.
+Variants: `plain`, `frozen` (`compile_freezing`), `frozen_dynamic` (and `dynamic`): with
+`compile_dynamic_batch`, one graph for every bucket above 1 instead of one per bucket; each start reports
+the graphs dynamo compiled.
 
 Inductor skips its FX-graph cache for graphs with frozen parameters ("fxgraph_cache_bypass"); the
 kernels it generated (C++ on the CPU, Triton on CUDA) are still cached, so a frozen restart saves less.
 
     python -m bench.bench_sam3_compile_cache --json-out bench/results/sam3_compile_cache_cpu.json   # tiny, CPU
+    python -m bench.bench_sam3_compile_cache --variants frozen,frozen_dynamic --max-batch 16 \
+        --json-out bench/results/sam3_compile_dynamic_cpu.json                    # buckets 1..16, tiny, CPU
     python -m bench.bench_sam3_compile_cache --full --device cuda --max-batch 16                   # GPU
 """
 from __future__ import annotations
@@ -22,11 +27,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start(args, checkpoint: str, cache_dir: str, frozen: bool) -> dict:
-    """One replica start in a new process → its constructor seconds and inductor's cache counters."""
+VARIANTS = ("plain", "frozen", "dynamic", "frozen_dynamic")
+
+
+def start(args, checkpoint: str, cache_dir: str, variant: str) -> dict:
+    """One replica start in a new process → its constructor seconds, the graphs dynamo compiled and
+    inductor's cache counters."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir}
     cmd = [sys.executable, "-m", "bench.bench_sam3_compile_cache", "--child", checkpoint, "--device", args.device,
-           "--max-batch", str(args.max_batch)] + (["--frozen"] if frozen else []) + (["--full"] if args.full else [])
+           "--max-batch", str(args.max_batch)] + (["--frozen"] if "frozen" in variant else []) \
+        + (["--dynamic"] if "dynamic" in variant else []) + (["--full"] if args.full else [])
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -38,7 +48,8 @@ def child(args) -> None:
     from sam3d_common.settings import Sam3Settings
 
     settings = Sam3Settings(local_dir=args.child if args.child != "-" else None, device=args.device,
-                            compile="on", compile_freezing=args.frozen, embedding_cache_mb=0)
+                            compile="on", compile_freezing=args.frozen,
+                            compile_dynamic_batch=args.dynamic, embedding_cache_mb=0)
     models = None
     if args.full:  # the full-size model at random init (no weights here), seeded: the same weights each start
         from transformers import Sam3VideoConfig
@@ -52,7 +63,8 @@ def child(args) -> None:
     from torch._dynamo.utils import counters
 
     cache = {k: v for k, v in counters["inductor"].items() if "cache" in k}
-    print(json.dumps({"constructor_s": round(time.perf_counter() - t, 2), "inductor_cache": cache}))
+    print(json.dumps({"constructor_s": round(time.perf_counter() - t, 2), "graphs": counters["stats"]["unique_graphs"],
+                      "inductor_cache": cache}))
 
 
 def main() -> None:
@@ -60,10 +72,15 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-batch", type=int, default=2)
     ap.add_argument("--full", action="store_true", help="the full-size model at random init (default: tiny)")
+    ap.add_argument("--variants", default="plain,frozen", help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--json-out")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--frozen", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--dynamic", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    if set(variants) - set(VARIANTS):
+        ap.error(f"--variants: {sorted(set(variants) - set(VARIANTS))} not in {VARIANTS}")
     if args.child:
         return child(args)
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,10 +90,9 @@ def main() -> None:
 
             checkpoint = str(write_tiny_checkpoint(Path(tmp) / "ckpt"))
         report = {"device": args.device, "full": args.full, "max_batch": args.max_batch}
-        for frozen in (False, True):
-            cache_dir = str(Path(tmp) / f"inductor_{'frozen' if frozen else 'plain'}")
-            first, again = (start(args, checkpoint, cache_dir, frozen) for _ in range(2))
-            key = "frozen" if frozen else "plain"
+        for key in variants:
+            cache_dir = str(Path(tmp) / f"inductor_{key}")
+            first, again = (start(args, checkpoint, cache_dir, key) for _ in range(2))
             report[key] = {"first": first, "again": again,
                            "ratio": round(first["constructor_s"] / again["constructor_s"], 2)}
             print(key, json.dumps(report[key]), flush=True)

@@ -10,10 +10,11 @@ bf16. Levers, each measured on its own in the same run:
 - hot_path: today's encode path (one pinned uint8 upload per batch, no identity resize, ids hashed before
             batching, no copies at batch 1), eager;
 - sdpa_cudnn / sdpa_flash: hot_path with SDPA restricted to one kernel (CUDA only);
-- compile_<mode>[_<scope>][_frozen][_cudnn][_unfolded]: hot_path under torch.compile, padded to batch buckets,
-            compiled at start (--compile-variants mode:scope[:frozen][:cudnn][:unfolded], scope "vit" or
-            "encoder" = ViT + tracker neck, frozen: inductor's freezing, `compile_freezing`; cudnn:
-            `cudnn_benchmark`; unfolded: `encoder_folding` off, the patch conv and neck as transformers has them); a kernel
+- compile_<mode>[_<scope>][_frozen][_cudnn][_unfolded][_dynamic]: hot_path under torch.compile, padded to batch
+            buckets, compiled at start (--compile-variants mode:scope[:frozen][:cudnn][:unfolded][:dynamic], scope
+            "vit" or "encoder" = ViT + tracker neck, frozen: inductor's freezing, `compile_freezing`; cudnn:
+            `cudnn_benchmark`; unfolded: `encoder_folding` off, the patch conv and neck as transformers has them;
+            dynamic: `compile_dynamic_batch`, one graph for the buckets above 1); a kernel
             profile of the last one (bench/gpu_profile.py: attention kernel names, matrix-multiply and
             Triton shares).
 - compile_<mode>[_<scope>]_graph (--cuda-graph): the same compiled variant with
@@ -26,7 +27,7 @@ bf16. Levers, each measured on its own in the same run:
             the ViT with its linear layers in FP8 (`vit_fp8`; per-row, per-tensor or calibrated static
             scales, `vit_fp8_scaling`) or fc1 and
             GELU as one cuBLASLt call (`vit_fused_gelu`), compiled in the first --compile-modes mode (and
-            graphed with --cuda-graph; frozen with --lever-freezing; once per compile_scope in
+            graphed with --cuda-graph; frozen with --lever-freezing; dynamic with --lever-dynamic; once per compile_scope in
             --lever-scopes), with a batch-1 kernel profile and
             the agreement with the bf16 model (backbone relative error, click-mask IoU; random weights);
             the swapped modules are put back after.
@@ -141,7 +142,7 @@ def summary(report: dict) -> dict:
     levers = report.get("levers", {})
     d = Sam3Settings()
     flags = [f for f, on in (("frozen", d.compile_freezing), ("cudnn", d.cudnn_benchmark),
-                             ("unfolded", not d.encoder_folding)) if on]
+                             ("unfolded", not d.encoder_folding), ("dynamic", d.compile_dynamic_batch)) if on]
     compiled = lever_name(d.compile_mode, d.compile_scope, flags)
     graphed = lever_name(d.compile_mode, d.compile_scope, flags, graph=True) if d.cuda_graph else None
     served = next((n for n in (graphed, compiled, "hot_path") if n and "encode_bs1" in levers.get(n, {})), None)
@@ -173,9 +174,9 @@ def main():
                     help="comma-separated torch.compile modes to measure ('' for none), e.g. "
                          "default,max-autotune-no-cudagraphs (autotuning takes minutes per batch size)")
     ap.add_argument("--compile-variants", default=None,
-                    help="instead of --compile-modes: comma-separated mode:scope[:frozen][:cudnn][:unfolded], e.g. "
-                         "default:vit,default:encoder,default:vit:frozen:cudnn (frozen: compile_freezing, "
-                         "cudnn: cudnn_benchmark, unfolded: encoder_folding off)")
+                    help="instead of --compile-modes: comma-separated mode:scope[:frozen][:cudnn][:unfolded][:dynamic], "
+                         "e.g. default:vit,default:encoder,default:vit:frozen:cudnn (frozen: compile_freezing, "
+                         "cudnn: cudnn_benchmark, unfolded: encoder_folding off, dynamic: compile_dynamic_batch)")
     ap.add_argument("--skip-before", action="store_true", help="skip the reproduced previous path")
     ap.add_argument("--skip-payload", action="store_true", help="skip the payload figures")
     ap.add_argument("--max-batch", type=int, default=16, help="the replica's max_batch_size: compiled buckets 1, 2, 4 .. this")
@@ -186,6 +187,9 @@ def main():
     ap.add_argument("--lever-freezing", action="store_true",
                     help="compile the --fp8/--fp8-tensor/--fused-gelu levers with compile_freezing "
                          "(compare with a :frozen --compile-variants entry)")
+    ap.add_argument("--lever-dynamic", action="store_true",
+                    help="compile the --fp8/--fp8-tensor/--fp8-static/--fused-gelu levers with compile_dynamic_batch "
+                         "(compare with a :dynamic --compile-variants entry)")
     ap.add_argument("--skip-plain", action="store_true",
                     help="skip the compiled variants of the unchanged model (only the model levers are compiled)")
     ap.add_argument("--lever-scopes", default="vit",

@@ -101,11 +101,13 @@ def model_lever(kind, args, base, bf16_backend, models, size, device, compile_ba
     # With --cuda-graph the encoder is replayed from graphs too (compared with compile_<mode>_graph).
     graph = bool(args.cuda_graph and mode)
     frozen = bool(args.lever_freezing and mode)
+    dynamic = bool(args.lever_dynamic and mode)
     settings = Sam3Settings(**base, **MODEL_LEVERS[kind], compile="on" if mode else "off", cuda_graph=graph,
                             cudnn_benchmark=args.lever_cudnn,
                             **({"compile_mode": mode, "compile_backend": compile_backend,
-                                "compile_freezing": frozen, "compile_scope": scope} if mode else {}))
-    flags = [f for f, on in (("frozen", frozen), ("cudnn", args.lever_cudnn)) if on]
+                                "compile_freezing": frozen, "compile_dynamic_batch": dynamic,
+                                "compile_scope": scope} if mode else {}))
+    flags = [f for f, on in (("frozen", frozen), ("cudnn", args.lever_cudnn), ("dynamic", dynamic)) if on]
     name = f"{kind}_" + (lever_name(mode, scope, flags, graph) if mode else "_".join(["eager", *flags]))
     torch.backends.cudnn.benchmark = False  # process-wide: what an earlier :cudnn variant set
     try:
@@ -174,7 +176,8 @@ def compiled_levers(args, base, models, size, device, compile_backend, report):
         name = lever_name(mode if compile_backend == "inductor" else compile_backend, scope, flags, graph)
         settings = Sam3Settings(**base, compile="on", compile_mode=mode, compile_backend=compile_backend,
                                 compile_scope=scope, cuda_graph=graph, compile_freezing="frozen" in flags,
-                                cudnn_benchmark="cudnn" in flags, encoder_folding="unfolded" not in flags)
+                                cudnn_benchmark="cudnn" in flags, encoder_folding="unfolded" not in flags,
+                                compile_dynamic_batch="dynamic" in flags)
         torch.backends.cudnn.benchmark = False  # process-wide: a :cudnn variant must not carry into the next
         try:
             backend_c, report[f"first_request_{name}"] = first_request(settings, models, size, device, args.max_batch)
@@ -200,7 +203,8 @@ def compiled_levers(args, base, models, size, device, compile_backend, report):
     models.compiled = None
 
 
-VARIANT_FLAGS = ("frozen", "cudnn", "unfolded")  # compile_freezing, cudnn_benchmark, encoder_folding off
+# compile_freezing, cudnn_benchmark, encoder_folding off, compile_dynamic_batch
+VARIANT_FLAGS = ("frozen", "cudnn", "unfolded", "dynamic")
 MODES = typing.get_args(Sam3Settings.model_fields["compile_mode"].annotation)
 SCOPES = typing.get_args(Sam3Settings.model_fields["compile_scope"].annotation)
 

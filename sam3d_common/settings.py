@@ -75,6 +75,10 @@ class Sam3Settings(_Strict):
     # (the rotary tables computed once, not at every call; with vit_fp8 the weights' FP8 layouts too);
     # holds a second copy of what it folds. On by default since H100 run 11 (docs/sam3.md).
     compile_freezing: bool = True
+    # The buckets above batch 1 compiled as one graph with a symbolic batch dimension (bucket 1
+    # keeps its own static graph): two compilations at start instead of one per bucket, and a
+    # larger max_batch_size compiles nothing new. Off: one static graph per bucket.
+    compile_dynamic_batch: bool = False
     # The compiled encoder replayed from one CUDA graph per batch size, captured by hand during
     # the warm-up and replayable from any worker thread (deployments/cuda_graphs.py). Acts where
     # the encoder is compiled on CUDA (either compile_mode); elsewhere it does nothing.

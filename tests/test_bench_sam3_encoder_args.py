@@ -23,7 +23,8 @@ def test_unknown_compile_variant_is_refused_up_front(variants):
 def test_known_variants_pass_the_check():
     from bench.bench_sam3_encoder import bad_variant
 
-    assert bad_variant("default:vit,default:vit:frozen,default:vit:cudnn:frozen,max-autotune-no-cudagraphs:encoder") is None
+    assert bad_variant("default:vit,default:vit:frozen,default:vit:cudnn:frozen,max-autotune-no-cudagraphs:encoder,"
+                       "default:vit:frozen:dynamic") is None
     assert "flags in" in bad_variant("default:vit:cudnnn")
 
 

@@ -111,3 +111,33 @@ def test_frozen_inductor_compile_matches_eager(tmp_path):
     for prompt in PROMPTS[:3]:
         me, mf = eager.segment_with_embedding(e, prompt).mask, frozen.segment_with_embedding(f, prompt).mask
         assert (me == mf).mean() >= 0.999
+
+
+def test_dynamic_batch_shares_one_graph_above_batch_1(tmp_path):
+    """compile_dynamic_batch with inductor and freezing (what a GPU replica would run): buckets 1, 2, 4
+    compile two graphs (batch 1 static, 2 and 4 one graph with a symbolic batch), a larger max batch
+    compiles nothing more, and every batch size gives eager's features and masks."""
+    from torch._dynamo.utils import counters
+
+    ckpt = write_tiny_checkpoint(tmp_path / "ckpt")
+    common = {"local_dir": str(ckpt), "score_threshold": 0.0, "device": "cpu", "embedding_cache_mb": 0}
+    eager = Sam3Segmenter(Sam3Settings(**common), max_batch_size=1)
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    dyn = Sam3Segmenter(Sam3Settings(**common, compile="on", compile_backend="inductor", compile_freezing=True,
+                                     compile_dynamic_batch=True), max_batch_size=4)
+    assert counters["stats"]["unique_graphs"] - before == 2
+    assert dyn.describe()["compiled_vit"]["dynamic_batch"] is True
+    dyn.set_max_batch_size(8)
+    assert dyn.models.compiled.buckets == (1, 2, 4, 8)
+    assert counters["stats"]["unique_graphs"] - before == 2
+    images = [block_photo(224, 224, i) for i in range(5)] + [block_photo(90, 70, 9)]
+    for batch in (images[:1], images[:3], images):  # buckets 1, 4 and 8
+        ids = [f"i{i}" for i in range(len(batch))]
+        for e, d in zip(eager.encode_batch(batch, ids), dyn.encode_batch(batch, ids)):
+            for name in ("backbone", "image_embed", "high_res_feats_0", "high_res_feats_1"):
+                torch.testing.assert_close(getattr(d, name), getattr(e, name), rtol=1e-4, atol=1e-4)
+    assert counters["stats"]["unique_graphs"] - before == 2
+    e, d = eager.encode_batch(images[:1], ["m"])[0], dyn.encode_batch(images[:1], ["m"])[0]
+    for prompt in PROMPTS[:3]:
+        assert (eager.segment_with_embedding(e, prompt).mask == dyn.segment_with_embedding(d, prompt).mask).mean() >= 0.999

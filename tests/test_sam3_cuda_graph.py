@@ -129,13 +129,20 @@ def test_threaded_replays_come_one_at_a_time_and_each_gets_its_own_result():
 
 
 @pytest.mark.gpu
-def test_on_cuda_every_bucket_is_captured_and_replays_from_several_threads(checkpoint):
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_on_cuda_every_bucket_is_captured_and_replays_from_several_threads(checkpoint, dynamic):
     """float32 so that the tolerance can be tight: the graph replays the compiled function's own
     kernels; only where a library picks its kernel per stream (the capture's stream) may the last
-    bits differ, hence 1e-4 rather than bit equality."""
+    bits differ, hence 1e-4 rather than bit equality. With compile_dynamic_batch, buckets 2 and 4
+    are captured from the one graph compiled for both."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
     settings = Sam3Settings(local_dir=str(checkpoint), device="cuda", dtype="float32", score_threshold=0.0,
-                            embedding_cache_mb=0, compile="on", cuda_graph=True)
+                            embedding_cache_mb=0, compile="on", cuda_graph=True, compile_dynamic_batch=dynamic)
     seg = Sam3Segmenter(settings, max_batch_size=4)
+    assert counters["stats"]["unique_graphs"] - before == (2 if dynamic else 3)
     enc = seg.models.compiled
     assert enc.graphed == {1, 2, 4} and enc.graph.captures == 3
     stats = seg.describe()["compiled_vit"]["cuda_graph"]

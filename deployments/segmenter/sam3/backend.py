@@ -302,7 +302,8 @@ class Sam3Segmenter:
             "input_size": self.input_size,
             "compiled_vit": None if m.compiled is None else {
                 "batch_sizes": list(m.compiled.buckets), "warmup_s": m.compiled.warmup_s, "mode": m.compiled.mode,
-                "scope": m.compiled.scope, "cuda_graph": m.compiled.graph_stats()},
+                "scope": m.compiled.scope, "dynamic_batch": m.compiled.dynamic_batch,
+                "cuda_graph": m.compiled.graph_stats()},
             "encoder_folding": m.click_neck is not None,
             "text_prompts": m.tokenizer is not None,
             "images_encoded": self.images_encoded,

@@ -14,6 +14,11 @@ it), "encoder" those and the tracker's neck as one graph (pixels → the four te
 buffers at every call, is computed once at compile time; a batch size compiled later, outside the warm-up,
 is compiled without it.
 
+With `dynamic_batch`, the buckets above 1 share one graph compiled with a symbolic batch dimension (marked
+dynamic from 2 up; dynamo specialises a dimension of size 1, so bucket 1 keeps a static graph of its own):
+two compilations instead of one per bucket, and a larger `max_batch_size` set later compiles nothing new.
+The CUDA graphs are still captured per bucket.
+
 No CUDA-graph modes: inductor records its graphs per thread, and the encoder is called from a pool of
 worker threads (docs/sam3.md: a recording broken by another thread's kernels on the H200, an
 AssertionError with the calls moved to one thread of their own on the H100). Instead, with `cuda_graph`
@@ -59,17 +64,19 @@ class CompiledEncoder:
     image_embed), compiled per bucket."""
 
     def __init__(self, models, buckets: tuple[int, ...], mode: str = "default", backend: str = "inductor",
-                 scope: str = "vit", cuda_graph: bool = False, freezing: bool = False):
+                 scope: str = "vit", cuda_graph: bool = False, freezing: bool = False, dynamic_batch: bool = False):
         """models: the loaded Sam3Models; encoder.encode_core is what runs. cuda_graph: capture each
-        bucket into a CUDA graph during the warm-up (on CUDA; elsewhere nothing is captured)."""
+        bucket into a CUDA graph during the warm-up (on CUDA; elsewhere nothing is captured).
+        dynamic_batch: one graph for every bucket above 1 (module docstring)."""
         import torch
         import torch._dynamo
 
-        self.buckets, self.mode, self.scope = buckets, mode, scope
+        self.buckets, self.mode, self.scope, self.dynamic_batch = buckets, mode, scope, dynamic_batch
         self.freezing = freezing and backend == "inductor"
         self.warmup_s: float | None = None
         self.capture_s: float | None = None
-        kwargs = {"backend": backend, "dynamic": False}
+        # dynamic=None lets the batch dimension marked in __call__ be symbolic; nothing else ever changes shape.
+        kwargs = {"backend": backend, "dynamic": None if dynamic_batch else False}
         if backend == "inductor":
             kwargs["mode"] = mode
         vit = vit_on_pixels(models)  # its normalisation constants made here, outside the compiled code
@@ -113,6 +120,8 @@ class CompiledEncoder:
         b = self.bucket(n)
         if b != n:
             pixels = torch.cat([pixels, pixels.new_zeros((b - n, *pixels.shape[1:]))])
+        if self.dynamic_batch and b > 1:
+            torch._dynamo.maybe_mark_dynamic(pixels, 0)
         # A graph's static input was made under inference mode (the warm-up's, encode_images'): only
         # such calls replay it.
         graphed = b in self.graphed and torch.is_inference_mode_enabled()
@@ -176,6 +185,7 @@ def compiled_encoder(models, settings, max_batch_size: int) -> CompiledEncoder |
         scope=settings.compile_scope,
         cuda_graph=cuda_graph_wanted(settings, models.device),
         freezing=settings.compile_freezing,
+        dynamic_batch=settings.compile_dynamic_batch,
     )
     compiled.warm_up(models.pixels.size, models.device)
     return compiled
