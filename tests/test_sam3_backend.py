@@ -329,6 +329,23 @@ def test_the_encoder_is_given_the_resized_uint8_pixels(seg):
     assert torch.equal(upload_pixels(m, images[:1])[0], torch.from_numpy(images[0]))  # not resized: as sent
 
 
+def test_resize_is_within_one_level_of_the_image_processors_cpu_path(seg):
+    """transformers' Sam3 image processor resizes with torchvision, which on the CPU runs torch's native
+    uint8 antialiased bilinear kernel (fixed point) and elsewhere the float path this encoder runs on every
+    device (interpolate in float32, round). On real photos the two differ by at most one level."""
+    import torch.nn.functional as F
+    from skimage import data
+
+    m = seg.models
+    s = m.pixels.size
+    for image in (data.astronaut(), data.coffee(), data.rocket(), photo(90, 70, seed=12)):
+        ours = upload_pixels(m, [image])[0].permute(2, 0, 1).int()
+        native = F.interpolate(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None], size=(s, s),
+                               mode="bilinear", align_corners=False, antialias=True)[0].int()
+        diff = (ours - native).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 0.25, (image.shape, diff.float().mean())
+
+
 def test_normalisation_constants_are_made_once(seg):
     """pixel_values reuses its mean/std tensors: made per call on CUDA, each would be a copy from pageable
     memory that waits for the GPU's queued work (the next test checks that on a GPU)."""
