@@ -5,8 +5,12 @@ Everything that can be checked before a stream starts is checked here, so it ans
 4xx instead of an `error` event: one image source, the image and masks decoded and within the
 limits, clicks and boxes inside the photo as sent, a text prompt only where an image
 generator is configured. The photo is scaled to its working size once, prompts with it.
+Decoding and scaling run in worker threads: they take tens of ms for a large photo, and the
+event loop that calls this relays every other stream of the replica.
 """
 from __future__ import annotations
+
+import asyncio
 
 import numpy as np
 
@@ -35,11 +39,13 @@ async def prepare_job(service: GenerateService, req: GenerateRequest, image_byte
         image = _check_array(image_array)
         inputs.check_size(image, limits)
     elif image_bytes is not None:
-        image, alpha = inputs.decode_image(image_bytes, limits)
+        image, alpha = await asyncio.to_thread(inputs.decode_image, image_bytes, limits)
     elif req.image_b64 is not None:
-        image, alpha = inputs.decode_image(inputs.b64_bytes(req.image_b64, "image_b64"), limits)
+        image, alpha = await asyncio.to_thread(
+            lambda: inputs.decode_image(inputs.b64_bytes(req.image_b64, "image_b64"), limits))
     elif req.image_url is not None:
-        image, alpha = inputs.decode_image(await inputs.fetch_url(req.image_url, limits), limits)
+        fetched = await inputs.fetch_url(req.image_url, limits)
+        image, alpha = await asyncio.to_thread(inputs.decode_image, fetched, limits)
 
     if image is None:
         if not (req.prompt and req.prompt.strip()):
@@ -56,10 +62,8 @@ async def prepare_job(service: GenerateService, req: GenerateRequest, image_byte
     # A mask sent on its own (a file or mask_b64: what the viewer's person saw) is the mask; the
     # photo's alpha channel is the mask only when none is sent.
     mask = None
-    raw_masks = list(mask_bytes or []) + [inputs.b64_bytes(m, "mask_b64") for m in req.mask_b64]
-    for i, data in enumerate(raw_masks):
-        m = inputs.decode_mask(data, image.shape[:2], limits, what=f"mask {i + 1}")
-        mask = m if mask is None else (mask | m)
+    if mask_bytes or req.mask_b64:
+        mask = await asyncio.to_thread(_decode_masks, list(mask_bytes or []), req.mask_b64, image.shape[:2], limits)
     if mask is None:
         mask = alpha
     scale, input_size = 1.0, None
@@ -70,7 +74,7 @@ async def prepare_job(service: GenerateService, req: GenerateRequest, image_byte
         for b in req.box_prompts:
             if b.x_min >= w or b.y_min >= h:
                 raise BadInput(f"box starts outside the {w}x{h} image")
-        image, mask, scale = inputs.fit_image(image, mask, limits.max_image_side)
+        image, mask, scale = await asyncio.to_thread(inputs.fit_image, image, mask, limits.max_image_side)
     seg_prompt = SegmentPrompt(
         label=req.segmentation_label,
         points=[Point(p.x * scale, p.y * scale, p.label) for p in req.point_prompts],
@@ -98,6 +102,15 @@ def frame_interval(stream: StreamSettings) -> float:
     pacer's gap, so that steps paced at exactly that gap (the embedded default's min_step_s
     at 10 frames/s) all still show, and the pacer keeps the exact cap."""
     return 0.8 / stream.max_frames_per_s
+
+
+def _decode_masks(raw: list[bytes], b64: list[str], shape: tuple[int, int], limits) -> np.ndarray:
+    """The masks sent (files, then mask_b64 entries), each the image's size, as one: their union."""
+    mask = None
+    for i, data in enumerate(raw + [inputs.b64_bytes(m, "mask_b64") for m in b64]):
+        m = inputs.decode_mask(data, shape, limits, what=f"mask {i + 1}")
+        mask = m if mask is None else (mask | m)
+    return mask
 
 
 def _check_array(a: np.ndarray) -> np.ndarray:

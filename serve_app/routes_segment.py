@@ -9,6 +9,10 @@
 with the Segmenter deployment's async methods (embed, segment, segment_cached, click_decoder_onnx);
 `SegmenterHandleAdapter(handle)` is that object over a DeploymentHandle. Errors are JSON
 `{"error": {"code", "message"}}` with the stage error's status; nothing else leaks.
+
+The ingress's event loop also relays every other request's stream, so what costs CPU per image (base64
+and image decoding, the content hash that routes a request, the masks' PNG encoding: each several ms for
+a 1080p photo) runs in worker threads, never on the loop.
 """
 from __future__ import annotations
 
@@ -58,10 +62,10 @@ class SegmenterHandleAdapter:
         return self.handle.options(multiplexed_model_id=key) if key else self.handle
 
     async def embed(self, image: np.ndarray, profile: str | None = None) -> dict:
-        return await self._for(image_id(image)).embed.remote(image, profile)
+        return await self._for(await asyncio.to_thread(image_id, image)).embed.remote(image, profile)
 
     async def segment(self, image: np.ndarray, prompt: SegmentPrompt):
-        return await self._for(image_id(image)).segment.remote(image, prompt)
+        return await self._for(await asyncio.to_thread(image_id, image)).segment.remote(image, prompt)
 
     async def segment_cached(self, embedding_id: str, prompt: SegmentPrompt):
         return await self._for(embedding_id).segment_cached.remote(embedding_id, prompt)
@@ -94,9 +98,13 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
     onnx_cache: dict[str, Any] = {}
     onnx_lock = asyncio.Lock()
 
-    def load_image(data: bytes, mask_data: bytes | None = None, points: list[PointPrompt] = ()):
-        """→ (image scaled to max_image_side, mask likewise or None, scale, size as sent);
-        BadInput for a click outside the image as sent."""
+    def load_image(data: bytes | str, mask_data: str | None = None, points: list[PointPrompt] = ()):
+        """data: the image's bytes, or base64 text (JSON's image_b64); mask_data: mask_b64. → (image
+        scaled to max_image_side, mask likewise or None, scale, size as sent); BadInput for a click
+        outside the image as sent. Run in a worker thread (module docstring)."""
+        if isinstance(data, str):
+            data = b64_bytes(data, "image_b64")
+        mask_data = b64_bytes(mask_data, "mask_b64") if mask_data else None
         rgb, _alpha = decode_image(data, limits)
         sent = rgb.shape[:2]
         check_clicks_inside(points, sent)
@@ -124,7 +132,7 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
                 body = await json_object(request, limits.max_json_bytes)
                 if not isinstance(body.get("image_b64"), str):
                     raise BadInput("send the image as multipart `image` or JSON `image_b64`")
-                data = b64_bytes(body["image_b64"], "image_b64")
+                data = body["image_b64"]
                 profile = body.get("profile") or profile
             image, _, _, _ = await asyncio.to_thread(load_image, data)
             out = await get_segmenter().embed(image, profile)
@@ -144,7 +152,8 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
             "cached": not out["encoded"],
         }
         if "application/json" in request.headers.get("accept", ""):
-            return JSONResponse({**meta, "payload_b64": base64.b64encode(payload).decode()})
+            b64 = await asyncio.to_thread(lambda: base64.b64encode(payload).decode())  # megabytes
+            return JSONResponse({**meta, "payload_b64": b64})
         headers = {
             "X-Embedding-Id": meta["embedding_id"],
             "X-Image-Size": f"{h},{w}",
@@ -177,22 +186,19 @@ def build_segment_router(get_segmenter: Callable[[], Any], limits: LimitsSetting
             try:
                 # Coordinates are in the embedding's image_size (as POST /v1/embed reported it).
                 result = await seg.segment_cached(req.embedding_id, _prompt(req, 1.0, None))
-                return _segment_response(result, req, req.embedding_id)
+                return await asyncio.to_thread(_segment_response, result, req)
             except Exception as exc:  # noqa: BLE001
                 err = as_stage_error(exc)
                 if req.image_b64 is None or err is None or err.code != "embedding_not_found":
                     raise
         if req.image_b64 is None:
             raise BadInput("mask_b64 needs image_b64: send the image with the mask")
-        mask_data = b64_bytes(req.mask_b64, "mask_b64") if req.mask_b64 else None
-        image, mask, scale, sent = await asyncio.to_thread(load_image, b64_bytes(req.image_b64, "image_b64"),
-                                                           mask_data, req.points)
+        image, mask, scale, sent = await asyncio.to_thread(load_image, req.image_b64, req.mask_b64, req.points)
         # The SAM 3 backend finds this image's embedding in its cache by content, so no re-encoding.
         result = await seg.segment(image, _prompt(req, scale, mask))
         if scale != 1.0:  # the client's coordinates and masks are in the image as sent
-            result = _rescaled(result, sent)
-        eid = image_id(image) if result.backend == "sam3" else None
-        return _segment_response(result, req, eid)
+            result = await asyncio.to_thread(_rescaled, result, sent)
+        return await asyncio.to_thread(_segment_response, result, req)
 
     def _prompt(req: SegmentRequest, scale: float, mask: np.ndarray | None) -> SegmentPrompt:
         box = Box(*[v * scale for v in req.box]) if req.box is not None else None
@@ -246,11 +252,12 @@ def _mask_json(mask: np.ndarray) -> dict:
     return {"mask_png_b64": base64.b64encode(png_bytes(mask)).decode(), "area": int(mask.sum())}
 
 
-def _segment_response(result, req: SegmentRequest, embedding_id: str | None) -> JSONResponse:
+def _segment_response(result, req: SegmentRequest) -> JSONResponse:
+    """The JSON answer, its masks as PNG (milliseconds each at photo size: called in a worker thread)."""
     h, w = result.mask.shape
     body = {
         "backend": result.backend,
-        "embedding_id": embedding_id,
+        "embedding_id": result.embedding_id,
         "image_size": [h, w],
         "score": None if result.score is None else round(float(result.score), 4),
         **_mask_json(result.mask),

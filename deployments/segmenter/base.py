@@ -48,6 +48,9 @@ class SegmentResult:
     score: float | None  # backend's confidence in [0, 1], None where it has none; see each backend
     instances: list[tuple[np.ndarray, float]] = field(default_factory=list)  # other candidates
     backend: str = ""
+    # The embedding the answer came from (SAM 3: the image's content id, usable as /v1/segment's
+    # embedding_id); None where no embedding was made (other backends, a mask-only prompt).
+    embedding_id: str | None = None
 
 
 class SegmenterBackend(Protocol):

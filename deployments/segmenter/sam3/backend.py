@@ -176,7 +176,9 @@ class Sam3Segmenter:
         if mask_only(prompt):
             return self.given_mask(prompt)
         with after_encoding(embedding):  # masks and scores come to the host before it ends
-            return self._decode(embedding, prompt)
+            result = self._decode(embedding, prompt)
+        result.embedding_id = embedding.embedding_id
+        return result
 
     def _decode(self, embedding: ImageEmbedding, prompt: SegmentPrompt) -> SegmentResult:
         label = (prompt.label or "").strip()
