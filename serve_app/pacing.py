@@ -10,7 +10,9 @@ The last frame of each stage and every non-frame event are never dropped. A fram
 nothing can replace (a stage's last frame, a key frame) waits only for the byte budget, not
 for the frame-rate gap: holding it back would coalesce nothing and only delay it and the
 events behind it (`complete`). Frames are encoded when they are sent, so delta encodings are
-always taken against what the client actually received.
+always taken against what the client actually received. A frame's encoding (a few ms for a 64³
+grid) runs in a worker thread, one frame at a time per stream, so the event loop that relays
+every stream of the replica stays free; other events are encoded in place.
 
 Bound: at most one pending frame per stage plus the final frames and events, whatever the
 number of steps; the bytes a stream can push into Serve's queues are at most
@@ -114,7 +116,10 @@ class FramePacer:
                     raise item
                 if item.get("type") == "complete":
                     item["coalesced_frames"] = self.coalesced
-                data, size = self._encode(item)
+                if item.get("type") in FRAME_EVENTS:
+                    data, size = await asyncio.to_thread(self._encode, item)
+                else:
+                    data, size = self._encode(item)
                 self.bytes_sent += size
                 metrics.record("sam3d_stream_bytes_total", size, transport=self.transport)
                 if item.get("type") in FRAME_EVENTS:

@@ -139,3 +139,26 @@ def test_last_frames_still_wait_for_the_byte_budget():
     # 5 KB frames at 10 KB/s: each frame after the first waits 0.5 s, the last ones too.
     assert time.monotonic() - t0 >= 0.5 * (len(frames) - 1) - 0.05
     assert frames[-1]["step"] == 10
+
+
+def test_frames_are_encoded_off_the_event_loop_in_order():
+    """A frame's encoding (milliseconds for a 64³ grid) runs in a worker thread, one at a time and in
+    order, so the loop that relays the replica's other streams stays free; other events in place."""
+    seen = []
+
+    def encode(ev):
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False
+        seen.append((ev["type"], ev["step"], on_loop))
+        return dict(ev), 100
+
+    async def go():
+        return [ev async for ev in FramePacer(fast_pipeline(5, 3), StreamSettings(max_frames_per_s=1000), encode)]
+
+    out = asyncio.run(go())
+    assert [e["type"] for e in out][0] == "loading" and out[-1]["type"] == "complete"
+    assert [(t, s) for t, s, _ in seen] == [(e["type"], e["step"]) for e in out]
+    assert all(on_loop == (t not in ("geometry", "appearance")) for t, _, on_loop in seen)
