@@ -164,6 +164,28 @@ def test_key_every_and_request_key_and_grid_change():
         StreamEncoder(key_every=0)
 
 
+def test_a_key_request_made_during_an_encode_is_kept_for_the_next_frame(monkeypatch):
+    """The ingress encodes a stream's frames in a worker thread while its event loop may take a key
+    request (POST /v1/streams/{id}/keyframe): one that arrives mid-encode is not cleared by it."""
+    from serve_app.protocol import compact_codec
+
+    spread = np.random.default_rng(6).integers(0, 8, (30, 3))
+    f, g = VoxelFrame(8, spread), VoxelFrame(8, np.concatenate([spread, [[4, 4, 4]]]))
+    enc = StreamEncoder(key_every=100)
+    assert read_header(enc.encode(f)).key
+    held = compact_codec._Held
+
+    def held_after_a_request(*args):  # the request lands once this (delta) frame is decided
+        enc.request_key()
+        return held(*args)
+
+    monkeypatch.setattr(compact_codec, "_Held", held_after_a_request)
+    assert not read_header(enc.encode(g)).key  # decided before the request came
+    monkeypatch.setattr(compact_codec, "_Held", held)
+    assert read_header(enc.encode(f)).key  # the request was kept
+    assert not read_header(enc.encode(g)).key  # and then cleared
+
+
 def test_streams_are_independent():
     enc, dec = StreamEncoder(), StreamDecoder()
     rng = np.random.default_rng(12)

@@ -113,8 +113,10 @@ class StreamEncoder:
         self._streams: dict[str, _EncStream] = {}
 
     def request_key(self, stream_id: str | None = None) -> None:
-        """Make the next message of `stream_id` (of every stream when None) a key frame."""
-        for sid, st in self._streams.items():
+        """Make the next message of `stream_id` (of every stream when None) a key frame. Safe to call
+        from another thread while `encode` runs (the ingress's event loop, while a worker thread
+        encodes the stream's frame): a request that arrives during an encode is kept for the next one."""
+        for sid, st in list(self._streams.items()):
             if stream_id is None or sid == stream_id:
                 st.key_requested = True
 
@@ -127,6 +129,7 @@ class StreamEncoder:
         lin, cols = _canonical(frame)
         st = self._streams.get(stream_id)
         seq = 0 if st is None else (st.held.seq + 1) & _U32
+        asked = st is not None and st.key_requested  # read once: request_key may set it meanwhile
 
         spatial = None if cols is None else _spatial_residuals(cols)
         key_occ = _plan_set(lin, universe)
@@ -137,7 +140,7 @@ class StreamEncoder:
                 body += bytes([COLOR_SPATIAL]) + spatial.tobytes()
             return self._pack(FLAG_KEY, body)
 
-        if st is None or st.key_requested or st.held.grid_size != n or st.since_key + 1 >= self.key_every:
+        if st is None or asked or st.held.grid_size != n or st.since_key + 1 >= self.key_every:
             flags, body = key_body()
         else:
             key_cost = key_occ.size + (0 if spatial is None else 1 + self._colour_cost(spatial))
@@ -159,7 +162,9 @@ class StreamEncoder:
         if st is None:
             self._streams[stream_id] = _EncStream(held)
         else:
-            st.held, st.key_requested = held, False
+            st.held = held
+            if asked:  # a request made during this encode stays for the next frame
+                st.key_requested = False
             st.since_key = 0 if flags & FLAG_KEY else st.since_key + 1
         return _seal(header, body)
 
