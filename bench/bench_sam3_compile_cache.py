@@ -10,7 +10,7 @@ Inductor skips its FX-graph cache for graphs with frozen parameters ("fxgraph_ca
 kernels it generated (C++ on the CPU, Triton on CUDA) are still cached, so a frozen restart saves less.
 
     python -m bench.bench_sam3_compile_cache --json-out bench/results/sam3_compile_cache_cpu.json   # tiny, CPU
-    python -m bench.bench_sam3_compile_cache --variants frozen,frozen_dynamic --max-batch 16 \
+    python -m bench.bench_sam3_compile_cache --variants plain,dynamic,frozen,frozen_dynamic --max-batch 16 \
         --json-out bench/results/sam3_compile_dynamic_cpu.json                    # buckets 1..16, tiny, CPU
     python -m bench.bench_sam3_compile_cache --full --device cuda --max-batch 16                   # GPU
 """
