@@ -84,8 +84,10 @@ def test_segment_route_decodes_and_encodes_masks_off_the_loop(calls):
 
 
 class _Method:
-    def __init__(self, handle, name):
-        self.handle, self.name = handle, name
+    """A handle method whose remote() answers its own name at once."""
+
+    def __init__(self, name):
+        self.name = name
 
     def remote(self, *args):
         async def answer():
@@ -98,7 +100,7 @@ class _Handle:
 
     def __init__(self):
         self.keys: list[str] = []
-        self.embed, self.segment = _Method(self, "embed"), _Method(self, "segment")
+        self.embed, self.segment = _Method("embed"), _Method("segment")
 
     def options(self, multiplexed_model_id: str):
         self.keys.append(multiplexed_model_id)
