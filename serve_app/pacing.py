@@ -116,13 +116,11 @@ class FramePacer:
                     raise item
                 if item.get("type") == "complete":
                     item["coalesced_frames"] = self.coalesced
-                if item.get("type") in FRAME_EVENTS:
-                    data, size = await asyncio.to_thread(self._encode, item)
-                else:
-                    data, size = self._encode(item)
+                is_frame = item.get("type") in FRAME_EVENTS
+                data, size = await asyncio.to_thread(self._encode, item) if is_frame else self._encode(item)
                 self.bytes_sent += size
                 metrics.record("sam3d_stream_bytes_total", size, transport=self.transport)
-                if item.get("type") in FRAME_EVENTS:
+                if is_frame:
                     self.frames_sent += 1
                     metrics.record("sam3d_frames_total", transport=self.transport, outcome="sent")
                     now = time.monotonic()

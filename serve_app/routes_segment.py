@@ -61,11 +61,15 @@ class SegmenterHandleAdapter:
     def _for(self, key: str | None):
         return self.handle.options(multiplexed_model_id=key) if key else self.handle
 
+    async def _for_image(self, image: np.ndarray):
+        """The handle routed by the image's content id, hashed in a worker thread (module docstring)."""
+        return self._for(await asyncio.to_thread(image_id, image))
+
     async def embed(self, image: np.ndarray, profile: str | None = None) -> dict:
-        return await self._for(await asyncio.to_thread(image_id, image)).embed.remote(image, profile)
+        return await (await self._for_image(image)).embed.remote(image, profile)
 
     async def segment(self, image: np.ndarray, prompt: SegmentPrompt):
-        return await self._for(await asyncio.to_thread(image_id, image)).segment.remote(image, prompt)
+        return await (await self._for_image(image)).segment.remote(image, prompt)
 
     async def segment_cached(self, embedding_id: str, prompt: SegmentPrompt):
         return await self._for(embedding_id).segment_cached.remote(embedding_id, prompt)
