@@ -25,9 +25,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def server(port: int) -> None:
     """The child: the segment router over an instant handle, plus GET /probe, on 127.0.0.1:port."""
     import numpy as np
@@ -92,7 +89,8 @@ def measure(tree: str, args, body: bytes) -> dict:
 
     port = free_port()
     env = {**os.environ, "PYTHONPATH": tree}
-    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_ingress_loop", "--serve", str(port)], cwd=tree, env=env)
+    # This file run as a script, with the tree's packages on the path: the tree needs no copy of the bench.
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port)], cwd=tree, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(400):
@@ -137,8 +135,7 @@ def measure(tree: str, args, body: bytes) -> dict:
     def pct(xs, q):
         return round(float(np.percentile(xs, q)), 2)
 
-    rev = subprocess.run(["git", "-C", tree, "describe", "--always", "--dirty"], capture_output=True, text=True)
-    return {"tree": tree, "revision": rev.stdout.strip() or None, "segment_requests": len(seg_ms), "segments_per_s": round(len(seg_ms) / wall, 2),
+    return {"tree": tree, "segment_requests": len(seg_ms), "segments_per_s": round(len(seg_ms) / wall, 2),
             "segment_p50_ms": pct(seg_ms, 50), "segment_p90_ms": pct(seg_ms, 90),
             "probe_idle_p50_ms": pct(idle, 50), "probe_idle_p99_ms": pct(idle, 99),
             "probe_loaded_p50_ms": pct(loaded, 50), "probe_loaded_p99_ms": pct(loaded, 99),
@@ -158,8 +155,10 @@ def main() -> None:
     body = json.dumps({"image_b64": photo_b64(), "points": [{"x": 900, "y": 300, "label": 1}]}).encode()
     report = {"photo": "astronaut resized to 1920x1080, JPEG q90", "clients": args.clients,
               "cpu_count": os.cpu_count(), "runs": []}
-    for tree in [str(ROOT)] + ([args.before] if args.before else []):
-        report["runs"].append(measure(tree, args, body))
+    from bench.code_trees import code_trees, revision  # not at the top: the child runs on another tree's packages
+
+    for tree in code_trees(args.before):
+        report["runs"].append({"revision": revision(tree), **measure(tree, args, body)})
         print(json.dumps(report["runs"][-1]), flush=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")

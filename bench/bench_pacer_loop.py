@@ -16,9 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def child(streams: int, frames: int) -> dict:
     import asyncio
     import time
@@ -87,12 +84,14 @@ def main() -> None:
         print(json.dumps(child(args.streams, args.frames)))
         return
     report = {"cpu_count": os.cpu_count(), "runs": []}
-    for tree in [str(ROOT)] + ([args.before] if args.before else []):
-        out = subprocess.run([sys.executable, "-m", "bench.bench_pacer_loop", "--child", "--streams",
+    from bench.code_trees import code_trees, revision  # not at the top: the child runs on another tree's packages
+
+    for tree in code_trees(args.before):
+        # This file run as a script, with the tree's packages on the path: the tree needs no copy of the bench.
+        out = subprocess.run([sys.executable, __file__, "--child", "--streams",
                               str(args.streams), "--frames", str(args.frames)], cwd=tree,
                              env={**os.environ, "PYTHONPATH": tree}, capture_output=True, text=True, check=True)
-        rev = subprocess.run(["git", "-C", tree, "describe", "--always", "--dirty"], capture_output=True, text=True)
-        report["runs"].append({"tree": tree, "revision": rev.stdout.strip() or None,
+        report["runs"].append({"tree": tree, "revision": revision(tree),
                                **json.loads(out.stdout.strip().splitlines()[-1])})
         print(json.dumps(report["runs"][-1]), flush=True)
     if args.json_out:
